@@ -1,0 +1,1 @@
+"""Schema migrations and partition maintenance for the write side."""

@@ -1,0 +1,3 @@
+from migrations.runner import main
+
+main()

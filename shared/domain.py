@@ -1,0 +1,122 @@
+"""Domain types: what the external services tell us, offers and orders.
+
+Wire Structs keep the external services' field names (``has_subscribtion`` is
+the contract's spelling). Money is always an ``int`` in currency units.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+
+import msgspec
+
+
+# --- external services' answers (wire contract) -------------------------------------------
+
+
+class ScooterData(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    zone_id: str
+    charge: int
+
+
+class TariffZone(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    price_per_minute: int
+    price_unlock: int
+    default_deposit: int
+
+
+class UserProfile(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    has_subscribtion: bool = False
+    trusted: bool = False
+    rides_count: int = 0
+    current_debt: int = 0
+    total_debt: int = 0
+    last_payment_status: str | None = None
+
+
+class PriceCoeffSettings(msgspec.Struct, frozen=True, kw_only=True):
+    surge: float = 1.0
+    low_charge_discount: float = 1.0
+    low_charge_threshold: int = 28
+    deposit_multiplier: float = 1.25
+    deposit_debt_threshold: int = 10_000
+    free_ride_seconds: int = 5
+
+
+class ConfigsAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    price_coeff_settings: PriceCoeffSettings
+
+
+class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    order_id: str
+    amount: int
+
+
+class PaymentAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    status: str
+
+
+# --- offers -----------------------------------------------------------------------------------
+
+
+class PricingInputs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """What an offer was priced from, kept with it for audit and disputes."""
+
+    charge: int
+    zone_price_per_minute: int
+    zone_price_unlock: int
+    zone_default_deposit: int
+    surge: float
+    low_charge_discount: float
+    has_subscription: bool
+    trusted: bool
+    total_debt: int
+    free_ride_seconds: int
+    zone_source: str  # "live" | "cache" | "base_tariff"
+    user_source: str  # "live" | "last_known" | "conservative"
+    configs_source: str  # "live" | "last_good" | "defaults"
+
+
+class Offer(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    user_id: str
+    scooter_id: str
+    zone_id: str
+    price_per_minute: int
+    price_unlock: int
+    deposit: int
+    created_at: datetime
+    expires_at: datetime
+    inputs: PricingInputs
+
+
+# --- orders -----------------------------------------------------------------------------------
+
+
+class OrderStatus(enum.StrEnum):
+    STARTING = "starting"  # written before the hold; never shown as a ride
+    ACTIVE = "active"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"  # under the free threshold, costs 0
+    REJECTED = "rejected"  # the hold failed; nothing was charged, the offer is free again
+
+
+class PaymentStatus(enum.StrEnum):
+    HOLDING = "holding"  # hold requested, not yet confirmed
+    HELD = "held"
+    PENDING = "pending"  # ride ended, charge not yet confirmed (retried)
+    CHARGED = "charged"  # final amount charged, rest of the hold released
+    DEBT = "debt"  # the retries gave up: the amount is the user's debt
+    FAILED = "failed"  # the hold failed (order rejected)
+
+
+class TrackPoint(msgspec.Struct, frozen=True, array_like=False):
+    t: float  # seconds since the epoch
+    lat: float
+    lon: float

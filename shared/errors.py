@@ -1,0 +1,83 @@
+"""Domain errors with stable machine-readable codes.
+
+The HTTP layers map each to a problem-details answer; the code never changes
+once published because the app switches on it.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A refusal the caller can act on."""
+
+    code: str = "domain_error"
+    status: int = 400
+    title: str = "Request refused"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+
+
+class OfferExpired(DomainError):
+    code, status, title = "offer_expired", 410, "The offer has expired; ask for a new one"
+
+
+class OfferInvalid(DomainError):
+    code, status, title = "offer_invalid", 422, "The offer token is malformed or was altered"
+
+
+class OfferAlreadyUsed(DomainError):
+    code, status, title = "offer_already_used", 409, "The offer has already started a ride"
+
+
+class OfferNotYours(DomainError):
+    code, status, title = "offer_not_yours", 403, "The offer belongs to another user"
+
+
+class ScooterBusy(DomainError):
+    code, status, title = "scooter_busy", 409, "The scooter is already in a ride"
+
+
+class TooManyActiveRides(DomainError):
+    code, status, title = "too_many_active_rides", 409, "The user already has an active ride"
+
+
+class UserHasDebt(DomainError):
+    code, status, title = "user_has_debt", 402, "The user has an unpaid debt"
+
+
+class ScooterNotFound(DomainError):
+    code, status, title = "scooter_not_found", 404, "No such scooter"
+
+
+class OrderNotFound(DomainError):
+    code, status, title = "order_not_found", 404, "No such order"
+
+
+class UserNotFound(DomainError):
+    code, status, title = "user_not_found", 404, "No such user"
+
+
+class IdempotencyKeyReused(DomainError):
+    code, status, title = (
+        "idempotency_key_reused", 422, "The Idempotency-Key was used with a different request")
+
+
+class IdempotencyKeyInFlight(DomainError):
+    code, status, title = (
+        "idempotency_key_in_flight", 409, "A request with this Idempotency-Key is in progress")
+
+
+class TrackTooLong(DomainError):
+    code, status, title = "track_too_long", 413, "The track has too many points"
+
+
+class DependencyUnavailable(DomainError):
+    """A critical dependency is down: the caller should retry later (503 + Retry-After)."""
+
+    code, status, title = "dependency_unavailable", 503, "A required service is unavailable"
+
+    def __init__(self, service: str, detail: str | None = None) -> None:
+        super().__init__(detail or f"{service} is unavailable; try again shortly")
+        self.service = service

@@ -1,0 +1,67 @@
+"""Outbox events: the contract between the command side and the projector.
+
+Every event carries the full snapshot of the order (without the raw track) at
+``order.version`` and, when it changed, the user's summary at its version. A
+projection therefore needs no history: the newest version wins, so replays,
+duplicates and reordering are harmless. Stored payloads follow msgspec's
+schema-evolution rules: new fields get defaults, types never change.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+
+class OrderSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    offer_id: str
+    user_id: str
+    scooter_id: str
+    zone_id: str
+    status: str
+    payment_status: str
+    price_per_minute: int
+    price_unlock: int
+    deposit: int
+    free_ride_seconds: int
+    created_at: datetime
+    started_at: datetime
+    finished_at: datetime | None = None
+    duration_seconds: int | None = None
+    total_amount: int | None = None
+    distance_meters: int | None = None
+    version: int
+
+
+class UserSummarySnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    rides_count: int
+    total_charged: int
+    debt: int
+    last_payment_status: str | None
+    version: int
+
+
+class OrderEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    order: OrderSnapshot
+    summary: UserSummarySnapshot | None = None
+
+
+class OrderStarted(OrderEvent, frozen=True, kw_only=True, tag="order_started"):
+    """A ride began: the hold was confirmed."""
+
+
+class OrderFinished(OrderEvent, frozen=True, kw_only=True, tag="order_finished"):
+    """A ride ended (finished or cancelled); its charge may still be pending."""
+
+
+class PaymentSettled(OrderEvent, frozen=True, kw_only=True, tag="payment_settled"):
+    """A pending charge succeeded or became the user's debt."""
+
+
+Event = OrderStarted | OrderFinished | PaymentSettled
+
+event_encoder = msgspec.json.Encoder()
+event_decoder = msgspec.json.Decoder(Event)

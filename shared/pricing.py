@@ -1,0 +1,72 @@
+"""Pricing rules of DOMAIN.md, in one place, free of I/O.
+
+Every step truncates toward zero exactly as the rules say; money stays ``int``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import msgspec
+
+from shared.domain import PriceCoeffSettings, ScooterData, TariffZone, TrackPoint, UserProfile
+from shared.errors import UserHasDebt
+
+
+class Price(msgspec.Struct, frozen=True, kw_only=True):
+    price_per_minute: int
+    price_unlock: int
+    deposit: int
+
+
+def quote(
+    scooter: ScooterData,
+    zone: TariffZone,
+    user: UserProfile,
+    coeffs: PriceCoeffSettings,
+) -> Price:
+    """The personal price of a ride; refuses a user who has a current debt."""
+    if user.current_debt > 0:
+        raise UserHasDebt(f"user {user.id} owes {user.current_debt}; settle it to ride")
+    per_minute = int(zone.price_per_minute * coeffs.surge)
+    if scooter.charge < coeffs.low_charge_threshold:
+        per_minute = int(per_minute * coeffs.low_charge_discount)
+    unlock = 0 if user.has_subscribtion else zone.price_unlock
+    if user.trusted:
+        deposit = 0
+    elif user.total_debt > coeffs.deposit_debt_threshold:
+        deposit = int(zone.default_deposit * coeffs.deposit_multiplier)
+    else:
+        deposit = zone.default_deposit
+    return Price(price_per_minute=per_minute, price_unlock=unlock, deposit=deposit)
+
+
+def ride_cost(
+    seconds: int, price_per_minute: int, price_unlock: int, free_ride_seconds: int
+) -> int:
+    """Cost of a ride of ``seconds`` (whole seconds): 0 under the free threshold,
+    else per-second proration, floored, plus the unlock price."""
+    if seconds < free_ride_seconds:
+        return 0
+    return seconds * price_per_minute // 60 + price_unlock
+
+
+def is_free_ride(seconds: int, free_ride_seconds: int) -> bool:
+    """A ride under the free threshold is cancelled and costs nothing."""
+    return seconds < free_ride_seconds
+
+
+_EARTH_RADIUS_M = 6_371_008.8
+
+
+def track_distance_meters(track: Sequence[TrackPoint]) -> int:
+    """Length of the GPS track (haversine between consecutive points), in whole metres."""
+    total = 0.0
+    for a, b in zip(track, track[1:], strict=False):
+        lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
+        dlat = lat2 - lat1
+        dlon = math.radians(b.lon - a.lon)
+        h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ** 2
+        total += 2 * _EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+    return int(total)

@@ -1,0 +1,140 @@
+"""Shared fixtures: a private database, Redis key prefix and stub services per test run.
+
+Tests talk to the real Postgres and Redis of the machine, never to leftovers:
+each run creates (and drops) its own database and uses its own key prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from migrations.runner import migrate
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_DSN = os.environ.get("SCOOTERS_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("SCOOTERS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until ``url`` answers 200 (or fail, showing the process's exit)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def test_database_url(name: str) -> str:
+    return ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return secrets.token_hex(4)
+
+
+@pytest.fixture(scope="session")
+def stubs_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def base_settings(run_id: str, stubs_port: int) -> Settings:
+    """Settings of this test run: private database and key prefix, fast timeouts."""
+    return Settings(
+        database_url=test_database_url(f"scooters_test_{run_id}"),
+        redis_url=REDIS_URL,
+        redis_key_prefix=f"test:{run_id}:",
+        external_base_url=f"http://127.0.0.1:{stubs_port}",
+        stubs_port=stubs_port,
+        http_timeout_seconds=0.5,
+        payment_timeout_seconds=0.5,
+        payment_retry_base_seconds=0.05,
+        payment_retry_max_seconds=0.2,
+        payment_max_attempts=3,
+        stuck_hold_seconds=1,
+        worker_poll_seconds=0.05,
+        configs_refresh_seconds=60,
+    )
+
+
+@pytest.fixture(scope="session")
+async def database(base_settings: Settings) -> AsyncIterator[str]:
+    """A freshly migrated database for this run, dropped at the end."""
+    await migrate(base_settings)
+    yield base_settings.database_url
+    name = base_settings.database_url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def start_process(module: str, settings: Settings, extra_env: dict[str, str] | None = None,
+                  args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """Start ``python -m module`` with ``settings`` exported as SCOOTERS_* variables."""
+    env = dict(os.environ)
+    for field in dataclasses.fields(settings):
+        env[f"SCOOTERS_{field.name.upper()}"] = str(getattr(settings, field.name))
+    env.update(extra_env or {})
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def stubs(base_settings: Settings) -> Iterator[str]:
+    """The external services' stubs as a real server; yields their base URL."""
+    proc = start_process("stubs", base_settings)
+    url = base_settings.external_base_url
+    try:
+        wait_http(f"{url}/health/live", proc=proc)
+        yield url
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def reset_faults(stubs: str) -> Iterator[None]:
+    """Clear every fault switch before and after a test that sets some."""
+    def clear() -> None:
+        for service in ("scooters", "zones", "users", "configs", "payments"):
+            httpx.post(f"{stubs}/admin/faults", json={
+                "service": service, "outage": False, "latency_ms": 0, "error_rate": 0.0},
+                timeout=5).raise_for_status()
+    clear()
+    yield
+    clear()
