@@ -1,0 +1,36 @@
+"""``python -m stubs``: serve the stubs on ``SCOOTERS_STUBS_HOST:SCOOTERS_STUBS_PORT``.
+
+``SCOOTERS_STUB_FAULTS`` (a JSON list of fault switches) starts them already faulty.
+"""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+import uvicorn
+
+from shared.settings import SettingsError, get_settings
+from stubs._app import create_app
+from stubs._faults import UnknownService, faults_from_json
+
+
+def main() -> None:
+    settings = get_settings()
+    try:
+        faults = faults_from_json(os.environ.get("SCOOTERS_STUB_FAULTS", "[]"))
+    except (msgspec.DecodeError, UnknownService) as exc:
+        raise SettingsError(f"SCOOTERS_STUB_FAULTS: {exc}") from exc
+    uvicorn.run(
+        create_app(settings, faults),
+        host=settings.stubs_host,
+        port=settings.stubs_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level.lower(),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""The external services' stubs as one Litestar app: scooters, zones, users, configs, payments.
+
+The wire contract is DOMAIN.md's (kept so the real services could be swapped in); the
+``/admin``, ``/ledger``, ``/health`` and ``/metrics`` endpoints are ours, for tests and
+operations, and are never faulted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.params import QueryParameter
+from litestar.types import Message, Scope
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from shared.domain import (
+    ConfigsAnswer,
+    PaymentAnswer,
+    PaymentRequest,
+    PriceCoeffSettings,
+    ScooterData,
+    TariffZone,
+    UserProfile,
+)
+from shared.settings import Settings
+from stubs._dataset import DataSet
+from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
+from stubs._ledger import Ledger, OrderAccount, PaymentConflict
+
+# the configs a fresh stub answers with: DOMAIN.md's vectors assume surge 2 and discount 0.75
+DEFAULT_COEFFS = PriceCoeffSettings(
+    surge=2.0,
+    low_charge_discount=0.75,
+    low_charge_threshold=28,
+    deposit_multiplier=1.25,
+    deposit_debt_threshold=10_000,
+    free_ride_seconds=5,
+)
+
+IdParam = Annotated[str, QueryParameter(name="id")]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class CoeffsUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A partial change of the configs; a missing field keeps its value."""
+
+    surge: Positive | None = None
+    low_charge_discount: Positive | None = None
+    low_charge_threshold: NonNegative | None = None
+    deposit_multiplier: Positive | None = None
+    deposit_debt_threshold: NonNegative | None = None
+    free_ride_seconds: NonNegative | None = None
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str = "ok"
+
+
+OK = PaymentAnswer(status="ok")
+
+
+@dataclasses.dataclass(kw_only=True)
+class Stubs:
+    """Everything the stubs know; one per process, handed to handlers as ``stubs``."""
+
+    data: DataSet
+    faults: Faults
+    ledger: Ledger
+    coeffs: PriceCoeffSettings
+    registry: CollectorRegistry
+    requests: Counter
+
+
+class Problem(HTTPException):
+    """An error answered as problem details, with a stable machine-readable ``code``."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(status_code=status, detail=detail)
+        self.code = code
+
+
+Body = TypeVar("Body")
+
+
+async def decode_body(request: Request[Any, Any, Any], kind: type[Body]) -> Body:
+    """Decode a JSON body strictly: Litestar's lax decoding would turn "10" into 10."""
+    try:
+        return msgspec.json.decode(await request.body(), type=kind)
+    except msgspec.DecodeError as exc:
+        raise Problem(400, "malformed_body", str(exc)) from exc
+
+
+def not_found(kind: str, record_id: str) -> Problem:
+    return Problem(404, f"{kind}_not_found", f"no {kind} with id {record_id!r}")
+
+
+# --- the external services (wire contract) ---------------------------------------------------
+
+
+@get("/scooter-data", opt={"service": "scooters"})
+async def scooter_data(stubs: Stubs, scooter_id: IdParam) -> ScooterData:
+    await stubs.faults.strike("scooters")
+    if (scooter := stubs.data.scooter(scooter_id)) is None:
+        raise not_found("scooter", scooter_id)
+    return scooter
+
+
+@get("/tariff-zone-data", opt={"service": "zones"})
+async def tariff_zone_data(stubs: Stubs, zone_id: IdParam) -> TariffZone:
+    await stubs.faults.strike("zones")
+    if (zone := stubs.data.zone(zone_id)) is None:
+        raise not_found("zone", zone_id)
+    return zone
+
+
+@get("/user-profile", opt={"service": "users"})
+async def user_profile(stubs: Stubs, user_id: IdParam) -> UserProfile:
+    await stubs.faults.strike("users")
+    if (user := stubs.data.user(user_id)) is None:
+        raise not_found("user", user_id)
+    return user
+
+
+@get("/configs", opt={"service": "configs"})
+async def configs(stubs: Stubs) -> ConfigsAnswer:
+    await stubs.faults.strike("configs")
+    return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
+
+
+@post("/hold-money-for-order", opt={"service": "payments"}, status_code=200)
+async def hold_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
+    await stubs.faults.strike("payments")
+    data = await read_payment(request)
+    try:
+        stubs.ledger.hold(user_id=data.user_id, order_id=data.order_id, amount=data.amount)
+    except PaymentConflict as exc:
+        raise Problem(409, "payment_conflict", str(exc)) from exc
+    return OK
+
+
+@post("/clear-money-for-order", opt={"service": "payments"}, status_code=200)
+async def clear_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
+    await stubs.faults.strike("payments")
+    data = await read_payment(request)
+    try:
+        stubs.ledger.clear(user_id=data.user_id, order_id=data.order_id, amount=data.amount)
+    except PaymentConflict as exc:
+        raise Problem(409, "payment_conflict", str(exc)) from exc
+    return OK
+
+
+async def read_payment(request: Request[Any, Any, Any]) -> PaymentRequest:
+    payment = await decode_body(request, PaymentRequest)
+    if not payment.user_id or not payment.order_id:
+        raise Problem(422, "invalid_payment", "user_id and order_id must not be empty")
+    if payment.amount < 0:
+        raise Problem(422, "invalid_payment", f"amount must not be negative, got {payment.amount}")
+    return payment
+
+
+# --- ours: admin, ledger, health, metrics (never faulted) ------------------------------------
+
+
+@get("/ledger")
+async def ledger(stubs: Stubs, order_id: str) -> OrderAccount:
+    if (account := stubs.ledger.account(order_id)) is None:
+        raise not_found("order", order_id)
+    return account
+
+
+@get("/admin/faults")
+async def list_faults(stubs: Stubs) -> list[Fault]:
+    return stubs.faults.all()
+
+
+@post("/admin/faults", status_code=200)
+async def set_faults(stubs: Stubs, request: Request[Any, Any, Any]) -> list[Fault]:
+    data = await decode_body(request, FaultUpdate)
+    try:
+        stubs.faults.update(data)
+    except UnknownService as exc:
+        raise Problem(422, "unknown_service", str(exc)) from exc
+    return stubs.faults.all()
+
+
+@post("/admin/configs", status_code=200)
+async def set_configs(stubs: Stubs, request: Request[Any, Any, Any]) -> ConfigsAnswer:
+    data = await decode_body(request, CoeffsUpdate)
+    given = {f: v for f in data.__struct_fields__ if (v := getattr(data, f)) is not None}
+    stubs.coeffs = msgspec.structs.replace(stubs.coeffs, **given)
+    return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
+
+
+@post("/admin/configs/reset", status_code=200)
+async def reset_configs(stubs: Stubs) -> ConfigsAnswer:
+    stubs.coeffs = DEFAULT_COEFFS
+    return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
+
+
+@get(["/health/live", "/health/ready"])
+async def health() -> Health:
+    return Health()
+
+
+@get("/metrics", media_type=CONTENT_TYPE_LATEST)
+async def metrics(stubs: Stubs) -> bytes:
+    return generate_latest(stubs.registry)
+
+
+# --- wiring ------------------------------------------------------------------------------------
+
+
+def outcome(status: int) -> str:
+    if status < 400:
+        return "ok"
+    return {404: "not_found", 409: "conflict", 500: "error", 503: "unavailable"}.get(
+        status, "rejected"
+    )
+
+
+def problem_details(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Answer every HTTP error as RFC 9457 problem details with a ``code``."""
+    status = exc.status_code
+    code = getattr(exc, "code", None) or HTTPStatus(status).name.lower()
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": exc.detail,
+        "code": code,
+    }
+    if exc.extra:
+        body["errors"] = exc.extra  # the validation errors of a malformed request
+    return Response(
+        body, status_code=status, media_type="application/problem+json", headers=exc.headers
+    )
+
+
+def fault_answer(request: Request[Any, Any, Any], exc: ServiceFailed) -> Response[Any]:
+    return problem_details(request, Problem(exc.status, "injected_fault", str(exc)))
+
+
+def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -> Litestar:
+    """The stubs app with a fresh data set, ledger, configs and faults."""
+    registry = CollectorRegistry()
+    requests = Counter(
+        "stub_requests",
+        "Requests to the stubbed services",
+        ("service", "outcome"),
+        registry=registry,
+    )
+    stubs = Stubs(
+        data=DataSet(
+            seed=settings.stub_seed,
+            scooters=settings.stub_scooters,
+            zones=settings.stub_zones,
+            users=settings.stub_users,
+        ),
+        faults=Faults(settings.stub_seed),
+        ledger=Ledger(),
+        coeffs=DEFAULT_COEFFS,
+        registry=registry,
+        requests=requests,
+    )
+    for change in initial_faults:
+        stubs.faults.update(change)
+
+    async def count_request(message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start" or "route_handler" not in scope:
+            return
+        service = scope["route_handler"].opt.get("service")
+        if service is not None:
+            requests.labels(service, outcome(message["status"])).inc()
+
+    return Litestar(
+        route_handlers=[
+            scooter_data,
+            tariff_zone_data,
+            user_profile,
+            configs,
+            hold_money,
+            clear_money,
+            ledger,
+            list_faults,
+            set_faults,
+            set_configs,
+            reset_configs,
+            health,
+            metrics,
+        ],
+        dependencies={"stubs": Provide(lambda: stubs, sync_to_thread=False)},
+        exception_handlers={HTTPException: problem_details, ServiceFailed: fault_answer},
+        before_send=[count_request],
+        openapi_config=None,
+    )

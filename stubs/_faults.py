@@ -1,0 +1,90 @@
+"""Fault switches: make one external service slow, flaky or down, at start or at run time."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Annotated
+
+import msgspec
+
+SERVICES = ("scooters", "zones", "users", "configs", "payments")
+
+
+class Fault(msgspec.Struct, frozen=True, kw_only=True):
+    """The fault switches of one service; all off is a healthy service."""
+
+    service: str
+    outage: bool = False
+    latency_ms: int = 0
+    error_rate: float = 0.0
+
+
+class FaultUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """A change to one service's switches; a missing field keeps its current value."""
+
+    service: str
+    outage: bool | None = None
+    latency_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] | None = None
+    error_rate: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+
+
+class UnknownService(ValueError):
+    def __init__(self, service: str) -> None:
+        super().__init__(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
+
+
+class ServiceFailed(Exception):
+    """A fault made this call fail; ``status`` is what the service answers."""
+
+    def __init__(self, service: str, status: int, reason: str) -> None:
+        super().__init__(f"{service}: {reason} (injected fault)")
+        self.service = service
+        self.status = status
+
+
+class Faults:
+    """The current switches of every service and the seeded dice of ``error_rate``."""
+
+    def __init__(self, seed: int) -> None:
+        self._faults = {service: Fault(service=service) for service in SERVICES}
+        self._dice = random.Random(seed)
+
+    def all(self) -> list[Fault]:
+        return list(self._faults.values())
+
+    def update(self, change: FaultUpdate) -> None:
+        """Apply ``change`` to its service's switches, leaving unnamed switches as they were."""
+        current = self._faults.get(change.service)
+        if current is None:
+            raise UnknownService(change.service)
+        given = {
+            name: value
+            for name in ("outage", "latency_ms", "error_rate")
+            if (value := getattr(change, name)) is not None
+        }
+        self._faults[change.service] = msgspec.structs.replace(current, **given)
+
+    async def strike(self, service: str) -> None:
+        """Play ``service``'s faults before its work: wait, then maybe fail.
+
+        Called before the service does anything, so a failed call has no effect.
+        """
+        fault = self._faults[service]
+        if fault.latency_ms:
+            await asyncio.sleep(fault.latency_ms / 1000)
+        # read again: the switches may have changed while this call slept
+        fault = self._faults[service]
+        if fault.outage:
+            raise ServiceFailed(service, 503, "service is down")
+        if fault.error_rate and self._dice.random() < fault.error_rate:
+            raise ServiceFailed(service, 500, "random failure")
+
+
+def faults_from_json(raw: str) -> list[FaultUpdate]:
+    """Parse a JSON list of fault switches (``SCOOTERS_STUB_FAULTS``); unknown services fail."""
+    changes = msgspec.json.decode(raw, type=list[FaultUpdate])
+    for change in changes:
+        if change.service not in SERVICES:
+            raise UnknownService(change.service)
+    return changes

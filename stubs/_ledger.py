@@ -1,0 +1,91 @@
+"""The payments stub's ledger: what was held, charged and released for each order.
+
+Hold and clear are idempotent per order: a repeat with the same amount is a no-op, a
+repeat with another amount is a conflict. Every method is synchronous, so a check and
+its write can never be interleaved with another request in the single event loop.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+EntryKind = Literal["hold", "charge", "release"]
+
+
+class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
+    kind: EntryKind
+    amount: int
+    at: datetime
+
+
+class OrderAccount(msgspec.Struct, kw_only=True):
+    """One order's money; also the answer of ``GET /ledger``."""
+
+    order_id: str
+    user_id: str
+    held: int = 0
+    charged: int = 0
+    released: int = 0
+    entries: list[LedgerEntry] = msgspec.field(default_factory=list)
+
+    def has(self, kind: EntryKind) -> bool:
+        return any(entry.kind == kind for entry in self.entries)
+
+    def record(self, kind: EntryKind, amount: int) -> None:
+        self.entries.append(LedgerEntry(kind=kind, amount=amount, at=datetime.now(UTC)))
+
+
+class PaymentConflict(Exception):
+    """The request contradicts what this order's ledger already says."""
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self._accounts: dict[str, OrderAccount] = {}
+
+    def account(self, order_id: str) -> OrderAccount | None:
+        return self._accounts.get(order_id)
+
+    def hold(self, *, user_id: str, order_id: str, amount: int) -> None:
+        """Reserve ``amount`` for the order, once."""
+        account = self._open(user_id, order_id)
+        if account.has("charge"):
+            raise PaymentConflict(f"order {order_id} is already cleared; it cannot be held again")
+        if account.has("hold"):
+            if account.held != amount:
+                raise PaymentConflict(
+                    f"order {order_id} already holds {account.held}, not {amount}"
+                )
+            return
+        account.held = amount
+        account.record("hold", amount)
+
+    def clear(self, *, user_id: str, order_id: str, amount: int) -> None:
+        """Charge ``amount`` (final, may exceed the hold) and release the rest of the hold, once.
+
+        A clear always leaves a ``charge`` entry, even of 0: it marks the order as settled.
+        """
+        account = self._open(user_id, order_id)
+        if account.has("charge"):
+            if account.charged != amount:
+                raise PaymentConflict(
+                    f"order {order_id} was already charged {account.charged}, not {amount}"
+                )
+            return
+        account.charged = amount
+        account.record("charge", amount)
+        rest = account.held - amount
+        if rest > 0:
+            account.released = rest
+            account.record("release", rest)
+
+    def _open(self, user_id: str, order_id: str) -> OrderAccount:
+        account = self._accounts.get(order_id)
+        if account is None:
+            account = self._accounts[order_id] = OrderAccount(order_id=order_id, user_id=user_id)
+        elif account.user_id != user_id:
+            raise PaymentConflict(f"order {order_id} belongs to another user")
+        return account

@@ -1,0 +1,447 @@
+"""The external services' stubs, over HTTP against the real ``python -m stubs`` server."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from shared.domain import ConfigsAnswer, ScooterData, TariffZone, UserProfile
+from shared.errors import UserHasDebt
+from shared.pricing import Price, quote
+from shared.settings import Settings
+from stubs import DataSet
+from tests.conftest import free_port, start_process, stop_process, wait_http
+
+
+@pytest.fixture
+async def client(stubs: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stubs, timeout=5) as client:
+        yield client
+
+
+async def fetch(client: httpx.AsyncClient, path: str, record_id: str) -> Any:
+    answer = await client.get(path, params={"id": record_id})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+async def price(client: httpx.AsyncClient, scooter_id: str, user_id: str) -> Price:
+    scooter = msgspec.convert(await fetch(client, "/scooter-data", scooter_id), ScooterData)
+    zone = msgspec.convert(await fetch(client, "/tariff-zone-data", scooter.zone_id), TariffZone)
+    user = msgspec.convert(await fetch(client, "/user-profile", user_id), UserProfile)
+    configs = msgspec.convert((await client.get("/configs")).json(), ConfigsAnswer)
+    return quote(scooter, zone, user, configs.price_coeff_settings)
+
+
+def new_order() -> str:
+    return f"order-{uuid.uuid4()}"
+
+
+async def pay(
+    client: httpx.AsyncClient, operation: str, order_id: str, amount: int, user_id: str = "user-1"
+) -> httpx.Response:
+    return await client.post(
+        f"/{operation}-money-for-order",
+        json={"user_id": user_id, "order_id": order_id, "amount": amount},
+    )
+
+
+async def set_fault(client: httpx.AsyncClient, **fault: Any) -> None:
+    (await client.post("/admin/faults", json=fault)).raise_for_status()
+
+
+# --- the fixed records reproduce DOMAIN.md's vectors -------------------------------------------
+
+
+async def test_fixed_records(client: httpx.AsyncClient) -> None:
+    assert await fetch(client, "/tariff-zone-data", "zone-1") == {
+        "id": "zone-1",
+        "price_per_minute": 12,
+        "price_unlock": 45,
+        "default_deposit": 300,
+    }
+    assert await fetch(client, "/scooter-data", "scooter-1") == {
+        "id": "scooter-1",
+        "zone_id": "zone-1",
+        "charge": 57,
+    }
+    assert await fetch(client, "/scooter-data", "scooter-2") == {
+        "id": "scooter-2",
+        "zone_id": "zone-1",
+        "charge": 20,
+    }
+    assert await fetch(client, "/user-profile", "user-1") == {
+        "id": "user-1",
+        "has_subscribtion": False,
+        "trusted": False,
+        "rides_count": 0,
+        "current_debt": 0,
+        "total_debt": 0,
+        "last_payment_status": None,
+    }
+    assert (await client.get("/configs")).json() == {
+        "price_coeff_settings": {
+            "surge": 2.0,
+            "low_charge_discount": 0.75,
+            "low_charge_threshold": 28,
+            "deposit_multiplier": 1.25,
+            "deposit_debt_threshold": 10_000,
+            "free_ride_seconds": 5,
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("scooter_id", "user_id", "expected"),
+    [
+        ("scooter-1", "user-1", (24, 45, 300)),
+        ("scooter-2", "user-1", (18, 45, 300)),
+        ("scooter-1", "user-2", (24, 0, 300)),
+        ("scooter-1", "user-3", (24, 45, 0)),
+        ("scooter-1", "user-4", (24, 45, 375)),
+    ],
+)
+async def test_domain_vectors(
+    client: httpx.AsyncClient, scooter_id: str, user_id: str, expected: tuple[int, int, int]
+) -> None:
+    got = await price(client, scooter_id, user_id)
+    assert (got.price_per_minute, got.price_unlock, got.deposit) == expected
+
+
+async def test_user_with_current_debt_is_refused(client: httpx.AsyncClient) -> None:
+    with pytest.raises(UserHasDebt):
+        await price(client, "scooter-1", "user-5")
+
+
+async def test_predictable_ids_for_tests(client: httpx.AsyncClient) -> None:
+    for n in range(3, 21):
+        scooter = await fetch(client, "/scooter-data", f"scooter-{n}")
+        assert scooter["zone_id"] == "zone-1"
+        assert scooter["charge"] >= 28
+    for n in range(6, 21):
+        user = await fetch(client, "/user-profile", f"user-{n}")
+        assert not user["has_subscribtion"]
+        assert not user["trusted"]
+        assert user["current_debt"] == user["total_debt"] == 0
+
+
+# --- the generated data set ----------------------------------------------------------------------
+
+
+async def test_data_set_size(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/scooter-data", params={"id": "scooter-10000"})).status_code == 200
+    assert (await client.get("/user-profile", params={"id": "user-100000"})).status_code == 200
+    assert (await client.get("/tariff-zone-data", params={"id": "zone-10"})).status_code == 200
+    for path, record_id in [
+        ("/scooter-data", "scooter-10001"),
+        ("/user-profile", "user-100001"),
+        ("/tariff-zone-data", "zone-11"),
+        ("/scooter-data", "scooter-0"),
+        ("/scooter-data", "scooter-01"),
+        ("/scooter-data", "user-1"),
+        ("/user-profile", ""),
+    ]:
+        answer = await client.get(path, params={"id": record_id})
+        assert answer.status_code == 404, (path, record_id)
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["status"] == 404
+
+
+async def test_data_set_shape(client: httpx.AsyncClient) -> None:
+    scooters = [await fetch(client, "/scooter-data", f"scooter-{n}") for n in range(21, 321)]
+    assert any(s["charge"] < 28 for s in scooters)
+    assert all(0 <= s["charge"] <= 100 for s in scooters)
+    assert len({s["zone_id"] for s in scooters}) > 1
+    users = [await fetch(client, "/user-profile", f"user-{n}") for n in range(21, 621)]
+    assert any(u["current_debt"] > 0 for u in users)
+    assert any(u["total_debt"] > 10_000 for u in users)
+    assert any(u["has_subscribtion"] for u in users)
+    assert any(u["trusted"] for u in users)
+    for user in users:
+        assert user["current_debt"] >= 0
+        assert user["total_debt"] >= user["current_debt"]
+        assert not (user["trusted"] and user["total_debt"])
+
+
+async def test_same_seed_same_records(client: httpx.AsyncClient, base_settings: Settings) -> None:
+    local = DataSet(
+        seed=base_settings.stub_seed,
+        scooters=base_settings.stub_scooters,
+        zones=base_settings.stub_zones,
+        users=base_settings.stub_users,
+    )
+    for n in (21, 4_321, 10_000):
+        served = await fetch(client, "/scooter-data", f"scooter-{n}")
+        assert served == msgspec.to_builtins(local.scooter(f"scooter-{n}"))
+    for n in (21, 54_321, 100_000):
+        served = await fetch(client, "/user-profile", f"user-{n}")
+        assert served == msgspec.to_builtins(local.user(f"user-{n}"))
+    assert await fetch(client, "/tariff-zone-data", "zone-7") == msgspec.to_builtins(
+        local.zone("zone-7")
+    )
+
+
+# --- payments ledger -----------------------------------------------------------------------------
+
+
+async def test_hold_then_clear_charges_and_releases_the_rest(client: httpx.AsyncClient) -> None:
+    order = new_order()
+    assert (await pay(client, "hold", order, 300)).json() == {"status": "ok"}
+    assert (await pay(client, "clear", order, 48)).json() == {"status": "ok"}
+    ledger = (await client.get("/ledger", params={"order_id": order})).json()
+    assert ledger["order_id"] == order
+    assert ledger["user_id"] == "user-1"
+    assert (ledger["held"], ledger["charged"], ledger["released"]) == (300, 48, 252)
+    assert [(e["kind"], e["amount"]) for e in ledger["entries"]] == [
+        ("hold", 300),
+        ("charge", 48),
+        ("release", 252),
+    ]
+
+
+async def test_clear_of_zero_releases_the_whole_hold(client: httpx.AsyncClient) -> None:
+    order = new_order()
+    await pay(client, "hold", order, 300)
+    await pay(client, "clear", order, 0)
+    ledger = (await client.get("/ledger", params={"order_id": order})).json()
+    assert (ledger["held"], ledger["charged"], ledger["released"]) == (300, 0, 300)
+
+
+async def test_charge_may_exceed_the_hold(client: httpx.AsyncClient) -> None:
+    order = new_order()
+    await pay(client, "hold", order, 300)
+    assert (await pay(client, "clear", order, 1_000)).status_code == 200
+    ledger = (await client.get("/ledger", params={"order_id": order})).json()
+    assert (ledger["held"], ledger["charged"], ledger["released"]) == (300, 1_000, 0)
+
+
+async def test_clear_without_hold_still_charges(client: httpx.AsyncClient) -> None:
+    order = new_order()
+    assert (await pay(client, "clear", order, 48)).status_code == 200
+    ledger = (await client.get("/ledger", params={"order_id": order})).json()
+    assert (ledger["held"], ledger["charged"], ledger["released"]) == (0, 48, 0)
+    assert [e["kind"] for e in ledger["entries"]] == ["charge"]
+
+
+async def test_ledger_of_unknown_order_is_404(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/ledger", params={"order_id": new_order()})).status_code == 404
+
+
+async def test_hold_and_clear_are_idempotent(client: httpx.AsyncClient) -> None:
+    order = new_order()
+    for _ in range(2):
+        assert (await pay(client, "hold", order, 300)).status_code == 200
+    for _ in range(2):
+        assert (await pay(client, "clear", order, 48)).status_code == 200
+    ledger = (await client.get("/ledger", params={"order_id": order})).json()
+    assert [e["kind"] for e in ledger["entries"]] == ["hold", "charge", "release"]
+    assert (ledger["held"], ledger["charged"], ledger["released"]) == (300, 48, 252)
+
+
+async def test_repeats_with_another_amount_conflict(client: httpx.AsyncClient) -> None:
+    order = new_order()
+    await pay(client, "hold", order, 300)
+    assert (await pay(client, "hold", order, 301)).status_code == 409
+    await pay(client, "clear", order, 48)
+    answer = await pay(client, "clear", order, 49)
+    assert answer.status_code == 409
+    assert answer.json()["code"] == "payment_conflict"
+    assert (await pay(client, "hold", order, 300)).status_code == 409  # settled: no new hold
+    assert (await pay(client, "clear", order, 48, user_id="user-2")).status_code == 409
+    ledger = (await client.get("/ledger", params={"order_id": order})).json()
+    assert (ledger["held"], ledger["charged"], ledger["released"]) == (300, 48, 252)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"user_id": "user-1", "order_id": "o", "amount": -1},
+        {"user_id": "user-1", "order_id": "o", "amount": "10"},
+        {"user_id": "user-1", "order_id": "o", "amount": 1.5},
+        {"user_id": "user-1", "amount": 10},
+        {"user_id": "", "order_id": "o", "amount": 10},
+        [],
+    ],
+)
+async def test_malformed_payment_is_4xx(client: httpx.AsyncClient, body: Any) -> None:
+    for operation in ("hold", "clear"):
+        answer = await client.post(f"/{operation}-money-for-order", json=body)
+        assert 400 <= answer.status_code < 500, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+    assert (await client.get("/ledger", params={"order_id": "o"})).status_code == 404
+
+
+async def test_malformed_requests_are_4xx(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/scooter-data")).status_code == 400
+    assert (await client.get("/ledger")).status_code == 400
+    bad = await client.post(
+        "/hold-money-for-order", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert bad.status_code == 400
+    assert (await client.post("/admin/configs", json={"surge": -1})).status_code == 400
+    assert (await client.post("/admin/configs", json={"surges": 3})).status_code == 400
+    assert (await client.post("/admin/faults", json={"outage": True})).status_code == 400
+    too_flaky = await client.post("/admin/faults", json={"service": "users", "error_rate": 2})
+    assert too_flaky.status_code == 400
+
+
+# --- configs -------------------------------------------------------------------------------------
+
+
+async def test_configs_can_be_changed_and_reset(client: httpx.AsyncClient) -> None:
+    try:
+        answer = await client.post("/admin/configs", json={"surge": 3.0, "free_ride_seconds": 9})
+        assert answer.status_code == 200
+        coeffs = (await client.get("/configs")).json()["price_coeff_settings"]
+        assert (coeffs["surge"], coeffs["free_ride_seconds"]) == (3.0, 9)
+        assert coeffs["low_charge_discount"] == 0.75  # untouched fields keep their value
+    finally:
+        (await client.post("/admin/configs/reset")).raise_for_status()
+    assert (await client.get("/configs")).json()["price_coeff_settings"]["surge"] == 2.0
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("reset_faults")
+async def test_outage_takes_down_that_service_only(client: httpx.AsyncClient) -> None:
+    await set_fault(client, service="scooters", outage=True)
+    down = await client.get("/scooter-data", params={"id": "scooter-1"})
+    assert down.status_code == 503
+    assert down.json()["code"] == "injected_fault"
+    assert (await client.get("/tariff-zone-data", params={"id": "zone-1"})).status_code == 200
+    assert (await client.get("/user-profile", params={"id": "user-1"})).status_code == 200
+    assert (await client.get("/configs")).status_code == 200
+    assert (await pay(client, "hold", new_order(), 1)).status_code == 200
+    assert (await client.get("/health/ready")).status_code == 200
+    assert (await client.get("/admin/faults")).status_code == 200
+
+
+@pytest.mark.usefixtures("reset_faults")
+@pytest.mark.parametrize(
+    ("service", "path"),
+    [
+        ("scooters", "/scooter-data?id=scooter-1"),
+        ("zones", "/tariff-zone-data?id=zone-1"),
+        ("users", "/user-profile?id=user-1"),
+        ("configs", "/configs"),
+    ],
+)
+async def test_error_rate_one_always_fails(
+    client: httpx.AsyncClient, service: str, path: str
+) -> None:
+    await set_fault(client, service=service, error_rate=1.0)
+    for _ in range(3):
+        assert (await client.get(path)).status_code == 500
+    await set_fault(client, service=service, error_rate=0.0)
+    assert (await client.get(path)).status_code == 200
+
+
+@pytest.mark.usefixtures("reset_faults")
+async def test_error_rate_fails_a_fraction(client: httpx.AsyncClient) -> None:
+    await set_fault(client, service="users", error_rate=0.5)
+    codes = [
+        (await client.get("/user-profile", params={"id": "user-1"})).status_code for _ in range(60)
+    ]
+    assert set(codes) == {200, 500}
+
+
+@pytest.mark.usefixtures("reset_faults")
+async def test_latency_is_added_to_that_service_only(client: httpx.AsyncClient) -> None:
+    await set_fault(client, service="zones", latency_ms=200)
+    started = time.perf_counter()
+    assert (await client.get("/tariff-zone-data", params={"id": "zone-1"})).status_code == 200
+    assert time.perf_counter() - started >= 0.2
+    started = time.perf_counter()
+    assert (await client.get("/scooter-data", params={"id": "scooter-1"})).status_code == 200
+    assert time.perf_counter() - started < 0.2
+
+
+@pytest.mark.usefixtures("reset_faults")
+async def test_a_failed_payment_call_records_nothing(client: httpx.AsyncClient) -> None:
+    order = new_order()
+    await set_fault(client, service="payments", error_rate=1.0)
+    assert (await pay(client, "hold", order, 300)).status_code == 500
+    assert (await pay(client, "clear", order, 48)).status_code == 500
+    await set_fault(client, service="payments", error_rate=0.0, outage=True)
+    assert (await pay(client, "hold", order, 300)).status_code == 503
+    assert (await client.get("/ledger", params={"order_id": order})).status_code == 404
+
+    await set_fault(client, service="payments", outage=False)
+    assert (await pay(client, "hold", order, 300)).status_code == 200
+    await set_fault(client, service="payments", outage=True)
+    assert (await pay(client, "clear", order, 48)).status_code == 503
+    ledger = (await client.get("/ledger", params={"order_id": order})).json()
+    assert [e["kind"] for e in ledger["entries"]] == ["hold"]
+    assert (ledger["held"], ledger["charged"], ledger["released"]) == (300, 0, 0)
+
+
+@pytest.mark.usefixtures("reset_faults")
+async def test_fault_switches_are_partial_and_listed(client: httpx.AsyncClient) -> None:
+    await set_fault(client, service="users", latency_ms=5)
+    answer = await client.post("/admin/faults", json={"service": "users", "error_rate": 0.1})
+    assert answer.status_code == 200
+    users = next(f for f in answer.json() if f["service"] == "users")
+    assert users == {"service": "users", "outage": False, "latency_ms": 5, "error_rate": 0.1}
+    listed = (await client.get("/admin/faults")).json()
+    assert {f["service"] for f in listed} == {"scooters", "zones", "users", "configs", "payments"}
+    assert users in listed
+
+
+async def test_unknown_service_is_422_problem(client: httpx.AsyncClient) -> None:
+    answer = await client.post("/admin/faults", json={"service": "weather", "outage": True})
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert problem["status"] == 422
+    assert problem["code"] == "unknown_service"
+    assert {"type", "title", "detail"} <= problem.keys()
+
+
+def test_faults_from_the_environment(base_settings: Settings) -> None:
+    port = free_port()
+    settings = dataclasses.replace(
+        base_settings, stubs_port=port, external_base_url=f"http://127.0.0.1:{port}"
+    )
+    faults = [{"service": "configs", "outage": True}, {"service": "users", "error_rate": 1.0}]
+    proc = start_process("stubs", settings, {"SCOOTERS_STUB_FAULTS": json.dumps(faults)})
+    try:
+        url = settings.external_base_url
+        wait_http(f"{url}/health/live", proc=proc)
+        assert httpx.get(f"{url}/configs").status_code == 503
+        assert httpx.get(f"{url}/user-profile", params={"id": "user-1"}).status_code == 500
+        assert httpx.get(f"{url}/scooter-data", params={"id": "scooter-1"}).status_code == 200
+    finally:
+        stop_process(proc)
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+
+async def test_health(client: httpx.AsyncClient) -> None:
+    for path in ("/health/live", "/health/ready"):
+        answer = await client.get(path)
+        assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+
+
+async def test_metrics_count_requests_per_service_and_outcome(client: httpx.AsyncClient) -> None:
+    def count(text: str, service: str, outcome: str) -> float:
+        line = f'stub_requests_total{{outcome="{outcome}",service="{service}"}} '
+        return next(
+            (float(row[len(line) :]) for row in text.splitlines() if row.startswith(line)), 0.0
+        )
+
+    before = (await client.get("/metrics")).text
+    await client.get("/scooter-data", params={"id": "scooter-1"})
+    await client.get("/scooter-data", params={"id": "scooter-0"})
+    after = (await client.get("/metrics")).text
+    assert count(after, "scooters", "ok") == count(before, "scooters", "ok") + 1
+    assert count(after, "scooters", "not_found") == count(before, "scooters", "not_found") + 1
