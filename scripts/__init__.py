@@ -1,0 +1,1 @@
+"""Developer and load-test tooling (not part of the deployed services)."""
