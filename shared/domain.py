@@ -9,9 +9,9 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
-
 
 # --- external services' answers (wire contract) -------------------------------------------
 
@@ -112,11 +112,14 @@ class PaymentStatus(enum.StrEnum):
     HELD = "held"
     PENDING = "pending"  # ride ended, charge not yet confirmed (retried)
     CHARGED = "charged"  # final amount charged, rest of the hold released
+    RELEASED = "released"  # a cancelled (free) ride: the whole hold was released
     DEBT = "debt"  # the retries gave up: the amount is the user's debt
     FAILED = "failed"  # the hold failed (order rejected)
 
 
-class TrackPoint(msgspec.Struct, frozen=True, array_like=False):
-    t: float  # seconds since the epoch
-    lat: float
-    lon: float
+class TrackPoint(msgspec.Struct, frozen=True):
+    """One GPS fix of a ride."""
+
+    t: Annotated[float, msgspec.Meta(ge=0)]  # seconds since the epoch
+    lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
+    lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]

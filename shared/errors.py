@@ -61,12 +61,26 @@ class UserNotFound(DomainError):
 
 class IdempotencyKeyReused(DomainError):
     code, status, title = (
-        "idempotency_key_reused", 422, "The Idempotency-Key was used with a different request")
+        "idempotency_key_reused",
+        422,
+        "The Idempotency-Key was used with a different request",
+    )
 
 
 class IdempotencyKeyInFlight(DomainError):
     code, status, title = (
-        "idempotency_key_in_flight", 409, "A request with this Idempotency-Key is in progress")
+        "idempotency_key_in_flight",
+        409,
+        "A request with this Idempotency-Key is in progress",
+    )
+
+
+class InvalidIdempotencyKey(DomainError):
+    code, status, title = (
+        "invalid_idempotency_key",
+        400,
+        "The Idempotency-Key header is malformed",
+    )
 
 
 class TrackTooLong(DomainError):

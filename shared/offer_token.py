@@ -44,9 +44,7 @@ class OfferSigner:
     def __init__(self, key: str, previous_keys: tuple[str, ...] = ()) -> None:
         self._kid = key_id(key)
         self._key = key.encode()
-        self._ring: Mapping[str, bytes] = {
-            key_id(k): k.encode() for k in (key, *previous_keys)
-        }
+        self._ring: Mapping[str, bytes] = {key_id(k): k.encode() for k in (key, *previous_keys)}
 
     def sign(self, offer: Offer) -> str:
         """The token the app sends back to start a ride from ``offer``."""

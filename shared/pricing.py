@@ -5,6 +5,7 @@ Every step truncates toward zero exactly as the rules say; money stays ``int``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -63,7 +64,7 @@ _EARTH_RADIUS_M = 6_371_008.8
 def track_distance_meters(track: Sequence[TrackPoint]) -> int:
     """Length of the GPS track (haversine between consecutive points), in whole metres."""
     total = 0.0
-    for a, b in zip(track, track[1:], strict=False):
+    for a, b in itertools.pairwise(track):
         lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
         dlat = lat2 - lat1
         dlon = math.radians(b.lon - a.lon)

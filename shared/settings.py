@@ -94,6 +94,13 @@ class Settings:
     # --- read side
     finished_view_ttl_seconds: int = 7 * 86_400
     user_recent_orders: int = 50
+    redis_cluster: bool = False  # connect with the Redis Cluster client
+    redis_timeout_seconds: float = 0.25  # a slower Redis counts as down for a while
+    redis_retry_seconds: float = 1.0  # after a Redis failure, read Postgres this long
+    refill_ttl_seconds: int = 300  # TTL of a view refilled from Postgres that isn't done
+    projector_batch_size: int = 500
+    projector_poll_seconds: float = 1.0  # fallback when a NOTIFY is missed
+    projector_metrics_port: int = 8002  # 0 = no /metrics server
 
     # --- stubs data set
     stub_scooters: int = 10_000
@@ -113,8 +120,9 @@ class Settings:
                 continue
             kind = hints[field.name]
             try:
-                values[field.name] = kind(raw) if kind is not bool else raw.lower() in {
-                    "1", "true", "yes", "on"}
+                values[field.name] = (
+                    kind(raw) if kind is not bool else raw.lower() in {"1", "true", "yes", "on"}
+                )
             except ValueError as exc:
                 raise SettingsError(f"SCOOTERS_{field.name.upper()}={raw!r}: {exc}") from exc
         settings = cls(**values)

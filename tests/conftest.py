@@ -24,7 +24,9 @@ from migrations.runner import migrate
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-ADMIN_DSN = os.environ.get("SCOOTERS_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_DSN = os.environ.get(
+    "SCOOTERS_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("SCOOTERS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -96,8 +98,12 @@ async def database(base_settings: Settings) -> AsyncIterator[str]:
         await conn.close()
 
 
-def start_process(module: str, settings: Settings, extra_env: dict[str, str] | None = None,
-                  args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+def start_process(
+    module: str,
+    settings: Settings,
+    extra_env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
     """Start ``python -m module`` with ``settings`` exported as SCOOTERS_* variables."""
     env = dict(os.environ)
     for field in dataclasses.fields(settings):
@@ -130,11 +136,15 @@ def stubs(base_settings: Settings) -> Iterator[str]:
 @pytest.fixture
 def reset_faults(stubs: str) -> Iterator[None]:
     """Clear every fault switch before and after a test that sets some."""
+
     def clear() -> None:
         for service in ("scooters", "zones", "users", "configs", "payments"):
-            httpx.post(f"{stubs}/admin/faults", json={
-                "service": service, "outage": False, "latency_ms": 0, "error_rate": 0.0},
-                timeout=5).raise_for_status()
+            httpx.post(
+                f"{stubs}/admin/faults",
+                json={"service": service, "outage": False, "latency_ms": 0, "error_rate": 0.0},
+                timeout=5,
+            ).raise_for_status()
+
     clear()
     yield
     clear()

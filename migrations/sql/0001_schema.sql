@@ -15,7 +15,7 @@ CREATE TABLE orders (
     status            text        NOT NULL
         CHECK (status IN ('starting', 'active', 'finished', 'cancelled', 'rejected')),
     payment_status    text        NOT NULL
-        CHECK (payment_status IN ('holding', 'held', 'pending', 'charged', 'debt', 'failed')),
+        CHECK (payment_status IN ('holding', 'held', 'pending', 'charged', 'released', 'debt', 'failed')),
     started_at        timestamptz NOT NULL,
     finished_at       timestamptz,
     duration_seconds  integer,

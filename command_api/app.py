@@ -1,0 +1,199 @@
+"""The command API: offers and rides. ``create_app`` is the composition root."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Any
+
+import asyncpg
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.params import Parameter
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from command_api import rides
+from command_api.external import ExternalServices, make_http_client
+from command_api.idempotency import run_once
+from command_api.identity import resolve_rider
+from shared.domain import TrackPoint
+from shared.errors import OrderNotFound
+from shared.events import OrderSnapshot
+from shared.ids import parse_order_id
+from shared.offer_token import OfferSigner
+from shared.problems import exception_handlers
+from shared.settings import Settings, get_settings
+
+JSON = "application/json"
+_encoder = msgspec.json.Encoder()
+
+RiderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\w.:-]+$")]
+
+
+class CreateOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    user_id: RiderId
+    scooter_id: RiderId
+
+
+class OfferAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    user_id: str
+    scooter_id: str
+    zone_id: str
+    price_per_minute: int
+    price_unlock: int
+    deposit: int
+    created_at: datetime
+    expires_at: datetime
+    token: str
+
+
+class StartOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    offer_token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+class FinishOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    track: list[TrackPoint] = []
+
+
+def _deps(state: State) -> rides.Deps:
+    deps: rides.Deps = state.deps
+    return deps
+
+
+@post("/offers", status_code=201, summary="Price a personal offer for a scooter")
+async def create_offer(
+    request: Request[Any, Any, Any], data: CreateOffer, state: State
+) -> OfferAnswer:
+    rider = resolve_rider(request, data.user_id) or data.user_id
+    offer, token = await rides.create_offer(_deps(state), rider, data.scooter_id)
+    return OfferAnswer(
+        id=str(offer.id),
+        user_id=offer.user_id,
+        scooter_id=offer.scooter_id,
+        zone_id=offer.zone_id,
+        price_per_minute=offer.price_per_minute,
+        price_unlock=offer.price_unlock,
+        deposit=offer.deposit,
+        created_at=offer.created_at,
+        expires_at=offer.expires_at,
+        token=token,
+    )
+
+
+async def _idempotent(
+    request: Request[Any, Any, Any],
+    state: State,
+    scope: str,
+    key: str | None,
+    run: Callable[[], Awaitable[tuple[int, OrderSnapshot]]],
+) -> Response[bytes]:
+    """Answer ``run()`` (status, snapshot), once per Idempotency-Key when one is given."""
+
+    async def execute() -> tuple[int, bytes]:
+        status, snapshot = await run()
+        return status, _encoder.encode(snapshot)
+
+    if key is None:
+        status, body = await execute()
+    else:
+        status, body = await run_once(_deps(state).pool, scope, key, await request.body(), execute)
+    return Response(body, status_code=status, media_type=JSON)
+
+
+@post("/orders", status_code=201, summary="Start a ride from an offer")
+async def start_order(
+    request: Request[Any, Any, Any],
+    data: StartOrder,
+    state: State,
+    idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+) -> Response[bytes]:
+    deps = _deps(state)
+    offer = deps.signer.verify(data.offer_token, rides.utcnow())
+    resolve_rider(request, offer.user_id)
+
+    async def run() -> tuple[int, OrderSnapshot]:
+        return 201, await rides.start_ride(deps, offer)
+
+    return await _idempotent(request, state, f"start:{offer.user_id}", idempotency_key, run)
+
+
+@post("/orders/{order_id:str}/finish", status_code=200, summary="Finish a ride and charge it")
+async def finish_order(
+    request: Request[Any, Any, Any],
+    order_id: str,
+    data: FinishOrder,
+    state: State,
+    idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+) -> Response[bytes]:
+    parsed = parse_order_id(order_id)
+    if parsed is None:
+        raise OrderNotFound(f"no ride {order_id}")
+    deps = _deps(state)
+    rider = resolve_rider(request, None)
+
+    async def run() -> tuple[int, OrderSnapshot]:
+        return 200, await rides.finish_ride(deps, parsed, data.track, rider)
+
+    return await _idempotent(request, state, f"finish:{order_id}", idempotency_key, run)
+
+
+@get("/health/live", summary="The process is up")
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/health/ready", summary="Postgres answers", status_code=200)
+async def ready(state: State) -> Response[dict[str, str]]:
+    try:
+        async with _deps(state).pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+    except (OSError, asyncpg.PostgresError) as exc:
+        return Response({"status": "unavailable", "postgres": str(exc)}, status_code=503)
+    return Response({"status": "ok", "postgres": "ok"})
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """The command API wired to real Postgres, payments and the external services."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            command_timeout=settings.db_command_timeout_seconds,
+        )
+        client = make_http_client(settings)
+        app.state.deps = rides.Deps(
+            pool=pool,
+            services=ExternalServices(client, settings),
+            signer=OfferSigner(settings.offer_signing_key),
+            settings=settings,
+        )
+        app.state.retry_after_seconds = settings.retry_after_seconds
+        try:
+            yield
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    logging.basicConfig(level=settings.log_level)
+    return Litestar(
+        route_handlers=[create_offer, start_order, finish_order, live, ready, PrometheusController],
+        lifespan=[lifespan],
+        exception_handlers=exception_handlers(),
+        middleware=[
+            PrometheusConfig(
+                app_name="command_api", prefix="command_api", group_path=True
+            ).middleware
+        ],
+        openapi_config=OpenAPIConfig(title="SuperScooters command API", version="1"),
+        request_max_body_size=2 * 1024 * 1024,
+        logging_config=None,  # plain stdlib logging at the configured level, off the hot path
+    )

@@ -1,0 +1,251 @@
+"""The external services, behind the degradation policy of DOMAIN.md.
+
+| service  | policy                                                                  |
+|----------|-------------------------------------------------------------------------|
+| scooters | critical: fail fast with ``DependencyUnavailable``                      |
+| payments | critical; calls are idempotent per (order, operation), so retry is safe |
+| users    | last known profile of that user; with none, conservative                |
+| configs  | fetched at most once per refresh period; last good value; defaults      |
+| zones    | fresh cache entries used as they are; stale + down → base tariff        |
+
+Every call has a timeout; GETs are retried once on a transport error or 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+from aiocache import SimpleMemoryCache
+
+from command_api import metrics
+from shared.domain import (
+    ConfigsAnswer,
+    PaymentRequest,
+    PriceCoeffSettings,
+    ScooterData,
+    TariffZone,
+    UserProfile,
+)
+from shared.errors import DependencyUnavailable, ScooterNotFound, UserNotFound
+from shared.settings import Settings
+
+T = TypeVar("T")
+
+_scooter_decoder = msgspec.json.Decoder(ScooterData)
+_zone_decoder = msgspec.json.Decoder(TariffZone)
+_user_decoder = msgspec.json.Decoder(UserProfile)
+_configs_decoder = msgspec.json.Decoder(ConfigsAnswer)
+_encoder = msgspec.json.Encoder()
+
+
+class ServiceError(Exception):
+    """An external call failed: down, erroring, timed out or answered nonsense."""
+
+    def __init__(self, service: str, reason: str, *, ambiguous: bool = False) -> None:
+        super().__init__(f"{service}: {reason}")
+        self.service = service
+        self.reason = reason
+        # the request may have reached the service and taken effect (timeout, reset)
+        self.ambiguous = ambiguous
+
+
+class NotFound(Exception):
+    """The service answered 404 for the id."""
+
+
+class Sourced(msgspec.Struct, frozen=True):
+    """A value and where it came from (live, cache, fallback)."""
+
+    value: Any
+    source: str
+
+
+def make_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one shared client of a process: pooled connections, a timeout on every call."""
+    return httpx.AsyncClient(
+        base_url=settings.external_base_url,
+        timeout=httpx.Timeout(settings.http_timeout_seconds),
+        limits=httpx.Limits(
+            max_connections=settings.http_max_connections,
+            max_keepalive_connections=settings.http_max_connections,
+        ),
+    )
+
+
+class ExternalServices:
+    """Typed calls to the external services with their caches and fallbacks."""
+
+    def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+        self._zones = SimpleMemoryCache()
+        self._users = SimpleMemoryCache()
+        self._configs = SimpleMemoryCache()
+        self._configs_lock = asyncio.Lock()
+        self._configs_checked_at = float("-inf")
+        self._defaults = PriceCoeffSettings(
+            surge=settings.surge_default,
+            low_charge_discount=settings.low_charge_discount_default,
+            low_charge_threshold=settings.low_charge_threshold,
+            deposit_multiplier=settings.deposit_multiplier,
+            deposit_debt_threshold=settings.deposit_debt_threshold,
+            free_ride_seconds=settings.free_ride_seconds,
+        )
+
+    # --- transport -----------------------------------------------------------------------
+
+    async def _get(
+        self,
+        service: str,
+        path: str,
+        decoder: msgspec.json.Decoder[T],
+        params: dict[str, str] | None = None,
+    ) -> T:
+        """GET with one retry (safe: reads have no effect) on transport errors and 5xx."""
+        last: ServiceError | None = None
+        for _ in range(2):
+            try:
+                response = await self._client.get(path, params=params)
+            except httpx.HTTPError as exc:
+                last = ServiceError(service, type(exc).__name__)
+                continue
+            if response.status_code == 404:
+                metrics.external_calls.labels(service, "not_found").inc()
+                raise NotFound(service)
+            if response.status_code >= 500:
+                last = ServiceError(service, f"HTTP {response.status_code}")
+                continue
+            if response.status_code != 200:
+                last = ServiceError(service, f"HTTP {response.status_code}")
+                break
+            try:
+                value = decoder.decode(response.content)
+            except msgspec.DecodeError as exc:
+                last = ServiceError(service, f"bad answer: {exc}")
+                break
+            metrics.external_calls.labels(service, "ok").inc()
+            return value
+        assert last is not None
+        metrics.external_calls.labels(service, "error").inc()
+        raise last
+
+    async def _post_payment(self, path: str, request: PaymentRequest) -> None:
+        """One payments call; ``ambiguous`` failures may have taken effect."""
+        try:
+            response = await self._client.post(
+                path,
+                content=_encoder.encode(request),
+                headers={"content-type": "application/json"},
+                timeout=self._settings.payment_timeout_seconds,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            metrics.external_calls.labels("payments", "error").inc()
+            raise ServiceError("payments", type(exc).__name__) from exc
+        except httpx.HTTPError as exc:
+            metrics.external_calls.labels("payments", "error").inc()
+            raise ServiceError("payments", type(exc).__name__, ambiguous=True) from exc
+        if response.status_code != 200:
+            metrics.external_calls.labels("payments", "error").inc()
+            raise ServiceError("payments", f"HTTP {response.status_code}")
+        metrics.external_calls.labels("payments", "ok").inc()
+
+    # --- services --------------------------------------------------------------------------
+
+    async def scooter(self, scooter_id: str) -> ScooterData:
+        """Critical: the scooter's zone and charge, or a clear refusal."""
+        try:
+            return await self._get(
+                "scooters", "/scooter-data", _scooter_decoder, {"id": scooter_id}
+            )
+        except NotFound:
+            raise ScooterNotFound(f"no scooter {scooter_id!r}") from None
+        except ServiceError as exc:
+            raise DependencyUnavailable("scooters", f"scooters: {exc.reason}") from exc
+
+    async def zone(self, zone_id: str) -> Sourced:
+        """The zone's tariff: fresh cache, else live, else the configured base tariff."""
+        cached = await self._zones.get(zone_id)
+        if cached is not None:
+            metrics.cache_lookups.labels("zones", "hit").inc()
+            return Sourced(cached, "cache")
+        metrics.cache_lookups.labels("zones", "miss").inc()
+        try:
+            zone = await self._get("zones", "/tariff-zone-data", _zone_decoder, {"id": zone_id})
+        except (ServiceError, NotFound):
+            s = self._settings
+            base = TariffZone(
+                id=zone_id,
+                price_per_minute=s.base_price_per_minute,
+                price_unlock=s.base_price_unlock,
+                default_deposit=s.base_deposit,
+            )
+            return Sourced(base, "base_tariff")
+        await self._zones.set(zone_id, zone, ttl=self._settings.zone_freshness_seconds)
+        return Sourced(zone, "live")
+
+    async def user(self, user_id: str) -> Sourced:
+        """The rider's profile: live, else the last one we saw, else conservative."""
+        try:
+            profile = await self._get("users", "/user-profile", _user_decoder, {"id": user_id})
+        except NotFound:
+            raise UserNotFound(f"no user {user_id!r}") from None
+        except ServiceError:
+            known = await self._users.get(user_id)
+            metrics.cache_lookups.labels("users", "hit" if known else "miss").inc()
+            if known is not None:
+                return Sourced(known, "last_known")
+            return Sourced(UserProfile(id=user_id), "conservative")
+        await self._users.set(user_id, profile, ttl=self._settings.user_profile_memory_seconds)
+        return Sourced(profile, "live")
+
+    async def configs(self) -> Sourced:
+        """Pricing knobs, fetched at most once per refresh period; last good, else defaults."""
+        now = time.monotonic()
+        if now - self._configs_checked_at < self._settings.configs_refresh_seconds:
+            return await self._cached_configs()
+        async with self._configs_lock:  # single flight: one fetch per period per process
+            if time.monotonic() - self._configs_checked_at < self._settings.configs_refresh_seconds:
+                return await self._cached_configs()
+            self._configs_checked_at = time.monotonic()
+            try:
+                answer = await self._get("configs", "/configs", _configs_decoder)
+            except (ServiceError, NotFound):
+                return await self._cached_configs()
+            await self._configs.set("configs", answer.price_coeff_settings)
+            return Sourced(answer.price_coeff_settings, "live")
+
+    async def _cached_configs(self) -> Sourced:
+        value = await self._configs.get("configs")
+        metrics.cache_lookups.labels("configs", "hit" if value else "miss").inc()
+        return (
+            Sourced(value, "last_good")
+            if value is not None
+            else Sourced(self._defaults, "defaults")
+        )
+
+    async def hold(self, user_id: str, order_id: str, amount: int) -> None:
+        """Reserve ``amount``; retried once (payments is idempotent per order and operation).
+
+        The error says ``ambiguous`` when any attempt may have reserved money anyway.
+        """
+        request = PaymentRequest(user_id=user_id, order_id=order_id, amount=amount)
+        try:
+            await self._post_payment("/hold-money-for-order", request)
+            return
+        except ServiceError as first:
+            if first.reason.startswith("HTTP 4"):
+                raise
+            try:
+                await self._post_payment("/hold-money-for-order", request)
+            except ServiceError as second:
+                second.ambiguous = second.ambiguous or first.ambiguous
+                raise second from first
+
+    async def clear(self, user_id: str, order_id: str, amount: int) -> None:
+        """Charge ``amount`` (final) and release the rest of the hold; 0 releases it all."""
+        request = PaymentRequest(user_id=user_id, order_id=order_id, amount=amount)
+        await self._post_payment("/clear-money-for-order", request)

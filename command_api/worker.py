@@ -1,0 +1,149 @@
+"""The write side's worker: owed payment operations and scheduled maintenance.
+
+``python -m command_api.worker``. Several may run at once: operations are leased with
+``FOR UPDATE SKIP LOCKED`` and every payment call is idempotent per (order, operation).
+
+- ``hold`` due: a start never confirmed its hold in time → the start is undone and
+  the hold released.
+- ``charge`` due: the charge is retried with exponential backoff; after
+  ``payment_max_attempts`` a positive amount becomes the user's debt. A zero amount
+  (a cancelled ride's release) is retried for as long as it takes.
+- ``release`` due: the hold of a rejected start is released, retried until done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+import asyncpg
+
+from command_api import metrics, rides
+from command_api import repository as repo
+from command_api.external import ExternalServices, ServiceError, make_http_client
+from migrations.maintenance import prune, run_partition_maintenance
+from shared.offer_token import OfferSigner
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger("worker")
+BATCH = 100
+
+
+def backoff_seconds(settings: Settings, attempts: int) -> float:
+    """Delay before the next try after ``attempts`` failed ones."""
+    delay = settings.payment_retry_base_seconds * 2 ** max(attempts - 1, 0)
+    return float(min(delay, settings.payment_retry_max_seconds))
+
+
+async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
+    """Try one leased payment operation once and record what happened."""
+    settings = deps.settings
+    order_id, kind, amount = op["order_id"], op["kind"], op["amount"]
+    created_at, user_id = op["order_created_at"], op["user_id"]
+    if kind == "hold":
+        undone = await rides.reject_start(deps.pool, order_id, created_at, user_id, release=True)
+        metrics.payment_attempts.labels(kind, "undone" if undone else "noop").inc()
+        return
+    try:
+        await deps.services.clear(user_id, str(order_id), amount)
+    except ServiceError as exc:
+        if kind == "charge" and amount > 0 and op["attempts"] >= settings.payment_max_attempts:
+            await rides.settle_charge(
+                deps.pool, order_id, created_at, user_id, amount, gave_up=True
+            )
+            metrics.payment_attempts.labels(kind, "debt").inc()
+            log.warning(
+                "charge of %s gave up after %d tries: debt %d", order_id, op["attempts"], amount
+            )
+            return
+        metrics.payment_attempts.labels(kind, "retry").inc()
+        async with deps.pool.acquire() as conn:
+            await repo.reschedule_operation(
+                conn, order_id, kind, backoff_seconds(settings, op["attempts"]), str(exc)
+            )
+        return
+    metrics.payment_attempts.labels(kind, "ok").inc()
+    if kind == "charge":
+        await rides.settle_charge(deps.pool, order_id, created_at, user_id, amount)
+    else:
+        async with deps.pool.acquire() as conn:
+            await repo.finish_payment_operation(conn, order_id, kind)
+
+
+async def process_due_operations(deps: rides.Deps) -> int:
+    """Lease and try every due operation (up to a batch); returns how many were tried."""
+    lease = deps.settings.payment_timeout_seconds * 2 + 1
+    async with deps.pool.acquire() as conn:
+        due = await repo.claim_due_operations(conn, BATCH, lease)
+    results = await asyncio.gather(
+        *(process_operation(deps, op) for op in due), return_exceptions=True
+    )
+    for op, result in zip(due, results, strict=True):
+        if isinstance(result, Exception):
+            log.error("payment operation %s/%s failed: %r", op["order_id"], op["kind"], result)
+    return len(due)
+
+
+async def maintain(pool: asyncpg.Pool, settings: Settings) -> None:
+    """Partition premake/retention and pruning of expired bookkeeping rows."""
+    async with pool.acquire() as conn:
+        await run_partition_maintenance(conn, settings)
+        await prune(conn, settings)
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    """Work until ``stop`` is set."""
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=4,
+        command_timeout=settings.db_command_timeout_seconds,
+    )
+    client = make_http_client(settings)
+    deps = rides.Deps(
+        pool=pool,
+        services=ExternalServices(client, settings),
+        signer=OfferSigner(settings.offer_signing_key),
+        settings=settings,
+    )
+    next_maintenance = 0.0
+    try:
+        while not stop.is_set():
+            if time.monotonic() >= next_maintenance:
+                try:
+                    await maintain(pool, settings)
+                except (OSError, asyncpg.PostgresError) as exc:
+                    log.error("maintenance failed, retrying next period: %r", exc)
+                next_maintenance = time.monotonic() + settings.maintenance_interval_seconds
+            try:
+                tried = await process_due_operations(deps)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.error("payment operations failed, retrying: %r", exc)
+                tried = 0
+            if tried < BATCH:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), settings.worker_poll_seconds)
+    finally:
+        await client.aclose()
+        await pool.close()
+
+
+def main() -> None:
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="worker: %(levelname)s %(message)s")
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(settings, stop)
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

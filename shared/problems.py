@@ -1,0 +1,89 @@
+"""Problem details (RFC 9457) for both APIs: one mapping from errors to answers.
+
+Every refusal carries a stable machine-readable ``code``; the app switches on it.
+Unexpected errors are logged with their traceback and answered as a bare 500
+problem, never with the traceback itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from shared.errors import DependencyUnavailable, DomainError
+
+MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger("problems")
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    503: "service_unavailable",
+}
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[dict[str, Any]]:
+    """A problem-details response."""
+    body: dict[str, Any] = {
+        "type": f"https://superscooters.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
+    headers = None
+    if isinstance(exc, DependencyUnavailable):
+        retry_after = getattr(request.app.state, "retry_after_seconds", 2)
+        headers = {"Retry-After": str(retry_after)}
+        return problem(exc.status, exc.code, exc.title, exc.detail, headers, service=exc.service)
+    return problem(exc.status, exc.code, exc.title, exc.detail, headers)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    code = _HTTP_CODES.get(status, "http_error")
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationException):
+        # Litestar reports bad bodies and parameters as 400; they are the caller's to fix
+        code = "invalid_request"
+        if exc.extra:
+            extra["errors"] = exc.extra
+    title = "Invalid request" if code == "invalid_request" else str(exc.detail)
+    return problem(status, code, title, str(exc.detail), exc.headers, **extra)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(500, "internal_error", "Internal error", "An unexpected error occurred")
+
+
+def exception_handlers() -> ExceptionHandlersMap:
+    """Litestar exception handlers that answer every error as problem details."""
+    return {
+        DomainError: _domain_error,
+        HTTPException: _http_error,
+        Exception: _unexpected,
+    }
