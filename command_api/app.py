@@ -13,7 +13,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from command_api import rides
@@ -67,7 +67,7 @@ def _deps(state: State) -> rides.Deps:
 
 @post("/offers", status_code=201, summary="Price a personal offer for a scooter")
 async def create_offer(
-    request: Request[Any, Any, Any], data: CreateOffer, state: State
+    request: Request[Any, Any, Any], data: JSONBody[CreateOffer], state: State
 ) -> OfferAnswer:
     rider = resolve_rider(request, data.user_id) or data.user_id
     offer, token = await rides.create_offer(_deps(state), rider, data.scooter_id)
@@ -108,9 +108,9 @@ async def _idempotent(
 @post("/orders", status_code=201, summary="Start a ride from an offer")
 async def start_order(
     request: Request[Any, Any, Any],
-    data: StartOrder,
+    data: JSONBody[StartOrder],
     state: State,
-    idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+    idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
     deps = _deps(state)
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
@@ -125,10 +125,10 @@ async def start_order(
 @post("/orders/{order_id:str}/finish", status_code=200, summary="Finish a ride and charge it")
 async def finish_order(
     request: Request[Any, Any, Any],
-    order_id: str,
-    data: FinishOrder,
+    order_id: FromPath[str],
+    data: JSONBody[FinishOrder],
     state: State,
-    idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+    idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
     parsed = parse_order_id(order_id)
     if parsed is None:

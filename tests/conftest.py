@@ -79,7 +79,7 @@ def base_settings(run_id: str, stubs_port: int) -> Settings:
         payment_retry_base_seconds=0.05,
         payment_retry_max_seconds=0.2,
         payment_max_attempts=3,
-        stuck_hold_seconds=1,
+        stuck_hold_seconds=3,
         worker_poll_seconds=0.05,
         configs_refresh_seconds=60,
     )
