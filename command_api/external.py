@@ -150,7 +150,9 @@ class ExternalServices:
             raise ServiceError("payments", type(exc).__name__, ambiguous=True) from exc
         if response.status_code != 200:
             metrics.external_calls.labels("payments", "error").inc()
-            raise ServiceError("payments", f"HTTP {response.status_code}")
+            # a 500 may come after the money moved; 503 and 4xx say nothing was done
+            ambiguous = response.status_code >= 500 and response.status_code != 503
+            raise ServiceError("payments", f"HTTP {response.status_code}", ambiguous=ambiguous)
         metrics.external_calls.labels("payments", "ok").inc()
 
     # --- services --------------------------------------------------------------------------
