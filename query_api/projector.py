@@ -1,0 +1,193 @@
+"""The projector: outbox events → Redis projections (``python -m query_api.projector``).
+
+At-least-once: a batch of outbox rows is claimed with ``FOR UPDATE SKIP LOCKED`` (so
+several projectors share the work, none twice), projected to Redis in one pipeline,
+and marked ``published_at`` in the same transaction only after Redis accepted the
+writes. A crash in between leaves the rows unpublished and a later run projects them
+again, which the versioned script makes harmless. Woken by ``NOTIFY outbox``, with a
+polling fallback for a missed notification or a lost LISTEN connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import UTC, datetime
+
+import asyncpg
+import msgspec
+from asyncpg.pool import PoolConnectionProxy
+from prometheus_client import start_http_server
+
+from query_api import projection
+from query_api.metrics import BAD_EVENTS, EVENT_LAG, PROJECTED, PROJECTOR_ERRORS, PROJECTOR_LAG
+from query_api.projection import RedisClient, Write
+from query_api.stores import connect_redis
+from shared.events import Event, event_decoder
+from shared.settings import Settings, get_settings
+from shared.views import created_at_ms, order_view_of, summary_view_of
+
+log = logging.getLogger("query_api.projector")
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+_CLAIM = """
+SELECT id, created_at, payload::text AS payload FROM outbox
+ WHERE published_at IS NULL
+ ORDER BY id
+ LIMIT $1
+ FOR UPDATE SKIP LOCKED
+"""
+# clock_timestamp(), not now(): published_at is when Redis had the writes
+_MARK = "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])"
+_OLDEST = """
+SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox
+ WHERE published_at IS NULL ORDER BY id LIMIT 1
+"""
+# a view written late (replay, catch-up) still lives this long
+_LATE_TTL_FLOOR = 60
+
+
+def writes_for(event: Event, settings: Settings, now: datetime) -> list[Write]:
+    """The projection writes of one event: order view, user's recent list, summary."""
+    prefix = settings.redis_key_prefix
+    order = order_view_of(event.order)
+    ttl = (
+        0
+        if order.status == "active"
+        else projection.finished_ttl(
+            order.finished_at, now, settings.finished_view_ttl_seconds, _LATE_TTL_FLOOR
+        )
+    )
+    writes = [
+        projection.put_order(prefix, order, ttl),
+        projection.add_recent(
+            prefix,
+            order.user_id,
+            [(order.id, created_at_ms(order.created_at))],
+            keep=settings.user_recent_orders,
+            ttl=settings.finished_view_ttl_seconds,
+            complete=False,
+        ),
+    ]
+    if event.summary is not None:
+        writes.append(projection.put_summary(prefix, summary_view_of(event.summary)))
+    return writes
+
+
+async def project_batch(conn: Connection, redis: RedisClient, settings: Settings) -> int:
+    """Claim, project and mark one batch; returns how many events it held."""
+    async with conn.transaction():
+        rows = await conn.fetch(_CLAIM, settings.projector_batch_size)
+        if not rows:
+            return 0
+        now = datetime.now(UTC)
+        writes: list[Write] = []
+        for row in rows:
+            try:
+                event = event_decoder.decode(row["payload"])
+            except msgspec.DecodeError:
+                # never blocks the outbox; the row stays for inspection, marked published
+                BAD_EVENTS.inc()
+                log.error("outbox row %s has an undecodable payload", row["id"])
+                continue
+            writes += writes_for(event, settings, now)
+        await projection.apply(redis, writes)
+        await conn.execute(_MARK, [row["id"] for row in rows])
+    done = datetime.now(UTC)
+    for row in rows:
+        EVENT_LAG.observe(max(0.0, (done - row["created_at"]).total_seconds()))
+    PROJECTED.inc(len(rows))
+    return len(rows)
+
+
+async def drain(pool: asyncpg.Pool, redis: RedisClient, settings: Settings) -> int:
+    """Project until the outbox has nothing unclaimed; returns the events projected."""
+    total = 0
+    while True:
+        async with pool.acquire() as conn:
+            count = await project_batch(conn, redis, settings)
+        total += count
+        if count == 0:
+            return total
+
+
+class Projector:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        settings = self._settings
+        redis = connect_redis(settings, timeout=max(5.0, settings.redis_timeout_seconds))
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        assert pool is not None
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                await self._ensure_listening()
+                self._wake.clear()  # before claiming: a NOTIFY during the batch re-wakes us
+                try:
+                    count = await drain(pool, redis, settings)
+                    PROJECTOR_LAG.set(await pool.fetchval(_OLDEST) or 0.0)
+                    failures = 0
+                except Exception:  # Redis or Postgres down: rows stay unpublished
+                    PROJECTOR_ERRORS.inc()
+                    failures += 1
+                    log.exception("projection failed (attempt %d); retrying", failures)
+                    await self._sleep(min(0.1 * 2**failures, settings.projector_poll_seconds))
+                    continue
+                if count:
+                    log.debug("projected %d events", count)
+                await self._sleep(settings.projector_poll_seconds)
+        finally:
+            if self._listener is not None:
+                with contextlib.suppress(Exception):
+                    await self._listener.close()
+            await pool.close()
+            await redis.aclose()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait for a NOTIFY, a stop, or ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _ensure_listening(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            conn = await asyncpg.connect(self._settings.database_url)
+            await conn.add_listener("outbox", lambda *_: self._wake.set())
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            log.warning(
+                "cannot LISTEN on outbox; polling every %ss", self._settings.projector_poll_seconds
+            )
+            return
+        self._listener = conn
+
+
+async def _main(settings: Settings) -> None:
+    projector = Projector(settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, projector.stop)
+    await projector.run()
+
+
+def main() -> None:
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s: %(message)s")
+    if settings.projector_metrics_port:
+        start_http_server(settings.projector_metrics_port, addr=settings.query_host)
+    asyncio.run(_main(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Hand-written SQL of the read side: what a Redis miss, a page of history and a
+rebuild read from Postgres. Never selects ``track``; every lookup of an order names
+its partition key ``created_at`` (the id's timestamp), history pages bound it too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from shared.ids import created_at_of
+from shared.views import VISIBLE_STATUSES, OrderView, UserSummaryView
+
+Executor = asyncpg.Connection | asyncpg.Pool
+
+_VIEW_COLUMNS = """
+    id::text, user_id, scooter_id, zone_id, status, payment_status, price_per_minute,
+    price_unlock, deposit, free_ride_seconds, created_at, started_at, finished_at,
+    duration_seconds, total_amount, distance_meters, version
+"""
+_VISIBLE = "status = ANY('{" + ",".join(VISIBLE_STATUSES) + "}'::text[])"
+
+_ORDER_BY_ID = f"""
+SELECT {_VIEW_COLUMNS} FROM orders
+ WHERE id = $1 AND created_at = $2 AND {_VISIBLE}
+"""
+
+_ORDERS_BY_IDS = f"""
+SELECT {_VIEW_COLUMNS} FROM orders o
+  JOIN unnest($1::uuid[], $2::timestamptz[]) AS k(id, created_at)
+    ON o.id = k.id AND o.created_at = k.created_at
+ WHERE {_VISIBLE}
+"""
+
+# Keyset page, newest first, strictly older than the cursor (created_at, id).
+_USER_PAGE = f"""
+SELECT {_VIEW_COLUMNS} FROM orders
+ WHERE user_id = $1 AND (created_at, id) < ($2, $3) AND created_at <= $2 AND {_VISIBLE}
+ ORDER BY created_at DESC, id DESC
+ LIMIT $4
+"""
+
+_USER_RECENT = f"""
+SELECT id::text, created_at FROM orders
+ WHERE user_id = $1 AND {_VISIBLE}
+ ORDER BY created_at DESC, id DESC
+ LIMIT $2
+"""
+
+_USERS_RECENT = f"""
+SELECT user_id, id::text, created_at FROM (
+    SELECT user_id, id, created_at,
+           row_number() OVER (PARTITION BY user_id ORDER BY created_at DESC, id DESC) AS n
+      FROM orders
+     WHERE user_id = ANY($1::text[]) AND {_VISIBLE}
+) ranked WHERE n <= $2
+"""
+
+_SUMMARY_COLUMNS = "user_id, rides_count, total_charged, debt, last_payment_status, version"
+_SUMMARY = f"SELECT {_SUMMARY_COLUMNS} FROM user_summary WHERE user_id = $1"
+_SUMMARIES = f"SELECT {_SUMMARY_COLUMNS} FROM user_summary WHERE user_id = ANY($1::text[])"
+
+# Rebuild: a keyset walk over a time range; the range bounds prune partitions.
+_RANGE_PAGE = f"""
+SELECT {_VIEW_COLUMNS} FROM orders
+ WHERE created_at >= $1 AND created_at < $2 AND (created_at, id) > ($3, $4) AND {_VISIBLE}
+ ORDER BY created_at, id
+ LIMIT $5
+"""
+
+_HAS_ORDERS = f"SELECT EXISTS (SELECT 1 FROM orders WHERE user_id = $1 AND {_VISIBLE})"
+
+# the largest uuid: a cursor that starts "before everything" at a given time
+MAX_UUID = uuid.UUID(int=(1 << 128) - 1)
+MIN_UUID = uuid.UUID(int=0)
+
+
+def _view(row: asyncpg.Record) -> OrderView:
+    return OrderView(**dict(row.items()))
+
+
+def _summary(row: asyncpg.Record) -> UserSummaryView:
+    return UserSummaryView(**dict(row.items()))
+
+
+async def order_by_id(db: Executor, order_id: uuid.UUID) -> OrderView | None:
+    """The order's view, or None when unknown or never shown (starting/rejected)."""
+    row = await db.fetchrow(_ORDER_BY_ID, order_id, created_at_of(order_id))
+    return None if row is None else _view(row)
+
+
+async def orders_by_ids(db: Executor, order_ids: Sequence[uuid.UUID]) -> dict[str, OrderView]:
+    """Views of several orders by id, keyed by id (missing ones are left out)."""
+    rows = await db.fetch(_ORDERS_BY_IDS, list(order_ids), [created_at_of(i) for i in order_ids])
+    return {row["id"]: _view(row) for row in rows}
+
+
+async def user_page(
+    db: Executor, user_id: str, before: tuple[datetime, uuid.UUID], limit: int
+) -> list[OrderView]:
+    """The user's orders strictly older than ``before``, newest first."""
+    rows = await db.fetch(_USER_PAGE, user_id, before[0], before[1], limit)
+    return [_view(row) for row in rows]
+
+
+async def user_recent(db: Executor, user_id: str, limit: int) -> list[tuple[str, datetime]]:
+    """The ids and creation times of the user's ``limit`` newest orders."""
+    rows = await db.fetch(_USER_RECENT, user_id, limit)
+    return [(row["id"], row["created_at"]) for row in rows]
+
+
+async def users_recent(
+    db: Executor, user_ids: Sequence[str], limit: int
+) -> dict[str, list[tuple[str, datetime]]]:
+    """:func:`user_recent` for many users in one query."""
+    found: dict[str, list[tuple[str, datetime]]] = {u: [] for u in user_ids}
+    for row in await db.fetch(_USERS_RECENT, list(user_ids), limit):
+        found[row["user_id"]].append((row["id"], row["created_at"]))
+    return found
+
+
+async def has_orders(db: Executor, user_id: str) -> bool:
+    """Whether the user ever had a shown order."""
+    return bool(await db.fetchval(_HAS_ORDERS, user_id))
+
+
+async def summary(db: Executor, user_id: str) -> UserSummaryView | None:
+    """The user's summary, or None for a user the system has never seen."""
+    row = await db.fetchrow(_SUMMARY, user_id)
+    return None if row is None else _summary(row)
+
+
+async def summaries(db: Executor, user_ids: Sequence[str]) -> list[UserSummaryView]:
+    """Summaries of several users."""
+    return [_summary(row) for row in await db.fetch(_SUMMARIES, list(user_ids))]
+
+
+async def range_page(
+    db: Executor, since: datetime, until: datetime, after: tuple[datetime, uuid.UUID], limit: int
+) -> list[OrderView]:
+    """Orders created in ``[since, until)`` after ``after``, oldest first."""
+    rows = await db.fetch(_RANGE_PAGE, since, until, after[0], after[1], limit)
+    return [_view(row) for row in rows]

@@ -1,0 +1,117 @@
+"""Connections of the read side and the two small mechanisms around them.
+
+``RedisGate`` remembers that Redis just failed, so for ``redis_retry_seconds`` requests
+go straight to Postgres instead of each paying a timeout; the first request after that
+tries Redis again (which is how the service reconnects). ``SingleFlight`` lets a burst
+of misses on one key share one Postgres query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from query_api.metrics import REDIS_FAILURES
+from query_api.projection import RedisClient
+from shared.settings import Settings
+
+T = TypeVar("T")
+
+# what "Redis is down" looks like to a client
+REDIS_DOWN = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ClusterDownError,
+    OSError,
+)
+# what "Postgres is down" looks like to a client
+POSTGRES_DOWN = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+
+
+def connect_redis(settings: Settings, timeout: float | None = None) -> RedisClient:
+    """A Redis (or Redis Cluster) client that fails fast instead of retrying."""
+    timeout = timeout or settings.redis_timeout_seconds
+    if settings.redis_cluster:
+        return RedisCluster.from_url(
+            settings.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+async def connect_postgres(settings: Settings, max_size: int | None = None) -> asyncpg.Pool:
+    """The pool the read side queries: the replica when one is configured."""
+    dsn = settings.database_replica_url or settings.database_url
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=max_size or settings.db_pool_max,
+        command_timeout=settings.db_command_timeout_seconds,
+    )
+    assert pool is not None
+    return pool
+
+
+class RedisUnavailable(Exception):
+    """Redis is down (or was, a moment ago): read Postgres instead."""
+
+
+class RedisGate:
+    def __init__(self, retry_seconds: float) -> None:
+        self._retry_seconds = retry_seconds
+        self._down_until = 0.0
+        self.degraded = False  # the last Redis call failed
+
+    async def call(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a Redis operation, or raise :class:`RedisUnavailable` without trying."""
+        if self.degraded and time.monotonic() < self._down_until:
+            raise RedisUnavailable
+        try:
+            result = await op()
+        except REDIS_DOWN as exc:
+            self.trip()
+            raise RedisUnavailable from exc
+        self.degraded = False
+        return result
+
+    def trip(self) -> None:
+        REDIS_FAILURES.inc()
+        self.degraded = True
+        self._down_until = time.monotonic() + self._retry_seconds
+
+
+class SingleFlight:
+    """At most one call in flight per key; concurrent callers share its result."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, asyncio.Future[Any]] = {}
+
+    async def run(self, key: str, call: Callable[[], Awaitable[T]]) -> T:
+        future = self._calls.get(key)
+        if future is None:
+            future = asyncio.ensure_future(call())
+            self._calls[key] = future
+            future.add_done_callback(lambda _: self._calls.pop(key, None))
+        result: T = await asyncio.shield(future)
+        return result
