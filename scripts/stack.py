@@ -10,6 +10,7 @@ same processes in their own configuration (``env``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -74,12 +75,19 @@ def services(settings: Settings, names: Iterable[str] = SERVICE_ORDER) -> list[S
     return [Service(n, MODULES[n], health.get(n)) for n in SERVICE_ORDER if n in wanted]
 
 
+def _say(message: str) -> None:
+    """A line of our own on stderr; a closed terminal or pipe must not stop a shutdown."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"stack: {message}", file=sys.stderr, flush=True)
+
+
 def _pump(name: str, stream: IO[bytes], out: IO[str], lock: threading.Lock) -> None:
-    """Copy a child's output line by line, prefixed with its name."""
+    """Copy a child's output line by line, prefixed with its name. Keeps draining when
+    ``out`` is gone, so a child never blocks on a full pipe."""
     prefix = f"{name:<11}| "
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace").rstrip("\n")
-        with lock:
+        with lock, contextlib.suppress(OSError, ValueError):
             out.write(prefix + line + "\n")
             out.flush()
     stream.close()
@@ -200,22 +208,21 @@ def run(names: Sequence[str], *, health_timeout: float, stop_timeout: float) -> 
     except StackError as exc:
         if stopping.is_set():
             return 0
-        print(f"stack: {exc}", file=sys.stderr)
+        _say(str(exc))
         return 1
-    print(f"stack: running {', '.join(stack.procs)}; Ctrl-C stops", file=sys.stderr)
     dead: dict[str, int] = {}
-    while not stopping.is_set() and not (dead := stack.dead()):
-        stopping.wait(0.2)
-    if dead:
-        print(
-            f"stack: {', '.join(f'{n} exited with {c}' for n, c in dead.items())};"
-            " stopping the rest",
-            file=sys.stderr,
-        )
-    else:
-        print("stack: stopping", file=sys.stderr)
-    codes = stack.stop(stop_timeout)
-    print(f"stack: stopped {codes}", file=sys.stderr)
+    try:
+        _say(f"running {', '.join(stack.procs)}; Ctrl-C stops")
+        while not stopping.is_set() and not (dead := stack.dead()):
+            stopping.wait(0.2)
+        if dead:
+            exits = ", ".join(f"{n} exited with {c}" for n, c in dead.items())
+            _say(f"{exits}; stopping the rest")
+        else:
+            _say("stopping")
+    finally:  # whatever happened above, no child outlives us
+        codes = stack.stop(stop_timeout)
+    _say(f"stopped {codes}")
     return 1 if dead else 0
 
 
