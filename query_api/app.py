@@ -1,0 +1,171 @@
+"""The query API: order screens, a user's history and summary, read from projections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Litestar, Response, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, PathParameter, QueryParameter
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from query_api import projection
+from query_api.problems import InvalidParameter, exception_handlers
+from query_api.reads import Reads
+from query_api.screens import (
+    InvalidCursor,
+    OrderScreen,
+    OrdersPage,
+    SummaryScreen,
+    decode_cursor,
+    encode_cursor,
+    order_screen,
+    summary_screen,
+)
+from query_api.stores import REDIS_DOWN, connect_postgres, connect_redis
+from shared.errors import OrderNotFound, UserNotFound
+from shared.ids import parse_order_id
+from shared.settings import Settings, get_settings
+
+UserId = Annotated[str, PathParameter(min_length=1, max_length=128)]
+
+
+def provide_reads(state: State) -> Reads:
+    reads: Reads = state.reads
+    return reads
+
+
+@get("/orders/{order_id:str}")
+async def get_order(order_id: FromPath[str], reads: NamedDependency[Reads]) -> OrderScreen:
+    """The ride screen: status, prices, times, running or final cost, payment status."""
+    parsed = parse_order_id(order_id)
+    view = None if parsed is None else await reads.order(parsed)
+    if view is None:
+        raise OrderNotFound(f"no order {order_id}")
+    return order_screen(view, datetime.now(UTC))
+
+
+@get("/users/{user_id:str}/orders")
+async def list_user_orders(
+    user_id: UserId,
+    reads: NamedDependency[Reads],
+    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+) -> OrdersPage:
+    """The user's orders, newest first; pass ``next_cursor`` back for the next page."""
+    try:
+        after = None if cursor is None else decode_cursor(cursor)
+    except InvalidCursor as exc:
+        raise InvalidParameter(f"cursor: {exc}") from exc
+    page = await reads.user_orders(user_id, limit, after)
+    if not page.items and after is None and await reads.summary(user_id) is None:
+        raise UserNotFound(f"no user {user_id}")
+    now = datetime.now(UTC)
+    return OrdersPage(
+        items=[order_screen(v, now) for v in page.items],
+        next_cursor=None if page.next_entry is None else encode_cursor(*page.next_entry),
+    )
+
+
+@get("/users/{user_id:str}/summary")
+async def get_user_summary(user_id: UserId, reads: NamedDependency[Reads]) -> SummaryScreen:
+    """Rides count, total charged, debt and last payment status."""
+    view = await reads.summary(user_id)
+    if view is None:
+        raise UserNotFound(f"no user {user_id}")
+    return summary_screen(view)
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    status: str  # "ok" | "degraded" | "down"
+    redis: str  # "up" | "down"
+    postgres: str  # "up" | "down"
+
+
+@get("/health/live")
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/health/ready")
+async def ready(state: State) -> Response[Health]:
+    """200 while answers are correct (``degraded``: Redis down, served from Postgres);
+    503 only when neither store answers."""
+    redis_up, postgres_up = await asyncio.gather(_redis_up(state), _postgres_up(state))
+    if redis_up and postgres_up:
+        status, code = "ok", 200
+    elif redis_up or postgres_up:
+        status, code = "degraded", 200
+    else:
+        status, code = "down", 503
+    return Response(
+        Health(
+            status=status,
+            redis="up" if redis_up else "down",
+            postgres="up" if postgres_up else "down",
+        ),
+        status_code=code,
+    )
+
+
+async def _redis_up(state: State) -> bool:
+    try:
+        await state.redis.ping()
+    except REDIS_DOWN:
+        return False
+    return True
+
+
+async def _postgres_up(state: State) -> bool:
+    try:
+        async with asyncio.timeout(1.0):
+            await state.db.fetchval("SELECT 1")
+    except Exception:  # any failure means "not ready"
+        return False
+    return True
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """The query API; resources are opened in its lifespan."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        redis = connect_redis(settings)
+        db = await connect_postgres(settings)
+        with contextlib.suppress(*REDIS_DOWN):  # else loaded on NOSCRIPT when Redis is back
+            await projection.load_scripts(redis)
+        app.state.redis, app.state.db = redis, db
+        app.state.reads = Reads(settings, redis, db)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await db.close()
+
+    prometheus = PrometheusConfig(
+        app_name="query_api", prefix="query_api", group_path=True, exclude=["/metrics", "/health"]
+    )
+    handlers: list[Any] = [
+        get_order,
+        list_user_orders,
+        get_user_summary,
+        live,
+        ready,
+        PrometheusController,
+    ]
+    return Litestar(
+        route_handlers=handlers,
+        dependencies={"reads": Provide(provide_reads, sync_to_thread=False)},
+        exception_handlers=exception_handlers(),
+        middleware=[prometheus.middleware],
+        lifespan=[lifespan],
+        debug=False,
+    )

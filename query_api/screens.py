@@ -1,0 +1,128 @@
+"""What the app's screens receive: views turned into answers at read time.
+
+The running cost of an active ride is computed here, on every read, with the same
+formula the command side charges (``shared.pricing.ride_cost``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from shared.pricing import ride_cost
+from shared.views import OrderView, UserSummaryView
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class OrderScreen(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    user_id: str
+    scooter_id: str
+    zone_id: str
+    status: str
+    payment_status: str
+    price_per_minute: int
+    price_unlock: int
+    deposit: int
+    created_at: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    elapsed_seconds: int
+    current_amount: int | None  # active rides: the cost if the ride ended now
+    total_amount: int | None  # finished or cancelled rides: the final cost
+    duration_seconds: int | None
+    distance_meters: int | None
+    version: int
+
+
+class OrdersPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[OrderScreen]
+    next_cursor: str | None
+
+
+class SummaryScreen(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    rides_count: int
+    total_charged: int
+    debt: int
+    last_payment_status: str | None
+    version: int
+
+
+def order_screen(view: OrderView, now: datetime) -> OrderScreen:
+    """The ride screen of ``view`` at ``now``."""
+    if view.status == "active":
+        elapsed = max(0, int((now - view.started_at).total_seconds()))
+        current: int | None = ride_cost(
+            elapsed, view.price_per_minute, view.price_unlock, view.free_ride_seconds
+        )
+    else:
+        elapsed = view.duration_seconds if view.duration_seconds is not None else 0
+        current = None
+    return OrderScreen(
+        id=view.id,
+        user_id=view.user_id,
+        scooter_id=view.scooter_id,
+        zone_id=view.zone_id,
+        status=view.status,
+        payment_status=view.payment_status,
+        price_per_minute=view.price_per_minute,
+        price_unlock=view.price_unlock,
+        deposit=view.deposit,
+        created_at=view.created_at,
+        started_at=view.started_at,
+        finished_at=view.finished_at,
+        elapsed_seconds=elapsed,
+        current_amount=current,
+        total_amount=None if view.status == "active" else view.total_amount,
+        duration_seconds=view.duration_seconds,
+        distance_meters=view.distance_meters,
+        version=view.version,
+    )
+
+
+def summary_screen(view: UserSummaryView) -> SummaryScreen:
+    return SummaryScreen(
+        user_id=view.user_id,
+        rides_count=view.rides_count,
+        total_charged=view.total_charged,
+        debt=view.debt,
+        last_payment_status=view.last_payment_status,
+        version=view.version,
+    )
+
+
+# --- cursor: opaque to the app, (created_at ms, order id) inside --------------------------
+
+
+class InvalidCursor(ValueError):
+    """The cursor was not made by us."""
+
+
+def encode_cursor(created_at_ms: int, order_id: str) -> str:
+    raw = f"{created_at_ms}.{order_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """``(created_at ms, order id)`` of a cursor; raises :class:`InvalidCursor`."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ms_text, order_id = raw.split(".", 1)
+        ms = int(ms_text)
+        canonical = str(uuid.UUID(order_id))
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidCursor("the cursor is malformed") from exc
+    if ms < 0 or canonical != order_id:
+        raise InvalidCursor("the cursor is malformed")
+    return ms, order_id
+
+
+def moment_of_ms(ms: int) -> datetime:
+    """The UTC time of a Unix millisecond count."""
+    return _EPOCH + timedelta(milliseconds=ms)

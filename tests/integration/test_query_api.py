@@ -1,0 +1,334 @@
+"""The query API in-process (Litestar AsyncTestClient) on real Postgres and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from query_api.app import create_app
+from query_api.projector import drain
+from shared.ids import uuid7
+from shared.pricing import ride_cost
+from shared.settings import Settings
+from shared.views import order_key, user_orders_key
+from tests.conftest import free_port
+from tests.integration.test_projector import WriteSide, new_user
+
+Client = AsyncTestClient[Any]
+
+
+@pytest.fixture(scope="module")
+def settings(base_settings: Settings, database: str) -> Settings:
+    # a short recent list so that history pages cross from Redis into Postgres
+    return dataclasses.replace(base_settings, user_recent_orders=5, redis_retry_seconds=0.2)
+
+
+@pytest.fixture(scope="module")
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    db = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=5)
+    assert db is not None
+    yield db
+    await db.close()
+
+
+@pytest.fixture(scope="module")
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis_url)
+    yield client
+    keys = [k async for k in client.scan_iter(match=f"{settings.redis_key_prefix}*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    async with AsyncTestClient(app=create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def write(pool: asyncpg.Pool) -> WriteSide:
+    return WriteSide(pool)
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def project(pool: asyncpg.Pool, redis: Redis, settings: Settings) -> None:
+    await drain(pool, redis, settings)
+
+
+# --- the ride screen ----------------------------------------------------------------------
+
+
+async def test_order_screen_through_a_ride(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, client: Client, write: WriteSide
+) -> None:
+    order = await write.start(new_user(), started_at=datetime.now(UTC) - timedelta(seconds=80))
+    await project(pool, redis, settings)
+    body = (await client.get(f"/orders/{order.id}")).json()
+    assert (body["status"], body["payment_status"], body["total_amount"]) == (
+        "active",
+        "held",
+        None,
+    )
+    assert body["current_amount"] == ride_cost(body["elapsed_seconds"], 24, 45, 5)
+
+    finished = await write.finish(order, distance_meters=2_500)
+    await project(pool, redis, settings)
+    body = (await client.get(f"/orders/{order.id}")).json()
+    assert (body["status"], body["payment_status"], body["current_amount"]) == (
+        "finished",
+        "pending",
+        None,
+    )
+    assert body["total_amount"] == finished.total_amount
+    assert body["distance_meters"] == 2_500
+    assert body["elapsed_seconds"] == finished.duration_seconds
+
+    await write.settle(finished)
+    await project(pool, redis, settings)
+    body = (await client.get(f"/orders/{order.id}")).json()
+    assert (body["payment_status"], body["version"]) == ("charged", 3)
+
+
+@pytest.mark.parametrize("seconds", [2, 10, 65, 3_600, 86_400])
+async def test_running_cost_follows_the_formula(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    redis: Redis,
+    client: Client,
+    write: WriteSide,
+    seconds: int,
+) -> None:
+    order = await write.start(
+        new_user(),
+        started_at=datetime.now(UTC) - timedelta(seconds=seconds),
+        price_per_minute=37,
+        price_unlock=50,
+    )
+    await project(pool, redis, settings)
+    body = (await client.get(f"/orders/{order.id}")).json()
+    assert seconds <= body["elapsed_seconds"] <= seconds + 2
+    assert body["current_amount"] == ride_cost(body["elapsed_seconds"], 37, 50, 5)
+    if seconds < 5:
+        assert body["current_amount"] == 0
+
+
+async def test_unprojected_order_is_read_from_postgres(client: Client, write: WriteSide) -> None:
+    order = await write.start(new_user())  # the projector has not run
+    response = await client.get(f"/orders/{order.id}")
+    assert response.status_code == 200
+    assert response.json()["status"] == "active"
+
+
+async def test_flushed_key_repopulates_once_for_a_burst(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, client: Client, write: WriteSide
+) -> None:
+    order = await write.start(new_user())
+    await project(pool, redis, settings)
+    key = order_key(settings.redis_key_prefix, order.id)
+    await redis.delete(key)
+    fallbacks = metric("query_fallback_queries_total", view="order")
+
+    responses = await asyncio.gather(*(client.get(f"/orders/{order.id}") for _ in range(30)))
+
+    assert {r.status_code for r in responses} == {200}
+    assert metric("query_fallback_queries_total", view="order") - fallbacks == 1
+    assert await redis.exists(key)
+    # refilled, not projected: an active view refilled from Postgres lives a bounded time
+    assert 0 < await redis.ttl(key) <= settings.refill_ttl_seconds
+    hits = metric("query_cache_hits_total", view="order")
+    assert (await client.get(f"/orders/{order.id}")).status_code == 200
+    assert metric("query_cache_hits_total", view="order") == hits + 1
+
+
+async def test_hidden_orders_are_not_found(client: Client, write: WriteSide) -> None:
+    for status in ("starting", "rejected"):
+        order = await write.start(new_user(), status=status)
+        response = await client.get(f"/orders/{order.id}")
+        assert response.status_code == 404
+        assert response.json()["code"] == "order_not_found"
+
+
+# --- history and summary --------------------------------------------------------------------
+
+
+async def test_history_pages_are_stable_while_orders_arrive(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, client: Client, write: WriteSide
+) -> None:
+    user = new_user()
+    base = datetime.now(UTC) - timedelta(hours=3)
+    existing = [await write.start(user, started_at=base + timedelta(minutes=i)) for i in range(13)]
+    await project(pool, redis, settings)
+    expected = [o.id for o in reversed(existing)]
+
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        response = await client.get(f"/users/{user}/orders", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        pages += 1
+        if pages == 2:  # new rides arrive, and the list is evicted, mid-pagination
+            for _ in range(3):
+                await write.start(user)
+            await project(pool, redis, settings)
+        if pages == 3:
+            await redis.delete(user_orders_key(settings.redis_key_prefix, user))
+        if cursor is None:
+            break
+    assert seen == expected  # no duplicates, nothing skipped, newest first
+
+    first = (await client.get(f"/users/{user}/orders", params={"limit": 100})).json()
+    assert len(first["items"]) == 16
+    assert first["next_cursor"] is None
+
+
+async def test_summary(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, client: Client, write: WriteSide
+) -> None:
+    user = new_user()
+    order = await write.start(user, started_at=datetime.now(UTC) - timedelta(minutes=2))
+    settled = await write.settle(await write.finish(order))
+    await project(pool, redis, settings)
+    body = (await client.get(f"/users/{user}/summary")).json()
+    assert body == {
+        "user_id": user,
+        "rides_count": 1,
+        "total_charged": settled.total_amount,
+        "debt": 0,
+        "last_payment_status": "charged",
+        "version": 3,
+    }
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        (f"/orders/{uuid7()}", 404, "order_not_found"),
+        ("/orders/not-a-uuid", 404, "order_not_found"),
+        (f"/orders/{uuid.uuid4()}", 404, "order_not_found"),
+        ("/users/nobody-at-all/summary", 404, "user_not_found"),
+        ("/users/nobody-at-all/orders", 404, "user_not_found"),
+        ("/users/u1/orders?limit=0", 422, "invalid_parameter"),
+        ("/users/u1/orders?limit=101", 422, "invalid_parameter"),
+        ("/users/u1/orders?limit=abc", 422, "invalid_parameter"),
+        ("/users/u1/orders?cursor=%%%", 422, "invalid_parameter"),
+        ("/users/u1/orders?cursor=bm90LWEtY3Vyc29y", 422, "invalid_parameter"),
+        (f"/users/{'x' * 200}/summary", 422, "invalid_parameter"),
+        ("/no/such/route", 404, "not_found"),
+    ],
+)
+async def test_errors_are_problem_details(
+    client: Client, path: str, status: int, code: str
+) -> None:
+    response = await client.get(path)
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["code"] == code
+    assert body["status"] == status
+    assert {"type", "title", "detail"} <= body.keys()
+
+
+async def test_health_and_metrics(client: Client) -> None:
+    assert (await client.get("/health/live")).status_code == 200
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "redis": "up", "postgres": "up"}
+    text = (await client.get("/metrics")).text
+    for name in (
+        "query_cache_hits_total",
+        "query_cache_misses_total",
+        "query_fallback_queries_total",
+        "query_api_request_duration_seconds",
+    ):
+        assert name in text
+
+
+# --- Redis down -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_redis_port() -> Iterator[int]:
+    port = free_port()
+    yield port
+    subprocess.run(
+        ["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True, check=False
+    )
+
+
+def start_redis(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        if (
+            subprocess.run(
+                ["redis-cli", "-p", str(port), "ping"], capture_output=True, check=False
+            ).stdout.strip()
+            == b"PONG"
+        ):
+            return proc
+        subprocess.run(["sleep", "0.05"], check=True)
+    raise TimeoutError("redis-server did not start")
+
+
+async def test_redis_down_serves_postgres_and_recovers(
+    settings: Settings, write: WriteSide, own_redis_port: int
+) -> None:
+    own = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{own_redis_port}/0")
+    server = start_redis(own_redis_port)
+    user = new_user()
+    order = await write.start(user)
+    async with AsyncTestClient(app=create_app(own)) as api:
+        try:
+            assert (await api.get(f"/orders/{order.id}")).status_code == 200  # miss, refill
+            hits = metric("query_cache_hits_total", view="order")
+            assert (await api.get(f"/orders/{order.id}")).status_code == 200
+            assert metric("query_cache_hits_total", view="order") == hits + 1
+
+            server.kill()
+            server.wait()
+            for path in (f"/orders/{order.id}", f"/users/{user}/orders", f"/users/{user}/summary"):
+                response = await api.get(path)
+                assert response.status_code == 200, (path, response.text)
+            assert (await api.get(f"/orders/{order.id}")).json()["id"] == order.id
+            ready = await api.get("/health/ready")
+            assert ready.status_code == 200
+            assert ready.json() == {"status": "degraded", "redis": "down", "postgres": "up"}
+
+            server = start_redis(own_redis_port)  # empty, scripts gone: refill reloads them
+            await asyncio.sleep(settings.redis_retry_seconds + 0.1)
+            assert (await api.get(f"/orders/{order.id}")).status_code == 200  # miss, refill
+            hits = metric("query_cache_hits_total", view="order")
+            assert (await api.get(f"/orders/{order.id}")).status_code == 200
+            assert metric("query_cache_hits_total", view="order") == hits + 1
+            assert (await api.get("/health/ready")).json()["status"] == "ok"
+        finally:
+            server.kill()
+            server.wait()
