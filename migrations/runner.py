@@ -22,6 +22,9 @@ _LOCK_ID = 0x5C007E25  # advisory lock key: "scooters migrations"
 
 log = logging.getLogger("migrations")
 
+# A plain connection or one borrowed from a pool (the worker's).
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
 
 async def ensure_database(dsn: str) -> None:
     """Create the database named in ``dsn`` if it does not exist yet."""
@@ -71,7 +74,7 @@ async def migrate(settings: Settings | None = None) -> list[str]:
     return applied
 
 
-async def configure_partitions(conn: asyncpg.Connection, settings: Settings) -> None:
+async def configure_partitions(conn: Connection, settings: Settings) -> None:
     """Push premake and hot-window retention from settings into pg_partman's config.
 
     Partitions older than the hot window are detached into the ``archive`` schema by
