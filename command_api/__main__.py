@@ -10,7 +10,7 @@ uvicorn.run(
     factory=True,
     host=settings.command_host,
     port=settings.command_port,
-    workers=settings.workers,
+    workers=settings.command_workers,
     loop="uvloop",
     http="httptools",
     access_log=False,

@@ -17,7 +17,7 @@ def main() -> None:
         factory=True,
         host=settings.query_host,
         port=settings.query_port,
-        workers=settings.workers,
+        workers=settings.query_workers,
         loop="uvloop",
         http="httptools",
         access_log=False,

@@ -39,7 +39,8 @@ class Settings:
     command_port: int = 8000
     query_host: str = "127.0.0.1"
     query_port: int = 8001
-    workers: int = 1  # uvicorn worker processes per API
+    command_workers: int = 1  # uvicorn worker processes of the command API
+    query_workers: int = 1  # uvicorn worker processes of the query API
 
     # --- pools and timeouts
     db_pool_min: int = 2

@@ -1,0 +1,185 @@
+"""``python -m tests.load command|query [options]``: start the stack in benchmark
+configuration, run one side's load test, print the results and write them as JSON.
+
+Examples::
+
+    python -m tests.load command --max --duration 30          # ride flows at max throughput
+    python -m tests.load command --rate 250 --duration 30     # fixed arrival rate
+    python -m tests.load query --x 20 --y 50 --duration 30    # views at X·Y per second + max
+    python -m tests.load command --smoke                       # a few seconds, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+import uvloop
+
+from shared.settings import Settings
+from shared.views import order_key
+from tests.load import scenarios
+from tests.load.bench import bench_settings, ceiling_server, running_stack
+from tests.load.harness import CpuMeter, print_report
+
+STACK = ("stubs", "command_api", "worker", "projector", "query_api")
+
+
+async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, Any]:
+    """Database bytes per finished order and Redis bytes per order view."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, avg(pg_column_size(o.*))::int AS row_bytes"
+            " FROM orders o WHERE status = 'finished'"
+        )
+        total = await conn.fetchval(
+            "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'orders'::regclass"
+        )
+        all_orders = await conn.fetchval("SELECT count(*) FROM orders")
+    finally:
+        await conn.close()
+    client = aioredis.Redis.from_url(settings.redis_url)
+    sizes = []
+    for order_id in orders[:200]:
+        size = await client.memory_usage(order_key(settings.redis_key_prefix, order_id))
+        if size:
+            sizes.append(int(size))
+    await client.aclose()
+    return {
+        "finished_orders": row["n"] if row else 0,
+        "db_row_bytes_avg": row["row_bytes"] if row else None,
+        "db_bytes_per_order_with_indexes": int(total / all_orders) if all_orders else None,
+        "redis_bytes_per_view_avg": int(sum(sizes) / len(sizes)) if sizes else None,
+    }
+
+
+async def set_stub_configs(settings: Settings, **values: Any) -> None:
+    from tests.load.client import Connection
+
+    conn = Connection("127.0.0.1", settings.stubs_port)
+    try:
+        await conn.request("POST", "/admin/configs", json.dumps(values).encode())
+    finally:
+        conn.close()
+
+
+async def run_command(
+    args: argparse.Namespace, settings: Settings, pids: dict[str, int]
+) -> list[dict[str, Any]]:
+    meter = CpuMeter({**pids, "load generator": os.getpid()})
+    # rides in a load test last well under the free threshold; charge them all the same
+    await set_stub_configs(settings, free_ride_seconds=0)
+    reports = []
+    rates = args.rate or [None]
+    for rate in rates:
+        report = await scenarios.command_side(
+            settings,
+            meter,
+            rate=rate,
+            concurrency=args.concurrency,
+            duration=args.duration,
+            z_bytes=args.z,
+            ride_seconds=args.ride_seconds,
+        )
+        print_report(f"command side, {report['offered']}", report)
+        reports.append(report)
+    storage = await storage_per_order(settings, [])
+    print(f"\n== storage: {storage}")
+    reports.append({"side": "storage", **storage})
+    return reports
+
+
+async def run_query(
+    args: argparse.Namespace, settings: Settings, pids: dict[str, int], ceiling_pid: int
+) -> list[dict[str, Any]]:
+    meter = CpuMeter({**pids, "ceiling": ceiling_pid, "load generator": os.getpid()})
+    await set_stub_configs(settings, free_ride_seconds=0)
+    orders = await scenarios.seed_orders(settings, args.orders, args.z)
+    await asyncio.sleep(1.0)  # let the projector catch up before reading
+    reports = []
+    bare = await scenarios.ceiling(
+        meter, args.ceiling_port, concurrency=args.concurrency, duration=args.duration
+    )
+    print_report("ceiling: bare Litestar endpoint", bare)
+    reports.append(bare)
+    top = await scenarios.query_side(
+        settings, meter, orders, rate=None, concurrency=args.concurrency, duration=args.duration
+    )
+    top["ratio_to_ceiling"] = round(top["flows_per_s"] / bare["flows_per_s"], 3)
+    print_report("query side, max throughput", top)
+    reports.append(top)
+    for rate in args.rate or [args.x * args.y]:
+        fixed = await scenarios.query_side(
+            settings, meter, orders, rate=rate, concurrency=args.concurrency, duration=args.duration
+        )
+        print_report(f"query side, {fixed['offered']}", fixed)
+        reports.append(fixed)
+    storage = await storage_per_order(settings, orders["finished"])
+    print(f"\n== storage: {storage}")
+    reports.append({"side": "storage", **storage})
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.load",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("side", choices=["command", "query"])
+    parser.add_argument(
+        "--rate",
+        type=float,
+        action="append",
+        help="fixed arrival rate (flows/s or views/s); repeat for several",
+    )
+    parser.add_argument("--max", action="store_true", help="maximum throughput (closed loop)")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--x", type=float, default=20.0, help="orders per second (seed: 20)")
+    parser.add_argument("--y", type=float, default=50.0, help="views per order (seed: 50)")
+    parser.add_argument(
+        "--z", type=int, default=10_240, help="bytes per stored order (seed: 10 KB)"
+    )
+    parser.add_argument("--ride-seconds", type=float, default=0.0)
+    parser.add_argument("--orders", type=int, default=3_000, help="query side: orders to seed")
+    parser.add_argument("--command-workers", type=int, default=1)
+    parser.add_argument("--query-workers", type=int, default=1)
+    parser.add_argument("--ceiling-port", type=int, default=18002)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds at a low rate (CI)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.duration, args.concurrency, args.orders = 2.0, 4, 60
+        args.rate = [10.0] if args.side == "command" else [50.0]
+    elif args.max and args.side == "command":
+        args.rate = None
+    settings = bench_settings(args.command_workers, args.query_workers)
+    uvloop.install()
+    with running_stack(settings, STACK) as bench:
+        if args.side == "command":
+            reports = asyncio.run(run_command(args, settings, bench.pids))
+        else:
+            with ceiling_server(settings, args.ceiling_port) as ceiling_pid:
+                reports = asyncio.run(run_query(args, settings, bench.pids, ceiling_pid))
+        if dead := bench.stack.dead():
+            print(f"processes died during the run: {dead}", file=sys.stderr)
+            return 1
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "reports": reports}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    errors = sum(sum(r.get("errors", {}).values()) for r in reports)
+    return 1 if args.smoke and errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

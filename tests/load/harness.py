@@ -1,0 +1,214 @@
+"""Load-test plumbing: arrival schedules, latency records, CPU per process, reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.load.client import HttpError
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Recorder:
+    """Latencies per endpoint and errors by kind, for one phase of a run."""
+
+    def __init__(self) -> None:
+        self.latencies: defaultdict[str, list[float]] = defaultdict(list)
+        self.errors: Counter[str] = Counter()
+        self.flows = 0
+        self.schedule_lag: list[float] = []  # how late the generator started each flow
+
+    async def call(
+        self, endpoint: str, request: Awaitable[tuple[int, bytes]], ok: Iterable[int] = (200, 201)
+    ) -> tuple[int, bytes] | None:
+        """Time ``request``; record an error (by status or exception) and return None on one."""
+        started = time.perf_counter()
+        try:
+            status, body = await request
+        except (HttpError, OSError, TimeoutError) as exc:
+            self.errors[f"{endpoint}: {type(exc).__name__}"] += 1
+            return None
+        self.latencies[endpoint].append(time.perf_counter() - started)
+        if status not in ok:
+            self.errors[f"{endpoint}: HTTP {status} {_code(body)}"] += 1
+            return None
+        return status, body
+
+
+def _code(body: bytes) -> str:
+    """The problem-details code of an error answer, for grouping errors by kind."""
+    marker = body.find(b'"code":"')
+    if marker < 0:
+        return ""
+    end = body.find(b'"', marker + 8)
+    return body[marker + 8 : end].decode(errors="replace")
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return math.nan
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def latency_table(recorder: Recorder, seconds: float) -> dict[str, dict[str, float]]:
+    """Throughput and p50/p95/p99/max (ms) per endpoint."""
+    table: dict[str, dict[str, float]] = {}
+    for endpoint, values in sorted(recorder.latencies.items()):
+        values.sort()
+        table[endpoint] = {
+            "count": len(values),
+            "rps": round(len(values) / seconds, 1),
+            "p50_ms": round(percentile(values, 0.50) * 1000, 2),
+            "p95_ms": round(percentile(values, 0.95) * 1000, 2),
+            "p99_ms": round(percentile(values, 0.99) * 1000, 2),
+            "max_ms": round(values[-1] * 1000, 2),
+        }
+    return table
+
+
+async def open_loop(
+    rate: float, duration: float, flow: Callable[[], Coroutine[Any, Any, None]], recorder: Recorder
+) -> float:
+    """Start ``flow`` at a fixed arrival rate, whatever the answers' speed; returns seconds."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+    started = loop.time()
+    total = int(rate * duration)
+    for i in range(total):
+        due = started + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            recorder.schedule_lag.append(-delay)
+        task = loop.create_task(flow())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks, timeout=30)
+    return loop.time() - started
+
+
+async def closed_loop(
+    concurrency: int, duration: float, flow: Callable[[], Awaitable[None]]
+) -> float:
+    """``concurrency`` workers run ``flow`` back to back for ``duration``; returns seconds."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + duration
+
+    async def worker() -> None:
+        while loop.time() < deadline:
+            await flow()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return loop.time() - started
+
+
+# --- CPU per process --------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of a process, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by named process trees (and by name, for Postgres and Redis)."""
+
+    roots: dict[str, int]
+    by_name: dict[str, str] = field(
+        default_factory=lambda: {"postgres": "postgres", "redis": "redis-server"}
+    )
+
+    def sample(self) -> dict[str, float]:
+        stats: dict[int, tuple[int, float]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+                stats[int(entry)] = stat
+        children: defaultdict[int, list[int]] = defaultdict(list)
+        for pid, (ppid, _) in stats.items():
+            children[ppid].append(pid)
+        usage: dict[str, float] = {}
+        roots = set(self.roots.values())
+        for name, root in self.roots.items():
+            total, todo = 0.0, [root]
+            while todo:
+                pid = todo.pop()
+                if pid in stats:
+                    total += stats[pid][1]
+                    # a root's own tree only: the generator's children are the stack
+                    todo.extend(c for c in children[pid] if c not in roots)
+            usage[name] = total
+        for name, comm in self.by_name.items():
+            usage[name] = sum(cpu for pid, (_, cpu) in stats.items() if _comm(pid) == comm)
+        return usage
+
+
+def cpu_share(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """Cores used per process over the interval (1.0 = one full core)."""
+    return {name: round((after[name] - before.get(name, 0.0)) / seconds, 3) for name in after}
+
+
+async def scrape_metric(host: str, port: int, name: str) -> dict[str, float]:
+    """Samples of one Prometheus metric family from ``/metrics`` (label string → value)."""
+    from tests.load.client import Connection
+
+    conn = Connection(host, port)
+    try:
+        status, body = await conn.request("GET", "/metrics")
+    finally:
+        conn.close()
+    samples: dict[str, float] = {}
+    if status != 200:
+        return samples
+    for line in body.decode().splitlines():
+        if line.startswith(name):
+            key, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                samples[key] = float(value)
+    return samples
+
+
+def print_report(title: str, report: dict[str, Any]) -> None:
+    """A human-readable summary of one phase."""
+    print(f"\n== {title}")
+    for key in ("offered", "seconds", "flows_per_s", "ratio_to_ceiling"):
+        if key in report:
+            print(f"   {key}: {report[key]}")
+    print(f"   {'endpoint':<28}{'count':>8}{'rps':>9}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}")
+    for endpoint, row in report["latency"].items():
+        print(
+            f"   {endpoint:<28}{row['count']:>8}{row['rps']:>9}{row['p50_ms']:>9}"
+            f"{row['p95_ms']:>9}{row['p99_ms']:>9}{row['max_ms']:>9}"
+        )
+    print(f"   errors: {report['errors'] or 'none'}")
+    print(f"   cpu (cores): {report['cpu']}")
+    for key in ("schedule_lag_p99_ms", "projection_lag", "extra"):
+        if key in report:
+            print(f"   {key}: {report[key]}")

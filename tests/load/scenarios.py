@@ -1,0 +1,376 @@
+"""The two load tests: complete rides on the command side, order screens on the query side."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from shared.settings import Settings
+from shared.views import order_key
+from stubs import DataSet
+from tests.load.client import Connection, Pool
+from tests.load.harness import (
+    CpuMeter,
+    Recorder,
+    closed_loop,
+    cpu_share,
+    latency_table,
+    open_loop,
+    percentile,
+)
+
+_json = msgspec.json.Encoder()
+
+
+class _Created(msgspec.Struct):
+    id: str
+
+
+class _Offer(msgspec.Struct):
+    token: str
+
+
+_offer_decoder = msgspec.json.Decoder(_Offer)
+_created_decoder = msgspec.json.Decoder(_Created)
+
+
+def track_for(z_bytes: int) -> list[dict[str, float]]:
+    """A GPS track that makes the stored order about ``z_bytes`` (≈ 56 bytes a point)."""
+    points = max(0, (z_bytes - 700) // 56)
+    t0 = time.time()
+    return [
+        {
+            "t": round(t0 + i, 3),
+            "lat": round(55.75 + i * 1e-4, 6),
+            "lon": round(37.61 + i * 1e-4, 6),
+        }
+        for i in range(points)
+    ]
+
+
+def riders_and_scooters(settings: Settings) -> tuple[deque[str], deque[str]]:
+    """Riders without debt and all scooters of the stubs' data set, shuffled."""
+    data = DataSet(
+        seed=settings.stub_seed,
+        scooters=settings.stub_scooters,
+        zones=settings.stub_zones,
+        users=settings.stub_users,
+    )
+    riders = [
+        f"user-{n}"
+        for n in range(1, settings.stub_users + 1)
+        if (u := data.user(f"user-{n}")) is not None and u.current_debt == 0
+    ]
+    scooters = [f"scooter-{n}" for n in range(1, settings.stub_scooters + 1)]
+    rng = random.Random(7)
+    rng.shuffle(riders)
+    rng.shuffle(scooters)
+    return deque(riders), deque(scooters)
+
+
+@dataclass
+class RideContext:
+    settings: Settings
+    command: Pool
+    query: Pool
+    riders: deque[str]
+    scooters: deque[str]
+    finish_body: bytes
+    ride_seconds: float
+    lag_sample_every: int
+    recorder: Recorder = field(default_factory=Recorder)
+    lags: list[float] = field(default_factory=list)
+    orders: list[str] = field(default_factory=list)
+    started: int = 0
+
+
+async def ride(ctx: RideContext) -> None:
+    """offer → order → ride → finish, for a rider and a scooter nobody else uses now."""
+    if not ctx.riders or not ctx.scooters:
+        ctx.recorder.errors["generator: out of riders/scooters"] += 1
+        return
+    rider, scooter = ctx.riders.popleft(), ctx.scooters.popleft()
+    finished = False
+    rec = ctx.recorder
+    try:
+        body = _json.encode({"user_id": rider, "scooter_id": scooter})
+        answer = await rec.call("POST /offers", ctx.command.request("POST", "/offers", body))
+        if answer is None:
+            finished = True  # nothing was started
+            return
+        token = _offer_decoder.decode(answer[1]).token
+        answer = await rec.call(
+            "POST /orders",
+            ctx.command.request("POST", "/orders", _json.encode({"offer_token": token})),
+        )
+        if answer is None:
+            finished = True
+            return
+        order_id = _created_decoder.decode(answer[1]).id
+        ctx.started += 1
+        if ctx.lag_sample_every and ctx.started % ctx.lag_sample_every == 0:
+            asyncio.get_running_loop().create_task(
+                visible_after(ctx, order_id, time.perf_counter())
+            )
+        if ctx.ride_seconds:
+            await asyncio.sleep(ctx.ride_seconds)
+        answer = await rec.call(
+            "POST /orders/{id}/finish",
+            ctx.command.request("POST", f"/orders/{order_id}/finish", ctx.finish_body),
+        )
+        if answer is not None:
+            finished = True
+            rec.flows += 1
+            ctx.orders.append(order_id)
+    finally:
+        ctx.riders.append(rider)
+        if finished:  # a ride that could not be finished keeps its scooter busy
+            ctx.scooters.append(scooter)
+
+
+async def visible_after(ctx: RideContext, order_id: str, since: float) -> None:
+    """Projection lag as the app sees it: until the query API shows the started ride."""
+    conn = Connection(ctx.query.host, ctx.query.port)
+    try:
+        for _ in range(2000):
+            status, _ = await conn.request("GET", f"/orders/{order_id}")
+            if status == 200:
+                ctx.lags.append(time.perf_counter() - since)
+                return
+            await asyncio.sleep(0.002)
+    finally:
+        conn.close()
+
+
+async def command_side(
+    settings: Settings,
+    meter: CpuMeter,
+    *,
+    rate: float | None,
+    concurrency: int,
+    duration: float,
+    z_bytes: int,
+    ride_seconds: float,
+) -> dict[str, Any]:
+    """Complete rides at a fixed arrival ``rate`` (open loop) or at maximum throughput."""
+    riders, scooters = riders_and_scooters(settings)
+    ctx = RideContext(
+        settings=settings,
+        command=Pool("127.0.0.1", settings.command_port),
+        query=Pool("127.0.0.1", settings.query_port),
+        riders=riders,
+        scooters=scooters,
+        finish_body=_json.encode({"track": track_for(z_bytes)}),
+        ride_seconds=ride_seconds,
+        lag_sample_every=20,
+    )
+    # warm-up: connections, caches, prepared statements
+    await asyncio.gather(*(ride(ctx) for _ in range(min(50, concurrency))))
+    ctx.recorder, ctx.lags = Recorder(), []
+    before = meter.sample()
+    if rate is not None:
+        seconds = await open_loop(rate, duration, lambda: ride(ctx), ctx.recorder)
+    else:
+        seconds = await closed_loop(concurrency, duration, lambda: ride(ctx))
+    after = meter.sample()
+    await asyncio.sleep(0.5)  # let sampled lag probes land
+    ctx.lags.sort()
+    rec = ctx.recorder
+    rec.schedule_lag.sort()
+    report: dict[str, Any] = {
+        "side": "command",
+        "offered": f"{rate} flows/s" if rate is not None else f"max, {concurrency} concurrent",
+        "seconds": round(seconds, 2),
+        "flows": rec.flows,
+        "flows_per_s": round(rec.flows / seconds, 1),
+        "latency": latency_table(rec, seconds),
+        "errors": dict(rec.errors),
+        "cpu": cpu_share(before, after, seconds),
+        "projection_lag": {
+            "samples": len(ctx.lags),
+            "p50_ms": round(percentile(ctx.lags, 0.5) * 1000, 1),
+            "p99_ms": round(percentile(ctx.lags, 0.99) * 1000, 1),
+            "max_ms": round(ctx.lags[-1] * 1000, 1) if ctx.lags else None,
+        },
+        "schedule_lag_p99_ms": round(percentile(rec.schedule_lag, 0.99) * 1000, 2)
+        if rec.schedule_lag
+        else 0.0,
+        "z_bytes": z_bytes,
+    }
+    ctx.command.close()
+    ctx.query.close()
+    return report
+
+
+# --- query side ------------------------------------------------------------------------------
+
+
+@dataclass
+class ViewContext:
+    settings: Settings
+    query: Pool
+    redis: aioredis.Redis
+    active: list[str]
+    finished: list[str]
+    older: list[str]
+    users: list[str]
+    miss_share: float
+    history_share: float
+    rng: random.Random = field(default_factory=lambda: random.Random(11))
+    recorder: Recorder = field(default_factory=Recorder)
+
+
+async def view(ctx: ViewContext) -> None:
+    """One screen: mostly order views (active, just finished, older), some history pages."""
+    rng, rec = ctx.rng, ctx.recorder
+    roll = rng.random()
+    if roll < ctx.history_share:
+        user = rng.choice(ctx.users)
+        await rec.call(
+            "GET /users/{id}/orders", ctx.query.request("GET", f"/users/{user}/orders?limit=20")
+        )
+        rec.flows += 1
+        return
+    pick = rng.random()
+    if pick < 0.6:
+        order_id = rng.choice(ctx.active)
+    elif pick < 0.9:
+        order_id = rng.choice(ctx.finished)
+    else:
+        order_id = rng.choice(ctx.older)
+        if rng.random() < ctx.miss_share * 10:  # not in Redis: evicted, flushed or older
+            await ctx.redis.delete(order_key(ctx.settings.redis_key_prefix, order_id))
+    await rec.call("GET /orders/{id}", ctx.query.request("GET", f"/orders/{order_id}"))
+    rec.flows += 1
+
+
+async def seed_orders(settings: Settings, count: int, z_bytes: int) -> dict[str, list[str]]:
+    """Rides through the command API: a third left active, the rest finished."""
+    riders, scooters = riders_and_scooters(settings)
+    ctx = RideContext(
+        settings=settings,
+        command=Pool("127.0.0.1", settings.command_port),
+        query=Pool("127.0.0.1", settings.query_port),
+        riders=riders,
+        scooters=scooters,
+        finish_body=_json.encode({"track": track_for(z_bytes)}),
+        ride_seconds=0,
+        lag_sample_every=0,
+    )
+    active: list[str] = []
+    users: list[str] = []
+
+    async def start_only() -> None:
+        rider, scooter = ctx.riders.popleft(), ctx.scooters.popleft()
+        offer = await ctx.command.request(
+            "POST", "/offers", _json.encode({"user_id": rider, "scooter_id": scooter})
+        )
+        if offer[0] != 201:
+            return
+        token = _offer_decoder.decode(offer[1]).token
+        started = await ctx.command.request("POST", "/orders", _json.encode({"offer_token": token}))
+        if started[0] == 201:
+            active.append(_created_decoder.decode(started[1]).id)
+            users.append(rider)
+
+    for i in range(0, count, 50):
+        batch = min(50, count - i)
+        await asyncio.gather(*(ride(ctx) for _ in range(batch - batch // 3)))
+        await asyncio.gather(*(start_only() for _ in range(batch // 3)))
+    finished = ctx.orders
+    split = len(finished) // 2
+    ctx.command.close()
+    ctx.query.close()
+    return {
+        "active": active,
+        "finished": finished[split:],
+        "older": finished[:split],
+        "users": users,
+    }
+
+
+async def query_side(
+    settings: Settings,
+    meter: CpuMeter,
+    orders: dict[str, list[str]],
+    *,
+    rate: float | None,
+    concurrency: int,
+    duration: float,
+    miss_share: float = 0.02,
+    history_share: float = 0.05,
+    port: int | None = None,
+) -> dict[str, Any]:
+    """Order screens at a fixed ``rate`` or at maximum throughput (``port``: another server)."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    ctx = ViewContext(
+        settings=settings,
+        query=Pool("127.0.0.1", port or settings.query_port),
+        redis=client,
+        active=orders["active"],
+        finished=orders["finished"],
+        older=orders["older"],
+        users=orders["users"],
+        miss_share=miss_share,
+        history_share=history_share,
+    )
+    await asyncio.gather(*(view(ctx) for _ in range(concurrency)))  # warm-up
+    ctx.recorder = Recorder()
+    before = meter.sample()
+    if rate is not None:
+        seconds = await open_loop(rate, duration, lambda: view(ctx), ctx.recorder)
+    else:
+        seconds = await closed_loop(concurrency, duration, lambda: view(ctx))
+    after = meter.sample()
+    rec = ctx.recorder
+    rec.schedule_lag.sort()
+    ctx.query.close()
+    await client.aclose()
+    return {
+        "side": "query",
+        "offered": f"{rate} views/s" if rate is not None else f"max, {concurrency} concurrent",
+        "seconds": round(seconds, 2),
+        "views": rec.flows,
+        "flows_per_s": round(rec.flows / seconds, 1),
+        "latency": latency_table(rec, seconds),
+        "errors": dict(rec.errors),
+        "cpu": cpu_share(before, after, seconds),
+        "schedule_lag_p99_ms": round(percentile(rec.schedule_lag, 0.99) * 1000, 2)
+        if rec.schedule_lag
+        else 0.0,
+    }
+
+
+async def ceiling(
+    meter: CpuMeter, port: int, *, concurrency: int, duration: float
+) -> dict[str, Any]:
+    """The bare Litestar endpoint at maximum throughput, same client, same concurrency."""
+    pool = Pool("127.0.0.1", port)
+    rec = Recorder()
+
+    async def one() -> None:
+        await rec.call("GET /orders/{id} (bare)", pool.request("GET", "/orders/abc"))
+        rec.flows += 1
+
+    await asyncio.gather(*(one() for _ in range(concurrency)))
+    rec = Recorder()
+    before = meter.sample()
+    seconds = await closed_loop(concurrency, duration, one)
+    after = meter.sample()
+    pool.close()
+    return {
+        "side": "ceiling",
+        "offered": f"max, {concurrency} concurrent",
+        "seconds": round(seconds, 2),
+        "flows_per_s": round(rec.flows / seconds, 1),
+        "latency": latency_table(rec, seconds),
+        "errors": dict(rec.errors),
+        "cpu": cpu_share(before, after, seconds),
+    }
