@@ -17,7 +17,6 @@ from litestar.params import FromPath, PathParameter, QueryParameter
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from query_api import projection
-from query_api.problems import InvalidParameter, exception_handlers
 from query_api.reads import Reads
 from query_api.screens import (
     InvalidCursor,
@@ -30,8 +29,9 @@ from query_api.screens import (
     summary_screen,
 )
 from query_api.stores import REDIS_DOWN, connect_postgres, connect_redis
-from shared.errors import OrderNotFound, UserNotFound
+from shared.errors import InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
+from shared.problems import exception_handlers
 from shared.settings import Settings, get_settings
 
 UserId = Annotated[str, PathParameter(min_length=1, max_length=128)]
@@ -164,7 +164,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=handlers,
         dependencies={"reads": Provide(provide_reads, sync_to_thread=False)},
-        exception_handlers=exception_handlers(),
+        exception_handlers=exception_handlers(
+            invalid_status=422, invalid_code=InvalidParameter.code
+        ),
         middleware=[prometheus.middleware],
         lifespan=[lifespan],
         debug=False,

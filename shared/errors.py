@@ -83,6 +83,10 @@ class InvalidIdempotencyKey(DomainError):
     )
 
 
+class InvalidParameter(DomainError):
+    code, status, title = "invalid_parameter", 422, "A parameter is invalid"
+
+
 class TrackTooLong(DomainError):
     code, status, title = "track_too_long", 413, "The track has too many points"
 

@@ -62,17 +62,27 @@ def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response
     return problem(exc.status, exc.code, exc.title, exc.detail, headers)
 
 
-def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
-    status = exc.status_code
-    code = _HTTP_CODES.get(status, "http_error")
-    extra: dict[str, Any] = {}
-    if isinstance(exc, ValidationException):
-        # Litestar reports bad bodies and parameters as 400; they are the caller's to fix
-        code = "invalid_request"
-        if exc.extra:
-            extra["errors"] = exc.extra
-    title = "Invalid request" if code == "invalid_request" else str(exc.detail)
-    return problem(status, code, title, str(exc.detail), exc.headers, **extra)
+def _http_error_handler(invalid_status: int, invalid_code: str) -> Any:
+    def handle(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+        if isinstance(exc, ValidationException):
+            # Litestar reports bad bodies and parameters as 400; they are the caller's to fix
+            extra: dict[str, Any] = {"errors": exc.extra} if exc.extra else {}
+            return problem(
+                invalid_status, invalid_code, "Invalid request", _first_error(exc), None, **extra
+            )
+        status = exc.status_code
+        code = _HTTP_CODES.get(status, "http_error")
+        return problem(status, code, str(exc.detail), str(exc.detail), exc.headers)
+
+    return handle
+
+
+def _first_error(exc: ValidationException) -> str:
+    """The first validation error as one line, e.g. ``limit: Expected `int```."""
+    if isinstance(exc.extra, list) and exc.extra and isinstance(exc.extra[0], dict):
+        first = exc.extra[0]
+        return f"{first.get('key', 'request')}: {first.get('message', 'invalid')}"
+    return str(exc.detail)
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -80,10 +90,15 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred")
 
 
-def exception_handlers() -> ExceptionHandlersMap:
-    """Litestar exception handlers that answer every error as problem details."""
+def exception_handlers(
+    *, invalid_status: int = 400, invalid_code: str = "invalid_request"
+) -> ExceptionHandlersMap:
+    """Litestar exception handlers that answer every error as problem details.
+
+    ``invalid_status``/``invalid_code`` answer a body or parameter that fails validation.
+    """
     return {
         DomainError: _domain_error,
-        HTTPException: _http_error,
+        HTTPException: _http_error_handler(invalid_status, invalid_code),
         Exception: _unexpected,
     }
