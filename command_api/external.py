@@ -186,7 +186,9 @@ class ExternalServices:
                 default_deposit=s.base_deposit,
             )
             return Sourced(base, "base_tariff")
-        await self._zones.set(zone_id, zone, ttl=self._settings.zone_freshness_seconds)
+        freshness = self._settings.zone_freshness_seconds
+        if freshness > 0:  # a ttl of 0 would mean "fresh forever" to the cache
+            await self._zones.set(zone_id, zone, ttl=freshness)
         return Sourced(zone, "live")
 
     async def user(self, user_id: str) -> Sourced:
@@ -212,11 +214,16 @@ class ExternalServices:
         async with self._configs_lock:  # single flight: one fetch per period per process
             if time.monotonic() - self._configs_checked_at < self._settings.configs_refresh_seconds:
                 return await self._cached_configs()
-            self._configs_checked_at = time.monotonic()
+            previous, self._configs_checked_at = self._configs_checked_at, time.monotonic()
             try:
                 answer = await self._get("configs", "/configs", _configs_decoder)
             except (ServiceError, NotFound):
                 return await self._cached_configs()
+            except asyncio.CancelledError:
+                # cancelled with its offer (scooters failed): not a check, or the defaults
+                # (or an old value) would stay pinned for a whole period
+                self._configs_checked_at = previous
+                raise
             await self._configs.set("configs", answer.price_coeff_settings)
             return Sourced(answer.price_coeff_settings, "live")
 

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from command_api import worker
+from command_api import rides, worker
 from command_api.app import create_app
+from command_api.external import ExternalServices, make_http_client
 from shared.ids import created_at_of, parse_order_id
+from shared.offer_token import OfferSigner
 from shared.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -118,3 +124,92 @@ async def set_fault(stubs: str, service: str, **fault: Any) -> None:
     async with httpx.AsyncClient() as client:
         response = await client.post(f"{stubs}/admin/faults", json={"service": service, **fault})
         response.raise_for_status()
+
+
+# --- failure and worker tests (tests/e2e/test_failures.py, tests/e2e/test_worker.py) ----------
+
+
+@pytest.fixture
+def reset_configs(stubs: str) -> Iterator[None]:
+    """Put the stubs' configs back to their defaults before and after a test that changes them."""
+    httpx.post(f"{stubs}/admin/configs/reset", timeout=5).raise_for_status()
+    yield
+    httpx.post(f"{stubs}/admin/configs/reset", timeout=5).raise_for_status()
+
+
+@asynccontextmanager
+async def command_deps(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    services: type[ExternalServices] = ExternalServices,
+) -> AsyncIterator[rides.Deps]:
+    """The commands' and the worker's dependencies, built by hand (own HTTP client)."""
+    client = make_http_client(settings)
+    try:
+        yield rides.Deps(
+            pool=pool,
+            services=services(client, settings),
+            signer=OfferSigner(settings.offer_signing_key),
+            settings=settings,
+        )
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def worker_deps(
+    base_settings: Settings, db: asyncpg.Pool, stubs: str
+) -> AsyncIterator[rides.Deps]:
+    """Deps to drive the worker one step at a time (``worker.process_due_operations``)."""
+    async with command_deps(base_settings, db) as deps:
+        yield deps
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], timeout: float = 10.0, interval: float = 0.05
+) -> T:
+    """Poll ``check`` until it returns a truthy value (which is returned) or time runs out."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() >= deadline:
+            raise AssertionError(f"not true within {timeout}s: last result {result!r}")
+        await asyncio.sleep(interval)
+
+
+async def order_row(db: asyncpg.Pool, order_id: str | uuid.UUID) -> asyncpg.Record:
+    oid = order_id if isinstance(order_id, uuid.UUID) else parse_order_id(order_id)
+    assert oid is not None
+    row = await db.fetchrow(
+        "SELECT * FROM orders WHERE id = $1 AND created_at = $2", oid, created_at_of(oid)
+    )
+    assert row is not None, f"no order {order_id}"
+    return row
+
+
+async def payment_op(db: asyncpg.Pool, order_id: str | uuid.UUID, kind: str) -> asyncpg.Record:
+    oid = order_id if isinstance(order_id, uuid.UUID) else uuid.UUID(order_id)
+    row = await db.fetchrow(
+        "SELECT * FROM payment_operations WHERE order_id = $1 AND kind = $2", oid, kind
+    )
+    assert row is not None, f"no {kind} operation for {order_id}"
+    return row
+
+
+async def make_due(db: asyncpg.Pool, order_id: str | uuid.UUID, kind: str) -> None:
+    """Make a pending payment operation due now (its backoff has passed)."""
+    oid = order_id if isinstance(order_id, uuid.UUID) else uuid.UUID(order_id)
+    await db.execute(
+        "UPDATE payment_operations SET next_attempt_at = now()"
+        " WHERE order_id = $1 AND kind = $2 AND state = 'pending'",
+        oid,
+        kind,
+    )
+
+
+async def summary_row(db: asyncpg.Pool, user_id: str) -> asyncpg.Record:
+    row = await db.fetchrow("SELECT * FROM user_summary WHERE user_id = $1", user_id)
+    assert row is not None, f"no user_summary for {user_id}"
+    return row
