@@ -20,6 +20,7 @@ from command_api import rides
 from command_api.external import ExternalServices, make_http_client
 from command_api.idempotency import run_once
 from command_api.identity import resolve_rider
+from shared.db import create_pool
 from shared.domain import TrackPoint
 from shared.errors import OrderNotFound
 from shared.events import OrderSnapshot
@@ -163,7 +164,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(
+        pool = await create_pool(
             settings.database_url,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,

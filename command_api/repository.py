@@ -9,260 +9,126 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from shared.events import Event, OrderSnapshot, UserSummarySnapshot, event_encoder
+from shared.events import OrderSnapshot
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
-ORDER_COLUMNS = (
-    "id, offer_id, user_id, scooter_id, zone_id, status, payment_status, price_per_minute,"
-    " price_unlock, deposit, free_ride_seconds, created_at, started_at, finished_at,"
-    " duration_seconds, total_amount, distance_meters, version"
-)
-SUMMARY_COLUMNS = "user_id, rides_count, total_charged, debt, last_payment_status, version"
+_snapshot = msgspec.json.Decoder(OrderSnapshot)
+REFUSED = "SC409"  # SQLSTATE of a refused step (migrations/sql/0003_ride_steps.sql)
 
 
-def order_snapshot(row: asyncpg.Record) -> OrderSnapshot:
-    """The order as events and answers show it (never the raw track)."""
-    values = dict(row)
-    values["id"] = str(values["id"])
-    values["offer_id"] = str(values["offer_id"])
-    return OrderSnapshot(**values)
+class Refused(Exception):
+    """A step refused (and rolled back); ``code`` is the reason, e.g. ``scooter_busy``."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
 
 
-def summary_snapshot(row: asyncpg.Record) -> UserSummarySnapshot:
-    return UserSummarySnapshot(**dict(row))
+def _decode(text: str | None) -> OrderSnapshot | None:
+    return None if text is None else _snapshot.decode(text)
 
 
-# --- starting a ride --------------------------------------------------------------------------
+# --- ride steps: one round trip each (functions in migrations/sql/0003_ride_steps.sql) -----
 
 
-async def claim_offer(
-    conn: Connection, offer_id: uuid.UUID, order_id: uuid.UUID, expires_at: datetime
-) -> bool:
-    """Mark the offer used by ``order_id``; False when another order has it."""
-    claimed = await conn.fetchval(
-        "INSERT INTO offer_redemptions (offer_id, order_id, expires_at) VALUES ($1, $2, $3)"
-        " ON CONFLICT (offer_id) DO NOTHING RETURNING true",
-        offer_id,
-        order_id,
-        expires_at,
-    )
-    return bool(claimed)
+async def start_ride(
+    conn: Connection, values: dict[str, Any], max_rides: int, hold_due_seconds: float
+) -> None:
+    """Claim offer, scooter and ride slot; write the order ``starting`` and the owed hold.
+
+    Raises :class:`Refused` with ``offer_already_used``, ``scooter_busy``,
+    ``user_has_debt`` or ``too_many_active_rides``.
+    """
+    try:
+        await conn.execute(
+            "SELECT start_ride($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            values["id"],
+            values["created_at"],
+            values["offer_id"],
+            values["expires_at"],
+            values["user_id"],
+            values["scooter_id"],
+            values["zone_id"],
+            values["price_per_minute"],
+            values["price_unlock"],
+            values["deposit"],
+            values["free_ride_seconds"],
+            values["pricing"],
+            max_rides,
+            hold_due_seconds,
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == REFUSED:
+            raise Refused(str(exc.args[0])) from None
+        raise
 
 
-async def occupy_scooter(
-    conn: Connection, scooter_id: str, order_id: uuid.UUID, created_at: datetime, user_id: str
-) -> bool:
-    """Make ``order_id`` the scooter's one active ride; False when it is busy."""
-    taken = await conn.fetchval(
-        "INSERT INTO active_rides (scooter_id, order_id, order_created_at, user_id, started_at)"
-        " VALUES ($1, $2, $3, $4, $3) ON CONFLICT (scooter_id) DO NOTHING RETURNING true",
-        scooter_id,
-        order_id,
-        created_at,
-        user_id,
-    )
-    return bool(taken)
-
-
-async def take_ride_slot(conn: Connection, user_id: str, max_rides: int) -> str:
-    """Count one more active ride for the user: "ok", "debt" or "limit"."""
-    ok = await conn.fetchval(
-        "INSERT INTO user_summary AS s (user_id, active_rides) VALUES ($1, 1)"
-        " ON CONFLICT (user_id) DO UPDATE SET active_rides = s.active_rides + 1,"
-        " updated_at = now() WHERE s.active_rides < $2 AND s.debt = 0 RETURNING true",
-        user_id,
-        max_rides,
-    )
-    if ok:
-        return "ok"
-    debt = await conn.fetchval("SELECT debt FROM user_summary WHERE user_id = $1", user_id)
-    return "debt" if debt else "limit"
-
-
-async def insert_order(conn: Connection, values: dict[str, Any]) -> None:
-    """Write a new order in state ``starting`` (before its hold)."""
-    await conn.execute(
-        "INSERT INTO orders (id, created_at, offer_id, user_id, scooter_id, zone_id,"
-        " price_per_minute, price_unlock, deposit, free_ride_seconds, status, payment_status,"
-        " started_at, pricing) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-        " 'starting', 'holding', $2, $11)",
-        values["id"],
-        values["created_at"],
-        values["offer_id"],
-        values["user_id"],
-        values["scooter_id"],
-        values["zone_id"],
-        values["price_per_minute"],
-        values["price_unlock"],
-        values["deposit"],
-        values["free_ride_seconds"],
-        values["pricing"],
-    )
-
-
-async def activate_order(
+async def activate_ride(
     conn: Connection, order_id: uuid.UUID, created_at: datetime, started_at: datetime
-) -> asyncpg.Record | None:
+) -> OrderSnapshot | None:
     """``starting`` → ``active`` once the hold is confirmed; None if it was undone meanwhile."""
-    return await conn.fetchrow(
-        f"UPDATE orders SET status = 'active', payment_status = 'held', started_at = $3,"
-        f" version = version + 1, updated_at = now()"
-        f" WHERE id = $1 AND created_at = $2 AND status = 'starting' RETURNING {ORDER_COLUMNS}",
-        order_id,
-        created_at,
-        started_at,
+    return _decode(
+        await conn.fetchval(
+            "SELECT to_jsonb(activate_ride($1, $2, $3))::text", order_id, created_at, started_at
+        )
     )
 
 
-async def reject_order(
-    conn: Connection, order_id: uuid.UUID, created_at: datetime
-) -> asyncpg.Record | None:
-    """Undo a start whose hold failed: the order is rejected, scooter, slot and offer freed."""
-    row = await conn.fetchrow(
-        f"UPDATE orders SET status = 'rejected', payment_status = 'failed',"
-        f" version = version + 1, updated_at = now()"
-        f" WHERE id = $1 AND created_at = $2 AND status = 'starting' RETURNING {ORDER_COLUMNS}",
-        order_id,
-        created_at,
-    )
-    if row is None:
-        return None
-    await conn.execute("DELETE FROM active_rides WHERE order_id = $1", order_id)
-    await conn.execute("DELETE FROM offer_redemptions WHERE offer_id = $1", row["offer_id"])
-    await conn.execute(
-        "UPDATE user_summary SET active_rides = active_rides - 1, updated_at = now()"
-        " WHERE user_id = $1",
-        row["user_id"],
-    )
-    return row
-
-
-# --- orders -----------------------------------------------------------------------------------
-
-
-async def lock_order(
-    conn: Connection, order_id: uuid.UUID, created_at: datetime
-) -> asyncpg.Record | None:
-    """The order row, locked until the transaction ends (serialises finishes)."""
-    return await conn.fetchrow(
-        f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 AND created_at = $2 FOR UPDATE",
-        order_id,
-        created_at,
+async def reject_start(
+    conn: Connection, order_id: uuid.UUID, created_at: datetime, release: bool
+) -> bool:
+    """Undo a ``starting`` order (its hold failed); False if it was not ``starting``."""
+    return bool(
+        await conn.fetchval("SELECT reject_start($1, $2, $3)", order_id, created_at, release)
     )
 
 
 async def get_order(
     conn: Connection, order_id: uuid.UUID, created_at: datetime
-) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 AND created_at = $2",
-        order_id,
-        created_at,
+) -> OrderSnapshot | None:
+    return _decode(
+        await conn.fetchval(
+            "SELECT to_jsonb(order_snapshot_of(o))::text FROM orders o"
+            " WHERE id = $1 AND created_at = $2",
+            order_id,
+            created_at,
+        )
     )
 
 
-async def end_ride(conn: Connection, values: dict[str, Any]) -> asyncpg.Record:
-    """Record the end of an active ride and free its scooter; the charge is still pending."""
-    row = await conn.fetchrow(
-        f"UPDATE orders SET status = $3, payment_status = 'pending', finished_at = $4,"
-        f" duration_seconds = $5, total_amount = $6, distance_meters = $7, track = $8,"
-        f" version = version + 1, updated_at = now()"
-        f" WHERE id = $1 AND created_at = $2 RETURNING {ORDER_COLUMNS}",
-        values["id"],
-        values["created_at"],
-        values["status"],
-        values["finished_at"],
-        values["duration_seconds"],
-        values["total_amount"],
-        values["distance_meters"],
-        values["track"],
-    )
-    assert row is not None
-    await conn.execute("DELETE FROM active_rides WHERE order_id = $1", values["id"])
-    return row
-
-
-async def count_finished_ride(conn: Connection, user_id: str, rode: bool) -> asyncpg.Record:
-    """Free the user's ride slot; count the ride when it was not cancelled."""
-    row = await conn.fetchrow(
-        f"UPDATE user_summary SET active_rides = greatest(active_rides - 1, 0),"
-        f" rides_count = rides_count + $2::int, version = version + 1, updated_at = now()"
-        f" WHERE user_id = $1 RETURNING {SUMMARY_COLUMNS}",
-        user_id,
-        1 if rode else 0,
-    )
-    assert row is not None
-    return row
-
-
-async def settle_order(
-    conn: Connection, order_id: uuid.UUID, created_at: datetime, payment_status: str
-) -> asyncpg.Record | None:
-    """``pending`` → ``payment_status`` (charged, released or debt); None if already settled."""
-    return await conn.fetchrow(
-        f"UPDATE orders SET payment_status = $3, version = version + 1, updated_at = now()"
-        f" WHERE id = $1 AND created_at = $2 AND payment_status = 'pending'"
-        f" RETURNING {ORDER_COLUMNS}",
-        order_id,
-        created_at,
-        payment_status,
+async def finish_ride(
+    conn: Connection, values: dict[str, Any], charge_due_seconds: float
+) -> OrderSnapshot | None:
+    """End an active ride and owe its charge; None when it was no longer active."""
+    return _decode(
+        await conn.fetchval(
+            "SELECT to_jsonb(finish_ride($1, $2, $3, $4, $5, $6, $7, $8, $9))::text",
+            values["id"],
+            values["created_at"],
+            values["status"],
+            values["finished_at"],
+            values["duration_seconds"],
+            values["total_amount"],
+            values["distance_meters"],
+            values["track"],
+            charge_due_seconds,
+        )
     )
 
 
-async def record_payment_outcome(
-    conn: Connection, user_id: str, charged: int, debt: int, status: str
-) -> asyncpg.Record:
-    row = await conn.fetchrow(
-        f"UPDATE user_summary SET total_charged = total_charged + $2, debt = debt + $3,"
-        f" last_payment_status = $4, version = version + 1, updated_at = now()"
-        f" WHERE user_id = $1 RETURNING {SUMMARY_COLUMNS}",
-        user_id,
-        charged,
-        debt,
-        status,
-    )
-    assert row is not None
-    return row
-
-
-async def append_event(conn: Connection, event: Event) -> None:
-    """Append the event to the outbox, in the caller's transaction."""
-    await conn.execute(
-        "INSERT INTO outbox (event_type, order_id, user_id, order_version, payload)"
-        " VALUES ($1, $2, $3, $4, $5)",
-        type(event).__struct_config__.tag,
-        uuid.UUID(event.order.id),
-        event.order.user_id,
-        event.order.version,
-        event_encoder.encode(event).decode(),
+async def settle_charge(
+    conn: Connection, order_id: uuid.UUID, created_at: datetime, status: str
+) -> OrderSnapshot | None:
+    """Record the charge's outcome (charged, released or debt); None if settled already."""
+    return _decode(
+        await conn.fetchval(
+            "SELECT to_jsonb(settle_charge($1, $2, $3))::text", order_id, created_at, status
+        )
     )
 
 
 # --- payment operations -----------------------------------------------------------------------
-
-
-async def add_payment_operation(
-    conn: Connection,
-    order_id: uuid.UUID,
-    kind: str,
-    created_at: datetime,
-    user_id: str,
-    amount: int,
-    delay_seconds: float,
-) -> None:
-    """Record a money movement we owe payments; the worker retries it once it is due."""
-    await conn.execute(
-        "INSERT INTO payment_operations (order_id, kind, order_created_at, user_id, amount,"
-        " next_attempt_at) VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))"
-        " ON CONFLICT (order_id, kind) DO NOTHING",
-        order_id,
-        kind,
-        created_at,
-        user_id,
-        amount,
-        delay_seconds,
-    )
 
 
 async def finish_payment_operation(

@@ -29,6 +29,7 @@ from shared.domain import (
 )
 from shared.errors import (
     DependencyUnavailable,
+    DomainError,
     OfferAlreadyUsed,
     OrderNotFound,
     ScooterBusy,
@@ -37,10 +38,7 @@ from shared.errors import (
     UserHasDebt,
 )
 from shared.events import (
-    OrderFinished,
     OrderSnapshot,
-    OrderStarted,
-    PaymentSettled,
 )
 from shared.ids import created_at_of, uuid7
 from shared.offer_token import OfferSigner
@@ -118,84 +116,71 @@ async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer
 async def start_ride(deps: Deps, offer: Offer) -> OrderSnapshot:
     """Start a ride from a verified offer: reserve, hold the deposit, then activate.
 
-    1. One transaction claims the offer, the scooter and a ride slot, writes the order
-       as ``starting`` and records the hold as owed (due after ``stuck_hold_seconds``:
+    1. One step claims the offer, the scooter and a ride slot, writes the order as
+       ``starting`` and records the hold as owed (due after ``stuck_hold_seconds``:
        if this process dies before step 3, the worker undoes the start).
     2. The deposit is held through payments.
-    3. One transaction activates the order and appends ``order_started``.
+    3. One step activates the order and appends ``order_started``.
     A failed hold rejects the order and frees everything; if the hold may have happened
     (timeout), its release is recorded for the worker.
     """
     settings = deps.settings
     order_id = uuid7()
     created_at = created_at_of(order_id)
-    async with deps.pool.acquire() as conn, conn.transaction():
-        if not await repo.claim_offer(conn, offer.id, order_id, offer.expires_at):
-            raise OfferAlreadyUsed(f"offer {offer.id} has already started a ride")
-        if not await repo.occupy_scooter(
-            conn, offer.scooter_id, order_id, created_at, offer.user_id
-        ):
-            raise ScooterBusy(f"scooter {offer.scooter_id} is already in a ride")
-        slot = await repo.take_ride_slot(conn, offer.user_id, settings.max_active_rides_per_user)
-        if slot == "debt":
-            raise UserHasDebt(f"user {offer.user_id} has an unpaid debt")
-        if slot == "limit":
-            raise TooManyActiveRides(
-                f"user {offer.user_id} already has {settings.max_active_rides_per_user}"
-                " active ride(s)"
+    values = {
+        "id": order_id,
+        "created_at": created_at,
+        "offer_id": offer.id,
+        "expires_at": offer.expires_at,
+        "user_id": offer.user_id,
+        "scooter_id": offer.scooter_id,
+        "zone_id": offer.zone_id,
+        "price_per_minute": offer.price_per_minute,
+        "price_unlock": offer.price_unlock,
+        "deposit": offer.deposit,
+        "free_ride_seconds": offer.inputs.free_ride_seconds,
+        "pricing": repo.encode_json(offer.inputs),
+    }
+    try:
+        async with deps.pool.acquire() as conn:
+            await repo.start_ride(
+                conn, values, settings.max_active_rides_per_user, settings.stuck_hold_seconds
             )
-        await repo.insert_order(
-            conn,
-            {
-                "id": order_id,
-                "created_at": created_at,
-                "offer_id": offer.id,
-                "user_id": offer.user_id,
-                "scooter_id": offer.scooter_id,
-                "zone_id": offer.zone_id,
-                "price_per_minute": offer.price_per_minute,
-                "price_unlock": offer.price_unlock,
-                "deposit": offer.deposit,
-                "free_ride_seconds": offer.inputs.free_ride_seconds,
-                "pricing": repo.encode_json(offer.inputs),
-            },
-        )
-        await repo.add_payment_operation(
-            conn,
-            order_id,
-            "hold",
-            created_at,
-            offer.user_id,
-            offer.deposit,
-            settings.stuck_hold_seconds,
-        )
+    except repo.Refused as refused:
+        raise _refusal(refused.code, offer, settings) from None
     try:
         await deps.services.hold(offer.user_id, str(order_id), offer.deposit)
     except ServiceError as exc:
-        await reject_start(deps.pool, order_id, created_at, offer.user_id, release=exc.ambiguous)
+        await reject_start(deps.pool, order_id, created_at, release=exc.ambiguous)
         raise DependencyUnavailable(
             "payments", f"could not hold the deposit: {exc.reason}"
         ) from exc
-    async with deps.pool.acquire() as conn, conn.transaction():
-        row = await repo.activate_order(conn, order_id, created_at, utcnow())
-        if row is None:  # the worker undid this start while the hold was slow
-            raise DependencyUnavailable("payments", "holding the deposit took too long")
-        await repo.finish_payment_operation(conn, order_id, "hold")
-        snapshot = repo.order_snapshot(row)
-        await repo.append_event(conn, OrderStarted(order=snapshot))
+    async with deps.pool.acquire() as conn:
+        snapshot = await repo.activate_ride(conn, order_id, created_at, utcnow())
+    if snapshot is None:  # the worker undid this start while the hold was slow
+        raise DependencyUnavailable("payments", "holding the deposit took too long")
     return snapshot
 
 
+def _refusal(code: str, offer: Offer, settings: Settings) -> DomainError:
+    """The domain error for a start the database refused."""
+    if code == "offer_already_used":
+        return OfferAlreadyUsed(f"offer {offer.id} has already started a ride")
+    if code == "scooter_busy":
+        return ScooterBusy(f"scooter {offer.scooter_id} is already in a ride")
+    if code == "user_has_debt":
+        return UserHasDebt(f"user {offer.user_id} has an unpaid debt")
+    return TooManyActiveRides(
+        f"user {offer.user_id} already has {settings.max_active_rides_per_user} active ride(s)"
+    )
+
+
 async def reject_start(
-    pool: asyncpg.Pool, order_id: uuid.UUID, created_at: datetime, user_id: str, *, release: bool
+    pool: asyncpg.Pool, order_id: uuid.UUID, created_at: datetime, *, release: bool
 ) -> bool:
     """Undo a start whose hold failed; records a release when the hold may exist."""
-    async with pool.acquire() as conn, conn.transaction():
-        row = await repo.reject_order(conn, order_id, created_at)
-        await repo.finish_payment_operation(conn, order_id, "hold", "gave_up")
-        if row is not None and release:
-            await repo.add_payment_operation(conn, order_id, "release", created_at, user_id, 0, 0)
-    return row is not None
+    async with pool.acquire() as conn:
+        return await repo.reject_start(conn, order_id, created_at, release)
 
 
 # --- finishing a ride -------------------------------------------------------------------------
@@ -208,28 +193,28 @@ async def finish_ride(
 
     The end is committed first, with the charge recorded as owed, so the rider can always
     stop; the charge is then tried once here and retried by the worker if it fails.
-    A repeated or concurrent finish waits on the order's row lock and returns the
-    stored result without charging again.
+    The end only applies to an ``active`` ride, so of concurrent finishes exactly one
+    ends it and charges; the others return the stored result.
     """
     settings = deps.settings
     if len(track) > settings.track_max_points:
         raise TrackTooLong(f"a track has at most {settings.track_max_points} points")
     created_at = created_at_of(order_id)
-    async with deps.pool.acquire() as conn, conn.transaction():
-        row = await repo.lock_order(conn, order_id, created_at)
-        if row is None or row["status"] in (OrderStatus.STARTING, OrderStatus.REJECTED):
+    async with deps.pool.acquire() as conn:
+        order = await repo.get_order(conn, order_id, created_at)
+        if order is None or order.status in (OrderStatus.STARTING, OrderStatus.REJECTED):
             raise OrderNotFound(f"no ride {order_id}")
-        if acting_user is not None and row["user_id"] != acting_user:
+        if acting_user is not None and order.user_id != acting_user:
             raise OrderNotFound(f"no ride {order_id}")
-        if row["status"] != OrderStatus.ACTIVE:
-            return repo.order_snapshot(row)
+        if order.status != OrderStatus.ACTIVE:
+            return order
         finished_at = utcnow()
-        seconds = max(0, int((finished_at - row["started_at"]).total_seconds()))
-        cancelled = is_free_ride(seconds, row["free_ride_seconds"])
+        seconds = max(0, int((finished_at - order.started_at).total_seconds()))
+        cancelled = is_free_ride(seconds, order.free_ride_seconds)
         total = ride_cost(
-            seconds, row["price_per_minute"], row["price_unlock"], row["free_ride_seconds"]
+            seconds, order.price_per_minute, order.price_unlock, order.free_ride_seconds
         )
-        ended = await repo.end_ride(
+        ended = await repo.finish_ride(
             conn,
             {
                 "id": order_id,
@@ -241,36 +226,25 @@ async def finish_ride(
                 "distance_meters": track_distance_meters(track),
                 "track": repo.encode_json(track) if track else None,
             },
-        )
-        summary = await repo.count_finished_ride(conn, row["user_id"], rode=not cancelled)
-        # due only after this process had its own try, so the worker does not race it
-        await repo.add_payment_operation(
-            conn,
-            order_id,
-            "charge",
-            created_at,
-            row["user_id"],
-            total,
             settings.payment_timeout_seconds * 2,
         )
-        snapshot = repo.order_snapshot(ended)
-        await repo.append_event(
-            conn, OrderFinished(order=snapshot, summary=repo.summary_snapshot(summary))
-        )
+        if ended is None:  # a concurrent finish ended it first: answer its result
+            stored = await repo.get_order(conn, order_id, created_at)
+            assert stored is not None
+            return stored
     try:
-        await deps.services.clear(snapshot.user_id, snapshot.id, total)
+        await deps.services.clear(ended.user_id, ended.id, total)
     except ServiceError as exc:
         log.warning("charge of %s deferred to the worker: %s", order_id, exc)
-        return snapshot
-    settled = await settle_charge(deps.pool, order_id, created_at, snapshot.user_id, total)
-    return settled or snapshot
+        return ended
+    settled = await settle_charge(deps.pool, order_id, created_at, total)
+    return settled or ended
 
 
 async def settle_charge(
     pool: asyncpg.Pool,
     order_id: uuid.UUID,
     created_at: datetime,
-    user_id: str,
     amount: int,
     *,
     gave_up: bool = False,
@@ -285,31 +259,14 @@ async def settle_charge(
         status = PaymentStatus.RELEASED
     else:
         status = PaymentStatus.CHARGED
-    async with pool.acquire() as conn, conn.transaction():
-        state = "gave_up" if gave_up else "done"
-        if not await repo.finish_payment_operation(conn, order_id, "charge", state):
-            return None
-        row = await repo.settle_order(conn, order_id, created_at, status)
-        if row is None:
-            return None
-        summary = await repo.record_payment_outcome(
-            conn,
-            user_id,
-            charged=0 if gave_up else amount,
-            debt=amount if gave_up else 0,
-            status=status,
-        )
-        snapshot = repo.order_snapshot(row)
-        await repo.append_event(
-            conn, PaymentSettled(order=snapshot, summary=repo.summary_snapshot(summary))
-        )
-    return snapshot
+    async with pool.acquire() as conn:
+        return await repo.settle_charge(conn, order_id, created_at, status)
 
 
 async def read_order(pool: asyncpg.Pool, order_id: uuid.UUID) -> OrderSnapshot:
     """The order as stored (the command side's own read, for replies)."""
     async with pool.acquire() as conn:
-        row = await repo.get_order(conn, order_id, created_at_of(order_id))
-    if row is None or row["status"] in (OrderStatus.STARTING, OrderStatus.REJECTED):
+        order = await repo.get_order(conn, order_id, created_at_of(order_id))
+    if order is None or order.status in (OrderStatus.STARTING, OrderStatus.REJECTED):
         raise OrderNotFound(f"no ride {order_id}")
-    return repo.order_snapshot(row)
+    return order

@@ -25,6 +25,7 @@ from command_api import metrics, rides
 from command_api import repository as repo
 from command_api.external import ExternalServices, ServiceError, make_http_client
 from migrations.maintenance import prune, run_partition_maintenance
+from shared.db import create_pool
 from shared.offer_token import OfferSigner
 from shared.settings import Settings, get_settings
 
@@ -44,16 +45,14 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
     order_id, kind, amount = op["order_id"], op["kind"], op["amount"]
     created_at, user_id = op["order_created_at"], op["user_id"]
     if kind == "hold":
-        undone = await rides.reject_start(deps.pool, order_id, created_at, user_id, release=True)
+        undone = await rides.reject_start(deps.pool, order_id, created_at, release=True)
         metrics.payment_attempts.labels(kind, "undone" if undone else "noop").inc()
         return
     try:
         await deps.services.clear(user_id, str(order_id), amount)
     except ServiceError as exc:
         if kind == "charge" and amount > 0 and op["attempts"] >= settings.payment_max_attempts:
-            await rides.settle_charge(
-                deps.pool, order_id, created_at, user_id, amount, gave_up=True
-            )
+            await rides.settle_charge(deps.pool, order_id, created_at, amount, gave_up=True)
             metrics.payment_attempts.labels(kind, "debt").inc()
             log.warning(
                 "charge of %s gave up after %d tries: debt %d", order_id, op["attempts"], amount
@@ -67,7 +66,7 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
         return
     metrics.payment_attempts.labels(kind, "ok").inc()
     if kind == "charge":
-        await rides.settle_charge(deps.pool, order_id, created_at, user_id, amount)
+        await rides.settle_charge(deps.pool, order_id, created_at, amount)
     else:
         async with deps.pool.acquire() as conn:
             await repo.finish_payment_operation(conn, order_id, kind)
@@ -96,7 +95,7 @@ async def maintain(pool: asyncpg.Pool, settings: Settings) -> None:
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Work until ``stop`` is set."""
-    pool = await asyncpg.create_pool(
+    pool = await create_pool(
         settings.database_url,
         min_size=1,
         max_size=4,

@@ -25,6 +25,7 @@ from query_api import projection
 from query_api.metrics import BAD_EVENTS, EVENT_LAG, PROJECTED, PROJECTOR_ERRORS, PROJECTOR_LAG
 from query_api.projection import RedisClient, Write
 from query_api.stores import connect_redis
+from shared.db import create_pool
 from shared.events import Event, event_decoder
 from shared.settings import Settings, get_settings
 from shared.views import created_at_ms, order_view_of, summary_view_of
@@ -127,8 +128,7 @@ class Projector:
     async def run(self) -> None:
         settings = self._settings
         redis = connect_redis(settings, timeout=max(5.0, settings.redis_timeout_seconds))
-        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-        assert pool is not None
+        pool = await create_pool(settings.database_url, min_size=1, max_size=2)
         failures = 0
         try:
             while not self._stop.is_set():

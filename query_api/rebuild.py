@@ -20,6 +20,7 @@ import asyncpg
 from query_api import projection, repository
 from query_api.projection import RedisClient, Write
 from query_api.stores import connect_redis
+from shared.db import create_pool
 from shared.settings import Settings, get_settings
 from shared.views import OrderView, created_at_ms
 
@@ -92,7 +93,7 @@ def _moment(text: str) -> datetime:
 
 async def _main(settings: Settings, since: datetime | None, until: datetime | None) -> int:
     redis = connect_redis(settings, timeout=10.0)
-    db = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    db = await create_pool(settings.database_url, min_size=1, max_size=2)
     assert db is not None
     try:
         return await rebuild(db, redis, settings, since, until)

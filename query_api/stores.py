@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 
 from query_api.metrics import REDIS_FAILURES
 from query_api.projection import RedisClient
+from shared.db import create_pool
 from shared.settings import Settings
 
 T = TypeVar("T")
@@ -63,13 +64,12 @@ def connect_redis(settings: Settings, timeout: float | None = None) -> RedisClie
 async def connect_postgres(settings: Settings, max_size: int | None = None) -> asyncpg.Pool:
     """The pool the read side queries: the replica when one is configured."""
     dsn = settings.database_replica_url or settings.database_url
-    pool = await asyncpg.create_pool(
+    pool = await create_pool(
         dsn,
         min_size=1,
         max_size=max_size or settings.db_pool_max,
         command_timeout=settings.db_command_timeout_seconds,
     )
-    assert pool is not None
     return pool
 
 

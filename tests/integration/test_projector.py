@@ -417,6 +417,8 @@ async def test_killed_projector_catches_up_after_restart(
     try:
         first = await write.start(user)
         await wait_until(lambda: _has_version(redis, settings, first.id, 1))
+        # the view lands before its event is marked published: wait for both
+        await wait_until(lambda: _all_published(pool, [first.id]))
     finally:
         proc.kill()  # no clean shutdown
         proc.wait()
@@ -508,6 +510,10 @@ async def test_projection_lag_under_light_load(
 async def _ride(write: WriteSide, user: str) -> OrderSnapshot:
     order = await write.start(user, started_at=datetime.now(UTC) - timedelta(minutes=3))
     return await write.settle(await write.finish(order))
+
+
+async def _all_published(pool: asyncpg.Pool, order_ids: list[str]) -> bool:
+    return await unpublished(pool, order_ids) == 0
 
 
 async def _has_version(redis: Redis, settings: Settings, order_id: str, version: int) -> bool:
