@@ -128,6 +128,13 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def _machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (every core; not idle or iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -165,6 +172,7 @@ class CpuMeter:
             usage[name] = total
         for name, comm in self.by_name.items():
             usage[name] = sum(cpu for pid, (_, cpu) in stats.items() if _comm(pid) == comm)
+        usage["machine (all)"] = _machine_busy_seconds()
         return usage
 
 
