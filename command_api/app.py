@@ -14,7 +14,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, HeaderParameter, JSONBody
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 
 from command_api import rides
 from command_api.external import ExternalServices, make_http_client
@@ -27,6 +27,7 @@ from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
 from shared.offer_token import OfferSigner
 from shared.problems import exception_handlers
+from shared.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
 
 JSON = "application/json"
@@ -189,11 +190,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[create_offer, start_order, finish_order, live, ready, PrometheusController],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
-        middleware=[
-            PrometheusConfig(
-                app_name="command_api", prefix="command_api", group_path=True
-            ).middleware
-        ],
+        middleware=[request_metrics("command_api")],
         openapi_config=OpenAPIConfig(title="SuperScooters command API", version="1"),
         request_max_body_size=2 * 1024 * 1024,
         logging_config=None,  # plain stdlib logging at the configured level, off the hot path

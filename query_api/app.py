@@ -12,9 +12,8 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, PathParameter, QueryParameter
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 
 from query_api import projection
 from query_api.reads import Reads
@@ -32,21 +31,22 @@ from query_api.stores import REDIS_DOWN, connect_postgres, connect_redis
 from shared.errors import InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
 from shared.problems import exception_handlers
+from shared.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
 
 UserId = Annotated[str, PathParameter(min_length=1, max_length=128)]
 
 
-def provide_reads(state: State) -> Reads:
+def _reads(state: State) -> Reads:
     reads: Reads = state.reads
     return reads
 
 
 @get("/orders/{order_id:str}")
-async def get_order(order_id: FromPath[str], reads: NamedDependency[Reads]) -> OrderScreen:
+async def get_order(order_id: FromPath[str], state: State) -> OrderScreen:
     """The ride screen: status, prices, times, running or final cost, payment status."""
     parsed = parse_order_id(order_id)
-    view = None if parsed is None else await reads.order(parsed)
+    view = None if parsed is None else await _reads(state).order(parsed)
     if view is None:
         raise OrderNotFound(f"no order {order_id}")
     return order_screen(view, datetime.now(UTC))
@@ -55,7 +55,7 @@ async def get_order(order_id: FromPath[str], reads: NamedDependency[Reads]) -> O
 @get("/users/{user_id:str}/orders")
 async def list_user_orders(
     user_id: UserId,
-    reads: NamedDependency[Reads],
+    state: State,
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
 ) -> OrdersPage:
@@ -64,8 +64,8 @@ async def list_user_orders(
         after = None if cursor is None else decode_cursor(cursor)
     except InvalidCursor as exc:
         raise InvalidParameter(f"cursor: {exc}") from exc
-    page = await reads.user_orders(user_id, limit, after)
-    if not page.items and after is None and await reads.summary(user_id) is None:
+    page = await _reads(state).user_orders(user_id, limit, after)
+    if not page.items and after is None and await _reads(state).summary(user_id) is None:
         raise UserNotFound(f"no user {user_id}")
     now = datetime.now(UTC)
     return OrdersPage(
@@ -75,9 +75,9 @@ async def list_user_orders(
 
 
 @get("/users/{user_id:str}/summary")
-async def get_user_summary(user_id: UserId, reads: NamedDependency[Reads]) -> SummaryScreen:
+async def get_user_summary(user_id: UserId, state: State) -> SummaryScreen:
     """Rides count, total charged, debt and last payment status."""
-    view = await reads.summary(user_id)
+    view = await _reads(state).summary(user_id)
     if view is None:
         raise UserNotFound(f"no user {user_id}")
     return summary_screen(view)
@@ -150,9 +150,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
             await db.close()
 
-    prometheus = PrometheusConfig(
-        app_name="query_api", prefix="query_api", group_path=True, exclude=["/metrics", "/health"]
-    )
     handlers: list[Any] = [
         get_order,
         list_user_orders,
@@ -163,11 +160,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     ]
     return Litestar(
         route_handlers=handlers,
-        dependencies={"reads": Provide(provide_reads, sync_to_thread=False)},
         exception_handlers=exception_handlers(
             invalid_status=422, invalid_code=InvalidParameter.code
         ),
-        middleware=[prometheus.middleware],
+        middleware=[request_metrics("query_api")],
         lifespan=[lifespan],
         debug=False,
+        logging_config=None,  # stdlib logging at the configured level, off the hot path
     )

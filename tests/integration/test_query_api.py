@@ -264,7 +264,7 @@ async def test_health_and_metrics(client: Client) -> None:
         "query_cache_hits_total",
         "query_cache_misses_total",
         "query_fallback_queries_total",
-        "query_api_request_duration_seconds",
+        'http_request_duration_seconds_count{app="query_api",method="GET",route="/health/live"',
     ):
         assert name in text
 

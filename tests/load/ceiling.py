@@ -1,7 +1,7 @@
 """The framework's ceiling: a bare Litestar endpoint with a body like the order view.
 
 ``python -m tests.load.ceiling PORT WORKERS`` serves it with the query API's server
-settings (uvicorn, uvloop, httptools, no access log), so the query side's throughput
+settings (``shared.serving.serve``), so the query side's throughput
 can be given as a ratio to what Litestar itself reaches on this machine at that moment.
 """
 
@@ -11,8 +11,9 @@ import sys
 from datetime import UTC, datetime
 
 import msgspec
-import uvicorn
 from litestar import Litestar, get
+
+from shared.serving import serve
 
 
 class View(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,14 +76,10 @@ def create_app() -> Litestar:
 
 
 if __name__ == "__main__":
-    uvicorn.run(
+    serve(
         "tests.load.ceiling:create_app",
-        factory=True,
         host="127.0.0.1",
         port=int(sys.argv[1]),
         workers=int(sys.argv[2]),
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
         log_level="warning",
     )
