@@ -38,6 +38,7 @@ from shared.views import (
 )
 
 log = logging.getLogger("query_api.reads")
+_ORDER_HITS, _ORDER_MISSES = CACHE_HITS.labels("order"), CACHE_MISSES.labels("order")
 R = TypeVar("R")
 
 Entry = tuple[int, str]  # (created_at ms, order id): a user's order in history order
@@ -68,9 +69,9 @@ class Reads:
             raw = None
         view = _decode_order(raw)
         if view is not None:
-            CACHE_HITS.labels("order").inc()
+            _ORDER_HITS.inc()
             return view
-        CACHE_MISSES.labels("order").inc()
+        _ORDER_MISSES.inc()
         return await self._flights.run(key, lambda: self._refill_order(order_id))
 
     async def _refill_order(self, order_id: uuid.UUID) -> OrderView | None:
