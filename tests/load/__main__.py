@@ -6,6 +6,7 @@ Examples::
     python -m tests.load command --max --duration 30          # ride flows at max throughput
     python -m tests.load command --rate 250 --duration 30     # fixed arrival rate
     python -m tests.load query --x 20 --y 50 --duration 30    # views at X·Y per second + max
+    python -m tests.load soak --x 40 --y 50 --ride-seconds 30 --duration 600
     python -m tests.load command --smoke                       # a few seconds, for CI
 """
 
@@ -129,13 +130,45 @@ async def run_query(
     return reports
 
 
+async def run_soak(
+    args: argparse.Namespace, settings: Settings, pids: dict[str, int]
+) -> list[dict[str, Any]]:
+    meter = CpuMeter({**pids, "load generator": os.getpid()})
+    report = await scenarios.soak(
+        settings,
+        meter,
+        pids,
+        rate=args.x,
+        y=args.y,
+        duration=args.duration,
+        z_bytes=args.z,
+        ride_seconds=args.ride_seconds,
+        sample_every=max(1.0, args.duration / 10),
+    )
+    print_report(f"soak, {report['offered']}", report)
+    print(f"   {'t (s)':>7}{'orders':>9}{'parts':>6}{'db MB':>9}{'redis MB':>10}  rss MB")
+    start = report["memory"][0]["at"]
+    for row in report["memory"]:
+        print(
+            f"   {row['at'] - start:>7.0f}{row['orders']:>9}{row['partitions']:>6}"
+            f"{row['db_mb']:>9}{row['redis_used_mb']:>10}  {row['rss_mb']}"
+        )
+    storage = await storage_per_order(settings, [])
+    print(f"\n== storage: {storage}")
+    return [report, {"side": "storage", **storage}]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.load",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("side", choices=["command", "query"])
+    parser.add_argument(
+        "side",
+        choices=["command", "query", "soak"],
+        help="soak: rides at --x/s and their screens at X·Y/s together",
+    )
     parser.add_argument(
         "--rate",
         type=float,
@@ -161,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.duration, args.concurrency, args.orders = 2.0, 4, 60
         args.rate = [10.0] if args.side == "command" else [50.0]
+        args.x, args.y, args.ride_seconds = 5.0, 10.0, 0.5
     elif args.max and args.side == "command":
         args.rate = None
     settings = bench_settings(args.command_workers, args.query_workers)
@@ -168,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     with running_stack(settings, STACK) as bench:
         if args.side == "command":
             reports = asyncio.run(run_command(args, settings, bench.pids))
+        elif args.side == "soak":
+            reports = asyncio.run(run_soak(args, settings, bench.pids))
         else:
             with ceiling_server(settings, args.ceiling_port) as ceiling_pid:
                 reports = asyncio.run(run_query(args, settings, bench.pids, ceiling_pid))

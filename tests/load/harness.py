@@ -176,6 +176,27 @@ class CpuMeter:
         return usage
 
 
+def rss_bytes(root: int) -> int:
+    """Resident memory of a process and its descendants."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+            parents[int(entry)] = stat[0]
+    tree, total = {root}, 0
+    for pid in sorted(parents):
+        if parents[pid] in tree:
+            tree.add(pid)
+    for pid in tree:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
 def cpu_share(
     before: dict[str, float], after: dict[str, float], seconds: float
 ) -> dict[str, float]:

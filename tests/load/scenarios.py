@@ -9,6 +9,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
@@ -24,6 +25,7 @@ from tests.load.harness import (
     latency_table,
     open_loop,
     percentile,
+    rss_bytes,
 )
 
 _json = msgspec.json.Encoder()
@@ -41,18 +43,22 @@ _offer_decoder = msgspec.json.Decoder(_Offer)
 _created_decoder = msgspec.json.Decoder(_Created)
 
 
-def track_for(z_bytes: int) -> list[dict[str, float]]:
-    """A GPS track that makes the stored order about ``z_bytes`` (≈ 56 bytes a point)."""
+def track_for(z_bytes: int, seed: int = 1) -> list[dict[str, float]]:
+    """A GPS track that makes the stored order about ``z_bytes``.
+
+    A noisy random walk (as real fixes are), so it does not compress much better in
+    Postgres than a real track would; about 56 bytes of JSON a point.
+    """
+    rng = random.Random(seed)
     points = max(0, (z_bytes - 700) // 56)
-    t0 = time.time()
-    return [
-        {
-            "t": round(t0 + i, 3),
-            "lat": round(55.75 + i * 1e-4, 6),
-            "lon": round(37.61 + i * 1e-4, 6),
-        }
-        for i in range(points)
-    ]
+    t, lat, lon = time.time(), 55.75, 37.61
+    track = []
+    for _ in range(points):
+        t += rng.uniform(0.8, 1.2)
+        lat += rng.gauss(0, 2e-5)
+        lon += rng.gauss(0, 2e-5)
+        track.append({"t": round(t, 3), "lat": round(lat, 6), "lon": round(lon, 6)})
+    return track
 
 
 def riders_and_scooters(settings: Settings) -> tuple[deque[str], deque[str]]:
@@ -89,6 +95,8 @@ class RideContext:
     lags: list[float] = field(default_factory=list)
     orders: list[str] = field(default_factory=list)
     started: int = 0
+    started_orders: list[str] = field(default_factory=list)  # for the soak's viewers
+    started_riders: list[str] = field(default_factory=list)
 
 
 async def ride(ctx: RideContext) -> None:
@@ -115,6 +123,8 @@ async def ride(ctx: RideContext) -> None:
             return
         order_id = _created_decoder.decode(answer[1]).id
         ctx.started += 1
+        ctx.started_orders.append(order_id)
+        ctx.started_riders.append(rider)
         if ctx.lag_sample_every and ctx.started % ctx.lag_sample_every == 0:
             asyncio.get_running_loop().create_task(
                 visible_after(ctx, order_id, time.perf_counter())
@@ -373,4 +383,112 @@ async def ceiling(
         "latency": latency_table(rec, seconds),
         "errors": dict(rec.errors),
         "cpu": cpu_share(before, after, seconds),
+    }
+
+
+# --- soak: both sides at once -----------------------------------------------------------------
+
+
+async def soak(
+    settings: Settings,
+    meter: CpuMeter,
+    pids: dict[str, int],
+    *,
+    rate: float,
+    y: float,
+    duration: float,
+    z_bytes: int,
+    ride_seconds: float,
+    sample_every: float = 30.0,
+) -> dict[str, Any]:
+    """Rides at ``rate`` and their screens at ``rate * y`` together, sampling memory."""
+    riders, scooters = riders_and_scooters(settings)
+    rides = RideContext(
+        settings=settings,
+        command=Pool("127.0.0.1", settings.command_port),
+        query=Pool("127.0.0.1", settings.query_port),
+        riders=riders,
+        scooters=scooters,
+        finish_body=_json.encode({"track": track_for(z_bytes)}),
+        ride_seconds=ride_seconds,
+        lag_sample_every=50,
+    )
+    client = aioredis.Redis.from_url(settings.redis_url)
+    await asyncio.gather(*(ride(rides) for _ in range(20)))  # something to view from the start
+    views = ViewContext(
+        settings=settings,
+        query=Pool("127.0.0.1", settings.query_port),
+        redis=client,
+        active=rides.started_orders,  # shared lists: new rides are viewed as they start
+        finished=rides.started_orders,
+        older=rides.started_orders,
+        users=rides.started_riders,
+        miss_share=0.0,
+        history_share=0.05,
+    )
+    samples: list[dict[str, Any]] = []
+
+    async def sample() -> None:
+        while True:
+            samples.append(await memory_sample(settings, client, pids, time.monotonic()))
+            await asyncio.sleep(sample_every)
+
+    sampler = asyncio.get_running_loop().create_task(sample())
+    before = meter.sample()
+    ride_seconds_run, view_seconds_run = await asyncio.gather(
+        open_loop(rate, duration, lambda: ride(rides), rides.recorder),
+        open_loop(rate * y, duration, lambda: view(views), views.recorder),
+    )
+    after = meter.sample()
+    sampler.cancel()
+    samples.append(await memory_sample(settings, client, pids, time.monotonic()))
+    await client.aclose()
+    rides.command.close()
+    rides.query.close()
+    views.query.close()
+    rides.lags.sort()
+    seconds = max(ride_seconds_run, view_seconds_run)
+    return {
+        "side": "soak",
+        "offered": f"{rate} flows/s + {rate * y} views/s",
+        "seconds": round(seconds, 1),
+        "flows": rides.recorder.flows,
+        "flows_per_s": round(rides.recorder.flows / seconds, 1),
+        "views_per_s": round(views.recorder.flows / seconds, 1),
+        "latency": {
+            **latency_table(rides.recorder, seconds),
+            **latency_table(views.recorder, seconds),
+        },
+        "errors": {**rides.recorder.errors, **views.recorder.errors},
+        "cpu": cpu_share(before, after, seconds),
+        "projection_lag": {
+            "samples": len(rides.lags),
+            "p50_ms": round(percentile(rides.lags, 0.5) * 1000, 1),
+            "p99_ms": round(percentile(rides.lags, 0.99) * 1000, 1),
+        },
+        "memory": samples,
+    }
+
+
+async def memory_sample(
+    settings: Settings, client: aioredis.Redis, pids: dict[str, int], at: float
+) -> dict[str, Any]:
+    """Resident memory per process, Redis memory and keys, database size and orders."""
+    info = await client.info("memory")
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        db_bytes = await conn.fetchval("SELECT pg_database_size(current_database())")
+        orders = await conn.fetchval("SELECT count(*) FROM orders")
+        partitions = await conn.fetchval(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'orders'::regclass"
+        )
+    finally:
+        await conn.close()
+    return {
+        "at": round(at, 1),
+        "rss_mb": {name: round(rss_bytes(pid) / 2**20, 1) for name, pid in pids.items()},
+        "redis_used_mb": round(int(info["used_memory"]) / 2**20, 2),
+        "db_mb": round(db_bytes / 2**20, 1),
+        "orders": orders,
+        "partitions": partitions,
     }

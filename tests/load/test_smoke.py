@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("side", ["command", "query"])
+@pytest.mark.parametrize("side", ["command", "query", "soak"])
 def test_load_test_runs_clean(side: str, tmp_path: Path) -> None:
     out = tmp_path / f"{side}.json"
     done = subprocess.run(
@@ -28,7 +28,7 @@ def test_load_test_runs_clean(side: str, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     reports = json.loads(out.read_text())["reports"]
-    measured = [r for r in reports if r["side"] in {"command", "query", "ceiling"}]
+    measured = [r for r in reports if r["side"] in {"command", "query", "ceiling", "soak"}]
     assert measured, reports
     for report in measured:
         assert report["errors"] == {}, report
