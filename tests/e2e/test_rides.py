@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -348,3 +350,25 @@ async def test_invalid_idempotency_key_is_a_400(api: AsyncTestClient[Any], ids: 
     )
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_idempotency_key"
+
+
+async def test_idempotency_key_in_flight_is_a_409(
+    api: AsyncTestClient[Any], db: asyncpg.Pool, ids: Ids
+) -> None:
+    offer = await new_offer(api, ids.rider(), ids.scooter())
+    body = {"offer_token": offer["token"]}
+    # the first request with this key is still running (claimed, no result yet)
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    await db.execute(
+        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)",
+        f"start:{offer['user_id']}",
+        "in-flight-1",
+        hashlib.sha256(raw).digest(),
+    )
+    response = await api.post(
+        "/orders",
+        content=raw,
+        headers={"Idempotency-Key": "in-flight-1", "content-type": "application/json"},
+    )
+    assert response.status_code == 409
+    assert response.json()["code"] == "idempotency_key_in_flight"

@@ -39,7 +39,7 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
     try:
         row = await conn.fetchrow(
             "SELECT count(*) AS n, avg(pg_column_size(o.*))::int AS row_bytes"
-            " FROM orders o WHERE status = 'finished'"
+            " FROM orders o WHERE status IN ('finished', 'cancelled')"
         )
         total = await conn.fetchval(
             "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i"
@@ -56,7 +56,7 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
             sizes.append(int(size))
     await client.aclose()
     return {
-        "finished_orders": row["n"] if row else 0,
+        "ended_orders": row["n"] if row else 0,
         "db_row_bytes_avg": row["row_bytes"] if row else None,
         "db_bytes_per_order_with_indexes": int(total / all_orders) if all_orders else None,
         "redis_bytes_per_view_avg": int(sum(sizes) / len(sizes)) if sizes else None,

@@ -227,7 +227,7 @@ async def scrape_metric(host: str, port: int, name: str) -> dict[str, float]:
 def print_report(title: str, report: dict[str, Any]) -> None:
     """A human-readable summary of one phase."""
     print(f"\n== {title}")
-    for key in ("offered", "seconds", "flows_per_s", "ratio_to_ceiling"):
+    for key in ("offered", "seconds", "flows_per_s", "views_per_s", "ratio_to_ceiling"):
         if key in report:
             print(f"   {key}: {report[key]}")
     print(f"   {'endpoint':<28}{'count':>8}{'rps':>9}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}")

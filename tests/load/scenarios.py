@@ -99,6 +99,23 @@ class RideContext:
     started_riders: list[str] = field(default_factory=list)
 
 
+def ride_context(
+    settings: Settings, z_bytes: int, ride_seconds: float, lag_sample_every: int
+) -> RideContext:
+    """Fresh riders and scooters, connections to both APIs, the finish body for Z."""
+    riders, scooters = riders_and_scooters(settings)
+    return RideContext(
+        settings=settings,
+        command=Pool("127.0.0.1", settings.command_port),
+        query=Pool("127.0.0.1", settings.query_port),
+        riders=riders,
+        scooters=scooters,
+        finish_body=_json.encode({"track": track_for(z_bytes)}),
+        ride_seconds=ride_seconds,
+        lag_sample_every=lag_sample_every,
+    )
+
+
 async def ride(ctx: RideContext) -> None:
     """offer → order → ride → finish, for a rider and a scooter nobody else uses now."""
     if not ctx.riders or not ctx.scooters:
@@ -170,17 +187,7 @@ async def command_side(
     ride_seconds: float,
 ) -> dict[str, Any]:
     """Complete rides at a fixed arrival ``rate`` (open loop) or at maximum throughput."""
-    riders, scooters = riders_and_scooters(settings)
-    ctx = RideContext(
-        settings=settings,
-        command=Pool("127.0.0.1", settings.command_port),
-        query=Pool("127.0.0.1", settings.query_port),
-        riders=riders,
-        scooters=scooters,
-        finish_body=_json.encode({"track": track_for(z_bytes)}),
-        ride_seconds=ride_seconds,
-        lag_sample_every=20,
-    )
+    ctx = ride_context(settings, z_bytes, ride_seconds, lag_sample_every=20)
     # warm-up: connections, caches, prepared statements
     await asyncio.gather(*(ride(ctx) for _ in range(min(50, concurrency))))
     ctx.recorder, ctx.lags = Recorder(), []
@@ -263,17 +270,7 @@ async def view(ctx: ViewContext) -> None:
 
 async def seed_orders(settings: Settings, count: int, z_bytes: int) -> dict[str, list[str]]:
     """Rides through the command API: a third left active, the rest finished."""
-    riders, scooters = riders_and_scooters(settings)
-    ctx = RideContext(
-        settings=settings,
-        command=Pool("127.0.0.1", settings.command_port),
-        query=Pool("127.0.0.1", settings.query_port),
-        riders=riders,
-        scooters=scooters,
-        finish_body=_json.encode({"track": track_for(z_bytes)}),
-        ride_seconds=0,
-        lag_sample_every=0,
-    )
+    ctx = ride_context(settings, z_bytes, ride_seconds=0, lag_sample_every=0)
     active: list[str] = []
     users: list[str] = []
 
@@ -402,17 +399,7 @@ async def soak(
     sample_every: float = 30.0,
 ) -> dict[str, Any]:
     """Rides at ``rate`` and their screens at ``rate * y`` together, sampling memory."""
-    riders, scooters = riders_and_scooters(settings)
-    rides = RideContext(
-        settings=settings,
-        command=Pool("127.0.0.1", settings.command_port),
-        query=Pool("127.0.0.1", settings.query_port),
-        riders=riders,
-        scooters=scooters,
-        finish_body=_json.encode({"track": track_for(z_bytes)}),
-        ride_seconds=ride_seconds,
-        lag_sample_every=50,
-    )
+    rides = ride_context(settings, z_bytes, ride_seconds, lag_sample_every=50)
     client = aioredis.Redis.from_url(settings.redis_url)
     await asyncio.gather(*(ride(rides) for _ in range(20)))  # something to view from the start
     views = ViewContext(
@@ -453,11 +440,12 @@ async def soak(
         "offered": f"{rate} flows/s + {rate * y} views/s",
         "seconds": round(seconds, 1),
         "flows": rides.recorder.flows,
-        "flows_per_s": round(rides.recorder.flows / seconds, 1),
-        "views_per_s": round(views.recorder.flows / seconds, 1),
+        "flows_per_s": round(rides.recorder.flows / duration, 1),
+        "views_per_s": round(views.recorder.flows / duration, 1),
+        # rates over the arrival window (the last rides end up to a ride's length later)
         "latency": {
-            **latency_table(rides.recorder, seconds),
-            **latency_table(views.recorder, seconds),
+            **latency_table(rides.recorder, duration),
+            **latency_table(views.recorder, duration),
         },
         "errors": {**rides.recorder.errors, **views.recorder.errors},
         "cpu": cpu_share(before, after, seconds),

@@ -35,5 +35,5 @@ def test_load_test_runs_clean(side: str, tmp_path: Path) -> None:
         assert report["flows_per_s"] > 0
         assert set(report["cpu"]) >= {"postgres", "redis", "load generator"}
     storage = next(r for r in reports if r["side"] == "storage")
-    assert storage["finished_orders"] > 0
+    assert storage["ended_orders"] > 0
     assert storage["db_row_bytes_avg"] > 0
