@@ -106,30 +106,52 @@ class Connection:
 
 
 class Pool:
-    """Connections to one server, handed out one request at a time."""
+    """Connections to one server, handed out one request at a time.
 
-    def __init__(self, host: str, port: int) -> None:
+    At most ``max_connections`` are open, like a real client's pool: when all are busy a
+    request waits for one, and that wait counts in its latency (so an overloaded server
+    shows as latency, not as the generator running out of file descriptors).
+    """
+
+    def __init__(self, host: str, port: int, max_connections: int = 512) -> None:
         self.host = host
         self.port = port
         self._idle: deque[Connection] = deque()
         self._all: list[Connection] = []
+        self._max = max_connections
+        self._waiters: deque[asyncio.Future[Connection]] = deque()
 
     async def request(
         self, method: str, path: str, body: bytes | None = None, headers: str = ""
     ) -> tuple[int, bytes]:
-        conn = self._idle.pop() if self._idle else self._new()
+        conn = await self._checkout()
         try:
             result = await conn.request(method, path, body, headers)
         except BaseException:
             conn.close()
+            self._checkin(conn)  # closed: it reconnects on its next request
             raise
-        self._idle.append(conn)
+        self._checkin(conn)
         return result
 
-    def _new(self) -> Connection:
-        conn = Connection(self.host, self.port)
-        self._all.append(conn)
-        return conn
+    async def _checkout(self) -> Connection:
+        if self._idle:
+            return self._idle.pop()
+        if len(self._all) < self._max:
+            conn = Connection(self.host, self.port)
+            self._all.append(conn)
+            return conn
+        waiter: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return await waiter
+
+    def _checkin(self, conn: Connection) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
 
     def close(self) -> None:
         for conn in self._all:
