@@ -11,7 +11,12 @@ FALLBACKS = Counter(
     "Postgres queries made because Redis missed or was down",
     ["view"],
 )
-REDIS_FAILURES = Counter("query_redis_failures_total", "Redis calls that failed (Redis down)")
+REDIS_FAILURES = Counter(
+    "query_redis_failures_total", "Times Redis was taken for down (reads went to Postgres)"
+)
+REDIS_TIMEOUTS = Counter(
+    "query_redis_timeouts_total", "Redis reads that timed out (served from Postgres alone)"
+)
 
 PROJECTED = Counter("projector_events_total", "Outbox events projected by this process")
 BAD_EVENTS = Counter("projector_bad_events_total", "Outbox payloads that could not be decoded")

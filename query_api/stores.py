@@ -19,7 +19,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from query_api.metrics import REDIS_FAILURES
+from query_api.metrics import REDIS_FAILURES, REDIS_TIMEOUTS
 from query_api.projection import RedisClient
 from shared.db import create_pool
 from shared.settings import Settings
@@ -33,6 +33,8 @@ REDIS_DOWN = (
     redis_errors.ClusterDownError,
     OSError,
 )
+# a reply that did not come in time (Redis may be fine and this process busy)
+REDIS_SLOW = (redis_errors.TimeoutError, TimeoutError)
 # what "Postgres is down" looks like to a client
 POSTGRES_DOWN = (
     OSError,
@@ -78,10 +80,21 @@ class RedisUnavailable(Exception):
 
 
 class RedisGate:
-    def __init__(self, retry_seconds: float) -> None:
+    """Sends reads to Postgres for ``retry_seconds`` once Redis is down.
+
+    A refused or broken connection trips it at once. A timeout alone does not: on a busy
+    process a reply can be read late by the event loop, and sending *every* read to
+    Postgres for a while would only add load where it already hurts (a slow-down then
+    feeds itself). A timed-out read falls back on its own; only ``trip_after_timeouts``
+    timeouts in a row, with no success between, count as Redis being down.
+    """
+
+    def __init__(self, retry_seconds: float, trip_after_timeouts: int = 20) -> None:
         self._retry_seconds = retry_seconds
+        self._trip_after_timeouts = trip_after_timeouts
+        self._timeouts_in_a_row = 0
         self._down_until = 0.0
-        self.degraded = False  # the last Redis call failed
+        self.degraded = False  # Redis counts as down
 
     async def call(self, op: Callable[[], Awaitable[T]]) -> T:
         """Run a Redis operation, or raise :class:`RedisUnavailable` without trying."""
@@ -89,14 +102,22 @@ class RedisGate:
             raise RedisUnavailable
         try:
             result = await op()
+        except REDIS_SLOW as exc:
+            REDIS_TIMEOUTS.inc()
+            self._timeouts_in_a_row += 1
+            if self._timeouts_in_a_row >= self._trip_after_timeouts:
+                self.trip()
+            raise RedisUnavailable from exc
         except REDIS_DOWN as exc:
             self.trip()
             raise RedisUnavailable from exc
+        self._timeouts_in_a_row = 0
         self.degraded = False
         return result
 
     def trip(self) -> None:
         REDIS_FAILURES.inc()
+        self._timeouts_in_a_row = 0
         self.degraded = True
         self._down_until = time.monotonic() + self._retry_seconds
 

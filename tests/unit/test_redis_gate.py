@@ -1,0 +1,59 @@
+"""RedisGate: a refused connection sends reads to Postgres at once; slow replies do not,
+unless they keep coming (pure logic, no Redis)."""
+
+from __future__ import annotations
+
+import pytest
+from redis import exceptions as redis_errors
+
+from query_api.stores import RedisGate, RedisUnavailable
+
+
+async def ok() -> str:
+    return "value"
+
+
+async def slow() -> str:
+    raise redis_errors.TimeoutError("Timeout reading from socket")
+
+
+async def refused() -> str:
+    raise redis_errors.ConnectionError("Connection refused")
+
+
+async def test_a_refused_connection_trips_the_gate() -> None:
+    gate = RedisGate(retry_seconds=60)
+    with pytest.raises(RedisUnavailable):
+        await gate.call(refused)
+    assert gate.degraded
+    with pytest.raises(RedisUnavailable):  # not even tried while down
+        await gate.call(ok)
+
+
+async def test_isolated_timeouts_fall_back_alone() -> None:
+    gate = RedisGate(retry_seconds=60, trip_after_timeouts=3)
+    for _ in range(2):
+        with pytest.raises(RedisUnavailable):
+            await gate.call(slow)
+    assert not gate.degraded
+    assert await gate.call(ok) == "value"  # a success resets the count
+    for _ in range(2):
+        with pytest.raises(RedisUnavailable):
+            await gate.call(slow)
+    assert not gate.degraded
+
+
+async def test_timeouts_in_a_row_trip_the_gate() -> None:
+    gate = RedisGate(retry_seconds=60, trip_after_timeouts=3)
+    for _ in range(3):
+        with pytest.raises(RedisUnavailable):
+            await gate.call(slow)
+    assert gate.degraded
+
+
+async def test_the_gate_retries_redis_after_the_retry_period() -> None:
+    gate = RedisGate(retry_seconds=0)
+    with pytest.raises(RedisUnavailable):
+        await gate.call(refused)
+    assert await gate.call(ok) == "value"
+    assert not gate.degraded
