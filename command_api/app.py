@@ -116,7 +116,7 @@ async def start_order(
 ) -> Response[bytes]:
     deps = _deps(state)
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
-    resolve_rider(request, offer.user_id)
+    resolve_rider(request, offer.user_id)  # once auth lands: refuses another rider's offer
 
     async def run() -> tuple[int, OrderSnapshot]:
         return 201, await rides.start_ride(deps, offer)

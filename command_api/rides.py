@@ -261,12 +261,3 @@ async def settle_charge(
         status = PaymentStatus.CHARGED
     async with pool.acquire() as conn:
         return await repo.settle_charge(conn, order_id, created_at, status)
-
-
-async def read_order(pool: asyncpg.Pool, order_id: uuid.UUID) -> OrderSnapshot:
-    """The order as stored (the command side's own read, for replies)."""
-    async with pool.acquire() as conn:
-        order = await repo.get_order(conn, order_id, created_at_of(order_id))
-    if order is None or order.status in (OrderStatus.STARTING, OrderStatus.REJECTED):
-        raise OrderNotFound(f"no ride {order_id}")
-    return order
