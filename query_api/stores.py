@@ -9,6 +9,7 @@ of misses on one key share one Postgres query.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from shared.db import create_pool
 from shared.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger("query_api.redis")
 
 # what "Redis is down" looks like to a client
 REDIS_DOWN = (
@@ -35,6 +37,13 @@ REDIS_DOWN = (
 )
 # a reply that did not come in time (Redis may be fine and this process busy)
 REDIS_SLOW = (redis_errors.TimeoutError, TimeoutError)
+
+
+def _slow(exc: BaseException) -> bool:
+    """A timeout, or every pooled connection busy: this process is busy, Redis not down."""
+    return isinstance(exc, (*REDIS_SLOW, redis_errors.MaxConnectionsError))
+
+
 # what "Postgres is down" looks like to a client
 POSTGRES_DOWN = (
     OSError,
@@ -46,7 +55,11 @@ POSTGRES_DOWN = (
 
 
 def connect_redis(settings: Settings, timeout: float | None = None) -> RedisClient:
-    """A Redis (or Redis Cluster) client that fails fast instead of retrying."""
+    """A Redis (or Redis Cluster) client that fails fast instead of retrying.
+
+    At most ``redis_max_connections`` per process (per node on a cluster); a read that
+    finds them all busy falls back on its own and does not count as Redis being down.
+    """
     timeout = timeout or settings.redis_timeout_seconds
     if settings.redis_cluster:
         return RedisCluster.from_url(
@@ -54,12 +67,14 @@ def connect_redis(settings: Settings, timeout: float | None = None) -> RedisClie
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
+            max_connections=settings.redis_max_connections,
         )
     return Redis.from_url(
         settings.redis_url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
+        max_connections=settings.redis_max_connections,
     )
 
 
@@ -102,13 +117,17 @@ class RedisGate:
             raise RedisUnavailable
         try:
             result = await op()
-        except REDIS_SLOW as exc:
-            REDIS_TIMEOUTS.inc()
-            self._timeouts_in_a_row += 1
-            if self._timeouts_in_a_row >= self._trip_after_timeouts:
-                self.trip()
-            raise RedisUnavailable from exc
         except REDIS_DOWN as exc:
+            if _slow(exc):
+                REDIS_TIMEOUTS.inc()
+                self._timeouts_in_a_row += 1
+                if self._timeouts_in_a_row >= self._trip_after_timeouts:
+                    self.trip()
+                raise RedisUnavailable from exc
+            if not self.degraded:
+                log.warning(
+                    "Redis unavailable (%r): reading Postgres for %ss", exc, self._retry_seconds
+                )
             self.trip()
             raise RedisUnavailable from exc
         self._timeouts_in_a_row = 0

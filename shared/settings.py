@@ -97,6 +97,7 @@ class Settings:
     user_recent_orders: int = 50
     redis_cluster: bool = False  # connect with the Redis Cluster client
     redis_timeout_seconds: float = 0.25  # a slower Redis counts as down for a while
+    redis_max_connections: int = 1_000  # per process (redis-py's default is 100)
     redis_retry_seconds: float = 1.0  # after a Redis failure, read Postgres this long
     refill_ttl_seconds: int = 300  # TTL of a view refilled from Postgres that isn't done
     projector_batch_size: int = 500

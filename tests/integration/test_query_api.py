@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from query_api.app import create_app
 from query_api.projector import drain
+from query_api.stores import RedisGate, RedisUnavailable, connect_redis
 from shared.ids import uuid7
 from shared.pricing import ride_cost
 from shared.settings import Settings
@@ -154,6 +155,45 @@ async def test_flushed_key_repopulates_once_for_a_burst(
     hits = metric("query_cache_hits_total", view="order")
     assert (await client.get(f"/orders/{order.id}")).status_code == 200
     assert metric("query_cache_hits_total", view="order") == hits + 1
+
+
+async def test_history_refills_views_missing_from_redis(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, client: Client, write: WriteSide
+) -> None:
+    user = new_user()
+    orders = [await write.start(user) for _ in range(3)]
+    await project(pool, redis, settings)
+    # the list is in Redis, but two of its views were evicted
+    await redis.delete(*(order_key(settings.redis_key_prefix, o.id) for o in orders[:2]))
+
+    response = await client.get(f"/users/{user}/orders", params={"limit": 10})
+
+    assert response.status_code == 200, response.text
+    assert [item["id"] for item in response.json()["items"]] == [o.id for o in reversed(orders)]
+    for order in orders:
+        assert await redis.exists(order_key(settings.redis_key_prefix, order.id))
+
+
+async def test_more_reads_than_redis_connections_do_not_take_redis_for_down(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, write: WriteSide
+) -> None:
+    order = await write.start(new_user())
+    await project(pool, redis, settings)
+    key = order_key(settings.redis_key_prefix, order.id)
+    narrow = connect_redis(dataclasses.replace(settings, redis_max_connections=2))
+    gate = RedisGate(retry_seconds=60, trip_after_timeouts=1_000)
+    failures = metric("query_redis_failures_total")
+    try:
+        views = await asyncio.gather(
+            *(gate.call(lambda: narrow.hget(key, "d")) for _ in range(200)),
+            return_exceptions=True,
+        )
+    finally:
+        await narrow.aclose()
+    assert any(isinstance(v, RedisUnavailable) for v in views)  # those read Postgres
+    assert any(isinstance(v, bytes) for v in views)
+    assert not gate.degraded  # Redis itself was never taken for down
+    assert metric("query_redis_failures_total") == failures
 
 
 async def test_hidden_orders_are_not_found(client: Client, write: WriteSide) -> None:

@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling-port", type=int, default=18002)
     parser.add_argument("--smoke", action="store_true", help="a few seconds at a low rate (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--verbose", action="store_true", help="show the services' output")
     args = parser.parse_args(argv)
     if args.smoke:
         args.duration, args.concurrency, args.orders = 2.0, 4, 60
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rate = None
     settings = bench_settings(args.command_workers, args.query_workers)
     uvloop.install()
-    with running_stack(settings, STACK) as bench:
+    with running_stack(settings, STACK, quiet=not args.verbose) as bench:
         if args.side == "command":
             reports = asyncio.run(run_command(args, settings, bench.pids))
         elif args.side == "soak":

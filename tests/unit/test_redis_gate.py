@@ -57,3 +57,13 @@ async def test_the_gate_retries_redis_after_the_retry_period() -> None:
         await gate.call(refused)
     assert await gate.call(ok) == "value"
     assert not gate.degraded
+
+
+async def test_an_exhausted_connection_pool_is_slow_not_down() -> None:
+    async def no_connection() -> str:
+        raise redis_errors.MaxConnectionsError("Too many connections")
+
+    gate = RedisGate(retry_seconds=60, trip_after_timeouts=3)
+    with pytest.raises(RedisUnavailable):
+        await gate.call(no_connection)
+    assert not gate.degraded
