@@ -431,7 +431,7 @@ async def test_killed_projector_catches_up_after_restart(
     try:
         await wait_until(lambda: _has_version(redis, settings, second.id, 1))
         await wait_until(lambda: _has_version(redis, settings, first.id, finished.version))
-        assert await unpublished(pool, [first.id, second.id]) == 0
+        await wait_until(lambda: _all_published(pool, [first.id, second.id]))
     finally:
         stop_process(proc)
 
