@@ -33,6 +33,11 @@ RedisClient = Redis | RedisCluster
 PUT_VIEW = """
 local current = redis.call('HGET', KEYS[1], 'v')
 if current and tonumber(current) >= tonumber(ARGV[1]) then
+  -- same version from a writer that says "never expires" (the projector, for an active
+  -- ride): drop the TTL a Postgres refill may have put on it
+  if tonumber(current) == tonumber(ARGV[1]) and tonumber(ARGV[3]) == 0 then
+    redis.call('PERSIST', KEYS[1])
+  end
   return 0
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])

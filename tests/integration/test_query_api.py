@@ -136,6 +136,17 @@ async def test_unprojected_order_is_read_from_postgres(client: Client, write: Wr
     assert response.json()["status"] == "active"
 
 
+async def test_projector_keeps_an_active_view_that_a_refill_wrote_first(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, client: Client, write: WriteSide
+) -> None:
+    order = await write.start(new_user())
+    assert (await client.get(f"/orders/{order.id}")).status_code == 200  # refilled, with a TTL
+    key = order_key(settings.redis_key_prefix, order.id)
+    assert await redis.ttl(key) > 0
+    await project(pool, redis, settings)  # the same version, from the projector
+    assert await redis.ttl(key) == -1  # an active ride's view does not expire
+
+
 async def test_flushed_key_repopulates_once_for_a_burst(
     settings: Settings, pool: asyncpg.Pool, redis: Redis, client: Client, write: WriteSide
 ) -> None:
