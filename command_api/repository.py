@@ -128,6 +128,12 @@ async def settle_charge(
     )
 
 
+async def recorded_debt(conn: Connection, user_id: str) -> int:
+    """What the rider owes us for charges our retries gave up on (0 if nothing)."""
+    debt = await conn.fetchval("SELECT debt FROM user_summary WHERE user_id = $1", user_id)
+    return int(debt or 0)
+
+
 # --- payment operations -----------------------------------------------------------------------
 
 

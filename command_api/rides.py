@@ -66,17 +66,24 @@ def utcnow() -> datetime:
 
 
 async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer, str]:
-    """Price a personal offer; returns it and its signed token. Writes nothing."""
+    """Price a personal offer; returns it and its signed token. Writes nothing.
+
+    A rider who owes money gets no offer: debt the users service reports, or a charge
+    our own retries gave up on (``user_summary.debt``).
+    """
     services = deps.services
     scooter_task = asyncio.ensure_future(services.scooter(scooter_id))
     user_task = asyncio.ensure_future(services.user(user_id))
     configs_task = asyncio.ensure_future(services.configs())
+    debt_task = asyncio.ensure_future(_recorded_debt(deps.pool, user_id))
     try:
         scooter = await scooter_task
-        user, configs = await user_task, await configs_task
+        user, configs, debt = await user_task, await configs_task, await debt_task
     finally:
-        for task in (user_task, configs_task):
+        for task in (user_task, configs_task, debt_task):
             task.cancel()
+    if debt > 0:
+        raise UserHasDebt(f"user {user_id} owes {debt} for an earlier ride; settle it to ride")
     zone = await services.zone(scooter.zone_id)
     coeffs = configs.value
     price = quote(scooter, zone.value, user.value, coeffs)
@@ -108,6 +115,11 @@ async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer
         ),
     )
     return offer, deps.signer.sign(offer)
+
+
+async def _recorded_debt(pool: asyncpg.Pool, user_id: str) -> int:
+    async with pool.acquire() as conn:
+        return await repo.recorded_debt(conn, user_id)
 
 
 # --- starting a ride --------------------------------------------------------------------------

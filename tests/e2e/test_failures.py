@@ -383,6 +383,8 @@ async def test_payments_staying_down_at_finish_becomes_the_users_debt(
     assert response.json()["payment_status"] == "pending"
     total = response.json()["total_amount"]
     assert total == 60 * order["price_per_minute"] // 60 + order["price_unlock"] > 0
+    scooter = ids.scooter()
+    offer = await new_offer(api, rider, scooter)  # priced before the debt was recorded
 
     async def in_debt() -> bool:
         return bool((await order_row(db, order["id"]))["payment_status"] == "debt")
@@ -396,10 +398,11 @@ async def test_payments_staying_down_at_finish_becomes_the_users_debt(
     assert summary["last_payment_status"] == "debt"
     assert (await ledger(stubs, order["id"]))["charged"] == 0
 
-    # payments is back, but the rider owes us: no new ride, nothing reserved
+    # payments is back, but the rider owes us: no new offer, no ride, nothing reserved
     await set_fault(stubs, "payments", outage=False)
-    scooter = ids.scooter()
-    offer = await new_offer(api, rider, scooter)
+    no_offer = await api.post("/offers", json={"user_id": rider, "scooter_id": scooter})
+    assert no_offer.status_code == 402
+    assert no_offer.json()["code"] == "user_has_debt"
     refused = await api.post("/orders", json={"offer_token": offer["token"]})
     assert refused.status_code in (402, 409)
     assert refused.json()["code"] == "user_has_debt"

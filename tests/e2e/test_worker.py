@@ -175,9 +175,9 @@ async def test_charge_becomes_debt_on_the_last_attempt_only(
     await worker.process_due_operations(worker_deps)
     assert (await ledger(stubs, order["id"]))["charged"] == 0
     assert (await db.fetchval("SELECT debt FROM user_summary WHERE user_id = $1", rider)) == total
-    # and the rider cannot start another ride
-    offer = await new_offer(api, rider, ids.scooter())
-    refused = await api.post("/orders", json={"offer_token": offer["token"]})
+    # and the rider gets no offer for another ride
+    refused = await api.post("/offers", json={"user_id": rider, "scooter_id": ids.scooter()})
+    assert refused.status_code == 402
     assert refused.json()["code"] == "user_has_debt"
 
 
