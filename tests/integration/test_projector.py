@@ -21,7 +21,7 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -223,24 +223,6 @@ def settings(base_settings: Settings, database: str) -> Settings:
     return dataclasses.replace(
         base_settings, projector_poll_seconds=0.5, projector_metrics_port=0, log_level="WARNING"
     )
-
-
-@pytest.fixture(scope="module")
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    db = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=5)
-    assert db is not None
-    yield db
-    await db.close()
-
-
-@pytest.fixture(scope="module")
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url)
-    yield client
-    keys = [k async for k in client.scan_iter(match=f"{settings.redis_key_prefix}*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 @pytest.fixture
