@@ -162,7 +162,10 @@ async def test_history_refills_views_missing_from_redis(
     response = await client.get(f"/users/{user}/orders", params={"limit": 10})
 
     assert response.status_code == 200, response.text
-    assert [item["id"] for item in response.json()["items"]] == [o.id for o in reversed(orders)]
+    # newest first by (created_at, id); UUIDv7 ids sort the same way, even within one ms
+    assert [item["id"] for item in response.json()["items"]] == sorted(
+        (o.id for o in orders), reverse=True
+    )
     for order in orders:
         assert await redis.exists(order_key(settings.redis_key_prefix, order.id))
 
