@@ -14,18 +14,20 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, HeaderParameter, JSONBody
-from litestar.plugins.prometheus import PrometheusController
 
 from command_api import rides
 from command_api.external import ExternalServices, make_http_client
 from command_api.idempotency import run_once
-from command_api.identity import resolve_rider
+from command_api.rate_limit import OfferRateLimit
+from command_api.rate_limit import connect as connect_redis
+from shared.auth import bearer_auth, principal_of, token_verifier
 from shared.db import create_pool
 from shared.domain import TrackPoint
 from shared.errors import OrderNotFound
 from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
-from shared.offer_token import OfferSigner
+from shared.metrics_server import start_metrics_server
+from shared.offer_keys import offer_signer
 from shared.problems import exception_handlers
 from shared.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
@@ -37,8 +39,8 @@ RiderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\
 
 
 class CreateOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    user_id: RiderId
     scooter_id: RiderId
+    user_id: RiderId | None = None  # the rider is the token's sub; if sent, must equal it
 
 
 class OfferAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,8 +73,10 @@ def _deps(state: State) -> rides.Deps:
 async def create_offer(
     request: Request[Any, Any, Any], data: JSONBody[CreateOffer], state: State
 ) -> OfferAnswer:
-    rider = resolve_rider(request, data.user_id) or data.user_id
-    offer, token = await rides.create_offer(_deps(state), rider, data.scooter_id)
+    principal = principal_of(request.user)
+    principal.require_rider(data.user_id)
+    await state.offer_rate_limit.check(principal.sub)
+    offer, token = await rides.create_offer(_deps(state), principal.sub, data.scooter_id)
     return OfferAnswer(
         id=str(offer.id),
         user_id=offer.user_id,
@@ -115,8 +119,10 @@ async def start_order(
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
     deps = _deps(state)
+    principal = principal_of(request.user)
+    principal.require_rider()
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
-    resolve_rider(request, offer.user_id)  # once auth lands: refuses another rider's offer
+    principal.require_rider(offer.user_id)  # another rider's offer: 403
 
     async def run() -> tuple[int, OrderSnapshot]:
         return 201, await rides.start_ride(deps, offer)
@@ -136,12 +142,14 @@ async def finish_order(
     if parsed is None:
         raise OrderNotFound(f"no ride {order_id}")
     deps = _deps(state)
-    rider = resolve_rider(request, None)
+    actor = principal_of(request.user)  # the ride's rider, or support (a force-end)
 
     async def run() -> tuple[int, OrderSnapshot]:
-        return 200, await rides.finish_ride(deps, parsed, data.track, rider)
+        return 200, await rides.finish_ride(deps, parsed, data.track, actor)
 
-    return await _idempotent(request, state, f"finish:{order_id}", idempotency_key, run)
+    # the key's scope names the caller: a replay never answers someone else's finish
+    scope = f"finish:{actor.sub}:{order_id}"
+    return await _idempotent(request, state, scope, idempotency_key, run)
 
 
 @get("/health/live", summary="The process is up")
@@ -172,25 +180,38 @@ def create_app(settings: Settings | None = None) -> Litestar:
             command_timeout=settings.db_command_timeout_seconds,
         )
         client = make_http_client(settings)
-        app.state.deps = rides.Deps(
-            pool=pool,
-            services=ExternalServices(client, settings),
-            signer=OfferSigner(settings.offer_signing_key),
-            settings=settings,
+        redis = connect_redis(settings)
+        stop_metrics = start_metrics_server(
+            settings.metrics_host, settings.command_metrics_port, settings.command_workers
         )
-        app.state.retry_after_seconds = settings.retry_after_seconds
         try:
+            app.state.deps = rides.Deps(
+                pool=pool,
+                services=ExternalServices(client, settings),
+                signer=await offer_signer(settings, pool),
+                settings=settings,
+            )
+            app.state.verifier = token_verifier(settings, client)
+            app.state.offer_rate_limit = OfferRateLimit(
+                redis,
+                settings.redis_key_prefix,
+                settings.offer_rate_limit,
+                settings.offer_rate_window_seconds,
+            )
+            app.state.retry_after_seconds = settings.retry_after_seconds
             yield
         finally:
+            stop_metrics()
+            await redis.aclose()
             await client.aclose()
             await pool.close()
 
     logging.basicConfig(level=settings.log_level)
     return Litestar(
-        route_handlers=[create_offer, start_order, finish_order, live, ready, PrometheusController],
+        route_handlers=[create_offer, start_order, finish_order, live, ready],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
-        middleware=[request_metrics("command_api")],
+        middleware=[request_metrics("command_api"), bearer_auth],
         openapi_config=OpenAPIConfig(title="SuperScooters command API", version="1"),
         request_max_body_size=2 * 1024 * 1024,
         logging_config=None,  # plain stdlib logging at the configured level, off the hot path

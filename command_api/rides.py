@@ -20,6 +20,7 @@ import asyncpg
 
 from command_api import repository as repo
 from command_api.external import ExternalServices, ServiceError
+from shared.auth import Principal
 from shared.domain import (
     Offer,
     OrderStatus,
@@ -199,9 +200,14 @@ async def reject_start(
 
 
 async def finish_ride(
-    deps: Deps, order_id: uuid.UUID, track: Sequence[TrackPoint], acting_user: str | None = None
+    deps: Deps, order_id: uuid.UUID, track: Sequence[TrackPoint], actor: Principal | None = None
 ) -> OrderSnapshot:
     """End a ride (idempotent) and charge it.
+
+    ``actor`` (None: trusted internal caller) must be the ride's rider or ``support``;
+    anyone else gets OrderNotFound, as for a ride that does not exist. A support actor
+    ending someone else's ride is a force-end, recorded in ``order_actions`` with who
+    did it, in the same transaction as the end (ADR 0006).
 
     The end is committed first, with the charge recorded as owed, so the rider can always
     stop; the charge is then tried once here and retried by the worker if it fails.
@@ -216,8 +222,9 @@ async def finish_ride(
         order = await repo.get_order(conn, order_id, created_at)
         if order is None or order.status in (OrderStatus.STARTING, OrderStatus.REJECTED):
             raise OrderNotFound(f"no ride {order_id}")
-        if acting_user is not None and order.user_id != acting_user:
+        if actor is not None and not actor.may_read(order.user_id):
             raise OrderNotFound(f"no ride {order_id}")
+        forced_by = actor if actor is not None and actor.sub != order.user_id else None
         if order.status != OrderStatus.ACTIVE:
             return order
         finished_at = utcnow()
@@ -226,20 +233,25 @@ async def finish_ride(
         total = ride_cost(
             seconds, order.price_per_minute, order.price_unlock, order.free_ride_seconds
         )
-        ended = await repo.finish_ride(
-            conn,
-            {
-                "id": order_id,
-                "created_at": created_at,
-                "status": OrderStatus.CANCELLED if cancelled else OrderStatus.FINISHED,
-                "finished_at": finished_at,
-                "duration_seconds": seconds,
-                "total_amount": total,
-                "distance_meters": track_distance_meters(track),
-                "track": repo.encode_json(track) if track else None,
-            },
-            settings.payment_timeout_seconds * 2,
-        )
+        values = {
+            "id": order_id,
+            "created_at": created_at,
+            "status": OrderStatus.CANCELLED if cancelled else OrderStatus.FINISHED,
+            "finished_at": finished_at,
+            "duration_seconds": seconds,
+            "total_amount": total,
+            "distance_meters": track_distance_meters(track),
+            "track": repo.encode_json(track) if track else None,
+        }
+        if forced_by is None:
+            ended = await repo.finish_ride(conn, values, settings.payment_timeout_seconds * 2)
+        else:
+            async with conn.transaction():
+                ended = await repo.finish_ride(conn, values, settings.payment_timeout_seconds * 2)
+                if ended is not None:
+                    await repo.record_order_action(
+                        conn, order_id, created_at, "force_end", forced_by.sub, forced_by.roles
+                    )
         if ended is None:  # a concurrent finish ended it first: answer its result
             stored = await repo.get_order(conn, order_id, created_at)
             assert stored is not None

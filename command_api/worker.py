@@ -26,7 +26,7 @@ from command_api import repository as repo
 from command_api.external import ExternalServices, ServiceError, make_http_client
 from migrations.maintenance import prune, run_partition_maintenance
 from shared.db import create_pool
-from shared.offer_token import OfferSigner
+from shared.offer_keys import offer_signer
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("worker")
@@ -105,7 +105,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     deps = rides.Deps(
         pool=pool,
         services=ExternalServices(client, settings),
-        signer=OfferSigner(settings.offer_signing_key),
+        signer=await offer_signer(settings, pool),
         settings=settings,
     )
     next_maintenance = 0.0

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import httpx
 import msgspec
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.params import FromPath, PathParameter, QueryParameter
-from litestar.plugins.prometheus import PrometheusController
 
 from query_api import projection
 from query_api.reads import Reads
@@ -28,8 +28,10 @@ from query_api.screens import (
     summary_screen,
 )
 from query_api.stores import REDIS_DOWN, connect_postgres, connect_redis
-from shared.errors import InvalidParameter, OrderNotFound, UserNotFound
+from shared.auth import bearer_auth, principal_of, token_verifier
+from shared.errors import Forbidden, InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
+from shared.metrics_server import start_metrics_server
 from shared.problems import exception_handlers
 from shared.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
@@ -42,24 +44,38 @@ def _reads(state: State) -> Reads:
     return reads
 
 
+Req = Request[Any, Any, Any]
+
+
+def _may_read(request: Req, user_id: str) -> None:
+    """Refuse (403) a caller who is neither ``user_id`` nor support (ADR 0006)."""
+    if not principal_of(request.user).may_read(user_id):
+        raise Forbidden(f"only {user_id} (or support) may read this")
+
+
 @get("/orders/{order_id:str}")
-async def get_order(order_id: FromPath[str], state: State) -> OrderScreen:
-    """The ride screen: status, prices, times, running or final cost, payment status."""
+async def get_order(request: Req, order_id: FromPath[str], state: State) -> OrderScreen:
+    """The ride screen: status, prices, times, running or final cost, payment status.
+
+    Only its rider (or support) sees it; to anyone else it does not exist (404).
+    """
     parsed = parse_order_id(order_id)
     view = None if parsed is None else await _reads(state).order(parsed)
-    if view is None:
+    if view is None or not principal_of(request.user).may_read(view.user_id):
         raise OrderNotFound(f"no order {order_id}")
     return order_screen(view, datetime.now(UTC))
 
 
 @get("/users/{user_id:str}/orders")
 async def list_user_orders(
+    request: Req,
     user_id: UserId,
     state: State,
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
 ) -> OrdersPage:
     """The user's orders, newest first; pass ``next_cursor`` back for the next page."""
+    _may_read(request, user_id)
     try:
         after = None if cursor is None else decode_cursor(cursor)
     except InvalidCursor as exc:
@@ -75,8 +91,9 @@ async def list_user_orders(
 
 
 @get("/users/{user_id:str}/summary")
-async def get_user_summary(user_id: UserId, state: State) -> SummaryScreen:
+async def get_user_summary(request: Req, user_id: UserId, state: State) -> SummaryScreen:
     """Rides count, total charged, debt and last payment status."""
+    _may_read(request, user_id)
     view = await _reads(state).summary(user_id)
     if view is None:
         raise UserNotFound(f"no user {user_id}")
@@ -144,9 +161,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await projection.load_scripts(redis)
         app.state.redis, app.state.db = redis, db
         app.state.reads = Reads(settings, redis, db)
+        jwks_client = httpx.AsyncClient(timeout=settings.http_timeout_seconds)
+        app.state.verifier = token_verifier(settings, jwks_client)
+        app.state.retry_after_seconds = settings.retry_after_seconds
+        stop_metrics = start_metrics_server(
+            settings.metrics_host, settings.query_metrics_port, settings.query_workers
+        )
         try:
             yield
         finally:
+            stop_metrics()
+            await jwks_client.aclose()
             await redis.aclose()
             await db.close()
 
@@ -156,14 +181,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         get_user_summary,
         live,
         ready,
-        PrometheusController,
     ]
     return Litestar(
         route_handlers=handlers,
         exception_handlers=exception_handlers(
             invalid_status=422, invalid_code=InvalidParameter.code
         ),
-        middleware=[request_metrics("query_api")],
+        middleware=[request_metrics("query_api"), bearer_auth],
         lifespan=[lifespan],
         debug=False,
         logging_config=None,  # stdlib logging at the configured level, off the hot path

@@ -7,12 +7,14 @@ Postgres and Redis on loopback.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
 from functools import lru_cache
 from typing import Any, get_type_hints
 
-DEVELOPMENT_SIGNING_KEY = "dev-only-offer-signing-key-change-me"
+OFFER_KEY_BYTES = 32  # AES-256-GCM keys of the offer token (ADR 0006)
 
 
 class SettingsError(RuntimeError):
@@ -52,8 +54,30 @@ class Settings:
     retry_after_seconds: int = 2  # Retry-After on 503
 
     # --- offers
-    offer_signing_key: str = DEVELOPMENT_SIGNING_KEY
+    # comma-separated base64url keys of 32 bytes, newest first: offer tokens are sealed
+    # with the first and opened with any (rotation). Required in production; when empty
+    # in development, one random key is created once in Postgres (table offer_keys).
+    offer_keys: str = ""
     offer_ttl_seconds: int = 300
+    offer_rate_limit: int = 30  # offers per rider per window, across all processes (Redis)
+    offer_rate_window_seconds: int = 60
+
+    # --- identity (ADR 0006): bearer tokens of the identity provider, checked on every
+    # request but /health/*
+    identity_url: str = ""  # base URL of the provider; empty = external_base_url
+    auth_issuer: str = "https://identity.superscooters.dev"
+    auth_audience: str = "superscooters-api"
+    auth_token_ttl_seconds: int = 3_600  # lifetime of the tokens the stub provider issues
+    auth_leeway_seconds: int = 5  # clock skew tolerated on exp/iat
+    jwks_refresh_min_seconds: float = 10.0  # an unknown kid refetches the JWKS at most this often
+    jwks_max_age_seconds: int = 300  # known keys are refetched after this
+    auth_cache_size: int = 10_000  # verified tokens remembered until they expire (per process)
+
+    # --- internal surfaces (never published)
+    metrics_host: str = "127.0.0.1"
+    command_metrics_port: int = 9100  # 0 = no /metrics; workers take the next free ports
+    query_metrics_port: int = 9110  # 0 = no /metrics; workers take the next free ports
+    stubs_admin_token: str = ""  # bearer token of the stubs' /admin/* and /ledger; empty = off
 
     # --- pricing defaults (used when configs were never fetched)
     surge_default: float = 1.0
@@ -135,13 +159,34 @@ class Settings:
         """Refuse settings that are unsafe for the environment."""
         if self.environment not in {"development", "production"}:
             raise SettingsError("SCOOTERS_ENVIRONMENT must be 'development' or 'production'")
-        if self.environment == "production" and (
-            self.offer_signing_key == DEVELOPMENT_SIGNING_KEY or len(self.offer_signing_key) < 32
-        ):
+        keys = self.offer_key_bytes()  # raises on a malformed key
+        if self.environment == "production" and not keys:
             raise SettingsError(
-                "refusing to start in production with the development offer signing key: "
-                "set SCOOTERS_OFFER_SIGNING_KEY to a secret of at least 32 characters"
+                "refusing to start in production without offer keys: set SCOOTERS_OFFER_KEYS "
+                "to one or more base64url keys of 32 random bytes, newest first"
             )
+        if self.offer_rate_limit < 1 or self.offer_rate_window_seconds < 1:
+            raise SettingsError("SCOOTERS_OFFER_RATE_LIMIT and _WINDOW_SECONDS must be positive")
+
+    def offer_key_bytes(self) -> tuple[bytes, ...]:
+        """The offer keys of ``offer_keys``, newest first; raises SettingsError if malformed."""
+        keys = []
+        for text in filter(None, (part.strip() for part in self.offer_keys.split(","))):
+            try:
+                key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            except (ValueError, binascii.Error) as exc:
+                raise SettingsError(f"SCOOTERS_OFFER_KEYS: not base64url: {exc}") from exc
+            if len(key) != OFFER_KEY_BYTES:
+                raise SettingsError(
+                    f"SCOOTERS_OFFER_KEYS: each key must be {OFFER_KEY_BYTES} bytes, got {len(key)}"
+                )
+            keys.append(key)
+        return tuple(keys)
+
+    @property
+    def identity_base_url(self) -> str:
+        """Where the identity provider answers (its JWKS and, for the stub, tokens)."""
+        return (self.identity_url or self.external_base_url).rstrip("/")
 
 
 @lru_cache(maxsize=1)

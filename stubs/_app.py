@@ -1,21 +1,27 @@
 """The external services' stubs as one Litestar app: scooters, zones, users, configs, payments.
 
 The wire contract is DOMAIN.md's (kept so the real services could be swapped in); the
-``/admin``, ``/ledger``, ``/health`` and ``/metrics`` endpoints are ours, for tests and
-operations, and are never faulted.
+identity provider's is issue 9's (``stubs/identity.py``). The ``/admin``, ``/ledger``,
+``/health`` and ``/metrics`` endpoints are ours, for tests and operations, and are
+never faulted; ``/admin/*`` and ``/ledger`` need the admin token
+(``SCOOTERS_STUBS_ADMIN_TOKEN`` as a bearer token; none set = refused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import QueryParameter
 from litestar.types import Message, Scope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -33,6 +39,7 @@ from shared.settings import Settings
 from stubs._dataset import DataSet
 from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
 from stubs._ledger import Ledger, OrderAccount, PaymentConflict
+from stubs.identity import AdminTokenRequest, IdentityProvider, TokenAnswer, TokenRequest
 
 # the configs a fresh stub answers with: DOMAIN.md's vectors assume surge 2 and discount 0.75
 DEFAULT_COEFFS = PriceCoeffSettings(
@@ -77,6 +84,8 @@ class Stubs:
     coeffs: PriceCoeffSettings
     registry: CollectorRegistry
     requests: Counter
+    identity: IdentityProvider
+    admin_token: str
 
 
 class Problem(HTTPException):
@@ -166,22 +175,63 @@ async def read_payment(request: Request[Any, Any, Any]) -> PaymentRequest:
     return payment
 
 
+# --- the identity provider (contract of issue 9) ----------------------------------------------
+
+
+@post("/auth/token", status_code=200)
+async def issue_token(stubs: Stubs, request: Request[Any, Any, Any]) -> TokenAnswer:
+    data = await decode_body(request, TokenRequest)
+    return stubs.identity.issue(data.sub, list(data.roles))
+
+
+@get("/.well-known/jwks.json")
+async def jwks(stubs: Stubs) -> dict[str, Any]:
+    return stubs.identity.jwks()
+
+
 # --- ours: admin, ledger, health, metrics (never faulted) ------------------------------------
 
 
-@get("/ledger")
+def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: the request carries ``Authorization: Bearer <stubs_admin_token>``."""
+    stubs: Stubs = connection.app.state.stubs
+    scheme, _sep, given = connection.headers.get("authorization", "").partition(" ")
+    if not stubs.admin_token or scheme.lower() != "bearer":
+        raise Problem(401, "unauthenticated", "the stubs' admin endpoints need the admin token")
+    if not hmac.compare_digest(given.strip().encode(), stubs.admin_token.encode()):
+        raise Problem(401, "unauthenticated", "wrong admin token")
+
+
+@post("/admin/auth/token", status_code=200, guards=[admin_only])
+async def issue_any_token(stubs: Stubs, request: Request[Any, Any, Any]) -> TokenAnswer:
+    data = await decode_body(request, AdminTokenRequest)
+    return stubs.identity.issue(
+        data.sub,
+        list(data.roles),
+        expires_in=data.expires_in,
+        audience=data.audience,
+        issuer=data.issuer,
+    )
+
+
+@post("/admin/auth/rotate", status_code=200, guards=[admin_only])
+async def rotate_key(stubs: Stubs) -> dict[str, str]:
+    return {"kid": stubs.identity.rotate()}
+
+
+@get("/ledger", guards=[admin_only])
 async def ledger(stubs: Stubs, order_id: str) -> OrderAccount:
     if (account := stubs.ledger.account(order_id)) is None:
         raise not_found("order", order_id)
     return account
 
 
-@get("/admin/faults")
+@get("/admin/faults", guards=[admin_only])
 async def list_faults(stubs: Stubs) -> list[Fault]:
     return stubs.faults.all()
 
 
-@post("/admin/faults", status_code=200)
+@post("/admin/faults", status_code=200, guards=[admin_only])
 async def set_faults(stubs: Stubs, request: Request[Any, Any, Any]) -> list[Fault]:
     data = await decode_body(request, FaultUpdate)
     try:
@@ -191,7 +241,7 @@ async def set_faults(stubs: Stubs, request: Request[Any, Any, Any]) -> list[Faul
     return stubs.faults.all()
 
 
-@post("/admin/configs", status_code=200)
+@post("/admin/configs", status_code=200, guards=[admin_only])
 async def set_configs(stubs: Stubs, request: Request[Any, Any, Any]) -> ConfigsAnswer:
     data = await decode_body(request, CoeffsUpdate)
     given = {f: v for f in data.__struct_fields__ if (v := getattr(data, f)) is not None}
@@ -199,7 +249,7 @@ async def set_configs(stubs: Stubs, request: Request[Any, Any, Any]) -> ConfigsA
     return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
 
 
-@post("/admin/configs/reset", status_code=200)
+@post("/admin/configs/reset", status_code=200, guards=[admin_only])
 async def reset_configs(stubs: Stubs) -> ConfigsAnswer:
     stubs.coeffs = DEFAULT_COEFFS
     return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
@@ -269,6 +319,12 @@ def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -
         coeffs=DEFAULT_COEFFS,
         registry=registry,
         requests=requests,
+        identity=IdentityProvider(
+            issuer=settings.auth_issuer,
+            audience=settings.auth_audience,
+            ttl_seconds=settings.auth_token_ttl_seconds,
+        ),
+        admin_token=settings.stubs_admin_token,
     )
     for change in initial_faults:
         stubs.faults.update(change)
@@ -288,6 +344,10 @@ def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -
             configs,
             hold_money,
             clear_money,
+            issue_token,
+            jwks,
+            issue_any_token,
+            rotate_key,
             ledger,
             list_faults,
             set_faults,
@@ -299,5 +359,6 @@ def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -
         dependencies={"stubs": Provide(lambda: stubs, sync_to_thread=False)},
         exception_handlers={HTTPException: problem_details, ServiceFailed: fault_answer},
         before_send=[count_request],
+        state=State({"stubs": stubs}),
         openapi_config=None,
     )

@@ -21,13 +21,17 @@ import httpx
 import pytest
 
 from migrations.runner import migrate
+from shared.offer_token import encode_offer_key, new_offer_key
 from shared.settings import Settings
+from tests.auth import Tokens, tokens_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_DSN = os.environ.get(
     "SCOOTERS_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("SCOOTERS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ADMIN_TOKEN = secrets.token_urlsafe(24)  # the stubs' admin token of this run
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # headers of a stubs' admin call
 
 
 def free_port() -> int:
@@ -82,6 +86,13 @@ def base_settings(run_id: str, stubs_port: int) -> Settings:
         stuck_hold_seconds=3,
         worker_poll_seconds=0.05,
         configs_refresh_seconds=60,
+        stubs_admin_token=ADMIN_TOKEN,
+        # a key of this run; the development path (a key created in Postgres) is tested
+        # on its own in tests/e2e/test_identity.py
+        offer_keys=encode_offer_key(new_offer_key()),
+        command_metrics_port=0,  # in-process apps come and go; tests that need one set a port
+        query_metrics_port=0,
+        offer_rate_limit=100_000,  # the rate-limit test sets its own
     )
 
 
@@ -142,9 +153,16 @@ def reset_faults(stubs: str) -> Iterator[None]:
             httpx.post(
                 f"{stubs}/admin/faults",
                 json={"service": service, "outage": False, "latency_ms": 0, "error_rate": 0.0},
+                headers=ADMIN,
                 timeout=5,
             ).raise_for_status()
 
     clear()
     yield
     clear()
+
+
+@pytest.fixture(scope="session")
+def tokens(stubs: str, base_settings: Settings) -> Tokens:
+    """Bearer tokens from the identity stub of this run."""
+    return tokens_for(base_settings)
