@@ -435,11 +435,11 @@ def forged_tokens(offer: Offer) -> list[str]:
     forged = []
     for text in KEYS_EVER_IN_CODE:
         secret = text.encode()
-        kid = _b64(hashlib.sha256(secret).digest()[:6])
-        head = f"v1.{kid}.{_b64(payload)}"  # the format and MAC of the first offer token
+        old_kid = _b64(hashlib.sha256(secret).digest()[:6])
+        head = f"v1.{old_kid}.{_b64(payload)}"  # the format and MAC of the first offer token
         forged.append(f"{head}.{_b64(hmac.new(secret, head.encode(), hashlib.sha256).digest())}")
         for key in (hashlib.sha256(secret).digest(), secret.ljust(32, b"\0")[:32]):
-            for kid in (key_id(key), kid):
+            for kid in (key_id(key), old_kid):
                 nonce = os.urandom(12)
                 sealed = AESGCM(key).encrypt(nonce, payload, f"v2.{kid}".encode())
                 forged.append(f"v2.{kid}.{_b64(nonce + sealed)}")

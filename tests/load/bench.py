@@ -45,6 +45,9 @@ def bench_settings(command_workers: int, query_workers: int) -> Settings:
         command_port=18000,
         query_port=18001,
         db_pool_max=max(base.db_pool_max, 20),
+        stubs_admin_token=secrets.token_urlsafe(16),  # the generator sets the stubs' configs
+        command_metrics_port=0,  # fixed ports of other processes may be taken
+        query_metrics_port=0,
     )
 
 
