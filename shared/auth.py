@@ -25,10 +25,12 @@ from typing import Any
 import httpx
 import jwt
 import msgspec
+from litestar import Request
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from shared.errors import DependencyUnavailable, Forbidden, Unauthenticated
+from shared.errors import DependencyUnavailable, DomainError, Forbidden, Unauthenticated
+from shared.problems import domain_error_answer
 from shared.settings import Settings
 
 log = logging.getLogger("auth")
@@ -228,15 +230,22 @@ def bearer_auth(app: ASGIApp) -> ASGIApp:
     """Litestar middleware: every HTTP request but ``/health/*`` needs a valid bearer token.
 
     Puts the :class:`Principal` in ``scope["user"]`` (``request.user``). Uses the
-    :class:`TokenVerifier` at ``app.state.verifier``. Raises Unauthenticated (401,
-    ``WWW-Authenticate: Bearer``) for a missing or bad token.
+    :class:`TokenVerifier` at ``app.state.verifier``. Answers a missing or bad token
+    itself with 401 ``unauthenticated`` (``WWW-Authenticate: Bearer``), and 503 when the
+    identity provider's keys cannot be had, so middleware outside this one (request
+    metrics) sees the real status.
     """
 
     async def authenticate(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP and not scope["path"].startswith(_PUBLIC_PREFIX):
-            token = _bearer(scope)
             verifier: TokenVerifier = scope["litestar_app"].state.verifier
-            scope["user"] = await verifier.verify(token)
+            try:
+                scope["user"] = await verifier.verify(_bearer(scope))
+            except DomainError as exc:
+                request: Request[Any, Any, Any] = Request(scope, receive, send)
+                answer = domain_error_answer(request, exc).to_asgi_response(None, request)
+                await answer(scope, receive, send)
+                return
         await app(scope, receive, send)
 
     return authenticate

@@ -66,6 +66,13 @@ def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response
     return problem(exc.status, exc.code, exc.title, exc.detail, headers)
 
 
+def domain_error_answer(
+    request: Request[Any, Any, Any], exc: DomainError
+) -> Response[dict[str, Any]]:
+    """The problem answer of a domain error (for middleware that answers on its own)."""
+    return _domain_error(request, exc)
+
+
 def _http_error_handler(invalid_status: int, invalid_code: str) -> Any:
     def handle(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
         if isinstance(exc, ValidationException):
