@@ -192,6 +192,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 settings=settings,
             )
             app.state.verifier = token_verifier(settings, client)
+            await app.state.verifier.warm()
             app.state.offer_rate_limit = OfferRateLimit(
                 redis,
                 settings.redis_key_prefix,

@@ -163,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.reads = Reads(settings, redis, db)
         jwks_client = httpx.AsyncClient(timeout=settings.http_timeout_seconds)
         app.state.verifier = token_verifier(settings, jwks_client)
+        await app.state.verifier.warm()
         app.state.retry_after_seconds = settings.retry_after_seconds
         stop_metrics = start_metrics_server(
             settings.metrics_host, settings.query_metrics_port, settings.query_workers

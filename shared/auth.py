@@ -97,19 +97,26 @@ class JwksCache:
     async def key(self, kid: str) -> jwt.PyJWK:
         """The public key named ``kid``."""
         key = self._keys.get(kid)
-        now = time.monotonic()
-        if key is not None and now - self._fetched_at < self._max_age:
+        if key is not None and time.monotonic() - self._fetched_at < self._max_age:
             return key
-        if now - self._tried_at >= self._min_refresh:
-            async with self._lock:
-                if time.monotonic() - self._tried_at >= self._min_refresh:
-                    await self._refresh()
-        key = self._keys.get(kid)
+        async with self._lock:  # requests that miss wait for one fetch, not each their own
+            key = self._keys.get(kid)
+            stale = time.monotonic() - self._fetched_at >= self._max_age
+            # with no key at all nothing can be verified: try again sooner
+            pause = self._min_refresh if self._keys else min(self._min_refresh, 1.0)
+            if (key is None or stale) and time.monotonic() - self._tried_at >= pause:
+                await self._refresh()
+                key = self._keys.get(kid)
         if key is None:
             if not self._keys:
                 raise DependencyUnavailable("identity", "the identity provider's keys are unknown")
             raise Unauthenticated("the token was signed with an unknown key")
         return key
+
+    async def warm(self) -> None:
+        """Fetch the keys now (at startup), so the first requests need not; never raises."""
+        async with self._lock:
+            await self._refresh()
 
     async def _refresh(self) -> None:
         self._tried_at = time.monotonic()
@@ -152,6 +159,10 @@ class TokenVerifier:
         self._leeway = leeway_seconds
         self._cache_size = cache_size
         self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    async def warm(self) -> None:
+        """Fetch the identity provider's keys ahead of the first request (never raises)."""
+        await self._jwks.warm()
 
     async def verify(self, token: str) -> Principal:
         """The caller ``token`` (a compact JWS) proves; raises Unauthenticated."""

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,10 +30,18 @@ class Bench:
     pids: dict[str, int]
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (several benchmarks may share the machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def bench_settings(command_workers: int, query_workers: int) -> Settings:
-    """Settings of one run: a private database and key prefix, quiet logs, own ports."""
+    """Settings of one run: a private database and key prefix, quiet logs, own free ports."""
     run = secrets.token_hex(3)
     base = Settings.from_env()
+    stubs_port = free_port()
     return dataclasses.replace(
         base,
         database_url=base.database_url.rsplit("/", 1)[0] + f"/scooters_bench_{run}",
@@ -40,14 +49,15 @@ def bench_settings(command_workers: int, query_workers: int) -> Settings:
         log_level="WARNING",
         command_workers=command_workers,
         query_workers=query_workers,
-        stubs_port=13629,
-        external_base_url="http://127.0.0.1:13629",
-        command_port=18000,
-        query_port=18001,
+        stubs_port=stubs_port,
+        external_base_url=f"http://127.0.0.1:{stubs_port}",
+        command_port=free_port(),
+        query_port=free_port(),
         db_pool_max=max(base.db_pool_max, 20),
         stubs_admin_token=secrets.token_urlsafe(16),  # the generator sets the stubs' configs
-        command_metrics_port=0,  # fixed ports of other processes may be taken
+        command_metrics_port=0,  # no scraper in a benchmark
         query_metrics_port=0,
+        projector_metrics_port=0,
     )
 
 
