@@ -12,7 +12,6 @@ import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from command_api import rides
@@ -20,7 +19,7 @@ from command_api.external import ExternalServices, make_http_client
 from command_api.idempotency import run_once
 from command_api.rate_limit import OfferRateLimit
 from command_api.rate_limit import connect as connect_redis
-from shared.auth import bearer_auth, principal_of, token_verifier
+from shared.auth import bearer_auth, openapi_config, principal_of, token_verifier
 from shared.db import create_pool
 from shared.domain import TrackPoint
 from shared.errors import OrderNotFound
@@ -213,7 +212,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         middleware=[request_metrics("command_api"), bearer_auth],
-        openapi_config=OpenAPIConfig(title="SuperScooters command API", version="1"),
+        openapi_config=openapi_config("SuperScooters command API"),
         request_max_body_size=2 * 1024 * 1024,
         logging_config=None,  # plain stdlib logging at the configured level, off the hot path
     )

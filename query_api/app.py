@@ -28,7 +28,7 @@ from query_api.screens import (
     summary_screen,
 )
 from query_api.stores import REDIS_DOWN, connect_postgres, connect_redis
-from shared.auth import bearer_auth, principal_of, token_verifier
+from shared.auth import bearer_auth, openapi_config, principal_of, token_verifier
 from shared.errors import Forbidden, InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
 from shared.metrics_server import start_metrics_server
@@ -190,6 +190,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         middleware=[request_metrics("query_api"), bearer_auth],
         lifespan=[lifespan],
+        openapi_config=openapi_config("SuperScooters query API"),
         debug=False,
         logging_config=None,  # stdlib logging at the configured level, off the hot path
     )

@@ -27,6 +27,8 @@ import jwt
 import msgspec
 from litestar import Request
 from litestar.enums import ScopeType
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import DependencyUnavailable, DomainError, Forbidden, Unauthenticated
@@ -270,6 +272,20 @@ def _bearer(scope: Scope) -> str:
                 raise Unauthenticated("the Authorization header is not a bearer token")
             return token.strip()
     raise Unauthenticated("this endpoint needs a bearer token (Authorization: Bearer ...)")
+
+
+def openapi_config(title: str) -> OpenAPIConfig:
+    """The OpenAPI document of an API whose every operation needs a bearer token."""
+    return OpenAPIConfig(
+        title=title,
+        version="1",
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
+            }
+        ),
+        security=[{"bearer": []}],
+    )
 
 
 def principal_of(user: Any) -> Principal:

@@ -480,3 +480,14 @@ async def test_no_rider_flag_is_readable_from_an_offer_token(
     for start in range(len(raw)):  # no decodable offer (or its inputs) at any offset
         with pytest.raises((msgspec.DecodeError, ValueError)):
             msgspec.msgpack.decode(raw[start:], type=Offer)
+
+
+async def test_openapi_documents_the_bearer_scheme(
+    stack: Stack, http: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    for base in (stack.command_a, stack.query):
+        schema = await http.get(f"{base}/schema/openapi.json", headers=tokens.headers("user-1"))
+        assert schema.status_code == 200, schema.text
+        document = schema.json()
+        assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        assert document["security"] == [{"bearer": []}]
