@@ -20,14 +20,14 @@ from command_api import rides
 from command_api.external import ExternalServices, make_http_client
 from command_api.idempotency import run_once
 from command_api.identity import resolve_rider
-from shared.db import create_pool
 from shared.domain import TrackPoint
 from shared.errors import OrderNotFound
 from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
+from shared.infra.db import create_pool
+from shared.infra.problems import exception_handlers
+from shared.infra.request_metrics import request_metrics
 from shared.offer_token import OfferSigner
-from shared.problems import exception_handlers
-from shared.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
 
 JSON = "application/json"
@@ -166,26 +166,26 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool = await create_pool(
-            settings.database_url,
-            min_size=settings.db_pool_min,
-            max_size=settings.db_pool_max,
-            command_timeout=settings.db_command_timeout_seconds,
+            settings.db.url,
+            min_size=settings.db.pool_min,
+            max_size=settings.db.pool_max,
+            command_timeout=settings.db.command_timeout_seconds,
         )
         client = make_http_client(settings)
         app.state.deps = rides.Deps(
             pool=pool,
             services=ExternalServices(client, settings),
-            signer=OfferSigner(settings.offer_signing_key),
+            signer=OfferSigner(settings.offers.signing_key),
             settings=settings,
         )
-        app.state.retry_after_seconds = settings.retry_after_seconds
+        app.state.retry_after_seconds = settings.serving.retry_after_seconds
         try:
             yield
         finally:
             await client.aclose()
             await pool.close()
 
-    logging.basicConfig(level=settings.log_level)
+    logging.basicConfig(level=settings.runtime.log_level)
     return Litestar(
         route_handlers=[create_offer, start_order, finish_order, live, ready, PrometheusController],
         lifespan=[lifespan],

@@ -25,7 +25,7 @@ from command_api import metrics, rides
 from command_api import repository as repo
 from command_api.external import ExternalServices, ServiceError, make_http_client
 from migrations.maintenance import prune, run_partition_maintenance
-from shared.db import create_pool
+from shared.infra.db import create_pool
 from shared.offer_token import OfferSigner
 from shared.settings import Settings, get_settings
 
@@ -35,8 +35,8 @@ BATCH = 100
 
 def backoff_seconds(settings: Settings, attempts: int) -> float:
     """Delay before the next try after ``attempts`` failed ones."""
-    delay = settings.payment_retry_base_seconds * 2 ** max(attempts - 1, 0)
-    return float(min(delay, settings.payment_retry_max_seconds))
+    delay = settings.payments.retry_base_seconds * 2 ** max(attempts - 1, 0)
+    return float(min(delay, settings.payments.retry_max_seconds))
 
 
 async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
@@ -51,7 +51,7 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
     try:
         await deps.services.clear(user_id, str(order_id), amount)
     except ServiceError as exc:
-        if kind == "charge" and amount > 0 and op["attempts"] >= settings.payment_max_attempts:
+        if kind == "charge" and amount > 0 and op["attempts"] >= settings.payments.max_attempts:
             await rides.settle_charge(deps.pool, order_id, created_at, amount, gave_up=True)
             metrics.payment_attempts.labels(kind, "debt").inc()
             log.warning(
@@ -74,7 +74,7 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
 
 async def process_due_operations(deps: rides.Deps) -> int:
     """Lease and try every due operation (up to a batch); returns how many were tried."""
-    lease = deps.settings.payment_timeout_seconds * 2 + 1
+    lease = deps.settings.external.payment_timeout_seconds * 2 + 1
     async with deps.pool.acquire() as conn:
         due = await repo.claim_due_operations(conn, BATCH, lease)
     results = await asyncio.gather(
@@ -96,16 +96,16 @@ async def maintain(pool: asyncpg.Pool, settings: Settings) -> None:
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Work until ``stop`` is set."""
     pool = await create_pool(
-        settings.database_url,
+        settings.db.url,
         min_size=1,
         max_size=4,
-        command_timeout=settings.db_command_timeout_seconds,
+        command_timeout=settings.db.command_timeout_seconds,
     )
     client = make_http_client(settings)
     deps = rides.Deps(
         pool=pool,
         services=ExternalServices(client, settings),
-        signer=OfferSigner(settings.offer_signing_key),
+        signer=OfferSigner(settings.offers.signing_key),
         settings=settings,
     )
     next_maintenance = 0.0
@@ -116,7 +116,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                     await maintain(pool, settings)
                 except (OSError, asyncpg.PostgresError) as exc:
                     log.error("maintenance failed, retrying next period: %r", exc)
-                next_maintenance = time.monotonic() + settings.maintenance_interval_seconds
+                next_maintenance = time.monotonic() + settings.maintenance.interval_seconds
             try:
                 tried = await process_due_operations(deps)
             except (OSError, asyncpg.PostgresError) as exc:
@@ -124,7 +124,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                 tried = 0
             if tried < BATCH:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), settings.worker_poll_seconds)
+                    await asyncio.wait_for(stop.wait(), settings.maintenance.worker_poll_seconds)
     finally:
         await client.aclose()
         await pool.close()
@@ -132,7 +132,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="worker: %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=settings.runtime.log_level, format="worker: %(levelname)s %(message)s"
+    )
 
     async def serve() -> None:
         stop = asyncio.Event()

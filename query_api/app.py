@@ -30,8 +30,8 @@ from query_api.screens import (
 from query_api.stores import REDIS_DOWN, connect_postgres, connect_redis
 from shared.errors import InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
-from shared.problems import exception_handlers
-from shared.request_metrics import request_metrics
+from shared.infra.problems import exception_handlers
+from shared.infra.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
 
 UserId = Annotated[str, PathParameter(min_length=1, max_length=128)]

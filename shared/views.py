@@ -7,7 +7,7 @@ and ``schema`` is bumped when the meaning of a stored view changes.
 
 Keys are Redis Cluster safe: every key that one script touches shares a hash tag
 (``order:{<id>}`` for an order, ``{u:<user_id>}:...`` for a user's keys), and all
-keys start with ``settings.redis_key_prefix`` (which must not contain braces).
+keys start with ``settings.redis.key_prefix`` (which must not contain braces).
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ async def command_deps(
         yield rides.Deps(
             pool=pool,
             services=services(client, settings),
-            signer=OfferSigner(settings.offer_signing_key),
+            signer=OfferSigner(settings.offers.signing_key),
             settings=settings,
         )
     finally:
