@@ -23,8 +23,8 @@ from prometheus_client import start_http_server
 
 from query_api import projection
 from query_api.metrics import BAD_EVENTS, EVENT_LAG, PROJECTED, PROJECTOR_ERRORS, PROJECTOR_LAG
-from query_api.projection import RedisClient, Write
-from query_api.stores import connect_redis
+from query_api.projection import Write
+from query_api.stores import RedisClient, connect_redis
 from shared.events import Event, event_decoder
 from shared.infra.db import create_pool
 from shared.settings import Settings, get_settings

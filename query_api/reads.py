@@ -20,9 +20,8 @@ import msgspec
 
 from query_api import projection, repository
 from query_api.metrics import CACHE_HITS, CACHE_MISSES, FALLBACKS
-from query_api.projection import RedisClient, Write
-from query_api.screens import moment_of_ms
-from query_api.stores import POSTGRES_DOWN, RedisGate, RedisUnavailable, SingleFlight
+from query_api.projection import Write
+from query_api.stores import POSTGRES_DOWN, RedisClient, RedisGate, RedisUnavailable, SingleFlight
 from shared.errors import DependencyUnavailable
 from shared.settings import Settings
 from shared.views import (
@@ -30,6 +29,7 @@ from shared.views import (
     OrderView,
     UserSummaryView,
     created_at_ms,
+    moment_of_ms,
     order_key,
     order_view_decoder,
     summary_view_decoder,

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 import asyncpg
 
 from query_api import projection, repository
-from query_api.projection import RedisClient, Write
-from query_api.stores import connect_redis
+from query_api.projection import Write
+from query_api.stores import RedisClient, connect_redis
 from shared.infra.db import create_pool
 from shared.settings import Settings, get_settings
 from shared.views import OrderView, created_at_ms

@@ -21,11 +21,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from query_api.metrics import REDIS_FAILURES, REDIS_TIMEOUTS
-from query_api.projection import RedisClient
 from shared.infra.db import create_pool
 from shared.settings import Settings
 
 T = TypeVar("T")
+RedisClient = Redis | RedisCluster  # what every reader and writer of projections holds
 log = logging.getLogger("query_api.redis")
 
 # what "Redis is down" looks like to a client

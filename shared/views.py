@@ -106,6 +106,11 @@ def created_at_ms(moment: datetime) -> int:
     return (moment - _EPOCH) // _MS
 
 
+def moment_of_ms(ms: int) -> datetime:
+    """The UTC time of a Unix millisecond count (inverse of ``created_at_ms``)."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
 # --- keys ---------------------------------------------------------------------------------
 
 # The member that marks a user's recent list as complete (filled from Postgres), scored
