@@ -6,7 +6,7 @@
 - ``hold`` due: a start never confirmed its hold in time → the start is undone and
   the hold released.
 - ``charge`` due: the charge is retried with exponential backoff; after
-  ``payment_max_attempts`` a positive amount becomes the user's debt. A zero amount
+  ``settings.payments.max_attempts`` a positive amount becomes the user's debt. A zero amount
   (a cancelled ride's release) is retried for as long as it takes.
 - ``release`` due: the hold of a rejected start is released, retried until done.
 """
@@ -23,10 +23,9 @@ import asyncpg
 
 from command_api import metrics, rides
 from command_api import repository as repo
-from command_api.external import ExternalServices, ServiceError, make_http_client
+from command_api.composition import open_deps
+from command_api.external import ServiceError
 from migrations.maintenance import prune, run_partition_maintenance
-from shared.infra.db import create_pool
-from shared.offer_token import OfferSigner
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("worker")
@@ -95,39 +94,29 @@ async def maintain(pool: asyncpg.Pool, settings: Settings) -> None:
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Work until ``stop`` is set."""
-    pool = await create_pool(
-        settings.db.url,
-        min_size=1,
-        max_size=4,
-        command_timeout=settings.db.command_timeout_seconds,
-    )
-    client = make_http_client(settings)
-    deps = rides.Deps(
-        pool=pool,
-        services=ExternalServices(client, settings),
-        signer=OfferSigner(settings.offers.signing_key),
-        settings=settings,
-    )
+    async with open_deps(settings, pool_size=(1, 4)) as deps:
+        await _work(deps, stop)
+
+
+async def _work(deps: rides.Deps, stop: asyncio.Event) -> None:
+    """The worker's loop: maintenance when due, then owed payment operations."""
+    pool, settings = deps.pool, deps.settings
     next_maintenance = 0.0
-    try:
-        while not stop.is_set():
-            if time.monotonic() >= next_maintenance:
-                try:
-                    await maintain(pool, settings)
-                except (OSError, asyncpg.PostgresError) as exc:
-                    log.error("maintenance failed, retrying next period: %r", exc)
-                next_maintenance = time.monotonic() + settings.maintenance.interval_seconds
+    while not stop.is_set():
+        if time.monotonic() >= next_maintenance:
             try:
-                tried = await process_due_operations(deps)
+                await maintain(pool, settings)
             except (OSError, asyncpg.PostgresError) as exc:
-                log.error("payment operations failed, retrying: %r", exc)
-                tried = 0
-            if tried < BATCH:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), settings.maintenance.worker_poll_seconds)
-    finally:
-        await client.aclose()
-        await pool.close()
+                log.error("maintenance failed, retrying next period: %r", exc)
+            next_maintenance = time.monotonic() + settings.maintenance.interval_seconds
+        try:
+            tried = await process_due_operations(deps)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.error("payment operations failed, retrying: %r", exc)
+            tried = 0
+        if tried < BATCH:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.maintenance.worker_poll_seconds)
 
 
 def main() -> None:
