@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.openapi import OpenAPIConfig
-from litestar.params import Dependency, FromPath, HeaderParameter, JSONBody
+from litestar.params import FromPath, HeaderParameter, JSONBody, SkipValidation
 from litestar.plugins.prometheus import PrometheusController
 
 from command_api import rides
@@ -36,7 +36,7 @@ JSON = "application/json"
 _encoder = msgspec.json.Encoder()
 
 # built by the lifespan (command_api.composition): not validated per request
-Deps = Annotated[rides.Deps, Dependency(skip_validation=True)]
+Deps = SkipValidation[rides.Deps]
 RiderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\w.:-]+$")]
 
 
