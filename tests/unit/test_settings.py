@@ -79,7 +79,8 @@ OLD_VARIABLES: dict[str, tuple[str, Any]] = {
 }
 
 
-def _get(path: str) -> Any:
+def _field(path: str) -> Any:
+    """A getter of the field at ``path`` (``stub.`` paths are read on StubSettings)."""
     return operator.attrgetter(path.removeprefix("stub."))
 
 
@@ -105,11 +106,11 @@ def test_every_variable_is_known_once() -> None:
 
 @pytest.mark.parametrize(("var", "path", "default"), [(k, *v) for k, v in OLD_VARIABLES.items()])
 def test_old_variable_sets_the_same_field(var: str, path: str, default: Any) -> None:
-    assert _get(path)(_build({}, path)) == default
+    assert _field(path)(_build({}, path)) == default
     env = {var: _sample(default)}
     if var == "SCOOTERS_ENVIRONMENT":  # production needs a real key to start
         env["SCOOTERS_OFFER_SIGNING_KEY"] = "k" * 40
-    value = _get(path)(_build(env, path))
+    value = _field(path)(_build(env, path))
     assert value != default
     assert str(value).lower() == env[var].lower()
 
