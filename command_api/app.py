@@ -1,4 +1,8 @@
-"""The command API: offers and rides. ``create_app`` is the composition root."""
+"""The command API: offers and rides.
+
+Its dependencies are built by ``command_api.composition`` in the app's lifespan and reach
+the handlers through Litestar's dependency injection (``deps: Deps``).
+"""
 
 from __future__ import annotations
 
@@ -9,31 +13,39 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
+import httpx
 import msgspec
 from litestar import Litestar, Request, Response, get, post
-from litestar.datastructures import State
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import FromPath, HeaderParameter, JSONBody, SkipValidation
 
 from command_api import rides
-from command_api.external import ExternalServices, make_http_client
+from command_api.composition import open_deps
 from command_api.idempotency import run_once
 from command_api.rate_limit import OfferRateLimit
 from command_api.rate_limit import connect as connect_redis
-from shared.auth import bearer_auth, openapi_config, principal_of, token_verifier
-from shared.db import create_pool
 from shared.domain import TrackPoint
 from shared.errors import OrderNotFound
 from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
-from shared.metrics_server import start_metrics_server
-from shared.offer_keys import offer_signer
-from shared.problems import exception_handlers
-from shared.request_metrics import request_metrics
+from shared.infra.auth import (
+    TokenVerifier,
+    bearer_auth,
+    openapi_config,
+    principal_of,
+    token_verifier,
+)
+from shared.infra.di import Slot
+from shared.infra.metrics_server import start_metrics_server
+from shared.infra.problems import exception_handlers
+from shared.infra.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
 
 JSON = "application/json"
 _encoder = msgspec.json.Encoder()
 
+# built by the lifespan (command_api.composition): not validated per request
+Deps = SkipValidation[rides.Deps]
+RateLimit = SkipValidation[OfferRateLimit]
 RiderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\w.:-]+$")]
 
 
@@ -63,19 +75,17 @@ class FinishOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     track: list[TrackPoint] = []
 
 
-def _deps(state: State) -> rides.Deps:
-    deps: rides.Deps = state.deps
-    return deps
-
-
 @post("/offers", status_code=201, summary="Price a personal offer for a scooter")
 async def create_offer(
-    request: Request[Any, Any, Any], data: JSONBody[CreateOffer], state: State
+    request: Request[Any, Any, Any],
+    data: JSONBody[CreateOffer],
+    deps: Deps,
+    offer_rate_limit: RateLimit,
 ) -> OfferAnswer:
     principal = principal_of(request.user)
     principal.require_rider(data.user_id)
-    await state.offer_rate_limit.check(principal.sub)
-    offer, token = await rides.create_offer(_deps(state), principal.sub, data.scooter_id)
+    await offer_rate_limit.check(principal.sub)
+    offer, token = await rides.create_offer(deps, principal.sub, data.scooter_id)
     return OfferAnswer(
         id=str(offer.id),
         user_id=offer.user_id,
@@ -92,7 +102,7 @@ async def create_offer(
 
 async def _idempotent(
     request: Request[Any, Any, Any],
-    state: State,
+    pool: asyncpg.Pool,
     scope: str,
     key: str | None,
     run: Callable[[], Awaitable[tuple[int, OrderSnapshot]]],
@@ -106,7 +116,7 @@ async def _idempotent(
     if key is None:
         status, body = await execute()
     else:
-        status, body = await run_once(_deps(state).pool, scope, key, await request.body(), execute)
+        status, body = await run_once(pool, scope, key, await request.body(), execute)
     return Response(body, status_code=status, media_type=JSON)
 
 
@@ -114,10 +124,9 @@ async def _idempotent(
 async def start_order(
     request: Request[Any, Any, Any],
     data: JSONBody[StartOrder],
-    state: State,
+    deps: Deps,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
-    deps = _deps(state)
     principal = principal_of(request.user)
     principal.require_rider()
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
@@ -126,7 +135,7 @@ async def start_order(
     async def run() -> tuple[int, OrderSnapshot]:
         return 201, await rides.start_ride(deps, offer)
 
-    return await _idempotent(request, state, f"start:{offer.user_id}", idempotency_key, run)
+    return await _idempotent(request, deps.pool, f"start:{offer.user_id}", idempotency_key, run)
 
 
 @post("/orders/{order_id:str}/finish", status_code=200, summary="Finish a ride and charge it")
@@ -134,13 +143,12 @@ async def finish_order(
     request: Request[Any, Any, Any],
     order_id: FromPath[str],
     data: JSONBody[FinishOrder],
-    state: State,
+    deps: Deps,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
     parsed = parse_order_id(order_id)
     if parsed is None:
         raise OrderNotFound(f"no ride {order_id}")
-    deps = _deps(state)
     actor = principal_of(request.user)  # the ride's rider, or support (a force-end)
 
     async def run() -> tuple[int, OrderSnapshot]:
@@ -148,7 +156,7 @@ async def finish_order(
 
     # the key's scope names the caller: a replay never answers someone else's finish
     scope = f"finish:{actor.sub}:{order_id}"
-    return await _idempotent(request, state, scope, idempotency_key, run)
+    return await _idempotent(request, deps.pool, scope, idempotency_key, run)
 
 
 @get("/health/live", summary="The process is up")
@@ -157,9 +165,9 @@ async def live() -> dict[str, str]:
 
 
 @get("/health/ready", summary="Postgres answers", status_code=200)
-async def ready(state: State) -> Response[dict[str, str]]:
+async def ready(deps: Deps) -> Response[dict[str, str]]:
     try:
-        async with _deps(state).pool.acquire() as conn:
+        async with deps.pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
     except (OSError, asyncpg.PostgresError) as exc:
         return Response({"status": "unavailable", "postgres": str(exc)}, status_code=503)
@@ -169,49 +177,50 @@ async def ready(state: State) -> Response[dict[str, str]]:
 def create_app(settings: Settings | None = None) -> Litestar:
     """The command API wired to real Postgres, payments and the external services."""
     settings = settings or get_settings()
+    deps: Slot[rides.Deps] = Slot("deps")
+    verifier: Slot[TokenVerifier] = Slot("verifier")
+    rate_limit: Slot[OfferRateLimit] = Slot("offer_rate_limit")
+    serving = settings.serving
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        pool = await create_pool(
-            settings.database_url,
-            min_size=settings.db_pool_min,
-            max_size=settings.db_pool_max,
-            command_timeout=settings.db_command_timeout_seconds,
-        )
-        client = make_http_client(settings)
-        redis = connect_redis(settings)
+        app.state.retry_after_seconds = serving.retry_after_seconds
         stop_metrics = start_metrics_server(
-            settings.metrics_host, settings.command_metrics_port, settings.command_workers
+            serving.metrics_host, serving.command_metrics_port, serving.command_workers
         )
+        redis = connect_redis(settings)
+        jwks_client = httpx.AsyncClient(timeout=settings.external.http_timeout_seconds)
         try:
-            app.state.deps = rides.Deps(
-                pool=pool,
-                services=ExternalServices(client, settings),
-                signer=await offer_signer(settings, pool),
-                settings=settings,
-            )
-            app.state.verifier = token_verifier(settings, client)
-            await app.state.verifier.warm()
-            app.state.offer_rate_limit = OfferRateLimit(
-                redis,
-                settings.redis_key_prefix,
-                settings.offer_rate_limit,
-                settings.offer_rate_window_seconds,
-            )
-            app.state.retry_after_seconds = settings.retry_after_seconds
-            yield
+            async with open_deps(settings) as opened:
+                deps.fill(opened)
+                verifier.fill(token_verifier(settings, jwks_client))
+                await verifier.get().warm()
+                rate_limit.fill(
+                    OfferRateLimit(
+                        redis,
+                        settings.redis.key_prefix,
+                        settings.offers.rate_limit,
+                        settings.offers.rate_window_seconds,
+                    )
+                )
+                try:
+                    yield
+                finally:
+                    deps.fill(None)
+                    verifier.fill(None)
+                    rate_limit.fill(None)
         finally:
-            stop_metrics()
+            await jwks_client.aclose()
             await redis.aclose()
-            await client.aclose()
-            await pool.close()
+            stop_metrics()
 
-    logging.basicConfig(level=settings.log_level)
+    logging.basicConfig(level=settings.runtime.log_level)
     return Litestar(
         route_handlers=[create_offer, start_order, finish_order, live, ready],
         lifespan=[lifespan],
+        dependencies={"deps": deps.provide(), "offer_rate_limit": rate_limit.provide()},
         exception_handlers=exception_handlers(),
-        middleware=[request_metrics("command_api"), bearer_auth],
+        middleware=[request_metrics("command_api"), bearer_auth(verifier)],
         openapi_config=openapi_config("SuperScooters command API"),
         request_max_body_size=2 * 1024 * 1024,
         logging_config=None,  # plain stdlib logging at the configured level, off the hot path

@@ -30,16 +30,16 @@ _REDIS_DOWN = (redis_errors.RedisError, OSError)
 
 def connect(settings: Settings) -> RedisClient:
     """A Redis (or Redis Cluster) client for the limiter that fails fast."""
-    timeout = settings.redis_timeout_seconds
-    if settings.redis_cluster:
+    timeout = settings.redis.timeout_seconds
+    if settings.redis.cluster:
         return RedisCluster.from_url(
-            settings.redis_url,
+            settings.redis.url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )
     return Redis.from_url(
-        settings.redis_url,
+        settings.redis.url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),

@@ -35,10 +35,11 @@ from shared.domain import (
     TariffZone,
     UserProfile,
 )
-from shared.settings import Settings
+from shared.settings import IdentitySettings
 from stubs._dataset import DataSet
 from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
 from stubs._ledger import Ledger, OrderAccount, PaymentConflict
+from stubs._settings import StubSettings
 from stubs.identity import AdminTokenRequest, IdentityProvider, TokenAnswer, TokenRequest
 
 # the configs a fresh stub answers with: DOMAIN.md's vectors assume surge 2 and discount 0.75
@@ -298,8 +299,14 @@ def fault_answer(request: Request[Any, Any, Any], exc: ServiceFailed) -> Respons
     return problem_details(request, Problem(exc.status, "injected_fault", str(exc)))
 
 
-def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -> Litestar:
-    """The stubs app with a fresh data set, ledger, configs and faults."""
+def create_app(
+    settings: StubSettings,
+    initial_faults: Sequence[FaultUpdate] = (),
+    identity: IdentitySettings | None = None,
+) -> Litestar:
+    """The stubs app with a fresh data set, ledger, configs and faults; its identity
+    provider issues tokens with ``identity``'s issuer, audience and lifetime."""
+    idp = identity or IdentitySettings()
     registry = CollectorRegistry()
     requests = Counter(
         "stub_requests",
@@ -309,22 +316,20 @@ def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -
     )
     stubs = Stubs(
         data=DataSet(
-            seed=settings.stub_seed,
-            scooters=settings.stub_scooters,
-            zones=settings.stub_zones,
-            users=settings.stub_users,
+            seed=settings.seed,
+            scooters=settings.scooters,
+            zones=settings.zones,
+            users=settings.users,
         ),
-        faults=Faults(settings.stub_seed),
+        faults=Faults(settings.seed),
         ledger=Ledger(),
         coeffs=DEFAULT_COEFFS,
         registry=registry,
         requests=requests,
         identity=IdentityProvider(
-            issuer=settings.auth_issuer,
-            audience=settings.auth_audience,
-            ttl_seconds=settings.auth_token_ttl_seconds,
+            issuer=idp.issuer, audience=idp.audience, ttl_seconds=idp.token_ttl_seconds
         ),
-        admin_token=settings.stubs_admin_token,
+        admin_token=settings.admin_token,
     )
     for change in initial_faults:
         stubs.faults.update(change)

@@ -76,11 +76,14 @@ class Tokens:
 _RUN_TOKENS: dict[str, Tokens] = {}
 
 
-def tokens_for(settings: Settings) -> Tokens:
-    """The run's :class:`Tokens` for the identity provider ``settings`` point at."""
+def tokens_for(settings: Settings, admin_token: str = "") -> Tokens:
+    """The run's :class:`Tokens` for the identity provider ``settings`` point at
+    (``admin_token``, when given, unlocks :meth:`Tokens.minted`)."""
     base = settings.identity_base_url
     if base not in _RUN_TOKENS:
-        _RUN_TOKENS[base] = Tokens(base, settings.stubs_admin_token)
+        _RUN_TOKENS[base] = Tokens(base, admin_token)
+    if admin_token:
+        _RUN_TOKENS[base].admin_token = admin_token
     return _RUN_TOKENS[base]
 
 

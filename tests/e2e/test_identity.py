@@ -55,22 +55,19 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(base_settings: Settings, database: str, stubs: str) -> Iterator[Stack]:
     """Two command APIs and a query API in development mode (no offer key configured)."""
-    settings = dataclasses.replace(
-        base_settings,
-        offer_keys="",
-        offer_rate_limit=RATE_LIMIT,
-        offer_rate_window_seconds=60,
-        jwks_refresh_min_seconds=0.5,
-        redis_key_prefix=f"{base_settings.redis_key_prefix}identity:",
+    settings = base_settings.replace(
+        offers={"keys": "", "rate_limit": RATE_LIMIT, "rate_window_seconds": 60},
+        identity={"jwks_refresh_min_seconds": 0.5},
+        redis={"key_prefix": f"{base_settings.redis.key_prefix}identity:"},
     )
     ports = [free_port() for _ in range(4)]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for port, metrics in ((ports[0], ports[3]), (ports[1], 0)):
-            run = dataclasses.replace(settings, command_port=port, command_metrics_port=metrics)
+            run = settings.replace(serving={"command_port": port, "command_metrics_port": metrics})
             procs.append(start_process("command_api", run))
             wait_http(f"http://127.0.0.1:{port}/health/live", proc=procs[-1])
-        procs.append(start_process("query_api", dataclasses.replace(settings, query_port=ports[2])))
+        procs.append(start_process("query_api", settings.replace(serving={"query_port": ports[2]})))
         wait_http(f"http://127.0.0.1:{ports[2]}/health/live", proc=procs[-1])
         yield Stack(
             command_a=f"http://127.0.0.1:{ports[0]}",
@@ -190,8 +187,8 @@ def _unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
 def _claims(settings: Settings, sub: str) -> dict[str, Any]:
     now = int(time.time())
     return {
-        "iss": settings.auth_issuer,
-        "aud": settings.auth_audience,
+        "iss": settings.identity.issuer,
+        "aud": settings.identity.audience,
         "sub": sub,
         "roles": ["rider", "support"],
         "iat": now,
@@ -295,7 +292,7 @@ async def test_a_rotated_identity_key_is_picked_up(
     assert before.status_code == 200
     new_token = tokens.minted(rider)  # signed with the new key
     assert jwt.get_unverified_header(new_token)["kid"] == before.json()["kid"]
-    time.sleep(stack.settings.jwks_refresh_min_seconds)
+    time.sleep(stack.settings.identity.jwks_refresh_min_seconds)
     response = await http.get(f"{stack.query}/users/{rider}/summary", headers=bearer(new_token))
     assert_problem(response, 404, "user_not_found")  # authenticated: the user has no rides
 

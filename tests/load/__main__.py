@@ -27,7 +27,7 @@ import uvloop
 from shared.settings import Settings
 from shared.views import order_key
 from tests.load import scenarios
-from tests.load.bench import bench_settings, ceiling_server, free_port, running_stack
+from tests.load.bench import bench_settings, bench_stub_settings, ceiling_server, running_stack
 from tests.load.harness import CpuMeter, print_report
 
 STACK = ("stubs", "command_api", "worker", "projector", "query_api")
@@ -35,7 +35,7 @@ STACK = ("stubs", "command_api", "worker", "projector", "query_api")
 
 async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, Any]:
     """Database bytes per finished order and Redis bytes per order view."""
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.db.url)
     try:
         row = await conn.fetchrow(
             "SELECT count(*) AS n, avg(pg_column_size(o.*))::int AS row_bytes"
@@ -48,10 +48,10 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
         all_orders = await conn.fetchval("SELECT count(*) FROM orders")
     finally:
         await conn.close()
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis.url)
     sizes = []
     for order_id in orders[:200]:
-        size = await client.memory_usage(order_key(settings.redis_key_prefix, order_id))
+        size = await client.memory_usage(order_key(settings.redis.key_prefix, order_id))
         if size:
             sizes.append(int(size))
     await client.aclose()
@@ -66,8 +66,9 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
 async def set_stub_configs(settings: Settings, **values: Any) -> None:
     from tests.load.client import Connection
 
-    conn = Connection("127.0.0.1", settings.stubs_port)
-    auth = f"Authorization: Bearer {settings.stubs_admin_token}\r\n"
+    stubs = bench_stub_settings()
+    conn = Connection("127.0.0.1", stubs.port)
+    auth = f"Authorization: Bearer {stubs.admin_token}\r\n"
     try:
         status, body = await conn.request(
             "POST", "/admin/configs", json.dumps(values).encode(), auth
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--command-workers", type=int, default=1)
     parser.add_argument("--query-workers", type=int, default=1)
-    parser.add_argument("--ceiling-port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--ceiling-port", type=int, default=18002)
     parser.add_argument("--smoke", action="store_true", help="a few seconds at a low rate (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="show the services' output")
@@ -212,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.max and args.side == "command":
         args.rate = None
     settings = bench_settings(args.command_workers, args.query_workers)
-    args.ceiling_port = args.ceiling_port or free_port()
     uvloop.install()
     with running_stack(settings, STACK, quiet=not args.verbose) as bench:
         if args.side == "command":

@@ -15,7 +15,7 @@ import time
 
 import httpx
 
-from shared.auth import JwksCache, TokenVerifier
+from shared.infra.auth import JwksCache, TokenVerifier
 from shared.settings import Settings
 from stubs.identity import IdentityProvider
 
@@ -23,7 +23,7 @@ from stubs.identity import IdentityProvider
 async def measure(tokens: int = 2_000, repeats: int = 20_000) -> dict[str, float]:
     settings = Settings()
     provider = IdentityProvider(
-        issuer=settings.auth_issuer, audience=settings.auth_audience, ttl_seconds=3_600
+        issuer=settings.identity.issuer, audience=settings.identity.audience, ttl_seconds=3_600
     )
     jwks = provider.jwks()
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=jwks))
@@ -38,8 +38,8 @@ async def measure(tokens: int = 2_000, repeats: int = 20_000) -> dict[str, float
         def verifier(cache_size: int) -> TokenVerifier:
             return TokenVerifier(
                 cache,
-                issuer=settings.auth_issuer,
-                audience=settings.auth_audience,
+                issuer=settings.identity.issuer,
+                audience=settings.identity.audience,
                 leeway_seconds=5,
                 cache_size=cache_size,
             )

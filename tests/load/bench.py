@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import asyncpg
 from migrations.runner import migrate
 from scripts.stack import Stack, start_stack
 from shared.settings import Settings
+from stubs import StubSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,42 +30,40 @@ class Bench:
     pids: dict[str, int]
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now (several benchmarks may share the machine)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def bench_settings(command_workers: int, query_workers: int) -> Settings:
-    """Settings of one run: a private database and key prefix, quiet logs, own free ports."""
+    """Settings of one run: a private database and key prefix, quiet logs, own ports."""
     run = secrets.token_hex(3)
     base = Settings.from_env()
-    stubs_port = free_port()
-    return dataclasses.replace(
-        base,
-        database_url=base.database_url.rsplit("/", 1)[0] + f"/scooters_bench_{run}",
-        redis_key_prefix=f"bench:{run}:",
-        log_level="WARNING",
-        command_workers=command_workers,
-        query_workers=query_workers,
-        stubs_port=stubs_port,
-        external_base_url=f"http://127.0.0.1:{stubs_port}",
-        command_port=free_port(),
-        query_port=free_port(),
-        db_pool_max=max(base.db_pool_max, 20),
-        stubs_admin_token=secrets.token_urlsafe(16),  # the generator sets the stubs' configs
-        command_metrics_port=0,  # no scraper in a benchmark
-        query_metrics_port=0,
-        projector_metrics_port=0,
+    return base.replace(
+        db={
+            "url": base.db.url.rsplit("/", 1)[0] + f"/scooters_bench_{run}",
+            "pool_max": max(base.db.pool_max, 20),
+        },
+        redis={"key_prefix": f"bench:{run}:"},
+        runtime={"log_level": "WARNING"},
+        serving={
+            "command_workers": command_workers,
+            "query_workers": query_workers,
+            "command_port": 18000,
+            "query_port": 18001,
+            "command_metrics_port": 0,  # no scraper in a benchmark
+            "query_metrics_port": 0,
+        },
+        read={"projector_metrics_port": 0},
+        external={"base_url": "http://127.0.0.1:13629"},
     )
 
 
+_ADMIN_TOKEN = secrets.token_urlsafe(16)  # the generator sets the stubs' configs with it
+
+
+def bench_stub_settings() -> StubSettings:
+    """The stubs of a benchmark run: the data set of the environment, on their own port."""
+    return StubSettings.from_env().replace(port=13629, admin_token=_ADMIN_TOKEN)
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for f in dataclasses.fields(settings):
-        env[f"SCOOTERS_{f.name.upper()}"] = str(getattr(settings, f.name))
-    return env
+    return {**os.environ, **settings.to_env(), **bench_stub_settings().to_env()}
 
 
 async def _drop_database(dsn: str) -> None:
@@ -92,9 +90,9 @@ def running_stack(
         stack.stop()
         if out is not None:
             out.close()
-        asyncio.run(_drop_database(settings.database_url))
+        asyncio.run(_drop_database(settings.db.url))
         subprocess.run(
-            [sys.executable, "-c", _FORGET_KEYS, settings.redis_url, settings.redis_key_prefix],
+            [sys.executable, "-c", _FORGET_KEYS, settings.redis.url, settings.redis.key_prefix],
             check=False,
         )
 
@@ -112,7 +110,13 @@ def ceiling_server(settings: Settings, port: int) -> Iterator[int]:
     """The bare Litestar ceiling app under the query API's server settings."""
     env = settings_env(settings)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.load.ceiling", str(port), str(settings.query_workers)],
+        [
+            sys.executable,
+            "-m",
+            "tests.load.ceiling",
+            str(port),
+            str(settings.serving.query_workers),
+        ],
         cwd=ROOT,
         env=env,
     )

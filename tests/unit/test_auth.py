@@ -10,8 +10,8 @@ import httpx
 import jwt
 import pytest
 
-from shared.auth import JwksCache, Principal, TokenVerifier
 from shared.errors import DependencyUnavailable, Forbidden, Unauthenticated
+from shared.infra.auth import JwksCache, Principal, TokenVerifier
 from stubs.identity import IdentityProvider
 
 ISS, AUD = "https://identity.test", "api.test"

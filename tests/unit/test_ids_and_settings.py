@@ -35,8 +35,8 @@ def test_settings_from_env_convert_types() -> None:
     settings = Settings.from_env(
         {"SCOOTERS_OFFER_TTL_SECONDS": "7", "SCOOTERS_SURGE_DEFAULT": "1.5"}
     )
-    assert settings.offer_ttl_seconds == 7
-    assert settings.surge_default == 1.5
+    assert settings.offers.ttl_seconds == 7
+    assert settings.pricing.surge_default == 1.5
 
 
 def test_bad_setting_is_reported() -> None:
@@ -55,10 +55,10 @@ def test_production_requires_offer_keys() -> None:
     ok = Settings.from_env(
         {"SCOOTERS_ENVIRONMENT": "production", "SCOOTERS_OFFER_KEYS": f"{new}, {old}"}
     )
-    assert len(ok.offer_key_bytes()) == 2
+    assert len(ok.offers.key_bytes()) == 2
 
 
 def test_no_offer_key_in_the_code() -> None:
     """A development stack has no key unless it creates one (shared/offer_keys.py)."""
-    assert Settings().offer_keys == ""
-    assert Settings().offer_key_bytes() == ()
+    assert Settings().offers.keys == ""
+    assert Settings().offers.key_bytes() == ()

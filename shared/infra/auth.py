@@ -11,7 +11,8 @@ The JWKS is fetched lazily and cached; an unknown ``kid`` refetches it (the prov
 rotated its keys), at most once per ``jwks_refresh_min_seconds`` so a flood of forged
 kids cannot flood the provider. Verified tokens are remembered until they expire
 (bounded LRU keyed by the token string), which saves the signature check on every
-later request with the same token (docs/benchmarks.md, "Identity").
+later request with the same token (docs/benchmarks.md, "Identity"). It lives in
+``shared/infra`` because it needs httpx and Litestar.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -32,7 +34,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import DependencyUnavailable, DomainError, Forbidden, Unauthenticated
-from shared.problems import domain_error_answer
+from shared.infra.di import Slot
+from shared.infra.problems import domain_error_answer
 from shared.settings import Settings
 
 log = logging.getLogger("auth")
@@ -220,48 +223,51 @@ class TokenVerifier:
 
 
 def token_verifier(settings: Settings, client: httpx.AsyncClient) -> TokenVerifier:
-    """The verifier configured by ``settings`` (issuer, audience, JWKS URL, cache)."""
+    """The verifier configured by ``settings.identity`` (issuer, audience, JWKS, cache)."""
+    identity = settings.identity
     jwks = JwksCache(
         f"{settings.identity_base_url}/.well-known/jwks.json",
         client,
-        min_refresh_seconds=settings.jwks_refresh_min_seconds,
-        max_age_seconds=settings.jwks_max_age_seconds,
+        min_refresh_seconds=identity.jwks_refresh_min_seconds,
+        max_age_seconds=identity.jwks_max_age_seconds,
     )
     return TokenVerifier(
         jwks,
-        issuer=settings.auth_issuer,
-        audience=settings.auth_audience,
-        leeway_seconds=settings.auth_leeway_seconds,
-        cache_size=settings.auth_cache_size,
+        issuer=identity.issuer,
+        audience=identity.audience,
+        leeway_seconds=identity.leeway_seconds,
+        cache_size=identity.cache_size,
     )
 
 
 _PUBLIC_PREFIX = "/health/"
 
 
-def bearer_auth(app: ASGIApp) -> ASGIApp:
+def bearer_auth(verifier: Slot[TokenVerifier]) -> Callable[[ASGIApp], ASGIApp]:
     """Litestar middleware: every HTTP request but ``/health/*`` needs a valid bearer token.
 
     Puts the :class:`Principal` in ``scope["user"]`` (``request.user``). Uses the
-    :class:`TokenVerifier` at ``app.state.verifier``. Answers a missing or bad token
+    :class:`TokenVerifier` the app's lifespan put in ``verifier``. Answers a missing or bad token
     itself with 401 ``unauthenticated`` (``WWW-Authenticate: Bearer``), and 503 when the
     identity provider's keys cannot be had, so middleware outside this one (request
     metrics) sees the real status.
     """
 
-    async def authenticate(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == ScopeType.HTTP and not scope["path"].startswith(_PUBLIC_PREFIX):
-            verifier: TokenVerifier = scope["litestar_app"].state.verifier
-            try:
-                scope["user"] = await verifier.verify(_bearer(scope))
-            except DomainError as exc:
-                request: Request[Any, Any, Any] = Request(scope, receive, send)
-                answer = domain_error_answer(request, exc).to_asgi_response(None, request)
-                await answer(scope, receive, send)
-                return
-        await app(scope, receive, send)
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def authenticate(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == ScopeType.HTTP and not scope["path"].startswith(_PUBLIC_PREFIX):
+                try:
+                    scope["user"] = await verifier.get().verify(_bearer(scope))
+                except DomainError as exc:
+                    request: Request[Any, Any, Any] = Request(scope, receive, send)
+                    answer = domain_error_answer(request, exc).to_asgi_response(None, request)
+                    await answer(scope, receive, send)
+                    return
+            await app(scope, receive, send)
 
-    return authenticate
+        return authenticate
+
+    return middleware
 
 
 def _bearer(scope: Scope) -> str:

@@ -38,10 +38,10 @@ async def offer_signer(settings: Settings, pool: asyncpg.Pool) -> OfferSigner:
 
     Raises asyncpg errors when Postgres cannot be read in development.
     """
-    keys = settings.offer_key_bytes()
+    keys = settings.offers.key_bytes()
     if keys:
         return OfferSigner(keys)
-    if settings.environment == "production":  # Settings.check refuses this already
+    if settings.runtime.environment == "production":  # Settings.check refuses this already
         raise RuntimeError("production needs SCOOTERS_OFFER_KEYS")
     async with pool.acquire() as conn:
         return OfferSigner(await development_offer_keys(conn))
