@@ -1,7 +1,7 @@
 -- Identity (ADR 0006): development offer keys and who force-ended a ride.
 
 -- Offer keys of a development stack, created once by the first process that needs one
--- (shared/offer_keys.py), so no key lives in code or configuration. A production stack
+-- (shared/infra/offer_keys.py), so no key lives in code or configuration. A production stack
 -- takes its keys from SCOOTERS_OFFER_KEYS and leaves this table empty.
 CREATE TABLE offer_keys (
     kid text PRIMARY KEY,

@@ -1,7 +1,7 @@
 """``python -m tests.load.auth_cost``: what verifying a bearer token costs per request.
 
 In one process, with the identity stub's key pair (``stubs.identity``) and its JWKS
-served to ``shared.auth.TokenVerifier`` through an in-memory transport: the first
+served to ``shared.infra.auth.TokenVerifier`` through an in-memory transport: the first
 verification of a token (header, key lookup, RS256 signature, claims) against a cached
 one (the LRU hit every later request of the same token takes). Prints microseconds per
 verification; the numbers and the command are in docs/benchmarks.md ("Identity").

@@ -1,4 +1,4 @@
-"""Bearer-token verification (shared/auth.py) as pure logic: the JWKS is served by an
+"""Bearer-token verification (shared/infra/auth.py) as pure logic: the JWKS is served by an
 in-memory transport; the identity stub's own key pair signs. Against the running
 services the same refusals are in tests/e2e/test_identity.py."""
 

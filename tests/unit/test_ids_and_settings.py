@@ -59,6 +59,6 @@ def test_production_requires_offer_keys() -> None:
 
 
 def test_no_offer_key_in_the_code() -> None:
-    """A development stack has no key unless it creates one (shared/offer_keys.py)."""
+    """A development stack has no key unless it creates one (shared/infra/offer_keys.py)."""
     assert Settings().offers.keys == ""
     assert Settings().offers.key_bytes() == ()
