@@ -18,12 +18,11 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import QueryParameter
-from litestar.types import Message, Scope
+from litestar.types import Guard, Message, Scope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from shared.domain import (
@@ -86,7 +85,6 @@ class Stubs:
     registry: CollectorRegistry
     requests: Counter
     identity: IdentityProvider
-    admin_token: str
 
 
 class Problem(HTTPException):
@@ -193,17 +191,26 @@ async def jwks(stubs: Stubs) -> dict[str, Any]:
 # --- ours: admin, ledger, health, metrics (never faulted) ------------------------------------
 
 
-def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: the request carries ``Authorization: Bearer <stubs_admin_token>``."""
-    stubs: Stubs = connection.app.state.stubs
-    scheme, _sep, given = connection.headers.get("authorization", "").partition(" ")
-    if not stubs.admin_token or scheme.lower() != "bearer":
-        raise Problem(401, "unauthenticated", "the stubs' admin endpoints need the admin token")
-    if not hmac.compare_digest(given.strip().encode(), stubs.admin_token.encode()):
-        raise Problem(401, "unauthenticated", "wrong admin token")
+ADMIN = {"admin": True}  # route opt: the route needs the admin token
 
 
-@post("/admin/auth/token", status_code=200, guards=[admin_only])
+def admin_guard(token: str) -> Guard:
+    """Guard of every route marked ``ADMIN``: ``Authorization: Bearer <token>`` required
+    (an empty ``token`` refuses them all)."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        if not handler.opt.get("admin"):
+            return
+        scheme, _sep, given = connection.headers.get("authorization", "").partition(" ")
+        if not token or scheme.lower() != "bearer":
+            raise Problem(401, "unauthenticated", "the stubs' admin endpoints need the admin token")
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise Problem(401, "unauthenticated", "wrong admin token")
+
+    return guard
+
+
+@post("/admin/auth/token", status_code=200, opt=ADMIN)
 async def issue_any_token(stubs: Stubs, request: Request[Any, Any, Any]) -> TokenAnswer:
     data = await decode_body(request, AdminTokenRequest)
     return stubs.identity.issue(
@@ -215,24 +222,24 @@ async def issue_any_token(stubs: Stubs, request: Request[Any, Any, Any]) -> Toke
     )
 
 
-@post("/admin/auth/rotate", status_code=200, guards=[admin_only])
+@post("/admin/auth/rotate", status_code=200, opt=ADMIN)
 async def rotate_key(stubs: Stubs) -> dict[str, str]:
     return {"kid": stubs.identity.rotate()}
 
 
-@get("/ledger", guards=[admin_only])
+@get("/ledger", opt=ADMIN)
 async def ledger(stubs: Stubs, order_id: str) -> OrderAccount:
     if (account := stubs.ledger.account(order_id)) is None:
         raise not_found("order", order_id)
     return account
 
 
-@get("/admin/faults", guards=[admin_only])
+@get("/admin/faults", opt=ADMIN)
 async def list_faults(stubs: Stubs) -> list[Fault]:
     return stubs.faults.all()
 
 
-@post("/admin/faults", status_code=200, guards=[admin_only])
+@post("/admin/faults", status_code=200, opt=ADMIN)
 async def set_faults(stubs: Stubs, request: Request[Any, Any, Any]) -> list[Fault]:
     data = await decode_body(request, FaultUpdate)
     try:
@@ -242,7 +249,7 @@ async def set_faults(stubs: Stubs, request: Request[Any, Any, Any]) -> list[Faul
     return stubs.faults.all()
 
 
-@post("/admin/configs", status_code=200, guards=[admin_only])
+@post("/admin/configs", status_code=200, opt=ADMIN)
 async def set_configs(stubs: Stubs, request: Request[Any, Any, Any]) -> ConfigsAnswer:
     data = await decode_body(request, CoeffsUpdate)
     given = {f: v for f in data.__struct_fields__ if (v := getattr(data, f)) is not None}
@@ -250,7 +257,7 @@ async def set_configs(stubs: Stubs, request: Request[Any, Any, Any]) -> ConfigsA
     return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
 
 
-@post("/admin/configs/reset", status_code=200, guards=[admin_only])
+@post("/admin/configs/reset", status_code=200, opt=ADMIN)
 async def reset_configs(stubs: Stubs) -> ConfigsAnswer:
     stubs.coeffs = DEFAULT_COEFFS
     return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
@@ -329,7 +336,6 @@ def create_app(
         identity=IdentityProvider(
             issuer=idp.issuer, audience=idp.audience, ttl_seconds=idp.token_ttl_seconds
         ),
-        admin_token=settings.admin_token,
     )
     for change in initial_faults:
         stubs.faults.update(change)
@@ -364,6 +370,6 @@ def create_app(
         dependencies={"stubs": Provide(lambda: stubs, sync_to_thread=False)},
         exception_handlers={HTTPException: problem_details, ServiceFailed: fault_answer},
         before_send=[count_request],
-        state=State({"stubs": stubs}),
+        guards=[admin_guard(settings.admin_token)],
         openapi_config=None,
     )
