@@ -26,6 +26,7 @@ from command_api import repository as repo
 from command_api.external import ExternalServices, ServiceError, make_http_client
 from migrations.maintenance import prune, run_partition_maintenance
 from shared.db import create_pool
+from shared.failures import RetryLog, explain_postgres, explained_exit
 from shared.offer_token import OfferSigner
 from shared.settings import Settings, get_settings
 
@@ -109,18 +110,21 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         settings=settings,
     )
     next_maintenance = 0.0
+    retry_log = RetryLog(log, "payment operations")
     try:
         while not stop.is_set():
             if time.monotonic() >= next_maintenance:
                 try:
                     await maintain(pool, settings)
                 except (OSError, asyncpg.PostgresError) as exc:
-                    log.error("maintenance failed, retrying next period: %r", exc)
+                    reason = explain_postgres(exc, settings.database_url) or repr(exc)
+                    log.error("maintenance failed, retrying next period: %s", reason)
                 next_maintenance = time.monotonic() + settings.maintenance_interval_seconds
             try:
                 tried = await process_due_operations(deps)
+                retry_log.succeeded()
             except (OSError, asyncpg.PostgresError) as exc:
-                log.error("payment operations failed, retrying: %r", exc)
+                retry_log.failed(explain_postgres(exc, settings.database_url) or repr(exc))
                 tried = 0
             if tried < BATCH:
                 with contextlib.suppress(TimeoutError):
@@ -141,7 +145,8 @@ def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         await run(settings, stop)
 
-    asyncio.run(serve())
+    with explained_exit("worker", settings.database_url, settings.redis_url):
+        asyncio.run(serve())
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Runs the whole system (or a subset) as child processes, in the foreground.
 
-``bin/up`` execs this after installing and migrating. Each child's output is
-prefixed with its name; Ctrl-C or SIGTERM stops all of them (terminate, wait, kill
-after a timeout); if one dies unexpectedly the rest are stopped and the exit code is
-non-zero. Load tests import :func:`start_stack` and :meth:`Stack.stop` to run the
-same processes in their own configuration (``env``).
+``bin/up`` execs this after installing and migrating. Before starting anything it
+checks the ports, PostgreSQL and Redis (one line saying what to do if one fails).
+Each child's output is prefixed with its name. A child that exits is started again
+after a back-off (1 s doubling to 30 s; reset after 30 s of running), with one log
+line, while the others keep serving. Ctrl-C or SIGTERM stops all of them (terminate,
+wait, kill after a timeout) and prints a plain summary. Load tests import
+:func:`start_stack` and :meth:`Stack.stop` to run the same processes in their own
+configuration (``env``).
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: ``python scripts/stack.py``
@@ -93,12 +94,45 @@ def _pump(name: str, stream: IO[bytes], out: IO[str], lock: threading.Lock) -> N
     stream.close()
 
 
+def _describe(code: int) -> str:
+    """An exit code in words: 'exit code 1', 'signal SIGKILL'."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
 @dataclasses.dataclass
 class Stack:
-    """Running child processes, in start order."""
+    """Running child processes, in start order, and what it takes to start them again."""
 
+    env: dict[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
+    output: IO[str] = sys.stdout
     procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
     pumps: list[threading.Thread] = dataclasses.field(default_factory=list)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def spawn(self, service: Service) -> subprocess.Popen[bytes]:
+        """Start (or start again) ``service`` with its output prefixed by its name."""
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", service.module],
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop them in order
+        )
+        self.procs[service.name] = proc
+        assert proc.stdout is not None
+        pump = threading.Thread(
+            target=_pump, args=(service.name, proc.stdout, self.output, self.lock), daemon=True
+        )
+        pump.start()
+        self.pumps.append(pump)
+        return proc
 
     def dead(self) -> dict[str, int]:
         """Processes that have exited, with their exit codes."""
@@ -106,7 +140,7 @@ class Stack:
 
     def stop(self, timeout: float = 10.0) -> dict[str, int]:
         """Terminate every process (reverse start order), kill the ones left after
-        ``timeout`` seconds; returns the exit codes."""
+        ``timeout`` seconds; returns the exit codes (-9: had to be killed)."""
         for proc in reversed(self.procs.values()):
             if proc.poll() is None:
                 proc.terminate()
@@ -129,6 +163,8 @@ def wait_healthy(
     cancelled: Callable[[], bool] = lambda: False,
 ) -> None:
     """Block until ``url`` answers 200; fail if ``proc`` exits or time runs out."""
+    import httpx  # here, so that ``--help`` answers without the project's packages
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -162,40 +198,157 @@ def start_stack(
     child_env = dict(os.environ if env is None else env)
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     settings = Settings.from_env(child_env)
-    out = output if output is not None else sys.stdout
-    lock = threading.Lock()
-    stack = Stack()
+    stack = Stack(env=child_env, output=output if output is not None else sys.stdout)
     try:
         for service in services(settings, names):
-            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", service.module],
-                cwd=ROOT,
-                env=child_env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop them in order
-            )
-            stack.procs[service.name] = proc
-            assert proc.stdout is not None
-            pump = threading.Thread(
-                target=_pump, args=(service.name, proc.stdout, out, lock), daemon=True
-            )
-            pump.start()
-            stack.pumps.append(pump)
+            proc = stack.spawn(service)
             if service.health_url is not None:
-                wait_healthy(service.health_url, proc, health_timeout, cancelled)
+                try:
+                    wait_healthy(service.health_url, proc, health_timeout, cancelled)
+                except StackError as exc:
+                    if proc.poll() is not None:
+                        raise StackError(
+                            f"{service.name} exited with {_describe(proc.returncode)} during"
+                            " start (its last lines are above)"
+                        ) from None
+                    raise StackError(f"{service.name}: {exc}") from None
         time.sleep(0.5)  # a process without HTTP that fails at import shows it here
         if dead := stack.dead():
-            raise StackError(f"exited during start: {dead}")
+            failed = ", ".join(f"{n} ({_describe(c)})" for n, c in dead.items())
+            raise StackError(f"exited during start: {failed} (its last lines are above)")
     except BaseException:
         stack.stop()
         raise
     return stack
 
 
+def preflight(settings: Settings, names: Sequence[str]) -> None:
+    """Check what the named services need before starting any: their ports are free,
+    PostgreSQL accepts the project's role, Redis answers. Raises
+    :class:`shared.failures.FailureError` with one line saying what to do."""
+    from shared.failures import FailureError, check_port_free, explain
+
+    ports = {
+        "stubs": (settings.stubs_host, settings.stubs_port, "stubs", "SCOOTERS_STUBS_PORT"),
+        "command_api": (
+            settings.command_host,
+            settings.command_port,
+            "command API",
+            "SCOOTERS_COMMAND_PORT",
+        ),
+        "query_api": (settings.query_host, settings.query_port, "query API", "SCOOTERS_QUERY_PORT"),
+    }
+    if settings.projector_metrics_port:
+        ports["projector"] = (
+            settings.query_host,
+            settings.projector_metrics_port,
+            "projector /metrics",
+            "SCOOTERS_PROJECTOR_METRICS_PORT (0 turns it off)",
+        )
+    for name in names:
+        if name in ports:
+            check_port_free(*ports[name])
+    wanted = set(names)
+    if wanted & {"command_api", "worker", "projector", "query_api"}:
+        import asyncio
+
+        import asyncpg
+
+        async def postgres() -> None:
+            conn = await asyncpg.connect(settings.database_url, timeout=5)
+            await conn.close()
+
+        try:
+            asyncio.run(postgres())
+        except Exception as exc:
+            reason = explain(exc, settings.database_url, settings.redis_url)
+            raise FailureError(reason or f"PostgreSQL: {exc!r}") from None
+    if wanted & {"projector", "query_api"}:
+        import redis
+
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        try:
+            client.ping()
+        except Exception as exc:
+            reason = explain(exc, settings.database_url, settings.redis_url)
+            raise FailureError(reason or f"Redis: {exc!r}") from None
+        finally:
+            client.close()
+
+
+@dataclasses.dataclass
+class Restarts:
+    """Restart policy of one service: back off 1, 2, 4... up to ``max_delay`` seconds
+    between restarts; a run of ``stable_after`` seconds counts as healthy again
+    (as compose's ``restart: unless-stopped`` or systemd's ``Restart=``)."""
+
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+    stable_after: float = 30.0
+    count: int = 0
+    delay: float = 0.0
+    started_at: float = dataclasses.field(default_factory=time.monotonic)
+    due: float | None = None  # when to start it again; None while it runs
+
+    def died(self, now: float) -> float:
+        """Schedule the next start after a death at ``now``; returns the delay."""
+        if now - self.started_at >= self.stable_after:
+            self.delay = 0.0
+        self.delay = min(self.max_delay, self.delay * 2 if self.delay else self.first_delay)
+        self.count += 1
+        self.due = now + self.delay
+        return self.delay
+
+
+def supervise(
+    stack: Stack,
+    names: Sequence[str],
+    stopping: threading.Event,
+    *,
+    first_delay: float = 1.0,
+    max_delay: float = 30.0,
+) -> None:
+    """Until ``stopping`` is set: a process that exits is started again after a back-off,
+    with one log line per death and per restart; the others keep running."""
+    settings = Settings.from_env(stack.env)
+    by_name = {s.name: s for s in services(settings, names)}
+    policy = {n: Restarts(first_delay=first_delay, max_delay=max_delay) for n in stack.procs}
+    while not stopping.is_set():
+        now = time.monotonic()
+        for name, proc in list(stack.procs.items()):
+            state = policy[name]
+            if state.due is None and proc.poll() is not None:
+                delay = state.died(now)
+                _say(
+                    f"{name} (pid {proc.pid}) exited with {_describe(proc.returncode)};"
+                    f" restarting in {delay:.0f}s (restart {state.count})"
+                )
+            elif state.due is not None and now >= state.due:
+                state.due = None
+                state.started_at = now
+                new = stack.spawn(by_name[name])
+                _say(f"{name} started again (pid {new.pid})")
+        stopping.wait(0.2)
+
+
+def _summary(codes: Mapping[str, int]) -> str:
+    """What the stop did, in plain words: SIGTERM exits are the normal case."""
+    clean = [n for n, c in codes.items() if c in (0, -signal.SIGTERM, -signal.SIGINT)]
+    killed = [n for n, c in codes.items() if c == -signal.SIGKILL]
+    other = [f"{n} ({_describe(c)})" for n, c in codes.items() if n not in clean + killed]
+    parts = [f"stopped {', '.join(clean)}" if clean else "stopped"]
+    if killed:
+        parts.append(f"killed after the stop timeout: {', '.join(killed)}")
+    if other:
+        parts.append(f"exited with an error: {', '.join(other)}")
+    return "; ".join(parts)
+
+
 def run(names: Sequence[str], *, health_timeout: float, stop_timeout: float) -> int:
-    """Run the stack in the foreground until a signal (exit 0) or a death (exit 1)."""
+    """Run the stack in the foreground, restarting what dies, until SIGINT/SIGTERM (exit 0).
+    Exit 1 when it cannot start."""
+    from shared.failures import FailureError
+
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -204,37 +357,47 @@ def run(names: Sequence[str], *, health_timeout: float, stop_timeout: float) -> 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        preflight(Settings.from_env(), names)
+    except FailureError as exc:
+        _say(str(exc))
+        return 1
+    try:
         stack = start_stack(names, health_timeout=health_timeout, cancelled=stopping.is_set)
     except StackError as exc:
         if stopping.is_set():
             return 0
-        _say(str(exc))
+        _say(f"{exc}; stopped the others")
         return 1
-    dead: dict[str, int] = {}
     try:
-        _say(f"running {', '.join(stack.procs)}; Ctrl-C stops")
-        while not stopping.is_set() and not (dead := stack.dead()):
-            stopping.wait(0.2)
-        if dead:
-            exits = ", ".join(f"{n} exited with {c}" for n, c in dead.items())
-            _say(f"{exits}; stopping the rest")
-        else:
-            _say("stopping")
+        pids = ", ".join(f"{n} (pid {p.pid})" for n, p in stack.procs.items())
+        _say(f"running {pids}; a process that exits is restarted; Ctrl-C stops all")
+        supervise(stack, names, stopping)
+        _say("stopping")
     finally:  # whatever happened above, no child outlives us
         codes = stack.stop(stop_timeout)
-    _say(f"stopped {codes}")
-    return 1 if dead else 0
+    _say(_summary(codes))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="bin/up",
+        description=(
+            "Install what is missing (bin/_install), migrate the database, then run the"
+            " whole system in the foreground: stubs :3629, command API :8000, worker,"
+            " projector, query API :8001 (ports from SCOOTERS_* settings). A process that"
+            " exits is restarted with a back-off (1 s doubling to 30 s); Ctrl-C stops all."
+        ),
+    )
     parser.add_argument(
         "--only",
         default=",".join(SERVICE_ORDER),
         help=f"comma-separated subset of: {','.join(SERVICE_ORDER)}",
     )
-    parser.add_argument("--health-timeout", type=float, default=60.0)
-    parser.add_argument("--stop-timeout", type=float, default=10.0)
+    parser.add_argument("--health-timeout", type=float, default=60.0, help="seconds per start")
+    parser.add_argument(
+        "--stop-timeout", type=float, default=10.0, help="seconds before a kill on stop"
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = set(names) - set(SERVICE_ORDER)

@@ -28,7 +28,8 @@ class Settings:
     log_level: str = "WARNING"
 
     # --- addresses
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/scooters"
+    # the development role and password bin/up creates (bin/_install); set your own
+    database_url: str = "postgresql://scooters:scooters@127.0.0.1:5432/scooters"
     database_replica_url: str = ""  # read-side fallback reads here when set
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = ""  # lets tests share one Redis without colliding

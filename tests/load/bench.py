@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,10 +30,20 @@ class Bench:
     pids: dict[str, int]
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (the kernel's choice), for one server of a run."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def bench_settings(command_workers: int, query_workers: int) -> Settings:
-    """Settings of one run: a private database and key prefix, quiet logs, own ports."""
+    """Settings of one run: a private database and key prefix, quiet logs, free ports
+    (so a run shares the machine with ``bin/up`` and other runs). The database server
+    and Redis come from ``SCOOTERS_DATABASE_URL`` / ``SCOOTERS_REDIS_URL``."""
     run = secrets.token_hex(3)
     base = Settings.from_env()
+    stubs_port = free_port()
     return dataclasses.replace(
         base,
         database_url=base.database_url.rsplit("/", 1)[0] + f"/scooters_bench_{run}",
@@ -40,10 +51,11 @@ def bench_settings(command_workers: int, query_workers: int) -> Settings:
         log_level="WARNING",
         command_workers=command_workers,
         query_workers=query_workers,
-        stubs_port=13629,
-        external_base_url="http://127.0.0.1:13629",
-        command_port=18000,
-        query_port=18001,
+        stubs_port=stubs_port,
+        external_base_url=f"http://127.0.0.1:{stubs_port}",
+        command_port=free_port(),
+        query_port=free_port(),
+        projector_metrics_port=free_port(),
         db_pool_max=max(base.db_pool_max, 20),
     )
 
