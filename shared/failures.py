@@ -86,8 +86,9 @@ def explain_postgres(exc: BaseException, database_url: str) -> str | None:
 def explain_redis(exc: BaseException, redis_url: str) -> str | None:
     """One line for a Redis failure with what to do, or None if ``exc`` is not one."""
     where = _where(redis_url, 6379)
-    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.ResponseError) and (
-        "auth" in str(exc).lower() or "NOAUTH" in str(exc)
+    if isinstance(exc, redis.exceptions.AuthenticationError) or (
+        isinstance(exc, redis.exceptions.ResponseError)
+        and str(exc).startswith(("NOAUTH", "WRONGPASS"))
     ):
         return f"Redis at {where} refused us ({_cause(exc)}): fix SCOOTERS_REDIS_URL's password"
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError):

@@ -18,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -56,7 +59,7 @@ from shared.views import (
     user_orders_key,
     user_summary_key,
 )
-from tests.conftest import free_port, start_process, stop_process
+from tests.conftest import ROOT, free_port, start_process, stop_process
 
 _ORDER_COLUMNS = """
     id::text, offer_id::text, user_id, scooter_id, zone_id, status, payment_status,
@@ -509,3 +512,43 @@ def _scrape(port: int, metric: str) -> float:
         if line.startswith(metric + " "):
             return float(line.split()[1])
     raise AssertionError(f"{metric} not exported on :{port}")
+
+
+async def test_redis_down_is_one_log_line_per_interval_not_per_attempt(
+    settings: Settings, pool: asyncpg.Pool, write: WriteSide
+) -> None:
+    metrics = free_port()
+    down = dataclasses.replace(
+        settings,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nobody listens there
+        projector_metrics_port=metrics,
+    )
+    order = await write.start(new_user())
+    env = dict(os.environ)
+    for f in dataclasses.fields(down):
+        env[f"SCOOTERS_{f.name.upper()}"] = str(getattr(down, f.name))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "query_api.projector"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        async def retried_a_few_times() -> bool:
+            try:
+                return _scrape(metrics, "projector_errors_total") >= 5
+            except (httpx.HTTPError, AssertionError):
+                return False
+
+        await wait_until(retried_a_few_times, timeout=30)
+    finally:
+        proc.terminate()
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=10)
+    lines = output.decode().splitlines()
+    failed = [line for line in lines if "projection failed" in line]
+    assert len(failed) == 1, lines
+    assert "cannot reach Redis at 127.0.0.1" in failed[0]
+    assert not any("Traceback" in line for line in lines), lines
+    assert await unpublished(pool, [order.id]) == 1  # nothing lost: projected once Redis is back
