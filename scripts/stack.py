@@ -222,6 +222,31 @@ def start_stack(
     return stack
 
 
+# The services that cannot start without PostgreSQL (the query API and the projector
+# live with Redis down: reads fall back to Postgres, projection retries).
+NEEDS_POSTGRES = frozenset({"command_api", "worker", "projector", "query_api"})
+
+
+def check_postgres(settings: Settings, timeout: float = 5.0) -> None:
+    """Raise :class:`shared.failures.FailureError` (one line) unless PostgreSQL accepts
+    a connection of the project's role within ``timeout`` seconds."""
+    import asyncio
+
+    import asyncpg
+
+    from shared.failures import FailureError, explain
+
+    async def connect() -> None:
+        conn = await asyncpg.connect(settings.database_url, timeout=timeout)
+        await conn.close()
+
+    try:
+        asyncio.run(connect())
+    except Exception as exc:
+        reason = explain(exc, settings.database_url, settings.redis_url)
+        raise FailureError(reason or f"PostgreSQL: {exc!r}") from None
+
+
 def preflight(settings: Settings, names: Sequence[str]) -> None:
     """Check what the named services need before starting any: their ports are free,
     PostgreSQL accepts the project's role, Redis answers. Raises
@@ -249,20 +274,8 @@ def preflight(settings: Settings, names: Sequence[str]) -> None:
         if name in ports:
             check_port_free(*ports[name])
     wanted = set(names)
-    if wanted & {"command_api", "worker", "projector", "query_api"}:
-        import asyncio
-
-        import asyncpg
-
-        async def postgres() -> None:
-            conn = await asyncpg.connect(settings.database_url, timeout=5)
-            await conn.close()
-
-        try:
-            asyncio.run(postgres())
-        except Exception as exc:
-            reason = explain(exc, settings.database_url, settings.redis_url)
-            raise FailureError(reason or f"PostgreSQL: {exc!r}") from None
+    if wanted & NEEDS_POSTGRES:
+        check_postgres(settings)
     if wanted & {"projector", "query_api"}:
         import redis
 
@@ -299,6 +312,12 @@ class Restarts:
         self.due = now + self.delay
         return self.delay
 
+    def postpone(self, now: float) -> float:
+        """Not restarted yet (what it needs is down): the next try after a longer delay."""
+        self.delay = min(self.max_delay, max(self.delay, self.first_delay) * 2)
+        self.due = now + self.delay
+        return self.delay
+
 
 def supervise(
     stack: Stack,
@@ -309,7 +328,11 @@ def supervise(
     max_delay: float = 30.0,
 ) -> None:
     """Until ``stopping`` is set: a process that exits is started again after a back-off,
-    with one log line per death and per restart; the others keep running."""
+    with one log line per death and per restart; the others keep running. A process
+    that needs PostgreSQL is not restarted while PostgreSQL is down (one line per
+    back-off interval says so), so a database outage is no crash loop of tracebacks."""
+    from shared.failures import FailureError
+
     settings = Settings.from_env(stack.env)
     by_name = {s.name: s for s in services(settings, names)}
     policy = {n: Restarts(first_delay=first_delay, max_delay=max_delay) for n in stack.procs}
@@ -324,6 +347,13 @@ def supervise(
                     f" restarting in {delay:.0f}s (restart {state.count})"
                 )
             elif state.due is not None and now >= state.due:
+                if name in NEEDS_POSTGRES:
+                    try:
+                        check_postgres(settings, timeout=2.0)
+                    except FailureError as exc:
+                        delay = state.postpone(time.monotonic())
+                        _say(f"{name} waits {delay:.0f}s more before its restart: {exc}")
+                        continue
                 state.due = None
                 state.started_at = now
                 new = stack.spawn(by_name[name])

@@ -140,6 +140,13 @@ def test_restart_backoff_doubles_to_a_cap_and_resets_after_a_stable_run() -> Non
     assert policy.count == 7
 
 
+def test_a_postponed_restart_backs_off_too() -> None:
+    policy = Restarts(first_delay=1, max_delay=8, stable_after=30, started_at=0)
+    policy.died(100.0)  # ran 100 s, then died: first delay
+    assert [policy.postpone(101.0 + i) for i in range(5)] == [2, 4, 8, 8, 8]
+    assert policy.due == 105.0 + 8
+
+
 def test_stop_summary_is_plain() -> None:
     assert _summary({"stubs": -15, "command_api": 0}) == "stopped stubs, command_api"
     assert _summary({"stubs": -15, "worker": -9, "projector": 1}) == (
