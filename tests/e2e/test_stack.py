@@ -205,3 +205,13 @@ def test_postgres_refusing_the_role_is_one_line(base_settings: Settings, run_id:
     assert code == 2
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"migrations: PostgreSQL at {server} refused user '{role}' (")
+
+
+def test_help_answers_without_setting_anything_up() -> None:
+    # no uv, no project venv on PATH: --help must not need them
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    code, lines = _run(["bin/up", "--help"], env)
+    assert code == 0
+    assert lines[0].startswith("usage: bin/up")
+    assert not [x for x in lines if x.startswith("install:")]
+    assert any("--only" in x for x in lines)
