@@ -59,7 +59,7 @@ from shared.views import (
     user_orders_key,
     user_summary_key,
 )
-from tests.conftest import ROOT, free_port, start_process, stop_process
+from tests.conftest import ROOT, free_port, start_process, stop_process, wait_http
 
 _ORDER_COLUMNS = """
     id::text, offer_id::text, user_id, scooter_id, zone_id, status, payment_status,
@@ -422,7 +422,12 @@ async def test_killed_projector_catches_up_after_restart(
 
 
 async def test_projector_exits_cleanly_on_sigterm(settings: Settings) -> None:
-    proc = start_process("query_api.projector", settings)
+    metrics = free_port()
+    proc = start_process(
+        "query_api.projector", dataclasses.replace(settings, projector_metrics_port=metrics)
+    )
+    # past its imports (seconds on a busy machine) once /metrics answers; then running
+    await asyncio.to_thread(wait_http, f"http://127.0.0.1:{metrics}/metrics", 60.0, proc)
     await asyncio.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 10) == 0
