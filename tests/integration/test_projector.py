@@ -468,9 +468,14 @@ async def test_projection_lag_under_light_load(
 ) -> None:
     """~100 events/s for 3 s; lag = outbox commit → published_at (after Redis wrote)."""
     await drain(pool, redis, settings)
-    proc = start_process("query_api.projector", settings)
+    metrics = free_port()
+    proc = start_process(
+        "query_api.projector", dataclasses.replace(settings, projector_metrics_port=metrics)
+    )
     try:
-        await asyncio.sleep(1.0)  # started and listening
+        # past its imports (seconds on a busy machine) once /metrics answers; then listening
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{metrics}/metrics", 60.0, proc)
+        await asyncio.sleep(1.0)
         ids = []
         for _ in range(300):
             ids.append((await write.start(new_user())).id)
