@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from shared.failures import explained_exit
+from shared.infra.failures import explained_exit
 from shared.settings import Settings, get_settings
 
 SQL_DIR = Path(__file__).with_name("sql")
@@ -46,8 +46,8 @@ async def ensure_database(dsn: str) -> None:
 async def migrate(settings: Settings | None = None) -> list[str]:
     """Apply pending migrations and the partition settings; returns the files applied."""
     settings = settings or get_settings()
-    await ensure_database(settings.database_url)
-    conn = await asyncpg.connect(settings.database_url)
+    await ensure_database(settings.db.url)
+    conn = await asyncpg.connect(settings.db.url)
     applied: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
@@ -86,8 +86,8 @@ async def configure_partitions(conn: Connection, settings: Settings) -> None:
         " retention_schema = 'archive', retention_keep_table = true,"
         " infinite_time_partitions = true"
         " WHERE parent_table = 'public.orders'",
-        settings.partition_premake_days,
-        f"{settings.hot_days} days",
+        settings.maintenance.partition_premake_days,
+        f"{settings.maintenance.hot_days} days",
     )
     await conn.execute("SELECT partman.run_maintenance('public.orders')")
 
@@ -95,7 +95,7 @@ async def configure_partitions(conn: Connection, settings: Settings) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     settings = get_settings()
-    with explained_exit("migrations", settings.database_url, settings.redis_url):
+    with explained_exit("migrations", settings.db.url, settings.redis.url):
         applied = asyncio.run(migrate(settings))
     print(f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else ""))
 

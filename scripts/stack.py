@@ -24,13 +24,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: ``python scripts/stack.py``
     sys.path.insert(0, str(ROOT))
 
 from shared.settings import Settings  # noqa: E402
+
+if TYPE_CHECKING:
+    from stubs import StubSettings
 
 # Start order; stop order is the reverse. The stubs come first because the command
 # API prices offers against them from its first request.
@@ -60,18 +63,29 @@ def _local(host: str) -> str:
     return "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
 
 
-def services(settings: Settings, names: Iterable[str] = SERVICE_ORDER) -> list[Service]:
+def _stub_settings(env: Mapping[str, str] | None = None) -> StubSettings:
+    """The stubs' address settings (imported here: ``stubs`` pulls in the web framework,
+    which ``--help`` must not need)."""
+    from stubs import StubSettings
+
+    return StubSettings.from_env(env)
+
+
+def services(
+    settings: Settings, stub: StubSettings, names: Iterable[str] = SERVICE_ORDER
+) -> list[Service]:
     """The services named in ``names``, in start order, with their health URLs."""
     wanted = set(names)
     unknown = wanted - set(SERVICE_ORDER)
     if unknown:
         raise StackError(f"unknown service(s): {', '.join(sorted(unknown))}")
+    serving = settings.serving
     health = {
-        "stubs": f"http://{_local(settings.stubs_host)}:{settings.stubs_port}/health/live",
+        "stubs": f"http://{_local(stub.host)}:{stub.port}/health/live",
         "command_api": (
-            f"http://{_local(settings.command_host)}:{settings.command_port}/health/live"
+            f"http://{_local(serving.command_host)}:{serving.command_port}/health/live"
         ),
-        "query_api": f"http://{_local(settings.query_host)}:{settings.query_port}/health/live",
+        "query_api": f"http://{_local(serving.query_host)}:{serving.query_port}/health/live",
     }
     return [Service(n, MODULES[n], health.get(n)) for n in SERVICE_ORDER if n in wanted]
 
@@ -200,7 +214,7 @@ def start_stack(
     settings = Settings.from_env(child_env)
     stack = Stack(env=child_env, output=output if output is not None else sys.stdout)
     try:
-        for service in services(settings, names):
+        for service in services(settings, _stub_settings(child_env), names):
             proc = stack.spawn(service)
             if service.health_url is not None:
                 try:
@@ -228,45 +242,46 @@ NEEDS_POSTGRES = frozenset({"command_api", "worker", "projector", "query_api"})
 
 
 def check_postgres(settings: Settings, timeout: float = 5.0) -> None:
-    """Raise :class:`shared.failures.FailureError` (one line) unless PostgreSQL accepts
+    """Raise :class:`shared.infra.failures.FailureError` (one line) unless PostgreSQL accepts
     a connection of the project's role within ``timeout`` seconds."""
     import asyncio
 
     import asyncpg
 
-    from shared.failures import FailureError, explain
+    from shared.infra.failures import FailureError, explain
 
     async def connect() -> None:
-        conn = await asyncpg.connect(settings.database_url, timeout=timeout)
+        conn = await asyncpg.connect(settings.db.url, timeout=timeout)
         await conn.close()
 
     try:
         asyncio.run(connect())
     except Exception as exc:
-        reason = explain(exc, settings.database_url, settings.redis_url)
+        reason = explain(exc, settings.db.url, settings.redis.url)
         raise FailureError(reason or f"PostgreSQL: {exc!r}") from None
 
 
-def preflight(settings: Settings, names: Sequence[str]) -> None:
+def preflight(settings: Settings, stub: StubSettings, names: Sequence[str]) -> None:
     """Check what the named services need before starting any: their ports are free,
     PostgreSQL accepts the project's role, Redis answers. Raises
-    :class:`shared.failures.FailureError` with one line saying what to do."""
-    from shared.failures import FailureError, check_port_free, explain
+    :class:`shared.infra.failures.FailureError` with one line saying what to do."""
+    from shared.infra.failures import FailureError, check_port_free, explain
 
+    serving = settings.serving
     ports = {
-        "stubs": (settings.stubs_host, settings.stubs_port, "stubs", "SCOOTERS_STUBS_PORT"),
+        "stubs": (stub.host, stub.port, "stubs", "SCOOTERS_STUBS_PORT"),
         "command_api": (
-            settings.command_host,
-            settings.command_port,
+            serving.command_host,
+            serving.command_port,
             "command API",
             "SCOOTERS_COMMAND_PORT",
         ),
-        "query_api": (settings.query_host, settings.query_port, "query API", "SCOOTERS_QUERY_PORT"),
+        "query_api": (serving.query_host, serving.query_port, "query API", "SCOOTERS_QUERY_PORT"),
     }
-    if settings.projector_metrics_port:
+    if settings.read.projector_metrics_port:
         ports["projector"] = (
-            settings.query_host,
-            settings.projector_metrics_port,
+            serving.query_host,
+            settings.read.projector_metrics_port,
             "projector /metrics",
             "SCOOTERS_PROJECTOR_METRICS_PORT (0 turns it off)",
         )
@@ -279,11 +294,11 @@ def preflight(settings: Settings, names: Sequence[str]) -> None:
     if wanted & {"projector", "query_api"}:
         import redis
 
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        client = redis.Redis.from_url(settings.redis.url, socket_connect_timeout=5)
         try:
             client.ping()
         except Exception as exc:
-            reason = explain(exc, settings.database_url, settings.redis_url)
+            reason = explain(exc, settings.db.url, settings.redis.url)
             raise FailureError(reason or f"Redis: {exc!r}") from None
         finally:
             client.close()
@@ -331,10 +346,10 @@ def supervise(
     with one log line per death and per restart; the others keep running. A process
     that needs PostgreSQL is not restarted while PostgreSQL is down (one line per
     back-off interval says so), so a database outage is no crash loop of tracebacks."""
-    from shared.failures import FailureError
+    from shared.infra.failures import FailureError
 
     settings = Settings.from_env(stack.env)
-    by_name = {s.name: s for s in services(settings, names)}
+    by_name = {s.name: s for s in services(settings, _stub_settings(stack.env), names)}
     policy = {n: Restarts(first_delay=first_delay, max_delay=max_delay) for n in stack.procs}
     while not stopping.is_set():
         now = time.monotonic()
@@ -377,7 +392,7 @@ def _summary(codes: Mapping[str, int]) -> str:
 def run(names: Sequence[str], *, health_timeout: float, stop_timeout: float) -> int:
     """Run the stack in the foreground, restarting what dies, until SIGINT/SIGTERM (exit 0).
     Exit 1 when it cannot start."""
-    from shared.failures import FailureError
+    from shared.infra.failures import FailureError
 
     stopping = threading.Event()
 
@@ -387,7 +402,7 @@ def run(names: Sequence[str], *, health_timeout: float, stop_timeout: float) -> 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        preflight(Settings.from_env(), names)
+        preflight(Settings.from_env(), _stub_settings(), names)
     except FailureError as exc:
         _say(str(exc))
         return 1

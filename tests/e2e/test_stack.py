@@ -7,7 +7,6 @@ does not exist).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import signal
@@ -23,34 +22,27 @@ import httpx
 import pytest
 
 from shared.settings import Settings
+from stubs import StubSettings
 from tests.conftest import ADMIN_DSN, ROOT, free_port
 
 STACK = [sys.executable, "scripts/stack.py"]
 
 
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    for f in dataclasses.fields(settings):
-        env[f"SCOOTERS_{f.name.upper()}"] = str(getattr(settings, f.name))
-    env.update(extra)
-    return env
+def _env(settings: Settings, stub: StubSettings | None = None) -> dict[str, str]:
+    return {**os.environ, **settings.to_env(), **(stub or StubSettings()).to_env()}
 
 
 @pytest.fixture
-def stack_settings(base_settings: Settings, database: str) -> Settings:
+def stack_settings(base_settings: Settings, database: str) -> tuple[Settings, StubSettings]:
     """The whole system on free ports, with a small stub data set (starts faster)."""
-    stubs = free_port()
-    return dataclasses.replace(
-        base_settings,
-        stubs_port=stubs,
-        external_base_url=f"http://127.0.0.1:{stubs}",
-        command_port=free_port(),
-        query_port=free_port(),
-        projector_metrics_port=free_port(),
-        stub_users=2_000,
-        stub_scooters=200,
-        log_level="WARNING",
+    stub = StubSettings(port=free_port(), users=2_000, scooters=200)
+    settings = base_settings.replace(
+        external={"base_url": f"http://127.0.0.1:{stub.port}"},
+        serving={"command_port": free_port(), "query_port": free_port()},
+        read={"projector_metrics_port": free_port()},
+        runtime={"log_level": "WARNING"},
     )
+    return settings, stub
 
 
 def _alive(pid: int) -> bool:
@@ -63,13 +55,13 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def running(
-    settings: Settings, log: Path
+    settings: Settings, stub: StubSettings, log: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int]]]:
     """``scripts/stack.py`` running until it printed its 'running' line; yields the
     process and the children's pids. Stopped with SIGINT (Ctrl-C) at the end."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            STACK, cwd=ROOT, env=_env(settings), stdout=out, stderr=subprocess.STDOUT
+            STACK, cwd=ROOT, env=_env(settings, stub), stdout=out, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + 180
@@ -98,16 +90,16 @@ def _status(url: str) -> int:
 
 
 def test_a_killed_process_comes_back_while_the_others_keep_serving(
-    stack_settings: Settings, tmp_path: Path
+    stack_settings: tuple[Settings, StubSettings], tmp_path: Path
 ) -> None:
-    s = stack_settings
-    command = f"http://127.0.0.1:{s.command_port}/health/live"
+    s, stub = stack_settings
+    command = f"http://127.0.0.1:{s.serving.command_port}/health/live"
     others = {
-        "query_api": f"http://127.0.0.1:{s.query_port}/health/live",
-        "stubs": f"http://127.0.0.1:{s.stubs_port}/health/live",
+        "query_api": f"http://127.0.0.1:{s.serving.query_port}/health/live",
+        "stubs": f"http://127.0.0.1:{stub.port}/health/live",
     }
     log = tmp_path / "stack.log"
-    with running(s, log) as (proc, pids):
+    with running(s, stub, log) as (proc, pids):
         assert set(pids) == {"stubs", "command_api", "worker", "projector", "query_api"}
         assert _status(command) == 200
         os.kill(pids["command_api"], signal.SIGKILL)
@@ -121,7 +113,7 @@ def test_a_killed_process_comes_back_while_the_others_keep_serving(
         assert set(answers) == {200}  # the others answered all along
         # a real command through the restarted process
         offer = httpx.post(
-            f"http://127.0.0.1:{s.command_port}/offers",
+            f"http://127.0.0.1:{s.serving.command_port}/offers",
             json={"user_id": "user-1", "scooter_id": "scooter-1"},
             timeout=10,
         )
@@ -158,8 +150,9 @@ def test_port_in_use_is_one_line(base_settings: Settings) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        settings = dataclasses.replace(base_settings, stubs_port=port)
-        code, lines = _run([*STACK, "--only", "stubs"], _env(settings))
+        code, lines = _run(
+            [*STACK, "--only", "stubs"], _env(base_settings, StubSettings(port=port))
+        )
     assert code == 1
     assert lines == [
         f"stack: port {port} on 127.0.0.1 (stubs) is already in use, perhaps by another"
@@ -169,8 +162,8 @@ def test_port_in_use_is_one_line(base_settings: Settings) -> None:
 
 def test_redis_down_is_one_line(base_settings: Settings, database: str) -> None:
     port = free_port()
-    settings = dataclasses.replace(
-        base_settings, query_port=free_port(), redis_url=f"redis://127.0.0.1:{port}/0"
+    settings = base_settings.replace(
+        serving={"query_port": free_port()}, redis={"url": f"redis://127.0.0.1:{port}/0"}
     )
     code, lines = _run([*STACK, "--only", "query_api"], _env(settings))
     assert code == 1
@@ -181,8 +174,8 @@ def test_redis_down_is_one_line(base_settings: Settings, database: str) -> None:
 
 def test_postgres_unreachable_is_one_line(base_settings: Settings) -> None:
     port = free_port()
-    settings = dataclasses.replace(
-        base_settings, database_url=f"postgresql://scooters:x@127.0.0.1:{port}/scooters"
+    settings = base_settings.replace(
+        db={"url": f"postgresql://scooters:x@127.0.0.1:{port}/scooters"}
     )
     for args, prefix in (
         ([sys.executable, "-m", "migrations"], "migrations"),
@@ -198,9 +191,7 @@ def test_postgres_unreachable_is_one_line(base_settings: Settings) -> None:
 def test_postgres_refusing_the_role_is_one_line(base_settings: Settings, run_id: str) -> None:
     server = ADMIN_DSN.rsplit("/", 1)[0].split("@", 1)[1]
     role = f"nobody_{run_id}"
-    settings = dataclasses.replace(
-        base_settings, database_url=f"postgresql://{role}:wrong@{server}/scooters"
-    )
+    settings = base_settings.replace(db={"url": f"postgresql://{role}:wrong@{server}/scooters"})
     code, lines = _run([sys.executable, "-m", "migrations"], _env(settings))
     assert code == 2
     assert len(lines) == 1, lines

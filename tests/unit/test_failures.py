@@ -10,7 +10,7 @@ import pytest
 import redis.exceptions
 
 from scripts.stack import Restarts, _summary
-from shared.failures import (
+from shared.infra.failures import (
     FailureError,
     RetryLog,
     check_port_free,
