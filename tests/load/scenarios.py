@@ -94,7 +94,7 @@ async def sign_in(settings: Settings, riders: list[str], concurrency: int = 16) 
 
     Called before the measured window: the APIs verify every request inside it.
     """
-    pool = Pool("127.0.0.1", bench_stub_settings().port)
+    pool = Pool("127.0.0.1", bench_stub_settings(settings).port)
     headers: dict[str, str] = {}
     todo = deque(riders)
 
@@ -141,7 +141,7 @@ async def ride_context(
     """``riders`` signed-in riders and all scooters, connections to both APIs, the finish
     body for Z. Riders are reused in turn (one ride at a time each), so ``riders`` must
     exceed the rides in flight."""
-    pool, scooters = riders_and_scooters(bench_stub_settings(), riders)
+    pool, scooters = riders_and_scooters(bench_stub_settings(settings), riders)
     return RideContext(
         settings=settings,
         command=Pool("127.0.0.1", settings.serving.command_port),
