@@ -27,6 +27,7 @@ from query_api.projection import RedisClient, Write
 from query_api.stores import connect_redis
 from shared.db import create_pool
 from shared.events import Event, event_decoder
+from shared.lifecycle import is_riding
 from shared.settings import Settings, get_settings
 from shared.views import created_at_ms, order_view_of, summary_view_of
 
@@ -56,7 +57,7 @@ def writes_for(event: Event, settings: Settings, now: datetime) -> list[Write]:
     order = order_view_of(event.order)
     ttl = (
         0
-        if order.status == "active"
+        if is_riding(order.status)
         else projection.finished_ttl(
             order.finished_at, now, settings.finished_view_ttl_seconds, _LATE_TTL_FLOOR
         )
