@@ -33,7 +33,8 @@ class OrderView(OrderFields, frozen=True, kw_only=True):
     schema: int = VIEW_SCHEMA
 
 
-_ORDER_VIEW_FIELDS = tuple(f for f in OrderView.__struct_fields__ if f != "schema")
+# the stored order's fields a view leaves out (the view is derived by name, not spelled)
+_NOT_IN_VIEW = tuple(f for f in Order.__struct_fields__ if f not in OrderView.__struct_fields__)
 
 
 class UserSummaryView(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,7 +56,10 @@ summary_view_decoder = msgspec.msgpack.Decoder(UserSummaryView)
 
 def order_view_of(order: Order) -> OrderView:
     """The order view of a stored order (an event's snapshot): its fields, by name."""
-    return OrderView(**{name: getattr(order, name) for name in _ORDER_VIEW_FIELDS})
+    fields = msgspec.structs.asdict(order)
+    for name in _NOT_IN_VIEW:
+        del fields[name]
+    return OrderView(**fields)
 
 
 def summary_view_of(summary: UserSummarySnapshot) -> UserSummaryView:
