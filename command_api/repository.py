@@ -13,9 +13,9 @@ from shared.domain import NewOrder, Order
 from shared.lifecycle import (
     ACTIVATE,
     DEBT_ALLOWED,
-    OperationState,
     REJECT,
     FinishDecision,
+    OperationState,
     SettleDecision,
 )
 

@@ -87,7 +87,7 @@ async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer
         price_unlock=price.price_unlock,
         deposit=price.deposit,
         created_at=now,
-        expires_at=now + timedelta(seconds=deps.settings.offer_ttl_seconds),
+        expires_at=now + timedelta(seconds=deps.settings.offers.ttl_seconds),
         inputs=PricingInputs(
             charge=scooter.charge,
             zone_price_per_minute=zone.value.price_per_minute,
@@ -153,8 +153,8 @@ async def start_ride(deps: Deps, offer: Offer) -> Order:
                 conn,
                 order,
                 offer.expires_at,
-                settings.max_active_rides_per_user,
-                settings.stuck_hold_seconds,
+                settings.rides.max_active_per_user,
+                settings.payments.stuck_hold_seconds,
             )
     except repo.Refused as refused:
         raise refusal_error(
@@ -162,7 +162,7 @@ async def start_ride(deps: Deps, offer: Offer) -> Order:
             offer_id=offer.id,
             scooter_id=offer.scooter_id,
             user_id=offer.user_id,
-            max_rides=settings.max_active_rides_per_user,
+            max_rides=settings.rides.max_active_per_user,
         ) from None
     try:
         await deps.services.hold(offer.user_id, str(order_id), offer.deposit)
@@ -200,8 +200,8 @@ async def finish_ride(
     ends it and charges; the others return the stored result.
     """
     settings = deps.settings
-    if len(track) > settings.track_max_points:
-        raise TrackTooLong(f"a track has at most {settings.track_max_points} points")
+    if len(track) > settings.rides.track_max_points:
+        raise TrackTooLong(f"a track has at most {settings.rides.track_max_points} points")
     created_at = created_at_of(order_id)
     async with deps.pool.acquire() as conn:
         order = await repo.get_order(conn, order_id, created_at)
@@ -225,7 +225,7 @@ async def finish_ride(
             decision,
             track_distance_meters(track),
             repo.encode_json(track) if track else None,
-            settings.payment_timeout_seconds * 2,
+            settings.external.payment_timeout_seconds * 2,
         )
         if ended is None:  # a concurrent finish ended it first: answer its result
             stored = await repo.get_order(conn, order_id, created_at)

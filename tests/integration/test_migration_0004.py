@@ -3,7 +3,6 @@ new ride steps work on them, and the schema ends up the same as a fresh one's.""
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import uuid
 from collections.abc import Callable
@@ -29,7 +28,7 @@ async def test_0004_upgrades_a_database_with_rides(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    old = dataclasses.replace(base_settings, database_url=fresh_db("upgrade"))
+    old = base_settings.replace(db={"url": fresh_db("upgrade")})
     for path in sorted(runner.SQL_DIR.glob("000[123]_*.sql")):
         shutil.copy(path, tmp_path / path.name)
     with monkeypatch.context() as patch:
@@ -38,7 +37,7 @@ async def test_0004_upgrades_a_database_with_rides(
 
     order_id = uuid7()
     created_at = created_at_of(order_id)
-    conn = await asyncpg.connect(old.database_url)
+    conn = await asyncpg.connect(old.db.url)
     try:  # a ride started and activated by the 0003 functions
         await conn.execute(
             "SELECT start_ride($1, $2, $3, $4, 'u-old', 's-old', 'z', 24, 45, 300, 5, '{}', 1, 60)",
@@ -53,7 +52,7 @@ async def test_0004_upgrades_a_database_with_rides(
 
     assert await runner.migrate(old) == [n for n in all_migrations() if n[:4] > "0003"]
 
-    conn = await asyncpg.connect(old.database_url)
+    conn = await asyncpg.connect(old.db.url)
     try:
         order = await repo.get_order(conn, order_id, created_at)
         assert order is not None
@@ -73,6 +72,6 @@ async def test_0004_upgrades_a_database_with_rides(
     finally:
         await conn.close()
 
-    fresh = dataclasses.replace(base_settings, database_url=fresh_db("fresh"))
+    fresh = base_settings.replace(db={"url": fresh_db("fresh")})
     await runner.migrate(fresh)
-    assert await schema_dump(old.database_url) == await schema_dump(fresh.database_url)
+    assert await schema_dump(old.db.url) == await schema_dump(fresh.db.url)
