@@ -172,10 +172,10 @@ async def start_ride(deps: Deps, offer: Offer) -> Order:
             "payments", f"could not hold the deposit: {exc.reason}"
         ) from exc
     async with deps.pool.acquire() as conn:
-        snapshot = await repo.activate_ride(conn, order_id, created_at, utcnow())
-    if snapshot is None:  # the worker undid this start while the hold was slow
+        started = await repo.activate_ride(conn, order_id, created_at, utcnow())
+    if started is None:  # the worker undid this start while the hold was slow
         raise DependencyUnavailable("payments", "holding the deposit took too long")
-    return snapshot
+    return started
 
 
 async def reject_start(
