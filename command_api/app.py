@@ -23,9 +23,8 @@ from command_api.composition import open_deps
 from command_api.idempotency import run_once
 from command_api.rate_limit import OfferRateLimit
 from command_api.rate_limit import connect as connect_redis
-from shared.domain import TrackPoint
+from shared.domain import Order, TrackPoint
 from shared.errors import OrderNotFound
-from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
 from shared.infra.auth import (
     TokenVerifier,
@@ -105,13 +104,13 @@ async def _idempotent(
     pool: asyncpg.Pool,
     scope: str,
     key: str | None,
-    run: Callable[[], Awaitable[tuple[int, OrderSnapshot]]],
+    run: Callable[[], Awaitable[tuple[int, Order]]],
 ) -> Response[bytes]:
-    """Answer ``run()`` (status, snapshot), once per Idempotency-Key when one is given."""
+    """Answer ``run()`` (status, order), once per Idempotency-Key when one is given."""
 
     async def execute() -> tuple[int, bytes]:
-        status, snapshot = await run()
-        return status, _encoder.encode(snapshot)
+        status, order = await run()
+        return status, _encoder.encode(order)
 
     if key is None:
         status, body = await execute()
@@ -132,7 +131,7 @@ async def start_order(
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
     principal.require_rider(offer.user_id)  # another rider's offer: 403
 
-    async def run() -> tuple[int, OrderSnapshot]:
+    async def run() -> tuple[int, Order]:
         return 201, await rides.start_ride(deps, offer)
 
     return await _idempotent(request, deps.pool, f"start:{offer.user_id}", idempotency_key, run)
@@ -151,7 +150,7 @@ async def finish_order(
         raise OrderNotFound(f"no ride {order_id}")
     actor = principal_of(request.user)  # the ride's rider, or support (a force-end)
 
-    async def run() -> tuple[int, OrderSnapshot]:
+    async def run() -> tuple[int, Order]:
         return 200, await rides.finish_ride(deps, parsed, data.track, actor)
 
     # the key's scope names the caller: a replay never answers someone else's finish
