@@ -140,15 +140,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         redis = connect_redis(settings)
         db = await connect_postgres(settings)
+        replica = await connect_postgres(settings, replica=True)
         with contextlib.suppress(*REDIS_DOWN):  # else loaded on NOSCRIPT when Redis is back
             await projection.load_scripts(redis)
-        app.state.redis, app.state.db = redis, db
-        app.state.reads = Reads(settings, redis, db)
+        app.state.redis, app.state.db = redis, replica or db
+        app.state.reads = Reads(settings, redis, db, replica)
         try:
             yield
         finally:
             await redis.aclose()
             await db.close()
+            if replica is not None:
+                await replica.close()
 
     handlers: list[Any] = [
         get_order,

@@ -142,7 +142,8 @@ async def load_scripts(redis: RedisClient) -> None:
 
 
 async def apply(redis: RedisClient, writes: Sequence[Write]) -> list[int]:
-    """Run ``writes`` in one pipeline (no MULTI: each script is atomic on its own).
+    """Run ``writes`` in one pipeline (no MULTI: each script is atomic on its own); on
+    a cluster, one pipeline per node, sent concurrently.
 
     Every write is idempotent, so the whole batch is simply run again after the
     scripts were reloaded.
@@ -152,7 +153,11 @@ async def apply(redis: RedisClient, writes: Sequence[Write]) -> list[int]:
     for attempt in (1, 2):
         pipe = redis.pipeline(transaction=False)
         for write in writes:
-            pipe.evalsha(_SCRIPTS[write.script], len(write.keys), *write.keys, *write.args)
+            # execute_command, not pipe.evalsha, which redis-py refuses in a cluster
+            # pipeline; each script touches one key, so the cluster routes it by that key
+            pipe.execute_command(
+                "EVALSHA", _SCRIPTS[write.script], len(write.keys), *write.keys, *write.args
+            )
         try:
             results = await pipe.execute()
         except NoScriptError:

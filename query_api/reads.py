@@ -2,8 +2,10 @@
 
 A miss is refilled through the same versioned script the projector uses, so a refill
 racing with the projector can never overwrite a newer view. A refilled view that is
-not done yet gets ``refill_ttl_seconds``: when the fallback reads a lagging replica,
-a stale refill lives that long at most.
+not done yet gets ``refill_ttl_seconds``. With a replica configured, every Postgres read
+goes through :class:`~query_api.replica.ReadRouter`, which sends it to the primary while
+the replica has not replayed what the primary had when the read began (ADR 0007), so a
+refill is never older than what a screen already showed.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar, cast
 
@@ -21,6 +23,7 @@ import msgspec
 from query_api import projection, repository
 from query_api.metrics import CACHE_HITS, CACHE_MISSES, FALLBACKS
 from query_api.projection import RedisClient, Write
+from query_api.replica import ReadRouter
 from query_api.screens import moment_of_ms
 from query_api.stores import POSTGRES_DOWN, RedisGate, RedisUnavailable, SingleFlight
 from shared.errors import DependencyUnavailable
@@ -50,11 +53,23 @@ class UserOrders(msgspec.Struct, frozen=True):
 
 
 class Reads:
-    def __init__(self, settings: Settings, redis: RedisClient, db: asyncpg.Pool) -> None:
+    """The read model of the query API.
+
+    ``db`` is the primary's pool; ``replica`` (optional) a hot standby's, read when it
+    is current (ADR 0007). Postgres down raises ``DependencyUnavailable`` (503).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: RedisClient,
+        db: asyncpg.Pool,
+        replica: asyncpg.Pool | None = None,
+    ) -> None:
         self._settings = settings
         self._prefix = settings.redis_key_prefix
         self._redis = redis
-        self._db = db
+        self.router = ReadRouter(db, replica, settings.replica_max_wait_seconds)
         self.gate = RedisGate(settings.redis_retry_seconds)
         self._flights = SingleFlight()
 
@@ -76,7 +91,7 @@ class Reads:
 
     async def _refill_order(self, order_id: uuid.UUID) -> OrderView | None:
         FALLBACKS.labels("order").inc()
-        view = await self._query(repository.order_by_id(self._db, order_id))
+        view = await self._query(lambda db: repository.order_by_id(db, order_id))
         if view is not None:
             await self._write([self._put_order(view)])
         return view
@@ -103,7 +118,7 @@ class Reads:
 
     async def _refill_summary(self, user_id: str) -> UserSummaryView | None:
         FALLBACKS.labels("summary").inc()
-        view = await self._query(repository.summary(self._db, user_id))
+        view = await self._query(lambda db: repository.summary(db, user_id))
         if view is not None:
             await self._write([projection.put_summary(self._prefix, view)])
         return view
@@ -137,7 +152,7 @@ class Reads:
             before = (datetime.max.replace(tzinfo=UTC), repository.MAX_UUID)
         else:
             before = (moment_of_ms(after[0]), uuid.UUID(after[1]))
-        rows = await self._query(repository.user_page(self._db, user_id, before, need + 1))
+        rows = await self._query(lambda db: repository.user_page(db, user_id, before, need + 1))
         items = head + rows[:need]
         more = len(rows) > need
         return UserOrders(items, _entry(items[-1]) if more and items else None)
@@ -162,7 +177,7 @@ class Reads:
     async def _refill_recent(self, user_id: str) -> dict[str, int]:
         FALLBACKS.labels("history").inc()
         keep = self._settings.user_recent_orders
-        rows = await self._query(repository.user_recent(self._db, user_id, keep))
+        rows = await self._query(lambda db: repository.user_recent(db, user_id, keep))
         found = {oid: created_at_ms(at) for oid, at in rows}
         if found:
             await self._write(
@@ -195,7 +210,7 @@ class Reads:
         if missing:
             CACHE_MISSES.labels("order").inc(len(missing))
             FALLBACKS.labels("order").inc()
-            loaded = await self._query(repository.orders_by_ids(self._db, missing))
+            loaded = await self._query(lambda db: repository.orders_by_ids(db, missing))
             await self._write([self._put_order(v) for v in loaded.values()])
             found.update(loaded)
         return [found[oid] for oid in ids if oid in found]
@@ -238,9 +253,9 @@ class Reads:
         except RedisUnavailable:
             log.info("Redis is down; %d refills skipped", len(writes))
 
-    async def _query(self, query: Awaitable[R]) -> R:
+    async def _query(self, query: Callable[[asyncpg.Pool], Awaitable[R]]) -> R:
         try:
-            return await query
+            return await query(await self.router.pool())
         except POSTGRES_DOWN as exc:
             raise DependencyUnavailable("postgres") from exc
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import asyncpg
 from redis import exceptions as redis_errors
@@ -78,9 +78,25 @@ def connect_redis(settings: Settings, timeout: float | None = None) -> RedisClie
     )
 
 
-async def connect_postgres(settings: Settings, max_size: int | None = None) -> asyncpg.Pool:
-    """The pool the read side queries: the replica when one is configured."""
-    dsn = settings.database_replica_url or settings.database_url
+@overload
+async def connect_postgres(
+    settings: Settings, max_size: int | None = None, *, replica: Literal[False] = False
+) -> asyncpg.Pool: ...
+@overload
+async def connect_postgres(
+    settings: Settings, max_size: int | None = None, *, replica: Literal[True]
+) -> asyncpg.Pool | None: ...
+
+
+async def connect_postgres(
+    settings: Settings, max_size: int | None = None, *, replica: bool = False
+) -> asyncpg.Pool | None:
+    """A pool to the primary (``database_url``), or with ``replica=True`` to the hot
+    standby (``database_replica_url``; None when not set). Which one answers a read is
+    :class:`query_api.replica.ReadRouter`'s choice (ADR 0007)."""
+    dsn = settings.database_replica_url if replica else settings.database_url
+    if not dsn:
+        return None
     pool = await create_pool(
         dsn,
         min_size=1,

@@ -29,7 +29,7 @@ class Settings:
 
     # --- addresses
     database_url: str = "postgresql://postgres@127.0.0.1:5432/scooters"
-    database_replica_url: str = ""  # read-side fallback reads here when set
+    database_replica_url: str = ""  # read-side fallback reads here when current (ADR 0007)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = ""  # lets tests share one Redis without colliding
     external_base_url: str = "http://127.0.0.1:3629"  # scooters/zones/users/configs/payments
@@ -99,6 +99,7 @@ class Settings:
     redis_timeout_seconds: float = 0.25  # a slower Redis counts as down for a while
     redis_max_connections: int = 1_000  # per process (redis-py's default is 100)
     redis_retry_seconds: float = 1.0  # after a Redis failure, read Postgres this long
+    replica_max_wait_seconds: float = 0.05  # a replica further behind: read the primary
     refill_ttl_seconds: int = 300  # TTL of a view refilled from Postgres that isn't done
     projector_batch_size: int = 500
     projector_poll_seconds: float = 1.0  # fallback when a NOTIFY is missed
