@@ -141,6 +141,15 @@ async def load_scripts(redis: RedisClient) -> None:
         assert sha == _SCRIPTS[name]
 
 
+async def forget_topology(redis: RedisClient) -> None:
+    """After a connection error, make a cluster client ask the live nodes for the slot
+    map on its next call. redis-py does so itself for single commands, but a pipeline
+    that fails without retries leaves the client pointing at a dead master forever
+    (a failover would never be noticed by the projector)."""
+    if isinstance(redis, RedisCluster):
+        await redis.aclose()
+
+
 async def apply(redis: RedisClient, writes: Sequence[Write]) -> list[int]:
     """Run ``writes`` in one pipeline (no MULTI: each script is atomic on its own); on
     a cluster, one pipeline per node, sent concurrently.
@@ -160,6 +169,9 @@ async def apply(redis: RedisClient, writes: Sequence[Write]) -> list[int]:
             )
         try:
             results = await pipe.execute()
+        except RedisCluster.ERRORS_ALLOW_RETRY:
+            await forget_topology(redis)
+            raise
         except NoScriptError:
             if attempt == 2:
                 raise

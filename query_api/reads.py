@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar, cast
@@ -52,6 +53,38 @@ class UserOrders(msgspec.Struct, frozen=True):
     next_entry: Entry | None  # where the next page starts, None on the last page
 
 
+class ServedVersions:
+    """The versions this process last served from Postgres, per Redis key (bounded, LRU).
+
+    A Redis view older than one of them is stale and is read again (ADR 0007): this
+    happens when Redis could not take the refill (down, or a master failed over before
+    replicating it) and the projector has not caught up yet. Without it a screen shown
+    from Postgres during a Redis outage would go back in time when Redis answers again.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._versions: OrderedDict[str, int] = OrderedDict()
+
+    def note(self, key: str, version: int) -> None:
+        self._versions[key] = max(version, self._versions.get(key, version))
+        self._versions.move_to_end(key)
+        if len(self._versions) > self._size:
+            self._versions.popitem(last=False)
+
+    def stale(self, key: str, version: int) -> bool:
+        """Whether a Redis view at ``version`` is older than what this process served."""
+        if not self._versions:  # the usual case: one truth test on the hot path
+            return False
+        served = self._versions.get(key)
+        if served is None:
+            return False
+        if version >= served:
+            del self._versions[key]  # Redis has caught up with it
+            return False
+        return True
+
+
 class Reads:
     """The read model of the query API.
 
@@ -72,6 +105,7 @@ class Reads:
         self.router = ReadRouter(db, replica, settings.replica_max_wait_seconds)
         self.gate = RedisGate(settings.redis_retry_seconds)
         self._flights = SingleFlight()
+        self._served = ServedVersions()
 
     # --- one order ----------------------------------------------------------------------
 
@@ -83,7 +117,7 @@ class Reads:
         except RedisUnavailable:
             raw = None
         view = _decode_order(raw)
-        if view is not None:
+        if view is not None and not self._served.stale(key, view.version):
             _ORDER_HITS.inc()
             return view
         _ORDER_MISSES.inc()
@@ -93,6 +127,7 @@ class Reads:
         FALLBACKS.labels("order").inc()
         view = await self._query(lambda db: repository.order_by_id(db, order_id))
         if view is not None:
+            self._served.note(order_key(self._prefix, view.id), view.version)
             await self._write([self._put_order(view)])
         return view
 
@@ -111,8 +146,9 @@ class Reads:
             except msgspec.DecodeError:
                 log.warning("undecodable summary at %s; refilling", key)
             else:
-                CACHE_HITS.labels("summary").inc()
-                return view
+                if not self._served.stale(key, view.version):
+                    CACHE_HITS.labels("summary").inc()
+                    return view
         CACHE_MISSES.labels("summary").inc()
         return await self._flights.run(key, lambda: self._refill_summary(user_id))
 
@@ -120,6 +156,7 @@ class Reads:
         FALLBACKS.labels("summary").inc()
         view = await self._query(lambda db: repository.summary(db, user_id))
         if view is not None:
+            self._served.note(user_summary_key(self._prefix, user_id), view.version)
             await self._write([projection.put_summary(self._prefix, view)])
         return view
 
@@ -204,6 +241,7 @@ class Reads:
             oid: v
             for oid, raw in zip(ids, raws, strict=True)
             if (v := _decode_order(raw)) is not None
+            and not self._served.stale(order_key(self._prefix, oid), v.version)
         }
         CACHE_HITS.labels("order").inc(len(found))
         missing = [uuid.UUID(oid) for oid in ids if oid not in found]
@@ -211,6 +249,8 @@ class Reads:
             CACHE_MISSES.labels("order").inc(len(missing))
             FALLBACKS.labels("order").inc()
             loaded = await self._query(lambda db: repository.orders_by_ids(db, missing))
+            for view in loaded.values():
+                self._served.note(order_key(self._prefix, view.id), view.version)
             await self._write([self._put_order(v) for v in loaded.values()])
             found.update(loaded)
         return [found[oid] for oid in ids if oid in found]

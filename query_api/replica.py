@@ -29,7 +29,7 @@ log = logging.getLogger("query_api.replica")
 # once inserted, before it is written
 _PRIMARY_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
 # NULL replay position: not a standby (a promoted replica or the primary itself): current
-_REPLAYED = "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, NOT pg_is_in_recovery())"
+_REPLAYED = "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, NOT pg_is_in_recovery())"
 
 _ON_REPLICA, _ON_PRIMARY = REPLICA_READS.labels("replica"), REPLICA_READS.labels("primary")
 _CURRENT, _BEHIND = REPLICA_CHECKS.labels("current"), REPLICA_CHECKS.labels("behind")

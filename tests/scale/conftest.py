@@ -6,6 +6,10 @@ temporary directory, and is torn down at the end whatever happened.
 ``scaled_settings`` is the run's settings pointed at them: the command side, projector
 and rebuild write the primary, the query API reads the cluster and falls back to the
 replica (ADR 0007). The stubs and the run's key prefix are shared with the other tests.
+
+The fixtures the read-side e2e tests take (``read_settings``, ``api``, ``db``, ``redis``,
+and through them ``projector`` and ``query``) are redefined here over the engines, so
+those tests run unchanged in this directory.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from command_api.app import create_app as create_command_app
 from migrations.runner import migrate
 from shared.settings import Settings
 from tests.e2e.conftest import ids  # noqa: F401 - the same fixture, visible here
+from tests.e2e.test_read_side import delete_run_keys, prefix, projector, query  # noqa: F401
 from tests.engines import PostgresPair, RedisClusterEngine, postgres_pair, redis_cluster
 
 
@@ -86,3 +91,30 @@ async def cluster_client(scaled_settings: Settings) -> AsyncIterator[RedisCluste
     client = RedisCluster.from_url(scaled_settings.redis_url)
     yield client
     await client.aclose()
+
+
+# --- the read-side e2e fixtures, over the engines --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def read_settings(scaled_settings: Settings) -> Settings:
+    """As in tests/e2e/test_read_side.py: a quick polling fallback, no metrics server."""
+    return dataclasses.replace(scaled_settings, projector_poll_seconds=0.5, projector_metrics_port=0)
+
+
+@pytest.fixture(scope="module")
+def api(scaled_api: AsyncTestClient[Any]) -> AsyncTestClient[Any]:
+    return scaled_api
+
+
+@pytest.fixture(scope="module")
+def db(scaled_db: asyncpg.Pool) -> asyncpg.Pool:
+    return scaled_db
+
+
+@pytest.fixture(scope="module")
+async def redis(
+    read_settings: Settings, cluster_client: RedisCluster
+) -> AsyncIterator[RedisCluster]:
+    yield cluster_client
+    await delete_run_keys(cluster_client, read_settings.redis_key_prefix)  # type: ignore[arg-type]
