@@ -278,7 +278,7 @@ hot_standby = on
 hot_standby_feedback = on
 fsync = off
 full_page_writes = off
-synchronous_commit = off
+synchronous_commit = on  # the default: WAL streams at commit, not at the next WAL-writer round
 logging_collector = off
 """
 

@@ -99,7 +99,9 @@ async def cluster_client(scaled_settings: Settings) -> AsyncIterator[RedisCluste
 @pytest.fixture(scope="module")
 def read_settings(scaled_settings: Settings) -> Settings:
     """As in tests/e2e/test_read_side.py: a quick polling fallback, no metrics server."""
-    return dataclasses.replace(scaled_settings, projector_poll_seconds=0.5, projector_metrics_port=0)
+    return dataclasses.replace(
+        scaled_settings, projector_poll_seconds=0.5, projector_metrics_port=0
+    )
 
 
 @pytest.fixture(scope="module")

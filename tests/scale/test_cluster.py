@@ -175,4 +175,3 @@ async def test_rebuild_fills_the_cluster(
     # the keys are spread over the masters (the cluster really holds them)
     slots = {int(await redis.cluster_keyslot(order_key(prefix, oid))) for oid in order_ids}
     assert len(slots) == len(order_ids)
-
