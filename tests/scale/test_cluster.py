@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from litestar.testing import AsyncTestClient
-from redis.asyncio import RedisCluster
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.settings import Settings
@@ -139,7 +139,7 @@ async def test_killed_master_is_replaced_and_reads_keep_answering(
             try:
                 for oid in order_ids:
                     current = await pg_version(db, oid)
-                    assert await redis_version(redis, prefix, oid) == current, oid
+                    assert await redis_version(cast(Redis, redis), prefix, oid) == current, oid
                     assert (await screen(query, oid))["version"] == current
             except RedisConnectionError:  # this test's own client still knew the dead master
                 return False
@@ -171,7 +171,9 @@ async def test_rebuild_fills_the_cluster(
     proc = start_process("query_api.rebuild", read_settings)
     assert await asyncio.to_thread(proc.wait, 60) == 0
     for oid in order_ids:
-        assert await redis_version(redis, prefix, oid) == await pg_version(db, oid), oid
+        assert await redis_version(cast(Redis, redis), prefix, oid) == await pg_version(db, oid), (
+            oid
+        )
     # the keys are spread over the masters (the cluster really holds them)
     slots = {int(await redis.cluster_keyslot(order_key(prefix, oid))) for oid in order_ids}
     assert len(slots) == len(order_ids)

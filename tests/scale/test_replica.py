@@ -122,6 +122,7 @@ async def test_screens_are_current_while_writes_go_on(
         await writer
     on_replica, on_primary = routed("replica") - before_replica, routed("primary") - before_primary
     print(
-        f"\nreads under writes: {on_replica:.0f} from the replica, {on_primary:.0f} from the primary"
+        f"\nreads under writes: {on_replica:.0f} from the replica,"
+        f" {on_primary:.0f} from the primary"
     )
     assert on_replica + on_primary == len(orders)
