@@ -17,6 +17,7 @@ import asyncpg
 from migrations.runner import migrate
 from scripts.stack import Stack, start_stack
 from shared.settings import Settings
+from tests.engines import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,8 +31,10 @@ class Bench:
 
 
 def bench_settings(command_workers: int, query_workers: int) -> Settings:
-    """Settings of one run: a private database and key prefix, quiet logs, own ports."""
+    """Settings of one run: a private database and key prefix, quiet logs, free ports."""
     run = secrets.token_hex(3)
+    # free ports: other runs (and bin/up) may share the machine
+    stubs_port, command_port, query_port, projector_port = free_ports(4)
     base = Settings.from_env()
     return dataclasses.replace(
         base,
@@ -40,10 +43,11 @@ def bench_settings(command_workers: int, query_workers: int) -> Settings:
         log_level="WARNING",
         command_workers=command_workers,
         query_workers=query_workers,
-        stubs_port=13629,
-        external_base_url="http://127.0.0.1:13629",
-        command_port=18000,
-        query_port=18001,
+        stubs_port=stubs_port,
+        external_base_url=f"http://127.0.0.1:{stubs_port}",
+        command_port=command_port,
+        query_port=query_port,
+        projector_metrics_port=projector_port,
         db_pool_max=max(base.db_pool_max, 20),
     )
 
@@ -80,10 +84,11 @@ def running_stack(
         if out is not None:
             out.close()
         asyncio.run(_drop_database(settings.database_url))
-        subprocess.run(
-            [sys.executable, "-c", _FORGET_KEYS, settings.redis_url, settings.redis_key_prefix],
-            check=False,
-        )
+        if not settings.redis_cluster:  # a cluster of the run's own goes away with it
+            subprocess.run(
+                [sys.executable, "-c", _FORGET_KEYS, settings.redis_url, settings.redis_key_prefix],
+                check=False,
+            )
 
 
 _FORGET_KEYS = """
