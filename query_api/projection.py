@@ -145,7 +145,8 @@ async def forget_topology(redis: RedisClient) -> None:
     """After a connection error, make a cluster client ask the live nodes for the slot
     map on its next call. redis-py does so itself for single commands, but a pipeline
     that fails without retries leaves the client pointing at a dead master forever
-    (a failover would never be noticed by the projector)."""
+    (a failover would never be noticed by the projector). Closes the client's
+    connections: only for a client nothing else is using at that moment."""
     if isinstance(redis, RedisCluster):
         await redis.aclose()
 
@@ -169,9 +170,6 @@ async def apply(redis: RedisClient, writes: Sequence[Write]) -> list[int]:
             )
         try:
             results = await pipe.execute()
-        except RedisCluster.ERRORS_ALLOW_RETRY:
-            await forget_topology(redis)
-            raise
         except NoScriptError:
             if attempt == 2:
                 raise

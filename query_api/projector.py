@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 from prometheus_client import start_http_server
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from query_api import projection
 from query_api.metrics import BAD_EVENTS, EVENT_LAG, PROJECTED, PROJECTOR_ERRORS, PROJECTOR_LAG
@@ -138,7 +139,9 @@ class Projector:
                     count = await drain(pool, redis, settings)
                     PROJECTOR_LAG.set(await pool.fetchval(_OLDEST) or 0.0)
                     failures = 0
-                except Exception:  # Redis or Postgres down: rows stay unpublished
+                except Exception as exc:  # Redis or Postgres down: rows stay unpublished
+                    if isinstance(exc, RedisConnectionError):  # a master may have failed over
+                        await projection.forget_topology(redis)
                     PROJECTOR_ERRORS.inc()
                     failures += 1
                     log.exception("projection failed (attempt %d); retrying", failures)

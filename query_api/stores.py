@@ -33,6 +33,8 @@ REDIS_DOWN = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.ClusterDownError,
+    # a cluster that is moving slots or lost a node (e.g. SlotNotCoveredError)
+    redis_errors.RedisClusterException,
     OSError,
 )
 # a reply that did not come in time (Redis may be fine and this process busy)
