@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ from shared.settings import Settings
 from shared.views import order_key
 from tests.engines import free_ports
 from tests.load import scenarios
-from tests.load.bench import bench_settings, ceiling_server, running_stack
+from tests.load.bench import bench_settings, bench_stub_settings, ceiling_server, running_stack
 from tests.load.harness import CpuMeter, print_report
 
 STACK = ("stubs", "command_api", "worker", "projector", "query_api")
@@ -40,7 +39,7 @@ STACK = ("stubs", "command_api", "worker", "projector", "query_api")
 
 async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, Any]:
     """Database bytes per finished order and Redis bytes per order view."""
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.db.url)
     try:
         row = await conn.fetchrow(
             "SELECT count(*) AS n, avg(pg_column_size(o.*))::int AS row_bytes"
@@ -56,7 +55,7 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
     client = scenarios.redis_client(settings)
     sizes = []
     for order_id in orders[:200]:
-        size = await client.memory_usage(order_key(settings.redis_key_prefix, order_id))
+        size = await client.memory_usage(order_key(settings.redis.key_prefix, order_id))
         if size:
             sizes.append(int(size))
     await client.aclose()
@@ -71,7 +70,7 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
 async def set_stub_configs(settings: Settings, **values: Any) -> None:
     from tests.load.client import Connection
 
-    conn = Connection("127.0.0.1", settings.stubs_port)
+    conn = Connection("127.0.0.1", bench_stub_settings(settings).port)
     try:
         await conn.request("POST", "/admin/configs", json.dumps(values).encode())
     finally:
@@ -234,15 +233,13 @@ def start_engines(
 
     if cluster:
         nodes = engines.enter_context(redis_cluster())
-        settings = dataclasses.replace(settings, redis_url=nodes.url, redis_cluster=True)
+        settings = settings.replace(redis={"url": nodes.url, "cluster": True})
         print(f"== Redis Cluster: masters {nodes.masters()}, 1 replica each")
     if replica:
         pair = engines.enter_context(postgres_pair())
-        name = settings.database_url.rsplit("/", 1)[1]
-        settings = dataclasses.replace(
-            settings,
-            database_url=pair.primary_dsn(name),
-            database_replica_url=pair.replica_dsn(name),
+        name = settings.db.url.rsplit("/", 1)[1]
+        settings = settings.replace(
+            db={"url": pair.primary_dsn(name), "replica_url": pair.replica_dsn(name)}
         )
         print(f"== Postgres primary :{pair.primary_port}, hot standby :{pair.replica_port}")
     return settings

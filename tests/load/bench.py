@@ -11,12 +11,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from migrations.runner import migrate
 from scripts.stack import Stack, start_stack
 from shared.settings import Settings
+from stubs import StubSettings
 from tests.engines import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,27 +38,34 @@ def bench_settings(command_workers: int, query_workers: int) -> Settings:
     # free ports: other runs (and bin/up) may share the machine
     stubs_port, command_port, query_port, projector_port = free_ports(4)
     base = Settings.from_env()
-    return dataclasses.replace(
-        base,
-        database_url=base.database_url.rsplit("/", 1)[0] + f"/scooters_bench_{run}",
-        redis_key_prefix=f"bench:{run}:",
-        log_level="WARNING",
-        command_workers=command_workers,
-        query_workers=query_workers,
-        stubs_port=stubs_port,
-        external_base_url=f"http://127.0.0.1:{stubs_port}",
-        command_port=command_port,
-        query_port=query_port,
-        projector_metrics_port=projector_port,
-        db_pool_max=max(base.db_pool_max, 20),
+    return base.replace(
+        db={
+            "url": base.db.url.rsplit("/", 1)[0] + f"/scooters_bench_{run}",
+            "pool_max": max(base.db.pool_max, 20),
+        },
+        redis={"key_prefix": f"bench:{run}:"},
+        runtime={"log_level": "WARNING"},
+        serving={
+            "command_workers": command_workers,
+            "query_workers": query_workers,
+            "command_port": command_port,
+            "query_port": query_port,
+        },
+        read={"projector_metrics_port": projector_port},
+        external={"base_url": f"http://127.0.0.1:{stubs_port}"},
     )
 
 
+def bench_stub_settings(settings: Settings) -> StubSettings:
+    """The stubs of a benchmark run: the data set of the environment, on the port the
+    run's ``external.base_url`` names."""
+    port = urlsplit(settings.external.base_url).port
+    assert port is not None
+    return StubSettings.from_env().replace(port=port)
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for f in dataclasses.fields(settings):
-        env[f"SCOOTERS_{f.name.upper()}"] = str(getattr(settings, f.name))
-    return env
+    return {**os.environ, **settings.to_env(), **bench_stub_settings(settings).to_env()}
 
 
 async def _drop_database(dsn: str) -> None:
@@ -83,10 +92,10 @@ def running_stack(
         stack.stop()
         if out is not None:
             out.close()
-        asyncio.run(_drop_database(settings.database_url))
-        if not settings.redis_cluster:  # a cluster of the run's own goes away with it
+        asyncio.run(_drop_database(settings.db.url))
+        if not settings.redis.cluster:  # a cluster of the run's own goes away with it
             subprocess.run(
-                [sys.executable, "-c", _FORGET_KEYS, settings.redis_url, settings.redis_key_prefix],
+                [sys.executable, "-c", _FORGET_KEYS, settings.redis.url, settings.redis.key_prefix],
                 check=False,
             )
 
@@ -104,7 +113,13 @@ def ceiling_server(settings: Settings, port: int) -> Iterator[int]:
     """The bare Litestar ceiling app under the query API's server settings."""
     env = settings_env(settings)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.load.ceiling", str(port), str(settings.query_workers)],
+        [
+            sys.executable,
+            "-m",
+            "tests.load.ceiling",
+            str(port),
+            str(settings.serving.query_workers),
+        ],
         cwd=ROOT,
         env=env,
     )

@@ -2,7 +2,7 @@
 ``GET /orders/{id}`` hot path, in-memory vs prometheus-client multiprocess mode.
 
 The hot path records one histogram observation (``http_request_duration_seconds``,
-shared/request_metrics.py) and one counter increment (``query_cache_hits_total``).
+shared/infra/request_metrics.py) and one counter increment (``query_cache_hits_total``).
 Each mode runs in its own interpreter (the mode is fixed when prometheus_client is
 imported), alternately, a few rounds; CPU time (not wall time) per request is printed,
 so a busy machine disturbs it less than a throughput run.
@@ -19,7 +19,7 @@ import time
 
 _CHILD = """
 import sys, time
-from shared.request_metrics import REQUEST_SECONDS
+from shared.infra.request_metrics import REQUEST_SECONDS
 from query_api.metrics import CACHE_HITS
 child = REQUEST_SECONDS.labels("query_api", "GET", "/orders/{order_id}", 200)
 hits = CACHE_HITS.labels("order")

@@ -14,7 +14,6 @@ those tests run unchanged in this directory.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -48,15 +47,11 @@ async def scaled_settings(
     base_settings: Settings, cluster_engine: RedisClusterEngine, pg_pair: PostgresPair
 ) -> Settings:
     """The run's settings over the cluster and the primary/replica pair, migrated."""
-    name = base_settings.database_url.rsplit("/", 1)[1]
-    settings = dataclasses.replace(
-        base_settings,
-        database_url=pg_pair.primary_dsn(name),
-        database_replica_url=pg_pair.replica_dsn(name),
-        redis_url=cluster_engine.url,
-        redis_cluster=True,
+    name = base_settings.db.url.rsplit("/", 1)[1]
+    settings = base_settings.replace(
+        db={"url": pg_pair.primary_dsn(name), "replica_url": pg_pair.replica_dsn(name)},
         # a killed master is taken over within seconds: try the cluster again soon
-        redis_retry_seconds=0.5,
+        redis={"url": cluster_engine.url, "cluster": True, "retry_seconds": 0.5},
     )
     await migrate(settings)
     return settings
@@ -72,7 +67,7 @@ async def scaled_api(scaled_settings: Settings, stubs: str) -> AsyncIterator[Asy
 @pytest.fixture(scope="session")
 async def scaled_db(scaled_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """A pool to the pair's primary (what the tests check against)."""
-    pool = await asyncpg.create_pool(scaled_settings.database_url, min_size=1, max_size=5)
+    pool = await asyncpg.create_pool(scaled_settings.db.url, min_size=1, max_size=5)
     assert pool is not None
     yield pool
     await pool.close()
@@ -80,7 +75,7 @@ async def scaled_db(scaled_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture(scope="session")
 async def replica_db(scaled_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(scaled_settings.database_replica_url, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(scaled_settings.db.replica_url, min_size=1, max_size=2)
     assert pool is not None
     yield pool
     await pool.close()
@@ -88,7 +83,7 @@ async def replica_db(scaled_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture(scope="session")
 async def cluster_client(scaled_settings: Settings) -> AsyncIterator[RedisCluster]:
-    client = RedisCluster.from_url(scaled_settings.redis_url)
+    client = RedisCluster.from_url(scaled_settings.redis.url)
     yield client
     await client.aclose()
 
@@ -99,8 +94,8 @@ async def cluster_client(scaled_settings: Settings) -> AsyncIterator[RedisCluste
 @pytest.fixture(scope="module")
 def read_settings(scaled_settings: Settings) -> Settings:
     """As in tests/e2e/test_read_side.py: a quick polling fallback, no metrics server."""
-    return dataclasses.replace(
-        scaled_settings, projector_poll_seconds=0.5, projector_metrics_port=0
+    return scaled_settings.replace(
+        read={"projector_poll_seconds": 0.5, "projector_metrics_port": 0}
     )
 
 
@@ -119,4 +114,4 @@ async def redis(
     read_settings: Settings, cluster_client: RedisCluster
 ) -> AsyncIterator[RedisCluster]:
     yield cluster_client
-    await delete_run_keys(cluster_client, read_settings.redis_key_prefix)  # type: ignore[arg-type]
+    await delete_run_keys(cluster_client, read_settings.redis.key_prefix)  # type: ignore[arg-type]

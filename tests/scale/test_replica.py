@@ -100,7 +100,7 @@ async def test_paused_replica_is_not_read_and_screens_never_go_back(
     assert (body["status"], body["version"]) == ("finished", done["version"])
     assert routed("replica") > before
     assert (await order_row(db, order["id"]))["version"] == done["version"]
-    assert read_settings.database_replica_url
+    assert read_settings.db.replica_url
 
 
 async def test_screens_are_current_while_writes_go_on(

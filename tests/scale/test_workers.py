@@ -1,14 +1,13 @@
 """Both APIs with two uvicorn workers each (``SCOOTERS_COMMAND_WORKERS`` /
 ``SCOOTERS_QUERY_WORKERS`` = 2), as real processes over the scaled-out engines, and one
 ``/metrics`` answer that covers every worker (prometheus-client multiprocess mode,
-``shared/serving.py``): whichever worker answers a scrape, the request counts are the
+``shared/infra/serving.py``): whichever worker answers a scrape, the request counts are the
 service's totals.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,21 +25,21 @@ ORDER_ROUTE = "/orders/{order_id}"
 @pytest.fixture(scope="module")
 def two_workers(scaled_settings: Settings, stubs: str) -> Iterator[Settings]:
     """Projector, command API and query API as processes, two workers per API."""
-    settings = dataclasses.replace(
-        scaled_settings,
-        command_workers=2,
-        query_workers=2,
-        command_port=free_port(),
-        query_port=free_port(),
-        projector_metrics_port=0,
-        projector_poll_seconds=0.5,
+    settings = scaled_settings.replace(
+        serving={
+            "command_workers": 2,
+            "query_workers": 2,
+            "command_port": free_port(),
+            "query_port": free_port(),
+        },
+        read={"projector_metrics_port": 0, "projector_poll_seconds": 0.5},
     )
     procs = []
     try:
         for module in ("query_api.projector", "command_api", "query_api"):
             procs.append(start_process(module, settings))
-        wait_http(f"http://127.0.0.1:{settings.command_port}/health/live", 120, procs[1])
-        wait_http(f"http://127.0.0.1:{settings.query_port}/health/live", 120, procs[2])
+        wait_http(f"http://127.0.0.1:{settings.serving.command_port}/health/live", 120, procs[1])
+        wait_http(f"http://127.0.0.1:{settings.serving.query_port}/health/live", 120, procs[2])
         yield settings
     finally:
         for proc in reversed(procs):
@@ -80,7 +79,10 @@ async def test_two_workers_per_api_serve_rides_and_one_metrics_answer_covers_bot
 ) -> None:
     rides = 6
     reads = 0
-    async with client(two_workers.command_port) as command, client(two_workers.query_port) as query:
+    async with (
+        client(two_workers.serving.command_port) as command,
+        client(two_workers.serving.query_port) as query,
+    ):
 
         async def ride() -> str:
             offer = await command.post(
