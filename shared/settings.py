@@ -111,7 +111,8 @@ class RuntimeSettings:
 class DatabaseSettings:
     """Postgres: where it is and the pool of each process."""
 
-    url: str = setting("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/scooters")
+    # the development role and password bin/up creates (bin/_install); set your own
+    url: str = setting("DATABASE_URL", "postgresql://scooters:scooters@127.0.0.1:5432/scooters")
     # the read side's fallback reads here when it is current (ADR 0007)
     replica_url: str = setting("DATABASE_REPLICA_URL", "")
     # a replica further behind than this: read the primary (ADR 0007)

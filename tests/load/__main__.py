@@ -29,9 +29,14 @@ import uvloop
 
 from shared.settings import Settings
 from shared.views import order_key
-from tests.engines import free_ports
 from tests.load import scenarios
-from tests.load.bench import bench_settings, bench_stub_settings, ceiling_server, running_stack
+from tests.load.bench import (
+    bench_settings,
+    bench_stub_settings,
+    ceiling_server,
+    free_port,
+    running_stack,
+)
 from tests.load.harness import CpuMeter, print_report
 
 STACK = ("stubs", "command_api", "worker", "projector", "query_api")
@@ -191,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=3_000, help="query side: orders to seed")
     parser.add_argument("--command-workers", type=int, default=1)
     parser.add_argument("--query-workers", type=int, default=1)
-    parser.add_argument("--ceiling-port", type=int, default=0, help="0: a free port")
+    parser.add_argument(
+        "--ceiling-port", type=int, default=0, help="port of the bare ceiling app (0: a free one)"
+    )
     parser.add_argument(
         "--redis",
         choices=["single", "cluster"],
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.side == "soak" and args.redis == "cluster":
         parser.error("soak samples one Redis's memory: use --redis single")
     settings = bench_settings(args.command_workers, args.query_workers)
-    args.ceiling_port = args.ceiling_port or free_ports(1)[0]
+    args.ceiling_port = args.ceiling_port or free_port()
     uvloop.install()
     with contextlib.ExitStack() as engines:
         settings = start_engines(engines, settings, args.redis == "cluster", args.replica)

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,6 @@ from migrations.runner import migrate
 from scripts.stack import Stack, start_stack
 from shared.settings import Settings
 from stubs import StubSettings
-from tests.engines import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,12 +32,20 @@ class Bench:
     pids: dict[str, int]
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (the kernel's choice), for one server of a run."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def bench_settings(command_workers: int, query_workers: int) -> Settings:
-    """Settings of one run: a private database and key prefix, quiet logs, free ports."""
+    """Settings of one run: a private database and key prefix, quiet logs, free ports
+    (so a run shares the machine with ``bin/up`` and other runs). The database server
+    and Redis come from ``SCOOTERS_DATABASE_URL`` / ``SCOOTERS_REDIS_URL``."""
     run = secrets.token_hex(3)
-    # free ports: other runs (and bin/up) may share the machine
-    stubs_port, command_port, query_port, projector_port = free_ports(4)
     base = Settings.from_env()
+    stubs_port = free_port()
     return base.replace(
         db={
             "url": base.db.url.rsplit("/", 1)[0] + f"/scooters_bench_{run}",
@@ -48,17 +56,17 @@ def bench_settings(command_workers: int, query_workers: int) -> Settings:
         serving={
             "command_workers": command_workers,
             "query_workers": query_workers,
-            "command_port": command_port,
-            "query_port": query_port,
+            "command_port": free_port(),
+            "query_port": free_port(),
         },
-        read={"projector_metrics_port": projector_port},
+        read={"projector_metrics_port": free_port()},
         external={"base_url": f"http://127.0.0.1:{stubs_port}"},
     )
 
 
 def bench_stub_settings(settings: Settings) -> StubSettings:
-    """The stubs of a benchmark run: the data set of the environment, on the port the
-    run's ``external.base_url`` names."""
+    """The stubs of a benchmark run: the data set of the environment, on the free port
+    ``bench_settings`` chose for them (the port of ``settings.external.base_url``)."""
     port = urlsplit(settings.external.base_url).port
     assert port is not None
     return StubSettings.from_env().replace(port=port)
