@@ -144,6 +144,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await projection.load_scripts(redis)
         app.state.redis, app.state.db = redis, db
         app.state.reads = Reads(settings, redis, db)
+        app.state.retry_after_seconds = settings.retry_after_seconds
         try:
             yield
         finally:

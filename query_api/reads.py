@@ -22,8 +22,9 @@ from query_api import projection, repository
 from query_api.metrics import CACHE_HITS, CACHE_MISSES, FALLBACKS
 from query_api.projection import RedisClient, Write
 from query_api.screens import moment_of_ms
-from query_api.stores import POSTGRES_DOWN, RedisGate, RedisUnavailable, SingleFlight
+from query_api.stores import RedisGate, RedisUnavailable, SingleFlight
 from shared.errors import DependencyUnavailable
+from shared.outages import POSTGRES_DOWN
 from shared.settings import Settings
 from shared.views import (
     COMPLETE_MARK,
