@@ -92,18 +92,23 @@ async def _idempotent(
     state: State,
     scope: str,
     key: str | None,
-    run: Callable[[], Awaitable[tuple[int, OrderSnapshot]]],
+    run: Callable[[bool], Awaitable[tuple[int, OrderSnapshot]]],
 ) -> Response[bytes]:
-    """Answer ``run()`` (status, snapshot), once per Idempotency-Key when one is given."""
+    """Answer ``run(resumed)`` (status, snapshot), once per Idempotency-Key when one is given.
 
-    async def execute() -> tuple[int, bytes]:
-        status, snapshot = await run()
+    ``resumed``: this retry took over the claim of a request that died mid-way.
+    """
+
+    async def execute(resumed: bool) -> tuple[int, bytes]:
+        status, snapshot = await run(resumed)
         return status, _encoder.encode(snapshot)
 
     if key is None:
-        status, body = await execute()
+        status, body = await execute(False)
     else:
-        status, body = await run_once(_deps(state).pool, scope, key, await request.body(), execute)
+        deps = _deps(state)
+        lease = deps.settings.idempotency_lease_seconds
+        status, body = await run_once(deps.pool, scope, key, await request.body(), execute, lease)
     return Response(body, status_code=status, media_type=JSON)
 
 
@@ -118,8 +123,8 @@ async def start_order(
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
     resolve_rider(request, offer.user_id)  # once auth lands: refuses another rider's offer
 
-    async def run() -> tuple[int, OrderSnapshot]:
-        return 201, await rides.start_ride(deps, offer)
+    async def run(resumed: bool) -> tuple[int, OrderSnapshot]:
+        return 201, await rides.start_ride(deps, offer, resumed=resumed)
 
     return await _idempotent(request, state, f"start:{offer.user_id}", idempotency_key, run)
 
@@ -138,7 +143,8 @@ async def finish_order(
     deps = _deps(state)
     rider = resolve_rider(request, None)
 
-    async def run() -> tuple[int, OrderSnapshot]:
+    async def run(resumed: bool) -> tuple[int, OrderSnapshot]:
+        # finishing is idempotent by the order's state: a resumed retry answers it
         return 200, await rides.finish_ride(deps, parsed, data.track, rider)
 
     return await _idempotent(request, state, f"finish:{order_id}", idempotency_key, run)

@@ -81,7 +81,9 @@ class Settings:
     payment_retry_base_seconds: float = 1.0
     payment_retry_max_seconds: float = 300.0
     payment_max_attempts: int = 10
-    stuck_hold_seconds: int = 30  # a start that never confirmed its hold is undone after this
+    # a start that never confirmed its hold is undone after this (by the worker, or by
+    # the next start that needs its offer, scooter or ride slot); > 2 payment timeouts
+    stuck_hold_seconds: int = 10
 
     # --- maintenance
     partition_premake_days: int = 7
@@ -90,6 +92,9 @@ class Settings:
     maintenance_interval_seconds: int = 3_600
     worker_poll_seconds: float = 1.0
     idempotency_ttl_seconds: int = 86_400
+    # an Idempotency-Key claim whose request gave no answer is taken over by a retry after
+    # this (its request died); longer than any live request (2 payment timeouts + steps)
+    idempotency_lease_seconds: float = 10.0
     outbox_keep_seconds: int = 86_400
 
     # --- read side
@@ -133,6 +138,11 @@ class Settings:
 
     def check(self) -> None:
         """Refuse settings that are unsafe for the environment."""
+        if self.stuck_hold_seconds <= 2 * self.payment_timeout_seconds:
+            raise SettingsError(
+                "SCOOTERS_STUCK_HOLD_SECONDS must exceed two payment timeouts (a hold is tried"
+                " twice), or live starts would be undone mid-hold"
+            )
         if self.environment not in {"development", "production"}:
             raise SettingsError("SCOOTERS_ENVIRONMENT must be 'development' or 'production'")
         if self.environment == "production" and (
