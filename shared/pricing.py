@@ -26,8 +26,18 @@ def quote(
     zone: TariffZone,
     user: UserProfile,
     coeffs: PriceCoeffSettings,
+    *,
+    unknown_user: bool = False,
 ) -> Price:
-    """The personal price of a ride; refuses a user who has a current debt."""
+    """The personal price of a ride (DOMAIN.md "Pricing"); refuses a user with current debt.
+
+    ``unknown_user``: the users service is down and this rider was never seen, so
+    ``user`` is a blank profile. Priced conservatively (DOMAIN.md "When a dependency
+    fails"): no subscription, not trusted, and the raised deposit
+    (``default_deposit * deposit_multiplier``) as if the rider had a large total debt.
+
+    Raises :class:`UserHasDebt` when ``user.current_debt > 0``.
+    """
     if user.current_debt > 0:
         raise UserHasDebt(f"user {user.id} owes {user.current_debt}; settle it to ride")
     per_minute = int(zone.price_per_minute * coeffs.surge)
@@ -36,7 +46,7 @@ def quote(
     unlock = 0 if user.has_subscribtion else zone.price_unlock
     if user.trusted:
         deposit = 0
-    elif user.total_debt > coeffs.deposit_debt_threshold:
+    elif unknown_user or user.total_debt > coeffs.deposit_debt_threshold:
         deposit = int(zone.default_deposit * coeffs.deposit_multiplier)
     else:
         deposit = zone.default_deposit

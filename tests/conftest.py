@@ -141,7 +141,13 @@ def reset_faults(stubs: str) -> Iterator[None]:
         for service in ("scooters", "zones", "users", "configs", "payments"):
             httpx.post(
                 f"{stubs}/admin/faults",
-                json={"service": service, "outage": False, "latency_ms": 0, "error_rate": 0.0},
+                json={
+                    "service": service,
+                    "outage": False,
+                    "latency_ms": 0,
+                    "error_rate": 0.0,
+                    "reply_delay_ms": 0,
+                },
                 timeout=5,
             ).raise_for_status()
 
