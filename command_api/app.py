@@ -20,6 +20,7 @@ from command_api import rides
 from command_api.external import ExternalServices, make_http_client
 from command_api.idempotency import run_once
 from command_api.identity import resolve_rider
+from shared.admission import admission_control
 from shared.db import create_pool
 from shared.domain import TrackPoint
 from shared.errors import OrderNotFound
@@ -196,7 +197,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[create_offer, start_order, finish_order, live, ready, PrometheusController],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
-        middleware=[request_metrics("command_api")],
+        middleware=[
+            admission_control(
+                "command_api", settings.max_requests_in_flight, settings.retry_after_seconds
+            ),
+            request_metrics("command_api"),
+        ],
         openapi_config=OpenAPIConfig(title="SuperScooters command API", version="1"),
         request_max_body_size=2 * 1024 * 1024,
         logging_config=None,  # plain stdlib logging at the configured level, off the hot path

@@ -28,6 +28,7 @@ from query_api.screens import (
     summary_screen,
 )
 from query_api.stores import REDIS_DOWN, connect_postgres, connect_redis
+from shared.admission import admission_control
 from shared.errors import InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
 from shared.problems import exception_handlers
@@ -164,7 +165,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=exception_handlers(
             invalid_status=422, invalid_code=InvalidParameter.code
         ),
-        middleware=[request_metrics("query_api")],
+        middleware=[
+            admission_control(
+                "query_api", settings.max_requests_in_flight, settings.retry_after_seconds
+            ),
+            request_metrics("query_api"),
+        ],
         lifespan=[lifespan],
         debug=False,
         logging_config=None,  # stdlib logging at the configured level, off the hot path

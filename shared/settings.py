@@ -51,6 +51,11 @@ class Settings:
     payment_timeout_seconds: float = 2.0
     retry_after_seconds: int = 2  # Retry-After on 503
 
+    # --- overload and slow clients (per API process; shared/admission.py)
+    max_requests_in_flight: int = 64  # more are answered 503 overloaded at once; 0 = no limit
+    max_connections: int = 4_096  # open connections; past it the longest-waiting one closes
+    request_read_timeout_seconds: float = 10.0  # a request must arrive within this (slowloris)
+
     # --- offers
     offer_signing_key: str = DEVELOPMENT_SIGNING_KEY
     offer_ttl_seconds: int = 300
