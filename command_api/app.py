@@ -199,7 +199,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=exception_handlers(),
         middleware=[
             admission_control(
-                "command_api", settings.max_requests_in_flight, settings.retry_after_seconds
+                "command_api", settings.command_max_requests_in_flight, settings.retry_after_seconds
             ),
             request_metrics("command_api"),
         ],

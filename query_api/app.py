@@ -167,7 +167,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         middleware=[
             admission_control(
-                "query_api", settings.max_requests_in_flight, settings.retry_after_seconds
+                "query_api", settings.query_max_requests_in_flight, settings.retry_after_seconds
             ),
             request_metrics("query_api"),
         ],

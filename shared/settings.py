@@ -52,7 +52,10 @@ class Settings:
     retry_after_seconds: int = 2  # Retry-After on 503
 
     # --- overload and slow clients (per API process; shared/admission.py)
-    max_requests_in_flight: int = 64  # more are answered 503 overloaded at once; 0 = no limit
+    # requests handled at once; more are answered 503 overloaded at once (0 = no limit).
+    # About the concurrency at which each API reaches its throughput (docs/benchmarks.md)
+    command_max_requests_in_flight: int = 32
+    query_max_requests_in_flight: int = 128
     max_connections: int = 4_096  # open connections; past it the longest-waiting one closes
     request_read_timeout_seconds: float = 10.0  # a request must arrive within this (slowloris)
 

@@ -51,7 +51,7 @@ def command_api_process(settings: Settings, **limits: Any) -> Iterator[str]:
 @pytest.fixture
 def guarded_api(base_settings: Settings, database: str, stubs: str) -> Iterator[str]:
     """At most ``IN_FLIGHT`` requests in flight, connections not capped below 512."""
-    with command_api_process(base_settings, max_requests_in_flight=IN_FLIGHT) as url:
+    with command_api_process(base_settings, command_max_requests_in_flight=IN_FLIGHT) as url:
         yield url
 
 
