@@ -54,7 +54,7 @@ class Settings:
     # --- overload and slow clients (per API process; shared/admission.py)
     # requests handled at once; more are answered 503 overloaded at once (0 = no limit).
     # About the concurrency at which each API reaches its throughput (docs/benchmarks.md)
-    command_max_requests_in_flight: int = 32
+    command_max_requests_in_flight: int = 16
     query_max_requests_in_flight: int = 128
     max_connections: int = 4_096  # open connections; past it the longest-waiting one closes
     request_read_timeout_seconds: float = 10.0  # a request must arrive within this (slowloris)

@@ -45,6 +45,9 @@ def bench_settings(command_workers: int, query_workers: int) -> Settings:
         command_port=18000,
         query_port=18001,
         db_pool_max=max(base.db_pool_max, 20),
+        # throughput runs measure the box, not the shedding (tests.load.overload does)
+        command_max_requests_in_flight=0,
+        query_max_requests_in_flight=0,
     )
 
 

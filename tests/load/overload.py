@@ -176,13 +176,19 @@ def run(args: argparse.Namespace, in_flight: int) -> dict[str, Any]:
         command_port=free_port(),
         query_port=free_port(),
         projector_metrics_port=0,
+        request_read_timeout_seconds=args.read_timeout,
+        max_connections=args.max_connections,
     )
     with running_stack(settings, STACKS[args.side]):
         return asyncio.run(measure(args, settings))
 
 
 async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    out: dict[str, Any] = {"max_requests_in_flight": settings.command_max_requests_in_flight}
+    out: dict[str, Any] = {
+        "max_requests_in_flight": settings.command_max_requests_in_flight,
+        "request_read_timeout_seconds": settings.request_read_timeout_seconds,
+        "max_connections": settings.max_connections,
+    }
     if args.side == "query":
         seeded = await scenarios.seed_orders(settings, 300, 1024)
         orders = seeded["active"] + seeded["finished"] + seeded["older"]
@@ -217,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, default=4.0)
     parser.add_argument("--slowloris", type=int, default=0)
     parser.add_argument("--drip", type=float, default=5.0)
+    defaults = Settings()
+    parser.add_argument("--read-timeout", type=float, default=defaults.request_read_timeout_seconds)
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
     args = parser.parse_args(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
