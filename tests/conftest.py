@@ -82,6 +82,9 @@ def base_settings(run_id: str, stubs_port: int) -> Settings:
         stuck_hold_seconds=3,
         worker_poll_seconds=0.05,
         configs_refresh_seconds=60,
+        # concurrency tests fire dozens of requests at once; test_overload sets small limits
+        command_max_requests_in_flight=256,
+        query_max_requests_in_flight=256,
     )
 
 
