@@ -99,7 +99,7 @@ async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer
         price_unlock=price.price_unlock,
         deposit=price.deposit,
         created_at=now,
-        expires_at=now + timedelta(seconds=deps.settings.offer_ttl_seconds),
+        expires_at=now + timedelta(seconds=deps.settings.offers.ttl_seconds),
         inputs=PricingInputs(
             charge=scooter.charge,
             zone_price_per_minute=zone.value.price_per_minute,
@@ -164,7 +164,10 @@ async def start_ride(deps: Deps, offer: Offer, *, resumed: bool = False) -> Orde
         try:
             async with deps.pool.acquire() as conn:
                 await repo.start_ride(
-                    conn, values, settings.max_active_rides_per_user, settings.stuck_hold_seconds
+                    conn,
+                    values,
+                    settings.rides.max_active_per_user,
+                    settings.payments.stuck_hold_seconds,
                 )
             break
         except repo.Refused as refused:
@@ -201,7 +204,7 @@ async def _undo_dead_starts(deps: Deps, offer: Offer, *, resumed: bool) -> bool:
     Undoing is safe even if that request still lives: its activation then fails and the
     hold it may have placed is released by the worker.
     """
-    stale = float(deps.settings.stuck_hold_seconds)
+    stale = float(deps.settings.payments.stuck_hold_seconds)
     async with deps.pool.acquire() as conn:
         dead = await repo.stale_starts(
             conn, offer.id, offer.scooter_id, offer.user_id, 0.0 if resumed else stale, stale
@@ -223,7 +226,7 @@ def _refusal(code: str, offer: Offer, settings: Settings) -> DomainError:
     if code == "user_has_debt":
         return UserHasDebt(f"user {offer.user_id} has an unpaid debt")
     return TooManyActiveRides(
-        f"user {offer.user_id} already has {settings.max_active_rides_per_user} active ride(s)"
+        f"user {offer.user_id} already has {settings.rides.max_active_per_user} active ride(s)"
     )
 
 
@@ -249,8 +252,8 @@ async def finish_ride(
     ends it and charges; the others return the stored result.
     """
     settings = deps.settings
-    if len(track) > settings.track_max_points:
-        raise TrackTooLong(f"a track has at most {settings.track_max_points} points")
+    if len(track) > settings.rides.track_max_points:
+        raise TrackTooLong(f"a track has at most {settings.rides.track_max_points} points")
     created_at = created_at_of(order_id)
     async with deps.pool.acquire() as conn:
         order = await repo.get_order(conn, order_id, created_at)
@@ -278,7 +281,7 @@ async def finish_ride(
                 "distance_meters": track_distance_meters(track),
                 "track": repo.encode_json(track) if track else None,
             },
-            settings.payment_timeout_seconds * 2,
+            settings.external.payment_timeout_seconds * 2,
         )
         if ended is None:  # a concurrent finish ended it first: answer its result
             stored = await repo.get_order(conn, order_id, created_at)

@@ -49,7 +49,7 @@ async def test_hold_that_landed_on_a_rejected_start_is_released(
 
     assert response.status_code == 503, response.text
     assert response.json()["code"] == "dependency_unavailable"
-    assert response.headers["retry-after"] == str(base_settings.retry_after_seconds)
+    assert response.headers["retry-after"] == str(base_settings.serving.retry_after_seconds)
     order = await db.fetchrow("SELECT id, status FROM orders WHERE user_id = $1", rider)
     assert order is not None
     assert order["status"] == "rejected"

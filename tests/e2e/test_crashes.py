@@ -9,7 +9,6 @@ scooter stays locked out longer than the lease.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -44,12 +43,10 @@ SLOW_PAYMENTS_MS = 700  # long enough to kill the API mid-call, shorter than its
 
 @pytest.fixture(scope="module")
 def crash_settings(base_settings: Settings) -> Settings:
-    return dataclasses.replace(
-        base_settings,
-        command_port=free_port(),
-        payment_timeout_seconds=1.0,
-        stuck_hold_seconds=STUCK,
-        idempotency_lease_seconds=LEASE,
+    return base_settings.replace(
+        serving={"command_port": free_port()},
+        external={"payment_timeout_seconds": 1.0},
+        payments={"stuck_hold_seconds": STUCK, "idempotency_lease_seconds": LEASE},
     )
 
 
@@ -59,7 +56,7 @@ def command_process(
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``python -m command_api`` as its own process, to be killed by the test."""
     proc = start_process("command_api", crash_settings)
-    url = f"http://127.0.0.1:{crash_settings.command_port}"
+    url = f"http://127.0.0.1:{crash_settings.serving.command_port}"
     try:
         wait_http(f"{url}/health/live", proc=proc)
         yield proc, url

@@ -7,7 +7,6 @@ stops it; the machine's shared servers are never touched.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -47,11 +46,9 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 @pytest.fixture
 async def own_settings(base_settings: Settings, private_pg: PrivatePostgres) -> Settings:
-    settings = dataclasses.replace(
-        base_settings,
-        database_url=private_pg.dsn("scooters"),
-        db_command_timeout_seconds=2.0,
-        retry_after_seconds=3,
+    settings = base_settings.replace(
+        db={"url": private_pg.dsn("scooters"), "command_timeout_seconds": 2.0},
+        serving={"retry_after_seconds": 3},
     )
     await migrate(settings)
     return settings
@@ -156,7 +153,7 @@ async def test_query_api_with_redis_and_postgres_down_answers_503(
 ) -> None:
     rider = ids.rider()
     ride = await start(command_api, rider, ids.scooter())
-    settings = dataclasses.replace(own_settings, redis_url=private_redis.url)
+    settings = own_settings.replace(redis={"url": private_redis.url})
     paths = (f"/orders/{ride['id']}", f"/users/{rider}/orders", f"/users/{rider}/summary")
     async with AsyncTestClient(create_query_app(settings)) as query_api:
         for path in paths:
@@ -172,7 +169,7 @@ async def test_query_api_with_redis_and_postgres_down_answers_503(
         assert (await query_api.get("/health/ready")).status_code == 503
 
         private_pg.start()
-        await asyncio.sleep(settings.redis_retry_seconds)
+        await asyncio.sleep(settings.redis.retry_seconds)
         for path in paths:
             response = await query_api.get(path)
             assert response.status_code == 200, (path, response.text)

@@ -9,7 +9,6 @@ while they are open), not timings; docs/benchmarks.md has the measured numbers.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -33,9 +32,9 @@ READ_TIMEOUT = 1.0
 @contextmanager
 def command_api_process(settings: Settings, **limits: Any) -> Iterator[str]:
     """``python -m command_api`` with ``limits``; yields its base URL."""
-    settings = dataclasses.replace(settings, command_port=free_port(), **limits)
+    settings = settings.replace(serving={"command_port": free_port(), **limits})
     proc: subprocess.Popen[bytes] = start_process("command_api", settings)
-    url = f"http://127.0.0.1:{settings.command_port}"
+    url = f"http://127.0.0.1:{settings.serving.command_port}"
     try:
         wait_http(f"{url}/health/live", proc=proc)
         yield url

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import random
 import resource
@@ -37,7 +36,7 @@ import uvloop
 from shared.settings import Settings
 from tests.conftest import free_port
 from tests.load import scenarios
-from tests.load.bench import bench_settings, running_stack
+from tests.load.bench import bench_settings, bench_stub_settings, running_stack
 from tests.load.client import Connection, HttpError, Pool
 from tests.load.harness import closed_loop, percentile
 
@@ -166,18 +165,16 @@ async def slowloris(args: argparse.Namespace, port: int, request: Callable[[Any]
 
 
 def run(args: argparse.Namespace, in_flight: int) -> dict[str, Any]:
-    stubs_port = free_port()
-    settings = dataclasses.replace(  # own ports: other runs may use the bench's fixed ones
-        bench_settings(1, 1),
-        command_max_requests_in_flight=in_flight,
-        query_max_requests_in_flight=in_flight,
-        stubs_port=stubs_port,
-        external_base_url=f"http://127.0.0.1:{stubs_port}",
-        command_port=free_port(),
-        query_port=free_port(),
-        projector_metrics_port=0,
-        request_read_timeout_seconds=args.read_timeout,
-        max_connections=args.max_connections,
+    settings = bench_settings(1, 1).replace(
+        serving={
+            "command_max_requests_in_flight": in_flight,
+            "query_max_requests_in_flight": in_flight,
+            "command_port": free_port(),  # other runs may use the bench's fixed ports
+            "query_port": free_port(),
+            "request_read_timeout_seconds": args.read_timeout,
+            "max_connections": args.max_connections,
+        },
+        read={"projector_metrics_port": 0},
     )
     with running_stack(settings, STACKS[args.side]):
         return asyncio.run(measure(args, settings))
@@ -185,24 +182,24 @@ def run(args: argparse.Namespace, in_flight: int) -> dict[str, Any]:
 
 async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "max_requests_in_flight": settings.command_max_requests_in_flight,
-        "request_read_timeout_seconds": settings.request_read_timeout_seconds,
-        "max_connections": settings.max_connections,
+        "max_requests_in_flight": settings.serving.command_max_requests_in_flight,
+        "request_read_timeout_seconds": settings.serving.request_read_timeout_seconds,
+        "max_connections": settings.serving.max_connections,
     }
     if args.side == "query":
         seeded = await scenarios.seed_orders(settings, 300, 1024)
         orders = seeded["active"] + seeded["finished"] + seeded["older"]
-        port = settings.query_port
+        port = settings.serving.query_port
 
         def request(pool: Pool | Connection) -> Any:
             return pool.request("GET", f"/orders/{random.choice(orders)}")
     else:
-        riders, scooters = scenarios.riders_and_scooters(settings)
+        riders, scooters = scenarios.riders_and_scooters(bench_stub_settings())
         pairs = [
             msgspec.json.encode({"user_id": r, "scooter_id": s})
             for r, s in zip(list(riders)[:5000], list(scooters)[:5000], strict=True)
         ]
-        port = settings.command_port
+        port = settings.serving.command_port
 
         def request(pool: Pool | Connection) -> Any:
             return pool.request("POST", "/offers", random.choice(pairs))
@@ -223,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, default=4.0)
     parser.add_argument("--slowloris", type=int, default=0)
     parser.add_argument("--drip", type=float, default=5.0)
-    defaults = Settings()
+    defaults = Settings().serving
     parser.add_argument("--read-timeout", type=float, default=defaults.request_read_timeout_seconds)
     parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
     args = parser.parse_args(argv)

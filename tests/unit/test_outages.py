@@ -1,4 +1,4 @@
-"""Which errors mean "a store is down" (503) and which are bugs (500): shared/outages.py."""
+"""Which errors mean "a store is down" (503) and which are bugs (500): shared/infra/outages.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 from redis import exceptions as redis_errors
 
-from shared.outages import unavailable_dependency
+from shared.infra.outages import unavailable_dependency
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from shared.errors import DependencyUnavailable, DomainError
-from shared.outages import unavailable_dependency
+from shared.infra.outages import unavailable_dependency
 
 MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("problems")

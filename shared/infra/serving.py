@@ -10,7 +10,7 @@ import resource
 
 import uvicorn
 
-from shared.admission import GuardedHttpToolsProtocol
+from shared.infra.admission import GuardedHttpToolsProtocol
 
 
 def _raise_open_files_limit() -> None:
@@ -22,7 +22,7 @@ def _raise_open_files_limit() -> None:
 def serve(factory: str, *, host: str, port: int, workers: int, log_level: str) -> None:
     """Serve the Litestar app built by ``factory`` ("module:function") in the foreground.
 
-    httptools with a request read timeout and a connection cap (shared/admission.py).
+    httptools with a request read timeout and a connection cap (shared/infra/admission.py).
     """
     _raise_open_files_limit()
     uvicorn.run(

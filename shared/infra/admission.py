@@ -116,15 +116,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def limits(cls) -> tuple[float, int, bytes]:
         """(read timeout in seconds, max connections, the 503 refusal as raw bytes)."""
         if cls._limits is None:
-            settings = get_settings()
-            body = overloaded_body(settings.retry_after_seconds)
+            serving = get_settings().serving
+            body = overloaded_body(serving.retry_after_seconds)
             refusal = (
                 b"HTTP/1.1 503 Service Unavailable\r\n"
                 b"content-type: application/problem+json\r\n"
                 b"retry-after: %d\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
-                % (settings.retry_after_seconds, len(body), body)
+                % (serving.retry_after_seconds, len(body), body)
             )
-            cls._limits = (settings.request_read_timeout_seconds, settings.max_connections, refusal)
+            cls._limits = (serving.request_read_timeout_seconds, serving.max_connections, refusal)
         return cls._limits
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
