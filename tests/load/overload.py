@@ -34,7 +34,6 @@ import msgspec
 import uvloop
 
 from shared.settings import Settings
-from tests.conftest import free_port
 from tests.load import scenarios
 from tests.load.bench import bench_settings, bench_stub_settings, running_stack
 from tests.load.client import Connection, HttpError, Pool
@@ -169,12 +168,9 @@ def run(args: argparse.Namespace, in_flight: int) -> dict[str, Any]:
         serving={
             "command_max_requests_in_flight": in_flight,
             "query_max_requests_in_flight": in_flight,
-            "command_port": free_port(),  # other runs may use the bench's fixed ports
-            "query_port": free_port(),
             "request_read_timeout_seconds": args.read_timeout,
             "max_connections": args.max_connections,
         },
-        read={"projector_metrics_port": 0},
     )
     with running_stack(settings, STACKS[args.side]):
         return asyncio.run(measure(args, settings))
@@ -194,7 +190,7 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         def request(pool: Pool | Connection) -> Any:
             return pool.request("GET", f"/orders/{random.choice(orders)}")
     else:
-        riders, scooters = scenarios.riders_and_scooters(bench_stub_settings())
+        riders, scooters = scenarios.riders_and_scooters(bench_stub_settings(settings))
         pairs = [
             msgspec.json.encode({"user_id": r, "scooter_id": s})
             for r, s in zip(list(riders)[:5000], list(scooters)[:5000], strict=True)
