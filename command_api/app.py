@@ -23,9 +23,8 @@ from command_api import rides
 from command_api.composition import open_deps
 from command_api.idempotency import run_once
 from command_api.identity import resolve_rider
-from shared.domain import TrackPoint
+from shared.domain import Order, TrackPoint
 from shared.errors import OrderNotFound
-from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
 from shared.infra.admission import admission_control
 from shared.infra.di import Slot
@@ -92,7 +91,7 @@ async def _idempotent(
     deps: rides.Deps,
     scope: str,
     key: str | None,
-    run: Callable[[bool], Awaitable[tuple[int, OrderSnapshot]]],
+    run: Callable[[bool], Awaitable[tuple[int, Order]]],
 ) -> Response[bytes]:
     """Answer ``run(resumed)`` (status, snapshot), once per Idempotency-Key when one is given.
 
@@ -121,7 +120,7 @@ async def start_order(
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
     resolve_rider(request, offer.user_id)  # once auth lands: refuses another rider's offer
 
-    async def run(resumed: bool) -> tuple[int, OrderSnapshot]:
+    async def run(resumed: bool) -> tuple[int, Order]:
         return 201, await rides.start_ride(deps, offer, resumed=resumed)
 
     return await _idempotent(request, deps, f"start:{offer.user_id}", idempotency_key, run)
@@ -140,7 +139,7 @@ async def finish_order(
         raise OrderNotFound(f"no ride {order_id}")
     rider = resolve_rider(request, None)
 
-    async def run(resumed: bool) -> tuple[int, OrderSnapshot]:
+    async def run(resumed: bool) -> tuple[int, Order]:
         # finishing is idempotent by the order's state: a resumed retry answers it
         return 200, await rides.finish_ride(deps, parsed, data.track, rider)
 
