@@ -26,6 +26,7 @@ from command_api.rate_limit import connect as connect_redis
 from shared.domain import Order, TrackPoint
 from shared.errors import OrderNotFound
 from shared.ids import parse_order_id
+from shared.infra.admission import admission_control
 from shared.infra.auth import (
     TokenVerifier,
     bearer_auth,
@@ -101,21 +102,25 @@ async def create_offer(
 
 async def _idempotent(
     request: Request[Any, Any, Any],
-    pool: asyncpg.Pool,
+    deps: rides.Deps,
     scope: str,
     key: str | None,
-    run: Callable[[], Awaitable[tuple[int, Order]]],
+    run: Callable[[bool], Awaitable[tuple[int, Order]]],
 ) -> Response[bytes]:
-    """Answer ``run()`` (status, order), once per Idempotency-Key when one is given."""
+    """Answer ``run(resumed)`` (status, snapshot), once per Idempotency-Key when one is given.
 
-    async def execute() -> tuple[int, bytes]:
-        status, order = await run()
-        return status, _encoder.encode(order)
+    ``resumed``: this retry took over the claim of a request that died mid-way.
+    """
+
+    async def execute(resumed: bool) -> tuple[int, bytes]:
+        status, snapshot = await run(resumed)
+        return status, _encoder.encode(snapshot)
 
     if key is None:
-        status, body = await execute()
+        status, body = await execute(False)
     else:
-        status, body = await run_once(pool, scope, key, await request.body(), execute)
+        pool, lease = deps.pool, deps.settings.payments.idempotency_lease_seconds
+        status, body = await run_once(pool, scope, key, await request.body(), execute, lease)
     return Response(body, status_code=status, media_type=JSON)
 
 
@@ -131,10 +136,10 @@ async def start_order(
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
     principal.require_rider(offer.user_id)  # another rider's offer: 403
 
-    async def run() -> tuple[int, Order]:
-        return 201, await rides.start_ride(deps, offer)
+    async def run(resumed: bool) -> tuple[int, Order]:
+        return 201, await rides.start_ride(deps, offer, resumed=resumed)
 
-    return await _idempotent(request, deps.pool, f"start:{offer.user_id}", idempotency_key, run)
+    return await _idempotent(request, deps, f"start:{offer.user_id}", idempotency_key, run)
 
 
 @post("/orders/{order_id:str}/finish", status_code=200, summary="Finish a ride and charge it")
@@ -150,12 +155,13 @@ async def finish_order(
         raise OrderNotFound(f"no ride {order_id}")
     actor = principal_of(request.user)  # the ride's rider, or support (a force-end)
 
-    async def run() -> tuple[int, Order]:
+    async def run(resumed: bool) -> tuple[int, Order]:
+        # finishing is idempotent by the order's state: a resumed retry answers it
         return 200, await rides.finish_ride(deps, parsed, data.track, actor)
 
     # the key's scope names the caller: a replay never answers someone else's finish
     scope = f"finish:{actor.sub}:{order_id}"
-    return await _idempotent(request, deps.pool, scope, idempotency_key, run)
+    return await _idempotent(request, deps, scope, idempotency_key, run)
 
 
 @get("/health/live", summary="The process is up")
@@ -219,7 +225,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         dependencies={"deps": deps.provide(), "offer_rate_limit": rate_limit.provide()},
         exception_handlers=exception_handlers(),
-        middleware=[request_metrics("command_api"), bearer_auth(verifier)],
+        # outermost first: an overloaded process sheds before any token verification;
+        # health checks pass both admission control and sign-in
+        middleware=[
+            admission_control(
+                "command_api",
+                settings.serving.command_max_requests_in_flight,
+                settings.serving.retry_after_seconds,
+            ),
+            request_metrics("command_api"),
+            bearer_auth(verifier),
+        ],
         openapi_config=openapi_config("SuperScooters command API"),
         request_max_body_size=2 * 1024 * 1024,
         logging_config=None,  # plain stdlib logging at the configured level, off the hot path

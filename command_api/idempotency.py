@@ -2,7 +2,10 @@
 422 when the key comes back with a different request.
 
 Only successful results are stored; a refused or failed request forgets its key so
-the client can retry it once the cause is fixed.
+the client can retry it once the cause is fixed. A claim is a lease: when its request
+died without an answer (the process was killed), a retry of the same request takes it
+over after ``lease_seconds`` and runs again with ``resumed=True``, so the command can
+answer what the order's state implies instead of "in flight" until the key expires.
 """
 
 from __future__ import annotations
@@ -23,14 +26,19 @@ async def run_once(
     scope: str,
     key: str,
     request: bytes,
-    execute: Callable[[], Awaitable[tuple[int, bytes]]],
+    execute: Callable[[bool], Awaitable[tuple[int, bytes]]],
+    lease_seconds: float,
 ) -> tuple[int, bytes]:
-    """Run ``execute`` at most once per (scope, key); returns (status, body)."""
+    """Run ``execute(resumed)`` once per (scope, key) and live claim; returns (status, body).
+
+    Raises :class:`IdempotencyKeyInFlight` while another request holds the claim,
+    :class:`IdempotencyKeyReused` for another request under the same key.
+    """
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise InvalidIdempotencyKey(f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} printable chars")
     digest = hashlib.sha256(request).digest()
     async with pool.acquire() as conn:
-        stored = await repo.claim_idempotency_key(conn, scope, key, digest)
+        resumed, stored = await repo.claim_idempotency_key(conn, scope, key, digest, lease_seconds)
     if stored is not None:
         if bytes(stored["request_hash"]) != digest:
             raise IdempotencyKeyReused("this Idempotency-Key was used with a different request")
@@ -38,7 +46,7 @@ async def run_once(
             raise IdempotencyKeyInFlight("the first request with this key is still in progress")
         return stored["status_code"], bytes(stored["response"])
     try:
-        status, body = await execute()
+        status, body = await execute(resumed)
     except BaseException:
         async with pool.acquire() as conn:
             await repo.forget_idempotency_key(conn, scope, key)

@@ -11,6 +11,7 @@ import asyncpg
 import msgspec
 
 from shared.domain import NewOrder, Order
+from shared.ids import created_at_of
 from shared.lifecycle import (
     ACTIVATE,
     DEBT_ALLOWED,
@@ -191,6 +192,41 @@ async def recorded_debt(conn: Connection, user_id: str) -> int:
     return int(debt or 0)
 
 
+async def order_of_offer(conn: Connection, offer_id: uuid.UUID) -> Order | None:
+    """The order an offer started (while its redemption is kept), in any state."""
+    order_id = await conn.fetchval(
+        "SELECT order_id FROM offer_redemptions WHERE offer_id = $1", offer_id
+    )
+    return None if order_id is None else await get_order(conn, order_id, created_at_of(order_id))
+
+
+async def stale_starts(
+    conn: Connection,
+    offer_id: uuid.UUID,
+    scooter_id: str,
+    user_id: str,
+    own_older_than: float,
+    older_than: float,
+) -> list[asyncpg.Record]:
+    """``starting`` orders in this start's way, presumed dead (their requests died before
+    the hold was confirmed): the offer's own start older than ``own_older_than`` seconds,
+    a start on the scooter or of the rider older than ``older_than``."""
+    return await conn.fetch(
+        "SELECT o.id, o.created_at FROM active_rides a"
+        " JOIN orders o ON o.id = a.order_id AND o.created_at = a.order_created_at"
+        " WHERE o.status = 'starting' AND ("
+        "   (a.order_id = (SELECT order_id FROM offer_redemptions WHERE offer_id = $1)"
+        "    AND o.created_at <= now() - make_interval(secs => $4))"
+        "   OR ((a.scooter_id = $2 OR a.user_id = $3)"
+        "       AND o.created_at <= now() - make_interval(secs => $5)))",
+        offer_id,
+        scooter_id,
+        user_id,
+        own_older_than,
+        older_than,
+    )
+
+
 # --- payment operations -----------------------------------------------------------------------
 
 
@@ -243,24 +279,35 @@ async def reschedule_operation(
 
 
 async def claim_idempotency_key(
-    conn: Connection, scope: str, key: str, request_hash: bytes
-) -> asyncpg.Record | None:
-    """None when the key is new (now ours, in flight); else the stored row."""
-    inserted = await conn.fetchval(
-        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)"
-        " ON CONFLICT (scope, key) DO NOTHING RETURNING true",
+    conn: Connection, scope: str, key: str, request_hash: bytes, lease_seconds: float
+) -> tuple[bool, asyncpg.Record | None]:
+    """Claim a key for this request: ``(resumed, stored)``.
+
+    ``(False, None)``: the key is new and now ours. ``(True, None)``: it was claimed
+    ``lease_seconds`` or longer ago for the same request and never completed (that
+    request died); the claim is now ours. ``(False, row)``: someone else holds or
+    completed it; ``row`` has ``request_hash``, ``status_code`` and ``response``.
+    """
+    claimed = await conn.fetchrow(
+        "INSERT INTO idempotency_keys AS k (scope, key, request_hash) VALUES ($1, $2, $3)"
+        " ON CONFLICT (scope, key) DO UPDATE SET claimed_at = now()"
+        "  WHERE k.status_code IS NULL AND k.request_hash = excluded.request_hash"
+        "    AND k.claimed_at <= now() - make_interval(secs => $4)"
+        " RETURNING k.xmax <> 0 AS resumed",
         scope,
         key,
         request_hash,
+        lease_seconds,
     )
-    if inserted:
-        return None
-    return await conn.fetchrow(
+    if claimed is not None:
+        return bool(claimed["resumed"]), None
+    stored = await conn.fetchrow(
         "SELECT request_hash, status_code, response FROM idempotency_keys"
         " WHERE scope = $1 AND key = $2",
         scope,
         key,
     )
+    return False, stored
 
 
 async def complete_idempotency_key(

@@ -77,7 +77,9 @@ async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer
     check_no_debt(user_id, debt, source=" for an earlier ride")
     zone = await services.zone(scooter.zone_id)
     coeffs = configs.value
-    price = quote(scooter, zone.value, user.value, coeffs)
+    price = quote(
+        scooter, zone.value, user.value, coeffs, unknown_user=user.source == "conservative"
+    )
     now = utcnow()
     offer = Offer(
         id=uuid7(),
@@ -116,7 +118,7 @@ async def _recorded_debt(pool: asyncpg.Pool, user_id: str) -> int:
 # --- starting a ride --------------------------------------------------------------------------
 
 
-async def start_ride(deps: Deps, offer: Offer) -> Order:
+async def start_ride(deps: Deps, offer: Offer, *, resumed: bool = False) -> Order:
     """Start a ride from a verified offer: reserve, hold the deposit, then activate.
 
     1. One step claims the offer, the scooter and a ride slot, writes the order as
@@ -126,6 +128,11 @@ async def start_ride(deps: Deps, offer: Offer) -> Order:
     3. One step activates the order and appends ``order_started``.
     A failed hold rejects the order and frees everything; if the hold may have happened
     (timeout), its release is recorded for the worker.
+
+    A start whose request died is not waited for longer than ``stuck_hold_seconds``:
+    when the offer, scooter or ride slot is held by such a start, it is undone here and
+    this start goes ahead. ``resumed`` (the retry of a request that died, issue 8 item 5)
+    answers the ride the offer already started, or undoes its unconfirmed start at once.
     """
     settings = deps.settings
     order_id = uuid7()
@@ -148,23 +155,31 @@ async def start_ride(deps: Deps, offer: Offer) -> Order:
         version=1,
         pricing=offer.inputs,
     )
-    try:
-        async with deps.pool.acquire() as conn:
-            await repo.start_ride(
-                conn,
-                order,
-                offer.expires_at,
-                settings.rides.max_active_per_user,
-                settings.payments.stuck_hold_seconds,
-            )
-    except repo.Refused as refused:
-        raise refusal_error(
-            refused.code,
-            offer_id=offer.id,
-            scooter_id=offer.scooter_id,
-            user_id=offer.user_id,
-            max_rides=settings.rides.max_active_per_user,
-        ) from None
+    for attempt in (1, 2):
+        try:
+            async with deps.pool.acquire() as conn:
+                await repo.start_ride(
+                    conn,
+                    order,
+                    offer.expires_at,
+                    settings.rides.max_active_per_user,
+                    settings.payments.stuck_hold_seconds,
+                )
+            break
+        except repo.Refused as refused:
+            if resumed and refused.code == "offer_already_used":
+                async with deps.pool.acquire() as conn:
+                    earlier = await repo.order_of_offer(conn, offer.id)
+                if earlier is not None and is_visible(earlier.status):
+                    return earlier  # the request that died had started the ride
+            if attempt == 2 or not await _undo_dead_starts(deps, offer, resumed=resumed):
+                raise refusal_error(
+                    refused.code,
+                    offer_id=offer.id,
+                    scooter_id=offer.scooter_id,
+                    user_id=offer.user_id,
+                    max_rides=settings.rides.max_active_per_user,
+                ) from None
     try:
         await deps.services.hold(offer.user_id, str(order_id), offer.deposit)
     except ServiceError as exc:
@@ -177,6 +192,28 @@ async def start_ride(deps: Deps, offer: Offer) -> Order:
     if started is None:  # the worker undid this start while the hold was slow
         raise DependencyUnavailable("payments", "holding the deposit took too long")
     return started
+
+
+async def _undo_dead_starts(deps: Deps, offer: Offer, *, resumed: bool) -> bool:
+    """Undo the unconfirmed starts in this offer's way whose requests died; True if any.
+
+    A start is presumed dead after ``stuck_hold_seconds`` (a live hold takes at most two
+    payment timeouts); a ``resumed`` retry knows that its offer's start died, so it does
+    not wait for that one.
+    Undoing is safe even if that request still lives: its activation then fails and the
+    hold it may have placed is released by the worker.
+    """
+    stale = float(deps.settings.payments.stuck_hold_seconds)
+    async with deps.pool.acquire() as conn:
+        dead = await repo.stale_starts(
+            conn, offer.id, offer.scooter_id, offer.user_id, 0.0 if resumed else stale, stale
+        )
+    undone = False
+    for row in dead:
+        if await reject_start(deps.pool, row["id"], row["created_at"], release=True):
+            log.warning("undid start %s: its request died before its hold", row["id"])
+            undone = True
+    return undone
 
 
 async def reject_start(

@@ -31,6 +31,7 @@ from query_api.screens import (
 from query_api.stores import REDIS_DOWN, RedisClient, connect_postgres, connect_redis
 from shared.errors import Forbidden, InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
+from shared.infra.admission import admission_control
 from shared.infra.auth import (
     TokenVerifier,
     bearer_auth,
@@ -213,7 +214,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=exception_handlers(
             invalid_status=422, invalid_code=InvalidParameter.code
         ),
-        middleware=[request_metrics("query_api"), bearer_auth(verifier)],
+        # outermost first: an overloaded process sheds before any token verification;
+        # health checks pass both admission control and sign-in
+        middleware=[
+            admission_control(
+                "query_api",
+                settings.serving.query_max_requests_in_flight,
+                settings.serving.retry_after_seconds,
+            ),
+            request_metrics("query_api"),
+            bearer_auth(verifier),
+        ],
         lifespan=[lifespan],
         openapi_config=openapi_config("SuperScooters query API"),
         dependencies={"reads": reads.provide(), "stores": stores.provide()},

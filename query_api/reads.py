@@ -25,8 +25,9 @@ from query_api import projection, repository
 from query_api.metrics import CACHE_HITS, CACHE_MISSES, FALLBACKS
 from query_api.projection import Write
 from query_api.replica import ReadRouter
-from query_api.stores import POSTGRES_DOWN, RedisClient, RedisGate, RedisUnavailable, SingleFlight
+from query_api.stores import RedisClient, RedisGate, RedisUnavailable, SingleFlight
 from shared.errors import DependencyUnavailable
+from shared.infra.outages import POSTGRES_DOWN
 from shared.lifecycle import is_riding
 from shared.settings import Settings
 from shared.views import (

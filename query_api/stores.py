@@ -46,16 +46,6 @@ def _slow(exc: BaseException) -> bool:
     return isinstance(exc, (*REDIS_SLOW, redis_errors.MaxConnectionsError))
 
 
-# what "Postgres is down" looks like to a client
-POSTGRES_DOWN = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-)
-
-
 def connect_redis(settings: Settings, timeout: float | None = None) -> RedisClient:
     """A Redis (or Redis Cluster) client that fails fast instead of retrying.
 

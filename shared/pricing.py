@@ -28,11 +28,18 @@ def quote(
     zone: TariffZone,
     user: UserProfile,
     coeffs: PriceCoeffSettings,
+    *,
+    unknown_user: bool = False,
 ) -> Price:
     """The personal price of a ride (DOMAIN.md "Pricing", money in currency units).
 
     Refuses a user who has a current debt (rule 4, :func:`shared.lifecycle.check_no_debt`):
     raises :class:`~shared.errors.UserHasDebt`.
+
+    ``unknown_user``: the users service is down and this rider was never seen, so
+    ``user`` is a blank profile. Priced conservatively (DOMAIN.md "When a dependency
+    fails"): no subscription, not trusted, and the raised deposit
+    (``default_deposit * deposit_multiplier``) as if the rider had a large total debt.
     """
     lifecycle.check_no_debt(user.id, user.current_debt)
     per_minute = int(zone.price_per_minute * coeffs.surge)
@@ -41,7 +48,7 @@ def quote(
     unlock = 0 if user.has_subscribtion else zone.price_unlock
     if user.trusted:
         deposit = 0
-    elif user.total_debt > coeffs.deposit_debt_threshold:
+    elif unknown_user or user.total_debt > coeffs.deposit_debt_threshold:
         deposit = int(zone.default_deposit * coeffs.deposit_multiplier)
     else:
         deposit = zone.default_deposit

@@ -171,6 +171,15 @@ class ServingSettings:
     metrics_host: str = setting("METRICS_HOST", "127.0.0.1")
     command_metrics_port: int = setting("COMMAND_METRICS_PORT", 9100)
     query_metrics_port: int = setting("QUERY_METRICS_PORT", 9110)
+    # overload and slow clients, per API process (shared/infra/admission.py): requests
+    # handled at once, more are answered 503 overloaded at once (0 = no limit); about the
+    # concurrency at which each API reaches its throughput (docs/benchmarks.md)
+    command_max_requests_in_flight: int = setting("COMMAND_MAX_REQUESTS_IN_FLIGHT", 16)
+    query_max_requests_in_flight: int = setting("QUERY_MAX_REQUESTS_IN_FLIGHT", 128)
+    # open connections; past it the one waiting longest for its request is closed
+    max_connections: int = setting("MAX_CONNECTIONS", 4_096)
+    # a request (headers and body) must arrive within this (slowloris)
+    request_read_timeout_seconds: float = setting("REQUEST_READ_TIMEOUT_SECONDS", 10.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -248,8 +257,12 @@ class PaymentSettings:
     retry_base_seconds: float = setting("PAYMENT_RETRY_BASE_SECONDS", 1.0)
     retry_max_seconds: float = setting("PAYMENT_RETRY_MAX_SECONDS", 300.0)
     max_attempts: int = setting("PAYMENT_MAX_ATTEMPTS", 10)
-    # a start that never confirmed its hold is undone after this
-    stuck_hold_seconds: int = setting("STUCK_HOLD_SECONDS", 30)
+    # a start that never confirmed its hold is undone after this (by the worker, or by
+    # the next start that needs its offer, scooter or ride slot); > 2 payment timeouts
+    stuck_hold_seconds: int = setting("STUCK_HOLD_SECONDS", 10)
+    # an Idempotency-Key claim whose request gave no answer is taken over by a retry
+    # after this (its request died); longer than any live request
+    idempotency_lease_seconds: float = setting("IDEMPOTENCY_LEASE_SECONDS", 10.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -317,6 +330,11 @@ class Settings:
 
     def check(self) -> None:
         """Refuse settings that are unsafe for the environment."""
+        if self.payments.stuck_hold_seconds < 2 * self.external.payment_timeout_seconds:
+            raise SettingsError(
+                "SCOOTERS_STUCK_HOLD_SECONDS must be at least two payment timeouts (a hold is"
+                " tried twice), or live starts would be undone mid-hold"
+            )
         if self.runtime.environment not in {"development", "production"}:
             raise SettingsError("SCOOTERS_ENVIRONMENT must be 'development' or 'production'")
         keys = self.offers.key_bytes()  # raises on a malformed key

@@ -151,6 +151,7 @@ async def hold_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAn
         stubs.ledger.hold(user_id=data.user_id, order_id=data.order_id, amount=data.amount)
     except PaymentConflict as exc:
         raise Problem(409, "payment_conflict", str(exc)) from exc
+    await stubs.faults.reply("payments")
     return OK
 
 
@@ -162,6 +163,7 @@ async def clear_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentA
         stubs.ledger.clear(user_id=data.user_id, order_id=data.order_id, amount=data.amount)
     except PaymentConflict as exc:
         raise Problem(409, "payment_conflict", str(exc)) from exc
+    await stubs.faults.reply("payments")
     return OK
 
 

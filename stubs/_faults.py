@@ -18,6 +18,9 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
     outage: bool = False
     latency_ms: int = 0
     error_rate: float = 0.0
+    # "acted, replied late": the operation takes effect, then the answer waits this long
+    # (longer than the caller's timeout makes an ambiguous failure that did happen)
+    reply_delay_ms: int = 0
 
 
 class FaultUpdate(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,6 +30,7 @@ class FaultUpdate(msgspec.Struct, frozen=True, kw_only=True):
     outage: bool | None = None
     latency_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] | None = None
     error_rate: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    reply_delay_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] | None = None
 
 
 class UnknownService(ValueError):
@@ -60,7 +64,7 @@ class Faults:
             raise UnknownService(change.service)
         given = {
             name: value
-            for name in ("outage", "latency_ms", "error_rate")
+            for name in ("outage", "latency_ms", "error_rate", "reply_delay_ms")
             if (value := getattr(change, name)) is not None
         }
         self._faults[change.service] = msgspec.structs.replace(current, **given)
@@ -79,6 +83,13 @@ class Faults:
             raise ServiceFailed(service, 503, "service is down")
         if fault.error_rate and self._dice.random() < fault.error_rate:
             raise ServiceFailed(service, 500, "random failure")
+
+    async def reply(self, service: str) -> None:
+        """Play ``service``'s "acted, replied late" fault: called after the work is done,
+        so the caller times out on an operation that took effect."""
+        delay = self._faults[service].reply_delay_ms
+        if delay:
+            await asyncio.sleep(delay / 1000)
 
 
 def faults_from_json(raw: str) -> list[FaultUpdate]:

@@ -94,8 +94,14 @@ def base_settings(run_id: str, stubs_port: int) -> Settings:
         # a key of this run; the development path (a key created in Postgres) is tested
         # on its own in tests/e2e/test_identity.py; the rate-limit test sets its own limit
         offers={"keys": encode_offer_key(new_offer_key()), "rate_limit": 100_000},
-        # in-process apps come and go: no metrics servers unless a test sets a port
-        serving={"command_metrics_port": 0, "query_metrics_port": 0},
+        serving={
+            # in-process apps come and go: no metrics servers unless a test sets a port
+            "command_metrics_port": 0,
+            "query_metrics_port": 0,
+            # concurrency tests fire dozens of requests at once; test_overload sets small limits
+            "command_max_requests_in_flight": 256,
+            "query_max_requests_in_flight": 256,
+        },
     )
 
 
@@ -158,7 +164,13 @@ def reset_faults(stubs: str) -> Iterator[None]:
         for service in ("scooters", "zones", "users", "configs", "payments"):
             httpx.post(
                 f"{stubs}/admin/faults",
-                json={"service": service, "outage": False, "latency_ms": 0, "error_rate": 0.0},
+                json={
+                    "service": service,
+                    "outage": False,
+                    "latency_ms": 0,
+                    "error_rate": 0.0,
+                    "reply_delay_ms": 0,
+                },
                 headers=ADMIN,
                 timeout=5,
             ).raise_for_status()

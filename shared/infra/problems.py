@@ -15,6 +15,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from shared.errors import DependencyUnavailable, DomainError, RateLimited, Unauthenticated
+from shared.infra.outages import unavailable_dependency
 
 MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("problems")
@@ -97,6 +98,10 @@ def _first_error(exc: ValidationException) -> str:
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    service = unavailable_dependency(exc)
+    if service is not None:  # a store is down or restarting: 503, not our bug
+        log.warning("%s unavailable on %s %s: %r", service, request.method, request.url.path, exc)
+        return _domain_error(request, DependencyUnavailable(service))
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +25,15 @@ from pathlib import Path
 
 import uvicorn
 
+from shared.infra.admission import GuardedHttpToolsProtocol
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _raise_open_files_limit() -> None:
+    """Use the hard limit of open files: connections past the soft one would fail accept()."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @contextlib.contextmanager
@@ -57,7 +66,11 @@ def metrics_directory(workers: int) -> Iterator[Path | None]:
 
 def serve(factory: str, *, host: str, port: int, workers: int, log_level: str) -> None:
     """Serve the Litestar app built by ``factory`` ("module:function") in the foreground,
-    in ``workers`` processes sharing the port and one ``/metrics`` view."""
+    in ``workers`` processes sharing the port and one ``/metrics`` view.
+
+    httptools with a request read timeout and a connection cap (shared/infra/admission.py).
+    """
+    _raise_open_files_limit()
     with metrics_directory(workers):
         uvicorn.run(
             factory,
@@ -66,7 +79,7 @@ def serve(factory: str, *, host: str, port: int, workers: int, log_level: str) -
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            http=GuardedHttpToolsProtocol,
             access_log=False,
             proxy_headers=False,  # no proxy in front here; saves a middleware per request
             server_header=False,

@@ -445,8 +445,9 @@ async def test_users_down_prices_an_unseen_user_conservatively(
     expected_minute = per_minute(
         zone["price_per_minute"], data["charge"], STUB_SURGE, STUB_DISCOUNT
     )
-    # no subscription (unlock = zone's), not trusted (deposit = zone's)
-    assert prices(offer) == (expected_minute, zone["price_unlock"], zone["default_deposit"])
+    # no subscription (unlock = zone's), not trusted, and the raised deposit (issue 8, item 9)
+    raised = int(zone["default_deposit"] * 1.25)  # the stubs' deposit_multiplier
+    assert prices(offer) == (expected_minute, zone["price_unlock"], raised)
     used = inputs(base_settings, offer)
     assert used.user_source == "conservative"
     assert not used.has_subscription

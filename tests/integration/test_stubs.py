@@ -387,12 +387,40 @@ async def test_a_failed_payment_call_records_nothing(client: httpx.AsyncClient) 
 
 
 @pytest.mark.usefixtures("reset_faults")
+async def test_payments_acted_replied_late_moves_the_money_before_the_caller_times_out(
+    client: httpx.AsyncClient,
+) -> None:
+    """The "acted, replied late" fault: the caller times out, yet the ledger has the entry."""
+    order = f"order-late-{uuid.uuid4()}"
+    await set_fault(client, service="payments", reply_delay_ms=2_000)
+    for kind, amount in (("hold", 300), ("clear", 48)):
+        with pytest.raises(httpx.TimeoutException):
+            await client.post(
+                f"/{kind}-money-for-order",
+                json={"user_id": "user-1", "order_id": order, "amount": amount},
+                timeout=0.3,
+            )
+        await set_fault(client, service="payments", reply_delay_ms=0)
+        ledger = (await client.get("/ledger", params={"order_id": order})).json()
+        assert kind.replace("clear", "charge") in [e["kind"] for e in ledger["entries"]]
+        await set_fault(client, service="payments", reply_delay_ms=2_000)
+    ledger = (await client.get("/ledger", params={"order_id": order})).json()
+    assert (ledger["held"], ledger["charged"], ledger["released"]) == (300, 48, 252)
+
+
+@pytest.mark.usefixtures("reset_faults")
 async def test_fault_switches_are_partial_and_listed(client: httpx.AsyncClient) -> None:
     await set_fault(client, service="users", latency_ms=5)
     answer = await client.post("/admin/faults", json={"service": "users", "error_rate": 0.1})
     assert answer.status_code == 200
     users = next(f for f in answer.json() if f["service"] == "users")
-    assert users == {"service": "users", "outage": False, "latency_ms": 5, "error_rate": 0.1}
+    assert users == {
+        "service": "users",
+        "outage": False,
+        "latency_ms": 5,
+        "error_rate": 0.1,
+        "reply_delay_ms": 0,
+    }
     listed = (await client.get("/admin/faults")).json()
     assert {f["service"] for f in listed} == {"scooters", "zones", "users", "configs", "payments"}
     assert users in listed

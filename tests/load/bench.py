@@ -60,6 +60,9 @@ def bench_settings(command_workers: int, query_workers: int) -> Settings:
             "query_port": free_port(),
             "command_metrics_port": 0,  # no scraper in a benchmark
             "query_metrics_port": 0,
+            # throughput runs measure the box, not the shedding (tests.load.overload does)
+            "command_max_requests_in_flight": 0,
+            "query_max_requests_in_flight": 0,
         },
         read={"projector_metrics_port": free_port()},
         external={"base_url": f"http://127.0.0.1:{stubs_port}"},

@@ -46,6 +46,17 @@ def test_threshold_edges() -> None:
     assert price(trusted=True, total_debt=20_000)[2] == 0
 
 
+def test_an_unknown_user_is_priced_conservatively_with_the_raised_deposit() -> None:
+    unknown = quote(
+        ScooterData(id="s", zone_id="zone-1", charge=57),
+        ZONE,
+        UserProfile(id="u"),
+        COEFFS,
+        unknown_user=True,
+    )
+    assert (unknown.price_per_minute, unknown.price_unlock, unknown.deposit) == (24, 45, 375)
+
+
 def test_each_step_truncates() -> None:
     zone = TariffZone(id="z", price_per_minute=7, price_unlock=0, default_deposit=333)
     coeffs = PriceCoeffSettings(surge=1.5, low_charge_discount=0.75, deposit_multiplier=1.25)
