@@ -76,6 +76,9 @@ class Settings:
 
     # --- rides
     track_max_points: int = 2_000
+    # rides gone wrong (shared/ride_rules.py, docs/rides-gone-wrong.md)
+    abandoned_ride_seconds: int = 43_200  # an active ride this old is ended by the worker
+    max_ride_cost: int = 10_000  # what one ride can cost, unlock included; 0 = no cap
 
     # --- payments retry
     payment_retry_base_seconds: float = 1.0
