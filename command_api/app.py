@@ -28,6 +28,7 @@ from shared.ids import parse_order_id
 from shared.offer_token import OfferSigner
 from shared.problems import exception_handlers
 from shared.request_metrics import request_metrics
+from shared.serving import cors_config
 from shared.settings import Settings, get_settings
 
 JSON = "application/json"
@@ -191,6 +192,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         middleware=[request_metrics("command_api")],
+        cors_config=cors_config(settings),  # the operations console calls from its origin
         openapi_config=OpenAPIConfig(title="SuperScooters command API", version="1"),
         request_max_body_size=2 * 1024 * 1024,
         logging_config=None,  # plain stdlib logging at the configured level, off the hot path

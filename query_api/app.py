@@ -17,6 +17,7 @@ from litestar.plugins.prometheus import PrometheusController
 
 from query_api import projection
 from query_api.reads import Reads
+from query_api.ride_details import console_handlers
 from query_api.screens import (
     InvalidCursor,
     OrderScreen,
@@ -157,6 +158,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         live,
         ready,
         PrometheusController,
+        *console_handlers(settings),
     ]
     return Litestar(
         route_handlers=handlers,

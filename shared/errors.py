@@ -122,3 +122,7 @@ class RefundExceedsCharge(DomainError):
         409,
         "The refunds would exceed what was charged",
     )
+
+
+class OrderNotEnded(DomainError):
+    code, status, title = "order_not_ended", 409, "The ride has not ended; it has no receipt yet"

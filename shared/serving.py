@@ -7,6 +7,9 @@ measure of what the framework and server reach on the machine.
 from __future__ import annotations
 
 import uvicorn
+from litestar.config.cors import CORSConfig
+
+from shared.settings import Settings
 
 
 def serve(factory: str, *, host: str, port: int, workers: int, log_level: str) -> None:
@@ -24,4 +27,21 @@ def serve(factory: str, *, host: str, port: int, workers: int, log_level: str) -
         server_header=False,
         date_header=False,
         log_level=log_level.lower(),
+    )
+
+
+def cors_config(settings: Settings) -> CORSConfig | None:
+    """CORS for the operations console's origins (``cors_allow_origins``); None when empty.
+
+    Bearer tokens travel in a header, never in cookies, so a listed origin gains nothing
+    a script elsewhere could not do with the same token.
+    """
+    origins = settings.cors_origins()
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["authorization", "content-type", "idempotency-key"],
+        max_age=600,
     )

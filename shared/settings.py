@@ -107,6 +107,13 @@ class Settings:
     projector_poll_seconds: float = 1.0  # fallback when a NOTIFY is missed
     projector_metrics_port: int = 8002  # 0 = no /metrics server
 
+    # --- operations console (query_api/console/, docs/operator-api.md)
+    # browser origins allowed to call the APIs and the identity stub (comma-separated;
+    # empty: no CORS headers at all). The console is served by the query API.
+    cors_allow_origins: str = "http://127.0.0.1:8001,http://localhost:8001"
+    console_command_url: str = ""  # the command API as the browser reaches it; "" = derived
+    console_identity_url: str = ""  # the identity provider for the browser; "" = external
+
     # --- stubs data set
     stub_scooters: int = 10_000
     stub_zones: int = 10
@@ -133,6 +140,10 @@ class Settings:
         settings = cls(**values)
         settings.check()
         return settings
+
+    def cors_origins(self) -> list[str]:
+        """The browser origins of ``cors_allow_origins`` (the operations console's)."""
+        return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]
 
     def check(self) -> None:
         """Refuse settings that are unsafe for the environment."""

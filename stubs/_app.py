@@ -30,6 +30,7 @@ from shared.domain import (
     TariffZone,
     UserProfile,
 )
+from shared.serving import cors_config
 from shared.settings import Settings
 from stubs._dataset import DataSet
 from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
@@ -338,4 +339,5 @@ def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -
         exception_handlers={HTTPException: problem_details, ServiceFailed: fault_answer},
         before_send=[count_request],
         openapi_config=None,
+        cors_config=cors_config(settings),  # the console's browser asks identity for tokens
     )
