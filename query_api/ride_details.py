@@ -79,9 +79,10 @@ async def get_track(order_id: FromPath[str], state: State) -> TrackAnswer:
 
 def console_handlers(settings: Settings) -> list[Any]:
     """The console's static files under ``/console/`` and its configuration."""
-    command_url = (
-        settings.console_command_url or f"http://{settings.command_host}:{settings.command_port}"
-    )
+    host = settings.command_host
+    if host in {"0.0.0.0", "::", ""}:  # listening everywhere: the browser is on this machine
+        host = "127.0.0.1"
+    command_url = settings.console_command_url or f"http://{host}:{settings.command_port}"
     identity_url = settings.console_identity_url or settings.external_base_url
 
     @get("/console-config")

@@ -311,3 +311,19 @@ async def test_console_files_are_served_by_the_query_api(stack: Stack) -> None:
         config = (await client.get("/console-config")).json()
         assert config == {"command_url": stack.command_url, "identity_url": stack.stubs_url}
         assert (await client.get("/console/missing.js")).status_code == 404
+
+
+async def test_only_the_consoles_origin_may_call_the_command_api(stack: Stack) -> None:
+    preflight = {
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type, idempotency-key",
+    }
+    async with httpx.AsyncClient(base_url=stack.command_url) as client:
+        allowed = await client.options("/offers", headers={"origin": stack.query_url, **preflight})
+        assert allowed.status_code in (200, 204)
+        assert allowed.headers["access-control-allow-origin"] == stack.query_url
+        refused = await client.options(
+            "/offers", headers={"origin": "http://elsewhere.example", **preflight}
+        )
+        assert refused.headers.get("access-control-allow-origin") != "http://elsewhere.example"
+        assert refused.status_code >= 400
