@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from shared.settings import Settings
 from shared.views import order_key
 from tests.conftest import ROOT, free_port, start_process, stop_process, wait_http
-from tests.e2e.conftest import backdate
+from tests.e2e.conftest import backdate, ledger
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -232,11 +232,8 @@ async def test_a_rider_plays_a_ride_to_its_receipt(
     kinds = [kind for kind, _ in lines]
     assert kinds[0] == "riding_time"
     assert "unlock" in kinds
-    async with httpx.AsyncClient() as client:
-        ledger = (
-            await client.get(f"{stack.stubs_url}/ledger", params={"order_id": order_id})
-        ).json()
-    assert ledger["charged"] == total  # the screen and payments agree
+    money = await ledger(stack.stubs_url, order_id)
+    assert money["charged"] == total  # the screen and payments agree
     row = await db.fetchrow(
         "SELECT total_amount, payment_status FROM orders WHERE id = $1::uuid", order_id
     )
