@@ -1,4 +1,8 @@
-"""The command API: offers and rides. ``create_app`` is the composition root."""
+"""The command API: offers and rides.
+
+Its dependencies are built by ``command_api.composition`` in the app's lifespan and reach
+the handlers through Litestar's dependency injection (``deps: Deps``).
+"""
 
 from __future__ import annotations
 
@@ -11,29 +15,29 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response, get, post
-from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import FromPath, HeaderParameter, JSONBody, SkipValidation
 from litestar.plugins.prometheus import PrometheusController
 
 from command_api import rides
-from command_api.external import ExternalServices, make_http_client
+from command_api.composition import open_deps
 from command_api.idempotency import run_once
 from command_api.identity import resolve_rider
-from shared.db import create_pool
 from shared.domain import TrackPoint
 from shared.errors import OrderNotFound
 from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
-from shared.offer_token import OfferSigner
-from shared.problems import exception_handlers
-from shared.request_metrics import request_metrics
-from shared.serving import cors_config
+from shared.infra.di import Slot
+from shared.infra.problems import exception_handlers
+from shared.infra.request_metrics import request_metrics
+from shared.infra.serving import cors_config
 from shared.settings import Settings, get_settings
 
 JSON = "application/json"
 _encoder = msgspec.json.Encoder()
 
+# built by the lifespan (command_api.composition): not validated per request
+Deps = SkipValidation[rides.Deps]
 RiderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\w.:-]+$")]
 
 
@@ -63,17 +67,12 @@ class FinishOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     track: list[TrackPoint] = []
 
 
-def _deps(state: State) -> rides.Deps:
-    deps: rides.Deps = state.deps
-    return deps
-
-
 @post("/offers", status_code=201, summary="Price a personal offer for a scooter")
 async def create_offer(
-    request: Request[Any, Any, Any], data: JSONBody[CreateOffer], state: State
+    request: Request[Any, Any, Any], data: JSONBody[CreateOffer], deps: Deps
 ) -> OfferAnswer:
     rider = resolve_rider(request, data.user_id) or data.user_id
-    offer, token = await rides.create_offer(_deps(state), rider, data.scooter_id)
+    offer, token = await rides.create_offer(deps, rider, data.scooter_id)
     return OfferAnswer(
         id=str(offer.id),
         user_id=offer.user_id,
@@ -90,7 +89,7 @@ async def create_offer(
 
 async def _idempotent(
     request: Request[Any, Any, Any],
-    state: State,
+    pool: asyncpg.Pool,
     scope: str,
     key: str | None,
     run: Callable[[], Awaitable[tuple[int, OrderSnapshot]]],
@@ -104,7 +103,7 @@ async def _idempotent(
     if key is None:
         status, body = await execute()
     else:
-        status, body = await run_once(_deps(state).pool, scope, key, await request.body(), execute)
+        status, body = await run_once(pool, scope, key, await request.body(), execute)
     return Response(body, status_code=status, media_type=JSON)
 
 
@@ -112,17 +111,16 @@ async def _idempotent(
 async def start_order(
     request: Request[Any, Any, Any],
     data: JSONBody[StartOrder],
-    state: State,
+    deps: Deps,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
-    deps = _deps(state)
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
     resolve_rider(request, offer.user_id)  # once auth lands: refuses another rider's offer
 
     async def run() -> tuple[int, OrderSnapshot]:
         return 201, await rides.start_ride(deps, offer)
 
-    return await _idempotent(request, state, f"start:{offer.user_id}", idempotency_key, run)
+    return await _idempotent(request, deps.pool, f"start:{offer.user_id}", idempotency_key, run)
 
 
 @post("/orders/{order_id:str}/finish", status_code=200, summary="Finish a ride and charge it")
@@ -130,19 +128,18 @@ async def finish_order(
     request: Request[Any, Any, Any],
     order_id: FromPath[str],
     data: JSONBody[FinishOrder],
-    state: State,
+    deps: Deps,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
     parsed = parse_order_id(order_id)
     if parsed is None:
         raise OrderNotFound(f"no ride {order_id}")
-    deps = _deps(state)
     rider = resolve_rider(request, None)
 
     async def run() -> tuple[int, OrderSnapshot]:
         return 200, await rides.finish_ride(deps, parsed, data.track, rider)
 
-    return await _idempotent(request, state, f"finish:{order_id}", idempotency_key, run)
+    return await _idempotent(request, deps.pool, f"finish:{order_id}", idempotency_key, run)
 
 
 @get("/health/live", summary="The process is up")
@@ -151,9 +148,9 @@ async def live() -> dict[str, str]:
 
 
 @get("/health/ready", summary="Postgres answers", status_code=200)
-async def ready(state: State) -> Response[dict[str, str]]:
+async def ready(deps: Deps) -> Response[dict[str, str]]:
     try:
-        async with _deps(state).pool.acquire() as conn:
+        async with deps.pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
     except (OSError, asyncpg.PostgresError) as exc:
         return Response({"status": "unavailable", "postgres": str(exc)}, status_code=503)
@@ -163,36 +160,28 @@ async def ready(state: State) -> Response[dict[str, str]]:
 def create_app(settings: Settings | None = None) -> Litestar:
     """The command API wired to real Postgres, payments and the external services."""
     settings = settings or get_settings()
+    deps: Slot[rides.Deps] = Slot("deps")
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        pool = await create_pool(
-            settings.database_url,
-            min_size=settings.db_pool_min,
-            max_size=settings.db_pool_max,
-            command_timeout=settings.db_command_timeout_seconds,
-        )
-        client = make_http_client(settings)
-        app.state.deps = rides.Deps(
-            pool=pool,
-            services=ExternalServices(client, settings),
-            signer=OfferSigner(settings.offer_signing_key),
-            settings=settings,
-        )
-        app.state.retry_after_seconds = settings.retry_after_seconds
-        try:
-            yield
-        finally:
-            await client.aclose()
-            await pool.close()
+        app.state.retry_after_seconds = settings.serving.retry_after_seconds
+        async with open_deps(settings) as opened:
+            deps.fill(opened)
+            try:
+                yield
+            finally:
+                deps.fill(None)
 
-    logging.basicConfig(level=settings.log_level)
+    logging.basicConfig(level=settings.runtime.log_level)
     return Litestar(
         route_handlers=[create_offer, start_order, finish_order, live, ready, PrometheusController],
         lifespan=[lifespan],
+        dependencies={"deps": deps.provide()},
         exception_handlers=exception_handlers(),
         middleware=[request_metrics("command_api")],
-        cors_config=cors_config(settings),  # the operations console calls from its origin
+        cors_config=cors_config(
+            settings.console.cors_origins()
+        ),  # the operations console calls from its origin
         openapi_config=OpenAPIConfig(title="SuperScooters command API", version="1"),
         request_max_body_size=2 * 1024 * 1024,
         logging_config=None,  # plain stdlib logging at the configured level, off the hot path

@@ -73,11 +73,11 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
     CPU per request, and these calls are on every command's path.
     """
     return HttpxAiohttpClient(
-        base_url=settings.external_base_url,
-        timeout=httpx.Timeout(settings.http_timeout_seconds),
+        base_url=settings.external.base_url,
+        timeout=httpx.Timeout(settings.external.http_timeout_seconds),
         limits=httpx.Limits(
-            max_connections=settings.http_max_connections,
-            max_keepalive_connections=settings.http_max_connections,
+            max_connections=settings.external.http_max_connections,
+            max_keepalive_connections=settings.external.http_max_connections,
         ),
     )
 
@@ -94,12 +94,12 @@ class ExternalServices:
         self._configs_lock = asyncio.Lock()
         self._configs_checked_at = float("-inf")
         self._defaults = PriceCoeffSettings(
-            surge=settings.surge_default,
-            low_charge_discount=settings.low_charge_discount_default,
-            low_charge_threshold=settings.low_charge_threshold,
-            deposit_multiplier=settings.deposit_multiplier,
-            deposit_debt_threshold=settings.deposit_debt_threshold,
-            free_ride_seconds=settings.free_ride_seconds,
+            surge=settings.pricing.surge_default,
+            low_charge_discount=settings.pricing.low_charge_discount_default,
+            low_charge_threshold=settings.pricing.low_charge_threshold,
+            deposit_multiplier=settings.pricing.deposit_multiplier,
+            deposit_debt_threshold=settings.pricing.deposit_debt_threshold,
+            free_ride_seconds=settings.pricing.free_ride_seconds,
         )
 
     # --- transport -----------------------------------------------------------------------
@@ -146,7 +146,7 @@ class ExternalServices:
                 path,
                 content=_encoder.encode(request),
                 headers={"content-type": "application/json"},
-                timeout=self._settings.payment_timeout_seconds,
+                timeout=self._settings.external.payment_timeout_seconds,
             )
         except httpx.ConnectError as exc:  # refused: the request never left
             metrics.external_calls.labels("payments", "error").inc()
@@ -184,7 +184,7 @@ class ExternalServices:
         try:
             zone = await self._get("zones", "/tariff-zone-data", _zone_decoder, {"id": zone_id})
         except (ServiceError, NotFound):
-            s = self._settings
+            s = self._settings.pricing
             base = TariffZone(
                 id=zone_id,
                 price_per_minute=s.base_price_per_minute,
@@ -192,7 +192,7 @@ class ExternalServices:
                 default_deposit=s.base_deposit,
             )
             return Sourced(base, "base_tariff")
-        freshness = self._settings.zone_freshness_seconds
+        freshness = self._settings.external.zone_freshness_seconds
         if freshness > 0:  # a ttl of 0 would mean "fresh forever" to the cache
             await self._zones.set(zone_id, zone, ttl=freshness)
         return Sourced(zone, "live")
@@ -209,7 +209,7 @@ class ExternalServices:
             if known is not None:
                 return Sourced(known, "last_known")
             return Sourced(UserProfile(id=user_id), "conservative")
-        memory = self._settings.user_profile_memory_seconds
+        memory = self._settings.external.user_profile_memory_seconds
         if memory > 0:  # a ttl of 0 would mean "remember forever" to the cache
             await self._users.set(user_id, profile, ttl=memory)
         return Sourced(profile, "live")
@@ -217,10 +217,13 @@ class ExternalServices:
     async def configs(self) -> Sourced:
         """Pricing knobs, fetched at most once per refresh period; last good, else defaults."""
         now = time.monotonic()
-        if now - self._configs_checked_at < self._settings.configs_refresh_seconds:
+        if now - self._configs_checked_at < self._settings.external.configs_refresh_seconds:
             return await self._cached_configs()
         async with self._configs_lock:  # single flight: one fetch per period per process
-            if time.monotonic() - self._configs_checked_at < self._settings.configs_refresh_seconds:
+            if (
+                time.monotonic() - self._configs_checked_at
+                < self._settings.external.configs_refresh_seconds
+            ):
                 return await self._cached_configs()
             previous, self._configs_checked_at = self._configs_checked_at, time.monotonic()
             try:

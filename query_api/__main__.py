@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 
-from shared.serving import serve
+from shared.infra.serving import serve
 from shared.settings import get_settings
 
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.runtime.log_level, format="%(asctime)s %(name)s: %(message)s"
+    )
     serve(
         "query_api.app:create_app",
-        host=settings.query_host,
-        port=settings.query_port,
-        workers=settings.query_workers,
-        log_level=settings.log_level,
+        host=settings.serving.query_host,
+        port=settings.serving.query_port,
+        workers=settings.serving.query_workers,
+        log_level=settings.runtime.log_level,
     )
 
 

@@ -11,11 +11,10 @@ from typing import Any
 
 import msgspec
 from litestar import Router, get
-from litestar.datastructures import State
-from litestar.params import FromPath
+from litestar.params import FromPath, SkipValidation
 from litestar.static_files import create_static_files_router
 
-from query_api import repository as repo
+from query_api.reads import Reads
 from shared.domain import PricingInputs, TrackPoint
 from shared.errors import OrderNotEnded, OrderNotFound
 from shared.ids import parse_order_id
@@ -25,6 +24,7 @@ from shared.settings import Settings
 
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
 
+ReadsDep = SkipValidation[Reads]  # built by the lifespan: not validated per request
 _pricing_decoder = msgspec.json.Decoder(PricingInputs)
 _track_decoder = msgspec.json.Decoder(list[TrackPoint])
 
@@ -49,10 +49,10 @@ class ConsoleConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @get("/orders/{order_id:str}/receipt")
-async def get_receipt(order_id: FromPath[str], state: State) -> ReceiptAnswer:
+async def get_receipt(order_id: FromPath[str], reads: ReadsDep) -> ReceiptAnswer:
     """The itemised receipt of a finished or cancelled ride (409 while it is active)."""
     parsed = parse_order_id(order_id)
-    found = None if parsed is None else await repo.order_with_pricing(state.db, parsed)
+    found = None if parsed is None else await reads.order_with_pricing(parsed)
     if found is None:
         raise OrderNotFound(f"no order {order_id}")
     view, pricing = found
@@ -65,10 +65,10 @@ async def get_receipt(order_id: FromPath[str], state: State) -> ReceiptAnswer:
 
 
 @get("/orders/{order_id:str}/track")
-async def get_track(order_id: FromPath[str], state: State) -> TrackAnswer:
+async def get_track(order_id: FromPath[str], reads: ReadsDep) -> TrackAnswer:
     """The GPS points the rider's app sent at finish (none for an active ride)."""
     parsed = parse_order_id(order_id)
-    found = None if parsed is None else await repo.order_track(state.db, parsed)
+    found = None if parsed is None else await reads.order_track(parsed)
     if found is None:
         raise OrderNotFound(f"no order {order_id}")
     points = _track_decoder.decode(found[1])
@@ -79,11 +79,12 @@ async def get_track(order_id: FromPath[str], state: State) -> TrackAnswer:
 
 def console_handlers(settings: Settings) -> list[Any]:
     """The console's static files under ``/console/`` and its configuration."""
-    host = settings.command_host
+    host = settings.serving.command_host
     if host in {"0.0.0.0", "::", ""}:  # listening everywhere: the browser is on this machine
         host = "127.0.0.1"
-    command_url = settings.console_command_url or f"http://{host}:{settings.command_port}"
-    identity_url = settings.console_identity_url or settings.external_base_url
+    port = settings.serving.command_port
+    command_url = settings.console.command_url or f"http://{host}:{port}"
+    identity_url = settings.console.identity_url or settings.external.base_url
 
     @get("/console-config")
     async def console_config() -> ConsoleConfig:

@@ -30,11 +30,12 @@ from shared.domain import (
     TariffZone,
     UserProfile,
 )
-from shared.serving import cors_config
-from shared.settings import Settings
+from shared.infra.serving import cors_config
+from shared.settings import origins
 from stubs._dataset import DataSet
 from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
 from stubs._ledger import Ledger, OrderAccount, PaymentConflict
+from stubs._settings import StubSettings
 
 # the configs a fresh stub answers with: DOMAIN.md's vectors assume surge 2 and discount 0.75
 DEFAULT_COEFFS = PriceCoeffSettings(
@@ -285,7 +286,7 @@ def fault_answer(request: Request[Any, Any, Any], exc: ServiceFailed) -> Respons
     return problem_details(request, Problem(exc.status, "injected_fault", str(exc)))
 
 
-def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -> Litestar:
+def create_app(settings: StubSettings, initial_faults: Sequence[FaultUpdate] = ()) -> Litestar:
     """The stubs app with a fresh data set, ledger, configs and faults."""
     registry = CollectorRegistry()
     requests = Counter(
@@ -296,12 +297,12 @@ def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -
     )
     stubs = Stubs(
         data=DataSet(
-            seed=settings.stub_seed,
-            scooters=settings.stub_scooters,
-            zones=settings.stub_zones,
-            users=settings.stub_users,
+            seed=settings.seed,
+            scooters=settings.scooters,
+            zones=settings.zones,
+            users=settings.users,
         ),
-        faults=Faults(settings.stub_seed),
+        faults=Faults(settings.seed),
         ledger=Ledger(),
         coeffs=DEFAULT_COEFFS,
         registry=registry,
@@ -339,5 +340,6 @@ def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -
         exception_handlers={HTTPException: problem_details, ServiceFailed: fault_answer},
         before_send=[count_request],
         openapi_config=None,
-        cors_config=cors_config(settings),  # the console's browser asks identity for tokens
+        # the console's browser asks the identity provider for tokens
+        cors_config=cors_config(origins(settings.cors_allow_origins)),
     )

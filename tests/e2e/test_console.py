@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from shared.settings import Settings
 from shared.views import order_key
+from stubs import StubSettings
 from tests.conftest import ROOT, free_port, start_process, stop_process, wait_http
 from tests.e2e.conftest import backdate, ledger
 
@@ -59,34 +60,29 @@ def stack(base_settings: Settings, database: str) -> Iterator[Stack]:
     (the query API) may call the command API and the identity stub."""
     stubs_port, command_port, query_port = free_port(), free_port(), free_port()
     query_url = f"http://127.0.0.1:{query_port}"
-    settings = dataclasses.replace(
-        base_settings,
-        redis_key_prefix=f"{base_settings.redis_key_prefix}console:",
-        stubs_port=stubs_port,
-        external_base_url=f"http://127.0.0.1:{stubs_port}",
-        command_port=command_port,
-        query_port=query_port,
-        projector_metrics_port=0,
-        projector_poll_seconds=0.5,
-        cors_allow_origins=query_url,
-        console_command_url=f"http://127.0.0.1:{command_port}",
+    stubs_url = f"http://127.0.0.1:{stubs_port}"
+    command_url = f"http://127.0.0.1:{command_port}"
+    settings = base_settings.replace(
+        redis={"key_prefix": f"{base_settings.redis.key_prefix}console:"},
+        external={"base_url": stubs_url},
+        serving={"command_port": command_port, "query_port": query_port},
+        read={"projector_metrics_port": 0, "projector_poll_seconds": 0.5},
+        console={"cors_allow_origins": query_url, "command_url": command_url},
     )
+    stub_env = StubSettings(port=stubs_port, cors_allow_origins=query_url).to_env()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for module, health in (
-            ("stubs", f"{settings.external_base_url}/health/live"),
-            ("command_api", f"http://127.0.0.1:{command_port}/health/live"),
-            ("query_api.projector", None),
-            ("query_api", f"{query_url}/health/live"),
+        for module, health, extra in (
+            ("stubs", f"{stubs_url}/health/live", stub_env),
+            ("command_api", f"{command_url}/health/live", None),
+            ("query_api.projector", None, None),
+            ("query_api", f"{query_url}/health/live", None),
         ):
-            procs.append(start_process(module, settings))
+            procs.append(start_process(module, settings, extra))
             if health is not None:
                 wait_http(health, proc=procs[-1])
         yield Stack(
-            settings=settings,
-            query_url=query_url,
-            command_url=settings.console_command_url,
-            stubs_url=settings.external_base_url,
+            settings=settings, query_url=query_url, command_url=command_url, stubs_url=stubs_url
         )
     finally:
         for proc in reversed(procs):
@@ -97,9 +93,9 @@ def stack(base_settings: Settings, database: str) -> Iterator[Stack]:
 async def redis_keys(stack: Stack) -> AsyncIterator[None]:
     """Delete this module's Redis keys afterwards."""
     yield
-    client = Redis.from_url(stack.settings.redis_url)
+    client = Redis.from_url(stack.settings.redis.url)
     try:
-        keys = [k async for k in client.scan_iter(f"{stack.settings.redis_key_prefix}*")]
+        keys = [k async for k in client.scan_iter(f"{stack.settings.redis.key_prefix}*")]
         if keys:
             await client.delete(*keys)
     finally:
@@ -157,8 +153,8 @@ def used() -> set[str]:
 async def ride_longer(stack: Stack, db: Any, order_id: str, seconds: float) -> None:
     """Backdate an active ride and drop its projection, so screens refill it from Postgres
     (rides take time; tests should not)."""
-    key = order_key(stack.settings.redis_key_prefix, order_id)
-    client = Redis.from_url(stack.settings.redis_url)
+    key = order_key(stack.settings.redis.key_prefix, order_id)
+    client = Redis.from_url(stack.settings.redis.url)
     try:
         for _ in range(100):  # projected first, so no late projection brings the old start back
             if await client.exists(key):

@@ -6,10 +6,10 @@ measure of what the framework and server reach on the machine.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import uvicorn
 from litestar.config.cors import CORSConfig
-
-from shared.settings import Settings
 
 
 def serve(factory: str, *, host: str, port: int, workers: int, log_level: str) -> None:
@@ -30,17 +30,16 @@ def serve(factory: str, *, host: str, port: int, workers: int, log_level: str) -
     )
 
 
-def cors_config(settings: Settings) -> CORSConfig | None:
-    """CORS for the operations console's origins (``cors_allow_origins``); None when empty.
+def cors_config(origins: Sequence[str]) -> CORSConfig | None:
+    """CORS for the operations console's ``origins``; None (no middleware) when empty.
 
     Bearer tokens travel in a header, never in cookies, so a listed origin gains nothing
     a script elsewhere could not do with the same token.
     """
-    origins = settings.cors_origins()
     if not origins:
         return None
     return CORSConfig(
-        allow_origins=origins,
+        allow_origins=list(origins),
         allow_methods=["GET", "POST"],
         allow_headers=["authorization", "content-type", "idempotency-key"],
         max_age=600,
