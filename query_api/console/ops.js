@@ -74,6 +74,8 @@
     }
     try {
       const screen = await refreshRide();
+      $("end").hidden = screen.status !== "active"; // only a ride still going can be ended
+      $("refund").hidden = screen.status === "active"; // only a charge can be refunded
       const receipt = $("ride-receipt"), plot = $("ride-track");
       receipt.replaceChildren(); plot.replaceChildren();
       if (screen.status === "active") {
