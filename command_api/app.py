@@ -23,9 +23,8 @@ from command_api import rides
 from command_api.composition import open_deps
 from command_api.idempotency import run_once
 from command_api.identity import resolve_rider
-from shared.domain import TrackPoint
+from shared.domain import Order, TrackPoint
 from shared.errors import OrderNotFound
-from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
 from shared.infra.di import Slot
 from shared.infra.problems import exception_handlers
@@ -92,13 +91,13 @@ async def _idempotent(
     pool: asyncpg.Pool,
     scope: str,
     key: str | None,
-    run: Callable[[], Awaitable[tuple[int, OrderSnapshot]]],
+    run: Callable[[], Awaitable[tuple[int, Order]]],
 ) -> Response[bytes]:
-    """Answer ``run()`` (status, snapshot), once per Idempotency-Key when one is given."""
+    """Answer ``run()`` (status, order), once per Idempotency-Key when one is given."""
 
     async def execute() -> tuple[int, bytes]:
-        status, snapshot = await run()
-        return status, _encoder.encode(snapshot)
+        status, order = await run()
+        return status, _encoder.encode(order)
 
     if key is None:
         status, body = await execute()
@@ -117,7 +116,7 @@ async def start_order(
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
     resolve_rider(request, offer.user_id)  # once auth lands: refuses another rider's offer
 
-    async def run() -> tuple[int, OrderSnapshot]:
+    async def run() -> tuple[int, Order]:
         return 201, await rides.start_ride(deps, offer)
 
     return await _idempotent(request, deps.pool, f"start:{offer.user_id}", idempotency_key, run)
@@ -136,7 +135,7 @@ async def finish_order(
         raise OrderNotFound(f"no ride {order_id}")
     rider = resolve_rider(request, None)
 
-    async def run() -> tuple[int, OrderSnapshot]:
+    async def run() -> tuple[int, Order]:
         return 200, await rides.finish_ride(deps, parsed, data.track, rider)
 
     return await _idempotent(request, deps.pool, f"finish:{order_id}", idempotency_key, run)

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.domain import PriceCoeffSettings, PricingInputs, ScooterData, TariffZone, UserProfile
-from shared.pricing import quote, ride_cost
+from shared.lifecycle import ride_cost
+from shared.pricing import quote
 from shared.receipt import NotEnded, ReceiptLine, Refund, build_receipt, deposit_released
 from shared.ride_rules import capped_cost
 

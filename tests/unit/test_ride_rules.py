@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from shared.errors import EndBeforeStart, EndInFuture, InvalidRefund, RefundExceedsCharge
+from shared.lifecycle import decide_finish
 from shared.ride_rules import (
     abandoned_cutoff,
     abandoned_end,
@@ -74,3 +76,16 @@ def test_refunds_never_exceed_the_charge() -> None:
         check_refund(charged=300, refunded=0, amount=0)
     with pytest.raises(InvalidRefund):
         check_refund(charged=300, refunded=0, amount=-5)
+
+
+def test_a_finish_decision_is_capped() -> None:
+    common: dict[str, Any] = {
+        "started_at": NOW - timedelta(days=1),
+        "finished_at": NOW,
+        "price_per_minute": 24,
+        "price_unlock": 45,
+        "free_ride_seconds": 5,
+    }
+    assert decide_finish(**common, max_cost=500).total_amount == 500
+    assert decide_finish(**common).total_amount == 86_400 * 24 // 60 + 45  # 0: no cap
+    assert decide_finish(**common, max_cost=10**9).total_amount == 86_400 * 24 // 60 + 45
