@@ -13,20 +13,28 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
+import httpx
 import msgspec
 from litestar import Litestar, Request, Response, get, post
-from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, HeaderParameter, JSONBody, SkipValidation
-from litestar.plugins.prometheus import PrometheusController
 
 from command_api import rides
 from command_api.composition import open_deps
 from command_api.idempotency import run_once
-from command_api.identity import resolve_rider
+from command_api.rate_limit import OfferRateLimit
+from command_api.rate_limit import connect as connect_redis
 from shared.domain import Order, TrackPoint
 from shared.errors import OrderNotFound
 from shared.ids import parse_order_id
+from shared.infra.auth import (
+    TokenVerifier,
+    bearer_auth,
+    openapi_config,
+    principal_of,
+    token_verifier,
+)
 from shared.infra.di import Slot
+from shared.infra.metrics_server import start_metrics_server
 from shared.infra.problems import exception_handlers
 from shared.infra.request_metrics import request_metrics
 from shared.infra.serving import cors_config
@@ -37,12 +45,13 @@ _encoder = msgspec.json.Encoder()
 
 # built by the lifespan (command_api.composition): not validated per request
 Deps = SkipValidation[rides.Deps]
+RateLimit = SkipValidation[OfferRateLimit]
 RiderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\w.:-]+$")]
 
 
 class CreateOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    user_id: RiderId
     scooter_id: RiderId
+    user_id: RiderId | None = None  # the rider is the token's sub; if sent, must equal it
 
 
 class OfferAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,10 +77,15 @@ class FinishOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 @post("/offers", status_code=201, summary="Price a personal offer for a scooter")
 async def create_offer(
-    request: Request[Any, Any, Any], data: JSONBody[CreateOffer], deps: Deps
+    request: Request[Any, Any, Any],
+    data: JSONBody[CreateOffer],
+    deps: Deps,
+    offer_rate_limit: RateLimit,
 ) -> OfferAnswer:
-    rider = resolve_rider(request, data.user_id) or data.user_id
-    offer, token = await rides.create_offer(deps, rider, data.scooter_id)
+    principal = principal_of(request.user)
+    principal.require_rider(data.user_id)
+    await offer_rate_limit.check(principal.sub)
+    offer, token = await rides.create_offer(deps, principal.sub, data.scooter_id)
     return OfferAnswer(
         id=str(offer.id),
         user_id=offer.user_id,
@@ -113,8 +127,10 @@ async def start_order(
     deps: Deps,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
+    principal = principal_of(request.user)
+    principal.require_rider()
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
-    resolve_rider(request, offer.user_id)  # once auth lands: refuses another rider's offer
+    principal.require_rider(offer.user_id)  # another rider's offer: 403
 
     async def run() -> tuple[int, Order]:
         return 201, await rides.start_ride(deps, offer)
@@ -133,12 +149,14 @@ async def finish_order(
     parsed = parse_order_id(order_id)
     if parsed is None:
         raise OrderNotFound(f"no ride {order_id}")
-    rider = resolve_rider(request, None)
+    actor = principal_of(request.user)  # the ride's rider, or support (a force-end)
 
     async def run() -> tuple[int, Order]:
-        return 200, await rides.finish_ride(deps, parsed, data.track, rider)
+        return 200, await rides.finish_ride(deps, parsed, data.track, actor)
 
-    return await _idempotent(request, deps.pool, f"finish:{order_id}", idempotency_key, run)
+    # the key's scope names the caller: a replay never answers someone else's finish
+    scope = f"finish:{actor.sub}:{order_id}"
+    return await _idempotent(request, deps.pool, scope, idempotency_key, run)
 
 
 @get("/health/live", summary="The process is up")
@@ -160,28 +178,52 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """The command API wired to real Postgres, payments and the external services."""
     settings = settings or get_settings()
     deps: Slot[rides.Deps] = Slot("deps")
+    verifier: Slot[TokenVerifier] = Slot("verifier")
+    rate_limit: Slot[OfferRateLimit] = Slot("offer_rate_limit")
+    serving = settings.serving
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.retry_after_seconds = settings.serving.retry_after_seconds
-        async with open_deps(settings) as opened:
-            deps.fill(opened)
-            try:
-                yield
-            finally:
-                deps.fill(None)
+        app.state.retry_after_seconds = serving.retry_after_seconds
+        stop_metrics = start_metrics_server(
+            serving.metrics_host, serving.command_metrics_port, serving.command_workers
+        )
+        redis = connect_redis(settings)
+        jwks_client = httpx.AsyncClient(timeout=settings.external.http_timeout_seconds)
+        try:
+            async with open_deps(settings) as opened:
+                deps.fill(opened)
+                verifier.fill(token_verifier(settings, jwks_client))
+                await verifier.get().warm()
+                rate_limit.fill(
+                    OfferRateLimit(
+                        redis,
+                        settings.redis.key_prefix,
+                        settings.offers.rate_limit,
+                        settings.offers.rate_window_seconds,
+                    )
+                )
+                try:
+                    yield
+                finally:
+                    deps.fill(None)
+                    verifier.fill(None)
+                    rate_limit.fill(None)
+        finally:
+            await jwks_client.aclose()
+            await redis.aclose()
+            stop_metrics()
 
     logging.basicConfig(level=settings.runtime.log_level)
     return Litestar(
-        route_handlers=[create_offer, start_order, finish_order, live, ready, PrometheusController],
+        route_handlers=[create_offer, start_order, finish_order, live, ready],
         lifespan=[lifespan],
-        dependencies={"deps": deps.provide()},
+        dependencies={"deps": deps.provide(), "offer_rate_limit": rate_limit.provide()},
         exception_handlers=exception_handlers(),
-        middleware=[request_metrics("command_api")],
-        cors_config=cors_config(
-            settings.console.cors_origins()
-        ),  # the operations console calls from its origin
-        openapi_config=OpenAPIConfig(title="SuperScooters command API", version="1"),
+        middleware=[request_metrics("command_api"), bearer_auth(verifier)],
+        # the operations console calls from its origin
+        cors_config=cors_config(settings.console.cors_origins()),
+        openapi_config=openapi_config("SuperScooters command API"),
         request_max_body_size=2 * 1024 * 1024,
         logging_config=None,  # plain stdlib logging at the configured level, off the hot path
     )

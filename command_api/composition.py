@@ -15,7 +15,7 @@ import asyncpg
 from command_api import rides
 from command_api.external import ExternalServices, make_http_client
 from shared.infra.db import create_pool
-from shared.offer_token import OfferSigner
+from shared.infra.offer_keys import offer_signer
 from shared.settings import Settings
 
 
@@ -49,6 +49,6 @@ async def open_deps(
         yield rides.Deps(
             pool=pool,
             services=services(client, settings),
-            signer=OfferSigner(settings.offers.signing_key),
+            signer=await offer_signer(settings, pool),
             settings=settings,
         )

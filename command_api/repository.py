@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -143,6 +144,26 @@ async def finish_ride(
             decision.rides_count_delta,
             charge_due_seconds,
         )
+    )
+
+
+async def record_order_action(
+    conn: Connection,
+    order_id: uuid.UUID,
+    created_at: datetime,
+    action: str,
+    actor: str,
+    roles: Iterable[str],
+) -> None:
+    """Note that ``actor`` (with ``roles``) did ``action`` to the order (``order_actions``)."""
+    await conn.execute(
+        "INSERT INTO order_actions (order_id, order_created_at, action, actor, actor_roles)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        order_id,
+        created_at,
+        action,
+        actor,
+        sorted(roles),
     )
 
 

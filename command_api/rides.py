@@ -23,6 +23,7 @@ from command_api.external import ExternalServices, ServiceError
 from shared.domain import NewOrder, Offer, Order, PricingInputs, TrackPoint
 from shared.errors import DependencyUnavailable, OrderNotFound, TrackTooLong
 from shared.ids import created_at_of, uuid7
+from shared.infra.auth import Principal
 from shared.lifecycle import (
     NEW_ORDER,
     check_no_debt,
@@ -193,12 +194,17 @@ async def finish_ride(
     deps: Deps,
     order_id: uuid.UUID,
     track: Sequence[TrackPoint],
-    acting_user: str | None = None,
+    actor: Principal | None = None,
     *,
     ended_at: datetime | None = None,
 ) -> Order:
     """End a ride (idempotent) and charge it, as of now or of ``ended_at`` (an abandoned
     ride, docs/rides-gone-wrong.md), at most the ride cost cap.
+
+    ``actor`` (None: trusted internal caller) must be the ride's rider or ``support``;
+    anyone else gets OrderNotFound, as for a ride that does not exist. A support actor
+    ending someone else's ride is a force-end, recorded in ``order_actions`` with who
+    did it, in the same transaction as the end (ADR 0006).
 
     The end is committed first, with the charge recorded as owed, so the rider can always
     stop; the charge is then tried once here and retried by the worker if it fails.
@@ -213,8 +219,9 @@ async def finish_ride(
         order = await repo.get_order(conn, order_id, created_at)
         if order is None or not is_visible(order.status):
             raise OrderNotFound(f"no ride {order_id}")
-        if acting_user is not None and order.user_id != acting_user:
+        if actor is not None and not actor.may_read(order.user_id):
             raise OrderNotFound(f"no ride {order_id}")
+        forced_by = actor if actor is not None and actor.sub != order.user_id else None
         if not is_riding(order.status):
             return order
         decision = decide_finish(
@@ -225,15 +232,22 @@ async def finish_ride(
             free_ride_seconds=order.free_ride_seconds,
             max_cost=settings.rides.max_cost,
         )
-        ended = await repo.finish_ride(
-            conn,
-            order_id,
-            created_at,
-            decision,
-            track_distance_meters(track),
-            repo.encode_json(track) if track else None,
-            settings.external.payment_timeout_seconds * 2,
-        )
+        charge_due = settings.external.payment_timeout_seconds * 2
+        distance = track_distance_meters(track)
+        track_json = repo.encode_json(track) if track else None
+        if forced_by is None:
+            ended = await repo.finish_ride(
+                conn, order_id, created_at, decision, distance, track_json, charge_due
+            )
+        else:
+            async with conn.transaction():
+                ended = await repo.finish_ride(
+                    conn, order_id, created_at, decision, distance, track_json, charge_due
+                )
+                if ended is not None:
+                    await repo.record_order_action(
+                        conn, order_id, created_at, "force_end", forced_by.sub, forced_by.roles
+                    )
         if ended is None:  # a concurrent finish ended it first: answer its result
             stored = await repo.get_order(conn, order_id, created_at)
             assert stored is not None

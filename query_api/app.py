@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
+import httpx
 import msgspec
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.params import FromPath, PathParameter, QueryParameter, SkipValidation
-from litestar.plugins.prometheus import PrometheusController
 
 from query_api import projection
 from query_api.reads import Reads
@@ -30,9 +30,17 @@ from query_api.screens import (
     summary_screen,
 )
 from query_api.stores import REDIS_DOWN, RedisClient, connect_postgres, connect_redis
-from shared.errors import InvalidParameter, OrderNotFound, UserNotFound
+from shared.errors import Forbidden, InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
+from shared.infra.auth import (
+    TokenVerifier,
+    bearer_auth,
+    openapi_config,
+    principal_of,
+    token_verifier,
+)
 from shared.infra.di import Slot
+from shared.infra.metrics_server import start_metrics_server
 from shared.infra.problems import exception_handlers
 from shared.infra.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
@@ -50,18 +58,31 @@ class Stores:
     db: asyncpg.Pool
 
 
+Req = Request[Any, Any, Any]
+
+
+def _may_read(request: Req, user_id: str) -> None:
+    """Refuse (403) a caller who is neither ``user_id`` nor support (ADR 0006)."""
+    if not principal_of(request.user).may_read(user_id):
+        raise Forbidden(f"only {user_id} (or support) may read this")
+
+
 @get("/orders/{order_id:str}")
-async def get_order(order_id: FromPath[str], reads: ReadsDep) -> OrderScreen:
-    """The ride screen: status, prices, times, running or final cost, payment status."""
+async def get_order(request: Req, order_id: FromPath[str], reads: ReadsDep) -> OrderScreen:
+    """The ride screen: status, prices, times, running or final cost, payment status.
+
+    Only its rider (or support) sees it; to anyone else it does not exist (404).
+    """
     parsed = parse_order_id(order_id)
     view = None if parsed is None else await reads.order(parsed)
-    if view is None:
+    if view is None or not principal_of(request.user).may_read(view.user_id):
         raise OrderNotFound(f"no order {order_id}")
     return order_screen(view, datetime.now(UTC))
 
 
 @get("/users/{user_id:str}/orders")
 async def list_user_orders(
+    request: Req,
     user_id: UserId,
     reads: ReadsDep,
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
@@ -70,7 +91,8 @@ async def list_user_orders(
     """The user's orders, newest first; pass ``next_cursor`` back for the next page.
 
     A rider with no rides yet gets an empty page (200), not a 404: the list exists,
-    it is just empty."""
+    it is just empty. Only the user (or support) may read it (403 otherwise)."""
+    _may_read(request, user_id)
     try:
         after = None if cursor is None else decode_cursor(cursor)
     except InvalidCursor as exc:
@@ -84,8 +106,9 @@ async def list_user_orders(
 
 
 @get("/users/{user_id:str}/summary")
-async def get_user_summary(user_id: UserId, reads: ReadsDep) -> SummaryScreen:
+async def get_user_summary(request: Req, user_id: UserId, reads: ReadsDep) -> SummaryScreen:
     """Rides count, total charged, debt and last payment status."""
+    _may_read(request, user_id)
     view = await reads.summary(user_id)
     if view is None:
         raise UserNotFound(f"no user {user_id}")
@@ -147,20 +170,32 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     reads: Slot[Reads] = Slot("reads")
     stores: Slot[Stores] = Slot("stores")
+    verifier: Slot[TokenVerifier] = Slot("verifier")
+    serving = settings.serving
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.retry_after_seconds = serving.retry_after_seconds
         redis = connect_redis(settings)
         db = await connect_postgres(settings)
         with contextlib.suppress(*REDIS_DOWN):  # else loaded on NOSCRIPT when Redis is back
             await projection.load_scripts(redis)
         reads.fill(Reads(settings, redis, db))
         stores.fill(Stores(redis, db))
+        jwks_client = httpx.AsyncClient(timeout=settings.external.http_timeout_seconds)
+        verifier.fill(token_verifier(settings, jwks_client))
+        await verifier.get().warm()
+        stop_metrics = start_metrics_server(
+            serving.metrics_host, serving.query_metrics_port, serving.query_workers
+        )
         try:
             yield
         finally:
+            stop_metrics()
             reads.fill(None)
             stores.fill(None)
+            verifier.fill(None)
+            await jwks_client.aclose()
             await redis.aclose()
             await db.close()
 
@@ -170,7 +205,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         get_user_summary,
         live,
         ready,
-        PrometheusController,
         *console_handlers(settings),
     ]
     return Litestar(
@@ -178,8 +212,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=exception_handlers(
             invalid_status=422, invalid_code=InvalidParameter.code
         ),
-        middleware=[request_metrics("query_api")],
+        middleware=[request_metrics("query_api"), bearer_auth(verifier)],
         lifespan=[lifespan],
+        openapi_config=openapi_config("SuperScooters query API"),
         dependencies={"reads": reads.provide(), "stores": stores.provide()},
         debug=False,
         logging_config=None,  # stdlib logging at the configured level, off the hot path

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Router, get
+from litestar import Request, Router, get
 from litestar.params import FromPath, SkipValidation
 from litestar.static_files import create_static_files_router
 
@@ -18,6 +18,7 @@ from query_api.reads import Reads
 from shared.domain import PricingInputs, TrackPoint
 from shared.errors import OrderNotEnded, OrderNotFound
 from shared.ids import parse_order_id
+from shared.infra.auth import principal_of
 from shared.pricing import track_distance_meters
 from shared.receipt import NotEnded, Receipt, build_receipt
 from shared.settings import Settings
@@ -49,11 +50,16 @@ class ConsoleConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @get("/orders/{order_id:str}/receipt")
-async def get_receipt(order_id: FromPath[str], reads: ReadsDep) -> ReceiptAnswer:
-    """The itemised receipt of a finished or cancelled ride (409 while it is active)."""
+async def get_receipt(
+    request: Request[Any, Any, Any], order_id: FromPath[str], reads: ReadsDep
+) -> ReceiptAnswer:
+    """The itemised receipt of a finished or cancelled ride (409 while it is active).
+
+    Only its rider (or support) sees it; to anyone else the order does not exist (404).
+    """
     parsed = parse_order_id(order_id)
     found = None if parsed is None else await reads.order_with_pricing(parsed)
-    if found is None:
+    if found is None or not principal_of(request.user).may_read(found[0].user_id):
         raise OrderNotFound(f"no order {order_id}")
     view, pricing = found
     try:
@@ -65,11 +71,14 @@ async def get_receipt(order_id: FromPath[str], reads: ReadsDep) -> ReceiptAnswer
 
 
 @get("/orders/{order_id:str}/track")
-async def get_track(order_id: FromPath[str], reads: ReadsDep) -> TrackAnswer:
-    """The GPS points the rider's app sent at finish (none for an active ride)."""
+async def get_track(
+    request: Request[Any, Any, Any], order_id: FromPath[str], reads: ReadsDep
+) -> TrackAnswer:
+    """The GPS points the rider's app sent at finish (none for an active ride); only for
+    its rider or support (404 to anyone else)."""
     parsed = parse_order_id(order_id)
     found = None if parsed is None else await reads.order_track(parsed)
-    if found is None:
+    if found is None or not principal_of(request.user).may_read(found[0]):
         raise OrderNotFound(f"no order {order_id}")
     points = _track_decoder.decode(found[1])
     return TrackAnswer(
@@ -84,7 +93,7 @@ def console_handlers(settings: Settings) -> list[Any]:
         host = "127.0.0.1"
     port = settings.serving.command_port
     command_url = settings.console.command_url or f"http://{host}:{port}"
-    identity_url = settings.console.identity_url or settings.external.base_url
+    identity_url = settings.console.identity_url or settings.identity_base_url
 
     @get("/console-config")
     async def console_config() -> ConsoleConfig:

@@ -101,6 +101,29 @@ class DependencyUnavailable(DomainError):
         self.service = service
 
 
+class Unauthenticated(DomainError):
+    """No bearer token, or one we do not accept (ADR 0006); answered with
+    ``WWW-Authenticate: Bearer``."""
+
+    code, status, title = "unauthenticated", 401, "A valid bearer token is required"
+
+
+class Forbidden(DomainError):
+    """The caller is known but may not do this (another rider's offer or history)."""
+
+    code, status, title = "forbidden", 403, "Not allowed for this caller"
+
+
+class RateLimited(DomainError):
+    """Too many requests of one kind from one rider; retry after ``retry_after`` seconds."""
+
+    code, status, title = "rate_limited", 429, "Too many requests; slow down"
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, retry_after)
+
+
 # --- rides gone wrong (issue 12; shared/ride_rules.py) ------------------------------------
 
 

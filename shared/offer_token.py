@@ -1,26 +1,36 @@
-"""The offer token: the whole offer, signed, so offers need no database write.
+"""The offer token: the whole offer, sealed, so offers need no database write.
 
-Format: ``v1.<kid>.<payload>.<mac>`` where ``payload`` is the msgpack-encoded
-:class:`~shared.domain.Offer` in unpadded base64url and ``mac`` is
-HMAC-SHA256(key, ``v1.<kid>.<payload>``), also base64url. The key id lets keys
-rotate: verification accepts any key in the keyring. Single use is enforced at
-redemption by the ``offer_redemptions`` table, not by the token.
+Format: ``v2.<kid>.<sealed>`` where ``sealed`` is, in unpadded base64url, a 12-byte
+random nonce followed by AES-256-GCM(key, nonce, msgpack(:class:`~shared.domain.Offer`),
+associated data ``v2.<kid>``). The authenticated cipher (``cryptography``'s AESGCM)
+both refuses any altered token and hides the offer from its holder: the app learns
+prices from the offer answer, never the rider's pricing inputs (trusted, subscription,
+debt) from the token (ADR 0001, ADR 0006).
+
+The key id lets keys rotate: tokens are sealed with the newest key and opened with
+any key of the ring. Single use is enforced at redemption by the ``offer_redemptions``
+table, not by the token.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
-import hmac
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.domain import Offer
 from shared.errors import OfferExpired, OfferInvalid
+from shared.settings import OFFER_KEY_BYTES
 
-_VERSION = "v1"
+_VERSION = "v2"
+_NONCE_BYTES = 12
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Offer)
 
@@ -33,41 +43,69 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def key_id(key: str) -> str:
-    """A short public name for a signing key (first bytes of its hash)."""
-    return _b64(hashlib.sha256(key.encode()).digest()[:6])
+def key_id(key: bytes) -> str:
+    """A short public name for an offer key (first bytes of its SHA-256)."""
+    return _b64(hashlib.sha256(key).digest()[:6])
+
+
+def new_offer_key() -> bytes:
+    """A fresh random offer key (32 bytes, for AES-256-GCM)."""
+    return AESGCM.generate_key(bit_length=OFFER_KEY_BYTES * 8)
+
+
+def encode_offer_key(key: bytes) -> str:
+    """``key`` as it is written in ``SCOOTERS_OFFER_KEYS`` (base64url, no padding)."""
+    return _b64(key)
 
 
 class OfferSigner:
-    """Signs offers with the current key; verifies with any key of the ring."""
+    """Seals offers with the newest key; opens tokens sealed with any key of the ring.
 
-    def __init__(self, key: str, previous_keys: tuple[str, ...] = ()) -> None:
-        self._kid = key_id(key)
-        self._key = key.encode()
-        self._ring: Mapping[str, bytes] = {key_id(k): k.encode() for k in (key, *previous_keys)}
+    ``keys`` are 32-byte AES keys, newest first (at least one). Raises ValueError on a
+    key of the wrong size.
+    """
+
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        if not keys:
+            raise ValueError("an offer signer needs at least one key")
+        for key in keys:
+            if len(key) != OFFER_KEY_BYTES:
+                raise ValueError(f"offer keys are {OFFER_KEY_BYTES} bytes, got {len(key)}")
+        self._kid = key_id(keys[0])
+        self._aead = AESGCM(keys[0])
+        self._ring: Mapping[str, AESGCM] = {key_id(k): AESGCM(k) for k in reversed(keys)}
+
+    @property
+    def kid(self) -> str:
+        """The id of the key new tokens are sealed with."""
+        return self._kid
 
     def sign(self, offer: Offer) -> str:
-        """The token the app sends back to start a ride from ``offer``."""
-        head = f"{_VERSION}.{self._kid}.{_b64(_encoder.encode(offer))}"
-        mac = hmac.new(self._key, head.encode(), hashlib.sha256).digest()
-        return f"{head}.{_b64(mac)}"
+        """The token the app sends back to start a ride from ``offer`` (opaque to it)."""
+        head = f"{_VERSION}.{self._kid}"
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, _encoder.encode(offer), head.encode())
+        return f"{head}.{_b64(nonce + sealed)}"
 
     def verify(self, token: str, now: datetime) -> Offer:
         """The offer inside ``token``; raises OfferInvalid if forged, OfferExpired if late."""
         parts = token.split(".")
-        if len(parts) != 4 or parts[0] != _VERSION:
+        if len(parts) != 3 or parts[0] != _VERSION:
             raise OfferInvalid("the offer token is malformed")
-        key = self._ring.get(parts[1])
-        if key is None:
-            raise OfferInvalid("the offer token was signed with an unknown key")
-        head = token.rpartition(".")[0]
+        aead = self._ring.get(parts[1])
+        if aead is None:
+            raise OfferInvalid("the offer token was sealed with an unknown key")
         try:
-            mac = _unb64(parts[3])
-            expected = hmac.new(key, head.encode(), hashlib.sha256).digest()
-            if not hmac.compare_digest(mac, expected):
-                raise OfferInvalid("the offer token's signature does not match")
-            offer = _decoder.decode(_unb64(parts[2]))
-        except (ValueError, msgspec.DecodeError) as exc:
+            raw = _unb64(parts[2])
+            if len(raw) <= _NONCE_BYTES:
+                raise OfferInvalid("the offer token is malformed")
+            plain = aead.decrypt(
+                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], f"{_VERSION}.{parts[1]}".encode()
+            )
+            offer = _decoder.decode(plain)
+        except InvalidTag as exc:
+            raise OfferInvalid("the offer token was altered or sealed with another key") from exc
+        except (ValueError, binascii.Error, msgspec.DecodeError) as exc:
             raise OfferInvalid("the offer token is malformed") from exc
         if now >= offer.expires_at:
             raise OfferExpired(f"offer {offer.id} expired at {offer.expires_at.isoformat()}")

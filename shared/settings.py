@@ -12,14 +12,20 @@ Units: durations in seconds, money in integer currency units, counts are counts.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any, TypeVar, get_type_hints
 
-DEVELOPMENT_SIGNING_KEY = "dev-only-offer-signing-key-change-me"
 PREFIX = "SCOOTERS_"
+OFFER_KEY_BYTES = 32  # AES-256-GCM keys of the offer token (ADR 0006)
+# variables that are gone, with what replaces them: setting one is an error, not a no-op
+REMOVED = {
+    "SCOOTERS_OFFER_SIGNING_KEY": "SCOOTERS_OFFER_KEYS (base64url 32-byte keys, ADR 0006)",
+}
 
 T = TypeVar("T")
 G = TypeVar("G")
@@ -157,14 +163,55 @@ class ServingSettings:
     command_workers: int = setting("COMMAND_WORKERS", 1)  # uvicorn worker processes
     query_workers: int = setting("QUERY_WORKERS", 1)  # uvicorn worker processes
     retry_after_seconds: int = setting("RETRY_AFTER_SECONDS", 2)  # Retry-After on 503
+    # /metrics of each API process, on an internal port (never the API's); several
+    # uvicorn workers take consecutive ports; 0 = no /metrics
+    metrics_host: str = setting("METRICS_HOST", "127.0.0.1")
+    command_metrics_port: int = setting("COMMAND_METRICS_PORT", 9100)
+    query_metrics_port: int = setting("QUERY_METRICS_PORT", 9110)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OfferSettings:
-    """Signed offers (ADR 0001)."""
+    """Sealed offers (ADR 0001, ADR 0006) and how many a rider may ask for."""
 
-    signing_key: str = setting("OFFER_SIGNING_KEY", DEVELOPMENT_SIGNING_KEY)
+    # comma-separated base64url keys of 32 bytes, newest first: tokens are sealed with
+    # the first and opened with any (rotation). Required in production; when empty in
+    # development, one random key is created once in Postgres (table offer_keys).
+    keys: str = setting("OFFER_KEYS", "")
     ttl_seconds: int = setting("OFFER_TTL_SECONDS", 300)
+    rate_limit: int = setting("OFFER_RATE_LIMIT", 30)  # per rider per window, all processes
+    rate_window_seconds: int = setting("OFFER_RATE_WINDOW_SECONDS", 60)
+
+    def key_bytes(self) -> tuple[bytes, ...]:
+        """The keys of ``keys``, newest first; raises SettingsError if one is malformed."""
+        found = []
+        for text in filter(None, (part.strip() for part in self.keys.split(","))):
+            try:
+                key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            except (ValueError, binascii.Error) as exc:
+                raise SettingsError(f"SCOOTERS_OFFER_KEYS: not base64url: {exc}") from exc
+            if len(key) != OFFER_KEY_BYTES:
+                raise SettingsError(
+                    f"SCOOTERS_OFFER_KEYS: each key must be {OFFER_KEY_BYTES} bytes, got {len(key)}"
+                )
+            found.append(key)
+        return tuple(found)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IdentitySettings:
+    """Bearer tokens of the identity provider, checked on every request but /health/*
+    (ADR 0006); the identity stub issues tokens with the same issuer, audience, lifetime."""
+
+    url: str = setting("IDENTITY_URL", "")  # base URL of the provider; empty = external
+    issuer: str = setting("AUTH_ISSUER", "https://identity.superscooters.dev")
+    audience: str = setting("AUTH_AUDIENCE", "superscooters-api")
+    token_ttl_seconds: int = setting("AUTH_TOKEN_TTL_SECONDS", 3_600)  # the stub's tokens
+    leeway_seconds: int = setting("AUTH_LEEWAY_SECONDS", 5)  # clock skew on exp/iat
+    # an unknown kid refetches the JWKS at most this often; known keys after max age
+    jwks_refresh_min_seconds: float = setting("JWKS_REFRESH_MIN_SECONDS", 10.0)
+    jwks_max_age_seconds: int = setting("JWKS_MAX_AGE_SECONDS", 300)
+    cache_size: int = setting("AUTH_CACHE_SIZE", 10_000)  # verified tokens kept per process
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -265,6 +312,7 @@ class Settings:
     external: ExternalSettings = dataclasses.field(default_factory=ExternalSettings)
     serving: ServingSettings = dataclasses.field(default_factory=ServingSettings)
     offers: OfferSettings = dataclasses.field(default_factory=OfferSettings)
+    identity: IdentitySettings = dataclasses.field(default_factory=IdentitySettings)
     pricing: PricingDefaults = dataclasses.field(default_factory=PricingDefaults)
     rides: RideSettings = dataclasses.field(default_factory=RideSettings)
     payments: PaymentSettings = dataclasses.field(default_factory=PaymentSettings)
@@ -276,7 +324,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``SCOOTERS_*`` variables (``os.environ`` by default),
         converting to each field's type; raises ``SettingsError`` on a bad value."""
-        settings = load(cls, os.environ if env is None else env)
+        source = os.environ if env is None else env
+        for gone, instead in REMOVED.items():
+            if gone in source:
+                raise SettingsError(f"{gone} is no longer read: set {instead}")
+        settings = load(cls, source)
         settings.check()
         return settings
 
@@ -292,14 +344,19 @@ class Settings:
         """Refuse settings that are unsafe for the environment."""
         if self.runtime.environment not in {"development", "production"}:
             raise SettingsError("SCOOTERS_ENVIRONMENT must be 'development' or 'production'")
-        key = self.offers.signing_key
-        if self.runtime.environment == "production" and (
-            key == DEVELOPMENT_SIGNING_KEY or len(key) < 32
-        ):
+        keys = self.offers.key_bytes()  # raises on a malformed key
+        if self.runtime.environment == "production" and not keys:
             raise SettingsError(
-                "refusing to start in production with the development offer signing key: "
-                "set SCOOTERS_OFFER_SIGNING_KEY to a secret of at least 32 characters"
+                "refusing to start in production without offer keys: set SCOOTERS_OFFER_KEYS "
+                "to one or more base64url keys of 32 random bytes, newest first"
             )
+        if self.offers.rate_limit < 1 or self.offers.rate_window_seconds < 1:
+            raise SettingsError("SCOOTERS_OFFER_RATE_LIMIT and _WINDOW_SECONDS must be positive")
+
+    @property
+    def identity_base_url(self) -> str:
+        """Where the identity provider answers (its JWKS and, for the stub, tokens)."""
+        return (self.identity.url or self.external.base_url).rstrip("/")
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ def main() -> None:
     except (msgspec.DecodeError, UnknownService) as exc:
         raise SettingsError(f"SCOOTERS_STUB_FAULTS: {exc}") from exc
     uvicorn.run(
-        create_app(stub, faults),
+        create_app(stub, faults, settings.identity),  # tokens the services accept
         host=stub.host,
         port=stub.port,
         loop="uvloop",

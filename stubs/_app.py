@@ -1,23 +1,28 @@
 """The external services' stubs as one Litestar app: scooters, zones, users, configs, payments.
 
 The wire contract is DOMAIN.md's (kept so the real services could be swapped in); the
-``/admin``, ``/ledger``, ``/health`` and ``/metrics`` endpoints are ours, for tests and
-operations, and are never faulted.
+identity provider's is issue 9's (``stubs/identity.py``). The ``/admin``, ``/ledger``,
+``/health`` and ``/metrics`` endpoints are ours, for tests and operations, and are
+never faulted; ``/admin/*`` and ``/ledger`` need the admin token
+(``SCOOTERS_STUBS_ADMIN_TOKEN`` as a bearer token; none set = refused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import QueryParameter
-from litestar.types import Message, Scope
+from litestar.types import Guard, Message, Scope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from shared.domain import (
@@ -31,11 +36,12 @@ from shared.domain import (
     UserProfile,
 )
 from shared.infra.serving import cors_config
-from shared.settings import origins
+from shared.settings import IdentitySettings, origins
 from stubs._dataset import DataSet
 from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
 from stubs._ledger import Ledger, OrderAccount, PaymentConflict
 from stubs._settings import StubSettings
+from stubs.identity import AdminTokenRequest, IdentityProvider, TokenAnswer, TokenRequest
 
 # the configs a fresh stub answers with: DOMAIN.md's vectors assume surge 2 and discount 0.75
 DEFAULT_COEFFS = PriceCoeffSettings(
@@ -80,6 +86,7 @@ class Stubs:
     coeffs: PriceCoeffSettings
     registry: CollectorRegistry
     requests: Counter
+    identity: IdentityProvider
 
 
 class Problem(HTTPException):
@@ -204,22 +211,72 @@ async def read_payment(request: Request[Any, Any, Any]) -> PaymentRequest:
     return payment
 
 
+# --- the identity provider (contract of issue 9) ----------------------------------------------
+
+
+@post("/auth/token", status_code=200)
+async def issue_token(stubs: Stubs, request: Request[Any, Any, Any]) -> TokenAnswer:
+    data = await decode_body(request, TokenRequest)
+    return stubs.identity.issue(data.sub, list(data.roles))
+
+
+@get("/.well-known/jwks.json")
+async def jwks(stubs: Stubs) -> dict[str, Any]:
+    return stubs.identity.jwks()
+
+
 # --- ours: admin, ledger, health, metrics (never faulted) ------------------------------------
 
 
-@get("/ledger")
+ADMIN = {"admin": True}  # route opt: the route needs the admin token
+
+
+def admin_guard(token: str) -> Guard:
+    """Guard of every route marked ``ADMIN``: ``Authorization: Bearer <token>`` required
+    (an empty ``token`` refuses them all)."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        if not handler.opt.get("admin"):
+            return
+        scheme, _sep, given = connection.headers.get("authorization", "").partition(" ")
+        if not token or scheme.lower() != "bearer":
+            raise Problem(401, "unauthenticated", "the stubs' admin endpoints need the admin token")
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise Problem(401, "unauthenticated", "wrong admin token")
+
+    return guard
+
+
+@post("/admin/auth/token", status_code=200, opt=ADMIN)
+async def issue_any_token(stubs: Stubs, request: Request[Any, Any, Any]) -> TokenAnswer:
+    data = await decode_body(request, AdminTokenRequest)
+    return stubs.identity.issue(
+        data.sub,
+        list(data.roles),
+        expires_in=data.expires_in,
+        audience=data.audience,
+        issuer=data.issuer,
+    )
+
+
+@post("/admin/auth/rotate", status_code=200, opt=ADMIN)
+async def rotate_key(stubs: Stubs) -> dict[str, str]:
+    return {"kid": stubs.identity.rotate()}
+
+
+@get("/ledger", opt=ADMIN)
 async def ledger(stubs: Stubs, order_id: str) -> OrderAccount:
     if (account := stubs.ledger.account(order_id)) is None:
         raise not_found("order", order_id)
     return account
 
 
-@get("/admin/faults")
+@get("/admin/faults", opt=ADMIN)
 async def list_faults(stubs: Stubs) -> list[Fault]:
     return stubs.faults.all()
 
 
-@post("/admin/faults", status_code=200)
+@post("/admin/faults", status_code=200, opt=ADMIN)
 async def set_faults(stubs: Stubs, request: Request[Any, Any, Any]) -> list[Fault]:
     data = await decode_body(request, FaultUpdate)
     try:
@@ -229,7 +286,7 @@ async def set_faults(stubs: Stubs, request: Request[Any, Any, Any]) -> list[Faul
     return stubs.faults.all()
 
 
-@post("/admin/configs", status_code=200)
+@post("/admin/configs", status_code=200, opt=ADMIN)
 async def set_configs(stubs: Stubs, request: Request[Any, Any, Any]) -> ConfigsAnswer:
     data = await decode_body(request, CoeffsUpdate)
     given = {f: v for f in data.__struct_fields__ if (v := getattr(data, f)) is not None}
@@ -237,7 +294,7 @@ async def set_configs(stubs: Stubs, request: Request[Any, Any, Any]) -> ConfigsA
     return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
 
 
-@post("/admin/configs/reset", status_code=200)
+@post("/admin/configs/reset", status_code=200, opt=ADMIN)
 async def reset_configs(stubs: Stubs) -> ConfigsAnswer:
     stubs.coeffs = DEFAULT_COEFFS
     return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
@@ -286,8 +343,14 @@ def fault_answer(request: Request[Any, Any, Any], exc: ServiceFailed) -> Respons
     return problem_details(request, Problem(exc.status, "injected_fault", str(exc)))
 
 
-def create_app(settings: StubSettings, initial_faults: Sequence[FaultUpdate] = ()) -> Litestar:
-    """The stubs app with a fresh data set, ledger, configs and faults."""
+def create_app(
+    settings: StubSettings,
+    initial_faults: Sequence[FaultUpdate] = (),
+    identity: IdentitySettings | None = None,
+) -> Litestar:
+    """The stubs app with a fresh data set, ledger, configs and faults; its identity
+    provider issues tokens with ``identity``'s issuer, audience and lifetime."""
+    idp = identity or IdentitySettings()
     registry = CollectorRegistry()
     requests = Counter(
         "stub_requests",
@@ -307,6 +370,9 @@ def create_app(settings: StubSettings, initial_faults: Sequence[FaultUpdate] = (
         coeffs=DEFAULT_COEFFS,
         registry=registry,
         requests=requests,
+        identity=IdentityProvider(
+            issuer=idp.issuer, audience=idp.audience, ttl_seconds=idp.token_ttl_seconds
+        ),
     )
     for change in initial_faults:
         stubs.faults.update(change)
@@ -328,6 +394,10 @@ def create_app(settings: StubSettings, initial_faults: Sequence[FaultUpdate] = (
             clear_money,
             release_money,
             refund_money,
+            issue_token,
+            jwks,
+            issue_any_token,
+            rotate_key,
             ledger,
             list_faults,
             set_faults,
@@ -339,6 +409,7 @@ def create_app(settings: StubSettings, initial_faults: Sequence[FaultUpdate] = (
         dependencies={"stubs": Provide(lambda: stubs, sync_to_thread=False)},
         exception_handlers={HTTPException: problem_details, ServiceFailed: fault_answer},
         before_send=[count_request],
+        guards=[admin_guard(settings.admin_token)],
         openapi_config=None,
         # the console's browser asks the identity provider for tokens
         cors_config=cors_config(origins(settings.cors_allow_origins)),

@@ -24,6 +24,8 @@ class StubSettings:
     zones: int = setting("STUB_ZONES", 10)
     users: int = setting("STUB_USERS", 100_000)
     seed: int = setting("STUB_SEED", 42)
+    # bearer token of /admin/* and /ledger; empty = those are refused
+    admin_token: str = setting("STUBS_ADMIN_TOKEN", "")
     # browser origins (comma-separated) of the operations console, which asks the identity
     # provider for tokens (CORS); empty: no CORS headers
     cors_allow_origins: str = setting(

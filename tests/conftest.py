@@ -20,8 +20,10 @@ import httpx
 import pytest
 
 from migrations.runner import migrate
+from shared.offer_token import encode_offer_key, new_offer_key
 from shared.settings import Settings
 from stubs import StubSettings
+from tests.auth import Tokens, tokens_for
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tests create and drop their own databases through this role; by default the project's
@@ -31,6 +33,8 @@ ADMIN_DSN = os.environ.get(
     "SCOOTERS_TEST_ADMIN_DSN", Settings.from_env().db.url.rsplit("/", 1)[0] + "/postgres"
 )
 REDIS_URL = os.environ.get("SCOOTERS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ADMIN_TOKEN = secrets.token_urlsafe(24)  # the stubs' admin token of this run
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # headers of a stubs' admin call
 
 
 def free_port() -> int:
@@ -87,13 +91,18 @@ def base_settings(run_id: str, stubs_port: int) -> Settings:
             "stuck_hold_seconds": 3,
         },
         maintenance={"worker_poll_seconds": 0.05},
+        # a key of this run; the development path (a key created in Postgres) is tested
+        # on its own in tests/e2e/test_identity.py; the rate-limit test sets its own limit
+        offers={"keys": encode_offer_key(new_offer_key()), "rate_limit": 100_000},
+        # in-process apps come and go: no metrics servers unless a test sets a port
+        serving={"command_metrics_port": 0, "query_metrics_port": 0},
     )
 
 
 @pytest.fixture(scope="session")
 def stub_settings(stubs_port: int) -> StubSettings:
     """The stubs of this test run: the default data set on a free port."""
-    return StubSettings(port=stubs_port)
+    return StubSettings(port=stubs_port, admin_token=ADMIN_TOKEN)
 
 
 @pytest.fixture(scope="session")
@@ -150,9 +159,16 @@ def reset_faults(stubs: str) -> Iterator[None]:
             httpx.post(
                 f"{stubs}/admin/faults",
                 json={"service": service, "outage": False, "latency_ms": 0, "error_rate": 0.0},
+                headers=ADMIN,
                 timeout=5,
             ).raise_for_status()
 
     clear()
     yield
     clear()
+
+
+@pytest.fixture(scope="session")
+def tokens(stubs: str, base_settings: Settings) -> Tokens:
+    """Bearer tokens from the identity stub of this run."""
+    return tokens_for(base_settings, ADMIN_TOKEN)

@@ -14,14 +14,14 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from shared.errors import DependencyUnavailable, DomainError
+from shared.errors import DependencyUnavailable, DomainError, RateLimited, Unauthenticated
 
 MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("problems")
 
 _HTTP_CODES = {
     400: "invalid_request",
-    401: "unauthorized",
+    401: "unauthenticated",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
@@ -55,11 +55,22 @@ def problem(
 
 def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
     headers = None
-    if isinstance(exc, DependencyUnavailable):
+    if isinstance(exc, Unauthenticated):
+        headers = {"WWW-Authenticate": "Bearer"}  # RFC 6750 section 3
+    elif isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, DependencyUnavailable):
         retry_after = getattr(request.app.state, "retry_after_seconds", 2)
         headers = {"Retry-After": str(retry_after)}
         return problem(exc.status, exc.code, exc.title, exc.detail, headers, service=exc.service)
     return problem(exc.status, exc.code, exc.title, exc.detail, headers)
+
+
+def domain_error_answer(
+    request: Request[Any, Any, Any], exc: DomainError
+) -> Response[dict[str, Any]]:
+    """The problem answer of a domain error (for middleware that answers on its own)."""
+    return _domain_error(request, exc)
 
 
 def _http_error_handler(invalid_status: int, invalid_code: str) -> Any:

@@ -21,6 +21,8 @@ from command_api.composition import open_deps
 from command_api.external import ExternalServices
 from shared.ids import created_at_of, parse_order_id
 from shared.settings import Settings
+from tests.auth import Tokens, acting_rider, tokens_for
+from tests.conftest import ADMIN
 
 T = TypeVar("T")
 
@@ -59,11 +61,20 @@ def ids(stubs: str) -> Ids:
 
 @pytest.fixture(scope="session")
 async def api(
-    database: str, stubs: str, base_settings: Settings
+    database: str, stubs: str, base_settings: Settings, tokens: Tokens
 ) -> AsyncIterator[AsyncTestClient[Any]]:
-    """The command API app, in-process, with its real lifespan (pool, HTTP client)."""
+    """The command API app, in-process, with its real lifespan (pool, HTTP client); each
+    request carries the token of the rider it is for (tests/auth.py)."""
     async with AsyncTestClient(create_app(base_settings)) as client:
+        acting_rider(client, tokens)
         yield client
+
+
+def command_client(settings: Settings) -> AsyncTestClient[Any]:
+    """A client of a command API app made with ``settings``, acting as each request's rider."""
+    client: AsyncTestClient[Any] = AsyncTestClient(create_app(settings))
+    acting_rider(client, tokens_for(settings))
+    return client
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +124,7 @@ async def backdate(db: asyncpg.Pool, order_id: str, seconds: float) -> None:
 
 async def ledger(stubs: str, order_id: str) -> dict[str, Any]:
     async with httpx.AsyncClient() as client:
-        response = await client.get(f"{stubs}/ledger", params={"order_id": order_id})
+        response = await client.get(f"{stubs}/ledger", params={"order_id": order_id}, headers=ADMIN)
     if response.status_code == 404:
         return {"held": 0, "charged": 0, "released": 0, "entries": []}
     body: dict[str, Any] = response.json()
@@ -122,7 +133,9 @@ async def ledger(stubs: str, order_id: str) -> dict[str, Any]:
 
 async def set_fault(stubs: str, service: str, **fault: Any) -> None:
     async with httpx.AsyncClient() as client:
-        response = await client.post(f"{stubs}/admin/faults", json={"service": service, **fault})
+        response = await client.post(
+            f"{stubs}/admin/faults", json={"service": service, **fault}, headers=ADMIN
+        )
         response.raise_for_status()
 
 
@@ -132,9 +145,9 @@ async def set_fault(stubs: str, service: str, **fault: Any) -> None:
 @pytest.fixture
 def reset_configs(stubs: str) -> Iterator[None]:
     """Put the stubs' configs back to their defaults before and after a test that changes them."""
-    httpx.post(f"{stubs}/admin/configs/reset", timeout=5).raise_for_status()
+    httpx.post(f"{stubs}/admin/configs/reset", headers=ADMIN, timeout=5).raise_for_status()
     yield
-    httpx.post(f"{stubs}/admin/configs/reset", timeout=5).raise_for_status()
+    httpx.post(f"{stubs}/admin/configs/reset", headers=ADMIN, timeout=5).raise_for_status()
 
 
 def command_deps(

@@ -14,10 +14,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from command_api import worker
-from command_api.app import create_app
 from shared.lifecycle import ride_cost
 from shared.settings import Settings
-from tests.e2e.conftest import Ids, backdate, eventually, ledger, order_row, start
+from tests.e2e.conftest import Ids, backdate, command_client, eventually, ledger, order_row, start
 
 LIMIT = 60  # seconds: the short abandoned-ride setting of these tests
 CAP = 500  # the ride cost cap of these tests
@@ -68,7 +67,7 @@ async def test_the_cost_cap_bounds_a_rider_finish(
     base_settings: Settings, db: asyncpg.Pool, ids: Ids, stubs: str, database: str
 ) -> None:
     settings = base_settings.replace(rides={"max_cost": CAP})
-    async with AsyncTestClient(create_app(settings)) as api:
+    async with command_client(settings) as api:
         order = await start(api, ids.rider(), ids.scooter())
         await backdate(db, order["id"], 86_400)
         response = await api.post(f"/orders/{order['id']}/finish", json={})

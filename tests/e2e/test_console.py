@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from shared.settings import Settings
 from shared.views import order_key
 from stubs import StubSettings
-from tests.conftest import ROOT, free_port, start_process, stop_process, wait_http
+from tests.conftest import ADMIN_TOKEN, ROOT, free_port, start_process, stop_process, wait_http
 from tests.e2e.conftest import backdate, ledger
 
 CHROMIUM = "/usr/bin/chromium"
@@ -69,7 +69,9 @@ def stack(base_settings: Settings, database: str) -> Iterator[Stack]:
         read={"projector_metrics_port": 0, "projector_poll_seconds": 0.5},
         console={"cors_allow_origins": query_url, "command_url": command_url},
     )
-    stub_env = StubSettings(port=stubs_port, cors_allow_origins=query_url).to_env()
+    stub_env = StubSettings(
+        port=stubs_port, cors_allow_origins=query_url, admin_token=ADMIN_TOKEN
+    ).to_env()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for module, health, extra in (
@@ -193,6 +195,7 @@ async def play_ride(page: Page, stack: Stack, rider: str, scooter: str, db: Any)
     await page.fill("#signin input[name=sub]", rider)
     await page.click("#signin button")
     await expect(page.locator("#who")).to_contain_text(rider)
+    await expect(page.locator("#who")).not_to_contain_text("no sign-in")  # a real token
     await page.fill("#offer input[name=scooter]", scooter)
     await page.click("#offer button")
     await expect(page.locator("[data-field='per minute']")).to_have_text(re.compile(r"^\d+$"))
@@ -260,6 +263,7 @@ async def test_support_finds_the_ride_its_receipt_track_and_a_running_cost(
     await page.fill("#signin input[name=sub]", "support-1")
     await page.click("#signin button")
     await expect(page.locator("#who")).to_contain_text("support-1")
+    await expect(page.locator("#who")).not_to_contain_text("no sign-in")
     await page.fill("#find input[name=user]", rider)
     await page.click("#find button")
     await expect(page.locator("#summary [data-field='total charged']")).to_have_text(

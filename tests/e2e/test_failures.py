@@ -17,14 +17,15 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from command_api import rides, worker
-from command_api.app import create_app
 from command_api.external import ExternalServices
 from shared.domain import PricingInputs
 from shared.offer_token import OfferSigner
 from shared.settings import Settings
+from tests.conftest import ADMIN
 from tests.e2e.conftest import (
     Ids,
     backdate,
+    command_client,
     command_deps,
     eventually,
     ledger,
@@ -76,8 +77,8 @@ def prices(offer: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def inputs(settings: Settings, offer: dict[str, Any]) -> PricingInputs:
-    """What the offer was priced from (its signed token carries it)."""
-    signer = OfferSigner(settings.offers.signing_key)
+    """What the offer was priced from (its sealed token carries it)."""
+    signer = OfferSigner(settings.offers.key_bytes())
     return signer.verify(offer["token"], rides.utcnow()).inputs
 
 
@@ -469,8 +470,10 @@ async def test_configs_down_keeps_the_last_good_value(
     base_settings: Settings, database: str, stubs: str
 ) -> None:
     settings = base_settings.replace(external={"configs_refresh_seconds": 0})
-    async with AsyncTestClient(create_app(settings)) as api:
-        httpx.post(f"{stubs}/admin/configs", json={"surge": 3.0}, timeout=5).raise_for_status()
+    async with command_client(settings) as api:
+        httpx.post(
+            f"{stubs}/admin/configs", json={"surge": 3.0}, headers=ADMIN, timeout=5
+        ).raise_for_status()
         live = await new_offer(api, "user-1", "scooter-1")  # zone-1: 12/min, charge 57
         assert live["price_per_minute"] == 36
         assert inputs(settings, live).configs_source == "live"
@@ -491,7 +494,7 @@ async def test_configs_never_fetched_use_the_builtin_defaults(
         pricing={"surge_default": 1.5, "low_charge_discount_default": 0.5},
     )
     await set_fault(stubs, "configs", outage=True)
-    async with AsyncTestClient(create_app(settings)) as api:
+    async with command_client(settings) as api:
         normal = await new_offer(api, "user-1", "scooter-1")  # charge 57
         low = await new_offer(api, "user-1", "scooter-2")  # charge 20
 
@@ -505,12 +508,14 @@ async def test_configs_are_fetched_at_most_once_per_refresh_period(
     base_settings: Settings, database: str, stubs: str
 ) -> None:
     settings = base_settings.replace(external={"configs_refresh_seconds": 60})
-    async with AsyncTestClient(create_app(settings)) as api:
+    async with command_client(settings) as api:
         first = await new_offer(api, "user-1", "scooter-1")
-        httpx.post(f"{stubs}/admin/configs", json={"surge": 3.0}, timeout=5).raise_for_status()
+        httpx.post(
+            f"{stubs}/admin/configs", json={"surge": 3.0}, headers=ADMIN, timeout=5
+        ).raise_for_status()
         second = await new_offer(api, "user-1", "scooter-1")
     assert first["price_per_minute"] == second["price_per_minute"] == 24  # surge 2 until refresh
-    async with AsyncTestClient(create_app(settings)) as api:
+    async with command_client(settings) as api:
         assert (await new_offer(api, "user-1", "scooter-1"))["price_per_minute"] == 36
 
 
@@ -519,7 +524,7 @@ async def test_configs_fetch_cut_short_by_a_failed_offer_is_not_counted(
 ) -> None:
     """A configs fetch abandoned because scooters failed must not pin the defaults."""
     settings = base_settings.replace(external={"configs_refresh_seconds": 60})
-    async with AsyncTestClient(create_app(settings)) as api:
+    async with command_client(settings) as api:
         await set_fault(stubs, "configs", latency_ms=200)
         await set_fault(stubs, "scooters", outage=True)
         failed = await api.post("/offers", json={"user_id": "user-1", "scooter_id": "scooter-1"})
@@ -546,7 +551,7 @@ async def test_zones_down_uses_a_fresh_cached_tariff(
         zone["price_unlock"],
         zone["default_deposit"],
     )
-    async with AsyncTestClient(create_app(base_settings)) as api:
+    async with command_client(base_settings) as api:
         assert prices(await new_offer(api, rider, scooter)) == expected
         await set_fault(stubs, "zones", outage=True)
         offer = await new_offer(api, rider, scooter)
@@ -570,7 +575,7 @@ async def test_zones_down_with_nothing_cached_uses_the_base_tariff(
     data = stub_get(stubs, "/scooter-data", scooter)
     settings = base_tariff_settings(base_settings)
     await set_fault(stubs, "zones", outage=True)
-    async with AsyncTestClient(create_app(settings)) as api:
+    async with command_client(settings) as api:
         offer = await new_offer(api, rider, scooter)
     assert prices(offer) == (per_minute(7, data["charge"], STUB_SURGE, STUB_DISCOUNT), 33, 444)
     assert inputs(settings, offer).zone_source == "base_tariff"
@@ -584,7 +589,7 @@ async def test_zones_down_with_a_stale_tariff_uses_the_base_tariff(
     scooter = ids.scooter()
     data = stub_get(stubs, "/scooter-data", scooter)
     settings = base_tariff_settings(base_settings, zone_freshness_seconds=freshness)
-    async with AsyncTestClient(create_app(settings)) as api:
+    async with command_client(settings) as api:
         live = await new_offer(api, rider, scooter)
         assert inputs(settings, live).zone_source == "live"
         await asyncio.sleep(freshness + 0.1)  # the cached tariff is now past its freshness
@@ -599,7 +604,7 @@ async def test_stale_tariff_is_refetched_when_zones_is_up(
 ) -> None:
     rider, scooter = ids.rider(), ids.scooter()
     settings = base_settings.replace(external={"zone_freshness_seconds": 1})
-    async with AsyncTestClient(create_app(settings)) as api:
+    async with command_client(settings) as api:
         await new_offer(api, rider, scooter)
         assert inputs(settings, await new_offer(api, rider, scooter)).zone_source == "cache"
         await asyncio.sleep(1.1)

@@ -29,6 +29,7 @@ from query_api.app import create_app as create_query_app
 from shared.lifecycle import ride_cost
 from shared.settings import Settings
 from shared.views import COMPLETE_MARK, order_key, user_orders_key, user_summary_key
+from tests.auth import acting_rider, tokens_for
 from tests.conftest import start_process, stop_process
 from tests.e2e.conftest import Ids, backdate, eventually, ledger, order_row, set_fault, start
 
@@ -78,9 +79,11 @@ def projector(read_settings: Settings) -> Iterator[ProjectorProcess]:
 
 
 @pytest.fixture(scope="module")
-async def query(read_settings: Settings) -> AsyncIterator[Client]:
-    """The query API app, in-process, with its real lifespan (Redis client, Postgres pool)."""
+async def query(read_settings: Settings, stubs: str) -> AsyncIterator[Client]:
+    """The query API app, in-process, with its real lifespan (Redis client, Postgres pool);
+    each request carries the token of the user it reads (tests/auth.py)."""
     async with AsyncTestClient(create_query_app(read_settings)) as client:
+        acting_rider(client, tokens_for(read_settings))
         yield client
 
 

@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from query_api.app import create_app as create_query_app
 from shared.settings import Settings
+from tests.auth import Tokens, acting_rider, tokens_for
 from tests.e2e.conftest import Ids, backdate, ledger, start
 
 Client = AsyncTestClient[Any]
@@ -25,8 +26,11 @@ TRACK = [
 
 
 @pytest.fixture(scope="module")
-async def query(base_settings: Settings, database: str) -> AsyncIterator[Client]:
+async def query(base_settings: Settings, database: str, stubs: str) -> AsyncIterator[Client]:
+    """The query API in-process; each request carries the token of the order's rider
+    (or support's, for an order it did not see started; tests/auth.py)."""
     async with AsyncTestClient(create_query_app(base_settings)) as client:
+        acting_rider(client, tokens_for(base_settings))
         yield client
 
 
@@ -104,3 +108,21 @@ async def test_track_is_the_points_sent_at_finish(
     track = (await query.get(f"/orders/{order['id']}/track")).json()
     assert track["points"] == TRACK
     assert track["distance_meters"] == ended["distance_meters"] > 0
+
+
+async def test_only_the_rider_or_support_sees_a_receipt_or_track(
+    api: Client, query: Client, ids: Ids, tokens: Tokens
+) -> None:
+    order = await start(api, ids.rider(), ids.scooter())
+    await finish(api, order["id"])
+    for path in ("receipt", "track"):
+        url = f"/orders/{order['id']}/{path}"
+        other = await query.get(url, headers=tokens.headers(ids.rider()))
+        assert other.status_code == 404, other.text
+        assert other.json()["code"] == "order_not_found"
+        support = await query.get(url, headers=tokens.headers("support-1", ("support",)))
+        assert support.status_code == 200, support.text
+        owner = await query.get(url, headers=tokens.headers(order["user_id"]))
+        assert owner.status_code == 200, owner.text
+        nobody = await query.get(url, headers={"Authorization": "Bearer nonsense"})
+        assert nobody.status_code == 401

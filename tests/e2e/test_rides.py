@@ -12,10 +12,10 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from command_api.app import create_app
 from shared.ids import created_at_of, parse_order_id
+from shared.offer_token import encode_offer_key, new_offer_key
 from shared.settings import Settings
-from tests.e2e.conftest import Ids, backdate, ledger, new_offer, start
+from tests.e2e.conftest import Ids, backdate, command_client, ledger, new_offer, start
 
 # --- pricing vectors of DOMAIN.md (zone-1 = 12/45/300, surge 2, discount 0.75) ---------------
 
@@ -231,7 +231,7 @@ async def test_expired_offer_is_refused(
     base_settings: Settings, database: str, stubs: str, ids: Ids
 ) -> None:
     settings = base_settings.replace(offers={"ttl_seconds": 1})
-    async with AsyncTestClient(create_app(settings)) as api:
+    async with command_client(settings) as api:
         offer = await new_offer(api, ids.rider(), ids.scooter())
         await asyncio.sleep(1.1)
         response = await api.post("/orders", json={"offer_token": offer["token"]})
@@ -242,17 +242,16 @@ async def test_expired_offer_is_refused(
 @pytest.mark.parametrize("where", ["payload", "signature", "key_id", "truncated"])
 async def test_tampered_offer_is_refused(api: AsyncTestClient[Any], ids: Ids, where: str) -> None:
     offer = await new_offer(api, ids.rider(), ids.scooter())
-    version, kid, payload, mac = offer["token"].split(".")
+    version, kid, sealed = offer["token"].split(".")
 
-    def flip(text: str) -> str:
-        middle = len(text) // 2
-        return text[:middle] + ("A" if text[middle] != "A" else "B") + text[middle + 1 :]
+    def flip(text: str, at: int) -> str:
+        return text[:at] + ("A" if text[at] != "A" else "B") + text[at + 1 :]
 
     token = {
-        "payload": f"{version}.{kid}.{flip(payload)}.{mac}",
-        "signature": f"{version}.{kid}.{payload}.{flip(mac)}",
-        "key_id": f"{version}.{flip(kid)}.{payload}.{mac}",
-        "truncated": f"{version}.{kid}.{payload}",
+        "payload": f"{version}.{kid}.{flip(sealed, len(sealed) // 2)}",
+        "signature": f"{version}.{kid}.{flip(sealed, len(sealed) - 3)}",  # the GCM tag
+        "key_id": f"{version}.{flip(kid, len(kid) // 2)}.{sealed}",
+        "truncated": f"{version}.{kid}.{sealed[:-22]}",
     }[where]
     response = await api.post("/orders", json={"offer_token": token})
     assert response.status_code == 422
@@ -262,8 +261,8 @@ async def test_tampered_offer_is_refused(api: AsyncTestClient[Any], ids: Ids, wh
 async def test_offer_signed_with_another_key_is_refused(
     base_settings: Settings, database: str, stubs: str, ids: Ids, api: AsyncTestClient[Any]
 ) -> None:
-    other = base_settings.replace(offers={"signing_key": "another-key-" + "x" * 32})
-    async with AsyncTestClient(create_app(other)) as foreign:
+    other = base_settings.replace(offers={"keys": encode_offer_key(new_offer_key())})
+    async with command_client(other) as foreign:
         offer = await new_offer(foreign, ids.rider(), ids.scooter())
     response = await api.post("/orders", json={"offer_token": offer["token"]})
     assert response.status_code == 422

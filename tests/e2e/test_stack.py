@@ -111,10 +111,14 @@ def test_a_killed_process_comes_back_while_the_others_keep_serving(
             time.sleep(0.2)
         assert answers
         assert set(answers) == {200}  # the others answered all along
-        # a real command through the restarted process
+        # a real command through the restarted process, signed in at the identity stub
+        token = httpx.post(
+            f"http://127.0.0.1:{stub.port}/auth/token", json={"sub": "user-1"}, timeout=10
+        ).json()["access_token"]
         offer = httpx.post(
             f"http://127.0.0.1:{s.serving.command_port}/offers",
             json={"user_id": "user-1", "scooter_id": "scooter-1"},
+            headers={"Authorization": f"Bearer {token}"},
             timeout=10,
         )
         assert offer.status_code in {200, 201}, offer.text

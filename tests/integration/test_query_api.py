@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
@@ -22,6 +23,7 @@ from shared.ids import uuid7
 from shared.lifecycle import ride_cost
 from shared.settings import Settings
 from shared.views import order_key, user_orders_key
+from tests.auth import acting_rider, tokens_for
 from tests.conftest import free_port
 from tests.integration.test_projector import WriteSide, new_user
 
@@ -34,9 +36,17 @@ def settings(base_settings: Settings, database: str) -> Settings:
     return base_settings.replace(read={"user_recent_orders": 5}, redis={"retry_seconds": 0.2})
 
 
+def query_client(settings: Settings) -> Client:
+    """A client of a query API app made with ``settings``; each request carries the token
+    of the user it reads (an order not started through the command API: support's)."""
+    client: Client = AsyncTestClient(app=create_app(settings))
+    acting_rider(client, tokens_for(settings))
+    return client
+
+
 @pytest.fixture(scope="module")
-async def client(settings: Settings) -> AsyncIterator[Client]:
-    async with AsyncTestClient(app=create_app(settings)) as test_client:
+async def client(settings: Settings, stubs: str) -> AsyncIterator[Client]:
+    async with query_client(settings) as test_client:
         yield test_client
 
 
@@ -294,12 +304,17 @@ async def test_history_of_a_rider_without_rides_is_an_empty_page(client: Client)
     assert response.json() == {"items": [], "next_cursor": None}
 
 
-async def test_health_and_metrics(client: Client) -> None:
-    assert (await client.get("/health/live")).status_code == 200
-    ready = await client.get("/health/ready")
-    assert ready.status_code == 200
-    assert ready.json() == {"status": "ok", "redis": "up", "postgres": "up"}
-    text = (await client.get("/metrics")).text
+async def test_health_and_metrics(settings: Settings, stubs: str) -> None:
+    """/metrics is served on the internal metrics port, not on the API's."""
+    port = free_port()
+    async with query_client(settings.replace(serving={"query_metrics_port": port})) as client:
+        assert (await client.get("/health/live")).status_code == 200
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ok", "redis": "up", "postgres": "up"}
+        assert (await client.get("/metrics")).status_code == 404
+        async with httpx.AsyncClient() as internal:
+            text = (await internal.get(f"http://127.0.0.1:{port}/metrics")).text
     for name in (
         "query_cache_hits_total",
         "query_cache_misses_total",
@@ -345,7 +360,7 @@ async def test_redis_down_serves_postgres_and_recovers(
     server = start_redis(own_redis_port)
     user = new_user()
     order = await write.start(user)
-    async with AsyncTestClient(app=create_app(own)) as api:
+    async with query_client(own) as api:
         try:
             assert (await api.get(f"/orders/{order.id}")).status_code == 200  # miss, refill
             hits = metric("query_cache_hits_total", view="order")

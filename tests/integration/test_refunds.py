@@ -12,6 +12,7 @@ import pytest
 
 from command_api.external import ExternalServices, ServiceError, make_http_client
 from shared.settings import Settings
+from tests.conftest import ADMIN
 
 
 @pytest.fixture
@@ -43,14 +44,14 @@ async def pay(
 
 
 async def ledger(client: httpx.AsyncClient, order_id: str) -> dict[str, Any]:
-    answer = await client.get("/ledger", params={"order_id": order_id})
+    answer = await client.get("/ledger", params={"order_id": order_id}, headers=ADMIN)
     assert answer.status_code == 200, answer.text
     body: dict[str, Any] = answer.json()
     return body
 
 
 async def set_fault(client: httpx.AsyncClient, **fault: Any) -> None:
-    (await client.post("/admin/faults", json=fault)).raise_for_status()
+    (await client.post("/admin/faults", json=fault, headers=ADMIN)).raise_for_status()
 
 
 async def charged(client: httpx.AsyncClient, amount: int, hold: int = 300) -> str:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import jwt
 import msgspec
 import pytest
 
@@ -17,12 +18,12 @@ from shared.errors import UserHasDebt
 from shared.pricing import Price, quote
 from shared.settings import Settings
 from stubs import DataSet, StubSettings
-from tests.conftest import free_port, start_process, stop_process, wait_http
+from tests.conftest import ADMIN, free_port, start_process, stop_process, wait_http
 
 
 @pytest.fixture
 async def client(stubs: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stubs, timeout=5) as client:
+    async with httpx.AsyncClient(base_url=stubs, timeout=5, headers=ADMIN) as client:
         yield client
 
 
@@ -445,3 +446,57 @@ async def test_metrics_count_requests_per_service_and_outcome(client: httpx.Asyn
     after = (await client.get("/metrics")).text
     assert count(after, "scooters", "ok") == count(before, "scooters", "ok") + 1
     assert count(after, "scooters", "not_found") == count(before, "scooters", "not_found") + 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/admin/faults"),
+        ("POST", "/admin/faults"),
+        ("POST", "/admin/configs"),
+        ("POST", "/admin/configs/reset"),
+        ("POST", "/admin/auth/token"),
+        ("POST", "/admin/auth/rotate"),
+        ("GET", "/ledger?order_id=x"),
+    ],
+)
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", "Basic abc"])
+async def test_admin_endpoints_need_the_admin_token(
+    stubs: str, method: str, path: str, authorization: str | None
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    async with httpx.AsyncClient(base_url=stubs, timeout=5) as anonymous:
+        answer = await anonymous.request(method, path, json={"surge": 0.01}, headers=headers)
+    assert answer.status_code == 401
+    assert answer.json()["code"] == "unauthenticated"
+
+
+async def test_identity_provider_issues_verifiable_tokens(
+    client: httpx.AsyncClient, base_settings: Settings
+) -> None:
+    answer = await client.post("/auth/token", json={"sub": "user-1", "roles": ["rider"]})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == base_settings.identity.token_ttl_seconds
+    jwks = (await client.get("/.well-known/jwks.json")).json()
+    header = jwt.get_unverified_header(body["access_token"])
+    assert header["alg"] == "RS256"
+    key = next(k for k in jwks["keys"] if k["kid"] == header["kid"])
+    assert "d" not in key  # public parts only
+    claims = jwt.decode(
+        body["access_token"],
+        jwt.PyJWK.from_dict(key).key,
+        algorithms=["RS256"],
+        audience=base_settings.identity.audience,
+        issuer=base_settings.identity.issuer,
+    )
+    assert claims["sub"] == "user-1"
+    assert claims["roles"] == ["rider"]
+    assert claims["exp"] - claims["iat"] == base_settings.identity.token_ttl_seconds
+    default = (await client.post("/auth/token", json={"sub": "user-2"})).json()
+    assert jwt.decode(default["access_token"], options={"verify_signature": False})["roles"] == [
+        "rider"
+    ]
+    for bad in ({"sub": ""}, {"sub": "u", "roles": ["admin"]}, {"roles": ["rider"]}, {"sub": 5}):
+        assert (await client.post("/auth/token", json=bad)).status_code == 400

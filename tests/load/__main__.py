@@ -72,9 +72,15 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
 async def set_stub_configs(settings: Settings, **values: Any) -> None:
     from tests.load.client import Connection
 
-    conn = Connection("127.0.0.1", bench_stub_settings(settings).port)
+    stubs = bench_stub_settings(settings)
+    conn = Connection("127.0.0.1", stubs.port)
+    auth = f"Authorization: Bearer {stubs.admin_token}\r\n"
     try:
-        await conn.request("POST", "/admin/configs", json.dumps(values).encode())
+        status, body = await conn.request(
+            "POST", "/admin/configs", json.dumps(values).encode(), auth
+        )
+        if status != 200:
+            raise RuntimeError(f"stubs refused the configs: {status} {body[:200]!r}")
     finally:
         conn.close()
 
@@ -96,6 +102,7 @@ async def run_command(
             duration=args.duration,
             z_bytes=args.z,
             ride_seconds=args.ride_seconds,
+            riders=args.riders,
         )
         print_report(f"command side, {report['offered']}", report)
         reports.append(report)
@@ -110,7 +117,7 @@ async def run_query(
 ) -> list[dict[str, Any]]:
     meter = CpuMeter({**pids, "ceiling": ceiling_pid, "load generator": os.getpid()})
     await set_stub_configs(settings, free_ride_seconds=0)
-    orders = await scenarios.seed_orders(settings, args.orders, args.z)
+    seeded = await scenarios.seed_orders(settings, args.orders, args.z)
     await asyncio.sleep(1.0)  # let the projector catch up before reading
     reports = []
     bare = await scenarios.ceiling(
@@ -119,18 +126,18 @@ async def run_query(
     print_report("ceiling: bare Litestar endpoint", bare)
     reports.append(bare)
     top = await scenarios.query_side(
-        settings, meter, orders, rate=None, concurrency=args.concurrency, duration=args.duration
+        settings, meter, seeded, rate=None, concurrency=args.concurrency, duration=args.duration
     )
     top["ratio_to_ceiling"] = round(top["flows_per_s"] / bare["flows_per_s"], 3)
     print_report("query side, max throughput", top)
     reports.append(top)
     for rate in args.rate or [args.x * args.y]:
         fixed = await scenarios.query_side(
-            settings, meter, orders, rate=rate, concurrency=args.concurrency, duration=args.duration
+            settings, meter, seeded, rate=rate, concurrency=args.concurrency, duration=args.duration
         )
         print_report(f"query side, {fixed['offered']}", fixed)
         reports.append(fixed)
-    storage = await storage_per_order(settings, orders["finished"])
+    storage = await storage_per_order(settings, seeded.orders["finished"])
     print(f"\n== storage: {storage}")
     reports.append({"side": "storage", **storage})
     return reports
@@ -149,6 +156,7 @@ async def run_soak(
         duration=args.duration,
         z_bytes=args.z,
         ride_seconds=args.ride_seconds,
+        riders=args.riders,
         sample_every=max(1.0, args.duration / 10),
     )
     print_report(f"soak, {report['offered']}", report)
@@ -191,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ride-seconds", type=float, default=0.0)
     parser.add_argument("--orders", type=int, default=3_000, help="query side: orders to seed")
+    parser.add_argument(
+        "--riders",
+        type=int,
+        default=3_000,
+        help="signed-in riders taking turns (tokens fetched before the measured window)",
+    )
     parser.add_argument("--command-workers", type=int, default=1)
     parser.add_argument("--query-workers", type=int, default=1)
     parser.add_argument(
@@ -201,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="show the services' output")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.duration, args.concurrency, args.orders = 2.0, 4, 60
+        args.duration, args.concurrency, args.orders, args.riders = 2.0, 4, 60, 100
         args.rate = [10.0] if args.side == "command" else [50.0]
         args.x, args.y, args.ride_seconds = 5.0, 10.0, 0.5
     elif args.max and args.side == "command":

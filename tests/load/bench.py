@@ -58,10 +58,15 @@ def bench_settings(command_workers: int, query_workers: int) -> Settings:
             "query_workers": query_workers,
             "command_port": free_port(),
             "query_port": free_port(),
+            "command_metrics_port": 0,  # no scraper in a benchmark
+            "query_metrics_port": 0,
         },
         read={"projector_metrics_port": free_port()},
         external={"base_url": f"http://127.0.0.1:{stubs_port}"},
     )
+
+
+_ADMIN_TOKEN = secrets.token_urlsafe(16)  # the generator sets the stubs' configs with it
 
 
 def bench_stub_settings(settings: Settings) -> StubSettings:
@@ -69,7 +74,7 @@ def bench_stub_settings(settings: Settings) -> StubSettings:
     ``bench_settings`` chose for them (the port of ``settings.external.base_url``)."""
     port = urlsplit(settings.external.base_url).port
     assert port is not None
-    return StubSettings.from_env().replace(port=port)
+    return StubSettings.from_env().replace(port=port, admin_token=_ADMIN_TOKEN)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

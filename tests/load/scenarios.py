@@ -40,7 +40,12 @@ class _Offer(msgspec.Struct):
     token: str
 
 
+class _Token(msgspec.Struct):
+    access_token: str
+
+
 _offer_decoder = msgspec.json.Decoder(_Offer)
+_token_decoder = msgspec.json.Decoder(_Token)
 _created_decoder = msgspec.json.Decoder(_Created)
 
 
@@ -62,8 +67,10 @@ def track_for(z_bytes: int, seed: int = 1) -> list[dict[str, float]]:
     return track
 
 
-def riders_and_scooters(stub: StubSettings) -> tuple[deque[str], deque[str]]:
-    """Riders without debt and all scooters of the stubs' data set, shuffled."""
+def riders_and_scooters(
+    stub: StubSettings, riders_wanted: int | None = None
+) -> tuple[deque[str], deque[str]]:
+    """Riders without debt (the first ``riders_wanted``) and all scooters, shuffled."""
     data = DataSet(
         seed=stub.seed,
         scooters=stub.scooters,
@@ -79,7 +86,33 @@ def riders_and_scooters(stub: StubSettings) -> tuple[deque[str], deque[str]]:
     rng = random.Random(7)
     rng.shuffle(riders)
     rng.shuffle(scooters)
-    return deque(riders), deque(scooters)
+    return deque(riders[:riders_wanted]), deque(scooters)
+
+
+async def sign_in(settings: Settings, riders: list[str], concurrency: int = 16) -> dict[str, str]:
+    """A bearer token from the identity stub for each rider, as a header line.
+
+    Called before the measured window: the APIs verify every request inside it.
+    """
+    pool = Pool("127.0.0.1", bench_stub_settings(settings).port)
+    headers: dict[str, str] = {}
+    todo = deque(riders)
+
+    async def fetch() -> None:
+        while todo:
+            rider = todo.popleft()
+            status, body = await pool.request(
+                "POST", "/auth/token", _json.encode({"sub": rider, "roles": ["rider"]})
+            )
+            if status != 200:
+                raise RuntimeError(f"identity stub answered {status} for {rider}: {body[:200]!r}")
+            headers[rider] = f"Authorization: Bearer {_token_decoder.decode(body).access_token}\r\n"
+
+    try:
+        await asyncio.gather(*(fetch() for _ in range(concurrency)))
+    finally:
+        pool.close()
+    return headers
 
 
 @dataclass
@@ -98,22 +131,27 @@ class RideContext:
     started: int = 0
     started_orders: list[str] = field(default_factory=list)  # for the soak's viewers
     started_riders: list[str] = field(default_factory=list)
+    auth: dict[str, str] = field(default_factory=dict)  # rider -> Authorization header line
+    owner: dict[str, str] = field(default_factory=dict)  # order id -> its rider
 
 
-def ride_context(
-    settings: Settings, z_bytes: int, ride_seconds: float, lag_sample_every: int
+async def ride_context(
+    settings: Settings, z_bytes: int, ride_seconds: float, lag_sample_every: int, riders: int
 ) -> RideContext:
-    """Fresh riders and scooters, connections to both APIs, the finish body for Z."""
-    riders, scooters = riders_and_scooters(bench_stub_settings(settings))
+    """``riders`` signed-in riders and all scooters, connections to both APIs, the finish
+    body for Z. Riders are reused in turn (one ride at a time each), so ``riders`` must
+    exceed the rides in flight."""
+    pool, scooters = riders_and_scooters(bench_stub_settings(settings), riders)
     return RideContext(
         settings=settings,
         command=Pool("127.0.0.1", settings.serving.command_port),
         query=Pool("127.0.0.1", settings.serving.query_port),
-        riders=riders,
+        riders=pool,
         scooters=scooters,
         finish_body=_json.encode({"track": track_for(z_bytes)}),
         ride_seconds=ride_seconds,
         lag_sample_every=lag_sample_every,
+        auth=await sign_in(settings, list(pool)),
     )
 
 
@@ -125,33 +163,35 @@ async def ride(ctx: RideContext) -> None:
     rider, scooter = ctx.riders.popleft(), ctx.scooters.popleft()
     finished = False
     rec = ctx.recorder
+    auth = ctx.auth[rider]
     try:
-        body = _json.encode({"user_id": rider, "scooter_id": scooter})
-        answer = await rec.call("POST /offers", ctx.command.request("POST", "/offers", body))
+        body = _json.encode({"scooter_id": scooter})
+        answer = await rec.call("POST /offers", ctx.command.request("POST", "/offers", body, auth))
         if answer is None:
             finished = True  # nothing was started
             return
         token = _offer_decoder.decode(answer[1]).token
         answer = await rec.call(
             "POST /orders",
-            ctx.command.request("POST", "/orders", _json.encode({"offer_token": token})),
+            ctx.command.request("POST", "/orders", _json.encode({"offer_token": token}), auth),
         )
         if answer is None:
             finished = True
             return
         order_id = _created_decoder.decode(answer[1]).id
+        ctx.owner[order_id] = rider
         ctx.started += 1
         ctx.started_orders.append(order_id)
         ctx.started_riders.append(rider)
         if ctx.lag_sample_every and ctx.started % ctx.lag_sample_every == 0:
             asyncio.get_running_loop().create_task(
-                visible_after(ctx, order_id, time.perf_counter())
+                visible_after(ctx, order_id, auth, time.perf_counter())
             )
         if ctx.ride_seconds:
             await asyncio.sleep(ctx.ride_seconds)
         answer = await rec.call(
             "POST /orders/{id}/finish",
-            ctx.command.request("POST", f"/orders/{order_id}/finish", ctx.finish_body),
+            ctx.command.request("POST", f"/orders/{order_id}/finish", ctx.finish_body, auth),
         )
         if answer is not None:
             finished = True
@@ -163,12 +203,12 @@ async def ride(ctx: RideContext) -> None:
             ctx.scooters.append(scooter)
 
 
-async def visible_after(ctx: RideContext, order_id: str, since: float) -> None:
+async def visible_after(ctx: RideContext, order_id: str, auth: str, since: float) -> None:
     """Projection lag as the app sees it: until the query API shows the started ride."""
     conn = Connection(ctx.query.host, ctx.query.port)
     try:
         for _ in range(2000):
-            status, _ = await conn.request("GET", f"/orders/{order_id}")
+            status, _ = await conn.request("GET", f"/orders/{order_id}", None, auth)
             if status == 200:
                 ctx.lags.append(time.perf_counter() - since)
                 return
@@ -186,9 +226,10 @@ async def command_side(
     duration: float,
     z_bytes: int,
     ride_seconds: float,
+    riders: int,
 ) -> dict[str, Any]:
     """Complete rides at a fixed arrival ``rate`` (open loop) or at maximum throughput."""
-    ctx = ride_context(settings, z_bytes, ride_seconds, lag_sample_every=20)
+    ctx = await ride_context(settings, z_bytes, ride_seconds, lag_sample_every=20, riders=riders)
     # warm-up: connections, caches, prepared statements
     await asyncio.gather(*(ride(ctx) for _ in range(min(50, concurrency))))
     ctx.recorder, ctx.lags = Recorder(), []
@@ -241,6 +282,8 @@ class ViewContext:
     users: list[str]
     miss_share: float
     history_share: float
+    auth: dict[str, str]  # rider -> Authorization header line
+    owner: dict[str, str]  # order id -> its rider
     rng: random.Random = field(default_factory=lambda: random.Random(11))
     recorder: Recorder = field(default_factory=Recorder)
 
@@ -252,7 +295,8 @@ async def view(ctx: ViewContext) -> None:
     if roll < ctx.history_share:
         user = rng.choice(ctx.users)
         await rec.call(
-            "GET /users/{id}/orders", ctx.query.request("GET", f"/users/{user}/orders?limit=20")
+            "GET /users/{id}/orders",
+            ctx.query.request("GET", f"/users/{user}/orders?limit=20", None, ctx.auth[user]),
         )
         rec.flows += 1
         return
@@ -265,27 +309,45 @@ async def view(ctx: ViewContext) -> None:
         order_id = rng.choice(ctx.older)
         if rng.random() < ctx.miss_share * 10:  # not in Redis: evicted, flushed or older
             await ctx.redis.delete(order_key(ctx.settings.redis.key_prefix, order_id))
-    await rec.call("GET /orders/{id}", ctx.query.request("GET", f"/orders/{order_id}"))
+    auth = ctx.auth[ctx.owner[order_id]]  # each screen is read by its rider
+    await rec.call("GET /orders/{id}", ctx.query.request("GET", f"/orders/{order_id}", None, auth))
     rec.flows += 1
 
 
-async def seed_orders(settings: Settings, count: int, z_bytes: int) -> dict[str, list[str]]:
+@dataclass
+class Seeded:
+    """Orders seeded through the command API, and who may read them."""
+
+    orders: dict[str, list[str]]  # active, finished, older, users
+    auth: dict[str, str]  # rider -> Authorization header line
+    owner: dict[str, str]  # order id -> its rider
+
+
+async def seed_orders(settings: Settings, count: int, z_bytes: int) -> Seeded:
     """Rides through the command API: a third left active, the rest finished."""
-    ctx = ride_context(settings, z_bytes, ride_seconds=0, lag_sample_every=0)
+    # a rider left in an active ride cannot ride again: one rider per order
+    ctx = await ride_context(
+        settings, z_bytes, ride_seconds=0, lag_sample_every=0, riders=count + 100
+    )
     active: list[str] = []
     users: list[str] = []
 
     async def start_only() -> None:
         rider, scooter = ctx.riders.popleft(), ctx.scooters.popleft()
+        auth = ctx.auth[rider]
         offer = await ctx.command.request(
-            "POST", "/offers", _json.encode({"user_id": rider, "scooter_id": scooter})
+            "POST", "/offers", _json.encode({"scooter_id": scooter}), auth
         )
         if offer[0] != 201:
             return
         token = _offer_decoder.decode(offer[1]).token
-        started = await ctx.command.request("POST", "/orders", _json.encode({"offer_token": token}))
+        started = await ctx.command.request(
+            "POST", "/orders", _json.encode({"offer_token": token}), auth
+        )
         if started[0] == 201:
-            active.append(_created_decoder.decode(started[1]).id)
+            order_id = _created_decoder.decode(started[1]).id
+            active.append(order_id)
+            ctx.owner[order_id] = rider
             users.append(rider)
 
     for i in range(0, count, 50):
@@ -296,18 +358,19 @@ async def seed_orders(settings: Settings, count: int, z_bytes: int) -> dict[str,
     split = len(finished) // 2
     ctx.command.close()
     ctx.query.close()
-    return {
+    orders = {
         "active": active,
         "finished": finished[split:],
         "older": finished[:split],
         "users": users,
     }
+    return Seeded(orders=orders, auth=ctx.auth, owner=ctx.owner)
 
 
 async def query_side(
     settings: Settings,
     meter: CpuMeter,
-    orders: dict[str, list[str]],
+    seeded: Seeded,
     *,
     rate: float | None,
     concurrency: int,
@@ -318,6 +381,7 @@ async def query_side(
 ) -> dict[str, Any]:
     """Order screens at a fixed ``rate`` or at maximum throughput (``port``: another server)."""
     client = aioredis.Redis.from_url(settings.redis.url)
+    orders = seeded.orders
     ctx = ViewContext(
         settings=settings,
         query=Pool("127.0.0.1", port or settings.serving.query_port),
@@ -328,6 +392,8 @@ async def query_side(
         users=orders["users"],
         miss_share=miss_share,
         history_share=history_share,
+        auth=seeded.auth,
+        owner=seeded.owner,
     )
     await asyncio.gather(*(view(ctx) for _ in range(concurrency)))  # warm-up
     ctx.recorder = Recorder()
@@ -397,10 +463,11 @@ async def soak(
     duration: float,
     z_bytes: int,
     ride_seconds: float,
+    riders: int,
     sample_every: float = 30.0,
 ) -> dict[str, Any]:
     """Rides at ``rate`` and their screens at ``rate * y`` together, sampling memory."""
-    rides = ride_context(settings, z_bytes, ride_seconds, lag_sample_every=50)
+    rides = await ride_context(settings, z_bytes, ride_seconds, lag_sample_every=50, riders=riders)
     client = aioredis.Redis.from_url(settings.redis.url)
     await asyncio.gather(*(ride(rides) for _ in range(20)))  # something to view from the start
     views = ViewContext(
@@ -413,6 +480,8 @@ async def soak(
         users=rides.started_riders,
         miss_share=0.0,
         history_share=0.05,
+        auth=rides.auth,
+        owner=rides.owner,
     )
     samples: list[dict[str, Any]] = []
 

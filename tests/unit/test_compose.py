@@ -22,6 +22,10 @@ HTTP_PORTS = {
     "command_api": Settings().serving.command_port,
     "query_api": Settings().serving.query_port,
 }
+PUBLISHED = {
+    "command_api": Settings().serving.command_port,
+    "query_api": Settings().serving.query_port,
+}
 SETTING_NAMES = set(variables(Settings)) | set(variables(StubSettings))
 
 
@@ -65,10 +69,28 @@ def test_environment_gives_valid_development_settings(name: str) -> None:
         assert host == "0.0.0.0"
 
 
-@pytest.mark.parametrize(("name", "port"), HTTP_PORTS.items())
+@pytest.mark.parametrize(("name", "port"), PUBLISHED.items())
 def test_published_ports_match_the_settings_defaults(name: str, port: int) -> None:
     assert SERVICES[name]["ports"] == [f"{port}:{port}"]
+
+
+@pytest.mark.parametrize(("name", "port"), HTTP_PORTS.items())
+def test_healthchecks_use_the_settings_ports(name: str, port: int) -> None:
     assert f"127.0.0.1:{port}/health/live" in " ".join(SERVICES[name]["healthcheck"]["test"])
+
+
+def test_only_the_two_apis_are_published() -> None:
+    """Stubs (admin, identity), metrics ports, Postgres and Redis stay internal (issue 9)."""
+    published = {name for name, service in SERVICES.items() if service.get("ports")}
+    assert published == set(PUBLISHED)
+    for name, service in SERVICES.items():
+        assert "expose" not in service or name in PUBLISHED, name
+
+
+def test_no_secret_in_compose() -> None:
+    env = SERVICES["command_api"]["environment"]
+    assert "SCOOTERS_OFFER_KEYS" not in env  # development creates its own (ADR 0006)
+    assert "SCOOTERS_STUBS_ADMIN_TOKEN" not in env  # admin stays off
 
 
 @pytest.mark.parametrize("name", ["postgres", "redis", *HTTP_PORTS])

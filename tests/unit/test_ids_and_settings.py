@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from shared.ids import created_at_of, parse_order_id, uuid7
-from shared.settings import DEVELOPMENT_SIGNING_KEY, Settings, SettingsError
+from shared.offer_token import encode_offer_key, new_offer_key
+from shared.settings import Settings, SettingsError
 
 
 def test_uuid7_embeds_its_creation_time() -> None:
@@ -43,14 +44,21 @@ def test_bad_setting_is_reported() -> None:
         Settings.from_env({"SCOOTERS_OFFER_TTL_SECONDS": "soon"})
 
 
-def test_production_refuses_the_development_key() -> None:
-    with pytest.raises(SettingsError, match="signing key"):
+def test_production_requires_offer_keys() -> None:
+    with pytest.raises(SettingsError, match="offer keys"):
         Settings.from_env({"SCOOTERS_ENVIRONMENT": "production"})
-    with pytest.raises(SettingsError):
-        Settings.from_env(
-            {"SCOOTERS_ENVIRONMENT": "production", "SCOOTERS_OFFER_SIGNING_KEY": "short"}
-        )
+    with pytest.raises(SettingsError, match="32 bytes"):
+        Settings.from_env({"SCOOTERS_ENVIRONMENT": "production", "SCOOTERS_OFFER_KEYS": "shortkey"})
+    with pytest.raises(SettingsError, match="base64url"):
+        Settings.from_env({"SCOOTERS_ENVIRONMENT": "production", "SCOOTERS_OFFER_KEYS": "a"})
+    new, old = encode_offer_key(new_offer_key()), encode_offer_key(new_offer_key())
     ok = Settings.from_env(
-        {"SCOOTERS_ENVIRONMENT": "production", "SCOOTERS_OFFER_SIGNING_KEY": "s" * 40}
+        {"SCOOTERS_ENVIRONMENT": "production", "SCOOTERS_OFFER_KEYS": f"{new}, {old}"}
     )
-    assert ok.offers.signing_key != DEVELOPMENT_SIGNING_KEY
+    assert len(ok.offers.key_bytes()) == 2
+
+
+def test_no_offer_key_in_the_code() -> None:
+    """A development stack has no key unless it creates one (shared/infra/offer_keys.py)."""
+    assert Settings().offers.keys == ""
+    assert Settings().offers.key_bytes() == ()

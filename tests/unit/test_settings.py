@@ -36,7 +36,6 @@ OLD_VARIABLES: dict[str, tuple[str, Any]] = {
     "SCOOTERS_HTTP_MAX_CONNECTIONS": ("external.http_max_connections", 200),
     "SCOOTERS_PAYMENT_TIMEOUT_SECONDS": ("external.payment_timeout_seconds", 2.0),
     "SCOOTERS_RETRY_AFTER_SECONDS": ("serving.retry_after_seconds", 2),
-    "SCOOTERS_OFFER_SIGNING_KEY": ("offers.signing_key", "dev-only-offer-signing-key-change-me"),
     "SCOOTERS_OFFER_TTL_SECONDS": ("offers.ttl_seconds", 300),
     "SCOOTERS_SURGE_DEFAULT": ("pricing.surge_default", 1.0),
     "SCOOTERS_LOW_CHARGE_DISCOUNT_DEFAULT": ("pricing.low_charge_discount_default", 1.0),
@@ -92,6 +91,31 @@ OLD_VARIABLES: dict[str, tuple[str, Any]] = {
     ),
 }
 
+# Variables that are gone on purpose: setting one is refused with what replaces it.
+# SCOOTERS_OFFER_SIGNING_KEY carried the HMAC key whose development default shipped in
+# the code (issue 9, ADR 0006); SCOOTERS_OFFER_KEYS replaced it.
+REMOVED_VARIABLES = {"SCOOTERS_OFFER_SIGNING_KEY": "SCOOTERS_OFFER_KEYS"}
+
+# Variables added after the grouping, with their field and default.
+NEW_VARIABLES: dict[str, tuple[str, Any]] = {
+    "SCOOTERS_OFFER_KEYS": ("offers.keys", ""),
+    "SCOOTERS_OFFER_RATE_LIMIT": ("offers.rate_limit", 30),
+    "SCOOTERS_OFFER_RATE_WINDOW_SECONDS": ("offers.rate_window_seconds", 60),
+    "SCOOTERS_IDENTITY_URL": ("identity.url", ""),
+    "SCOOTERS_AUTH_ISSUER": ("identity.issuer", "https://identity.superscooters.dev"),
+    "SCOOTERS_AUTH_AUDIENCE": ("identity.audience", "superscooters-api"),
+    "SCOOTERS_AUTH_TOKEN_TTL_SECONDS": ("identity.token_ttl_seconds", 3600),
+    "SCOOTERS_AUTH_LEEWAY_SECONDS": ("identity.leeway_seconds", 5),
+    "SCOOTERS_JWKS_REFRESH_MIN_SECONDS": ("identity.jwks_refresh_min_seconds", 10.0),
+    "SCOOTERS_JWKS_MAX_AGE_SECONDS": ("identity.jwks_max_age_seconds", 300),
+    "SCOOTERS_AUTH_CACHE_SIZE": ("identity.cache_size", 10000),
+    "SCOOTERS_METRICS_HOST": ("serving.metrics_host", "127.0.0.1"),
+    "SCOOTERS_COMMAND_METRICS_PORT": ("serving.command_metrics_port", 9100),
+    "SCOOTERS_QUERY_METRICS_PORT": ("serving.query_metrics_port", 9110),
+    "SCOOTERS_STUBS_ADMIN_TOKEN": ("stub.admin_token", ""),
+}
+ALL_VARIABLES = {**OLD_VARIABLES, **NEW_VARIABLES}
+
 
 def _field(path: str) -> Any:
     """A getter of the field at ``path`` (``stub.`` paths are read on StubSettings)."""
@@ -115,15 +139,23 @@ def _sample(default: Any) -> str:
 
 def test_every_variable_is_known_once() -> None:
     now = {**variables(Settings), **{k: f"stub.{p}" for k, p in variables(StubSettings).items()}}
-    assert now == {var: path for var, (path, _) in OLD_VARIABLES.items()}
+    assert now == {var: path for var, (path, _) in ALL_VARIABLES.items()}
 
 
-@pytest.mark.parametrize(("var", "path", "default"), [(k, *v) for k, v in OLD_VARIABLES.items()])
+def test_removed_variables_are_refused_with_their_replacement() -> None:
+    for var, instead in REMOVED_VARIABLES.items():
+        with pytest.raises(SettingsError, match=instead):
+            Settings.from_env({var: "k" * 40})
+
+
+@pytest.mark.parametrize(("var", "path", "default"), [(k, *v) for k, v in ALL_VARIABLES.items()])
 def test_old_variable_sets_the_same_field(var: str, path: str, default: Any) -> None:
     assert _field(path)(_build({}, path)) == default
     env = {var: _sample(default)}
-    if var == "SCOOTERS_ENVIRONMENT":  # production needs a real key to start
-        env["SCOOTERS_OFFER_SIGNING_KEY"] = "k" * 40
+    if var == "SCOOTERS_ENVIRONMENT":  # production needs offer keys to start
+        env["SCOOTERS_OFFER_KEYS"] = "k" * 43  # 32 bytes in base64url
+    if var == "SCOOTERS_OFFER_KEYS":
+        env[var] = "k" * 43
     value = _field(path)(_build(env, path))
     assert value != default
     assert str(value).lower() == env[var].lower()

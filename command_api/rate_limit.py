@@ -1,0 +1,76 @@
+"""Offers per rider, limited across every command API process through Redis.
+
+A fixed window per rider: ``INCR`` of ``<prefix>rate:offers:<rider>:<window>`` and an
+``EXPIRE`` in one pipelined round trip. Past ``limit`` offers in the window the rider
+gets 429 with ``Retry-After`` (the seconds left in the window). Pricing an offer writes
+nothing, so without a limit one rider could keep the external services busy.
+
+When Redis does not answer, offers are *not* refused (fail open, logged): the command
+side needs Redis for nothing else, and starting rides matters more than this guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from shared.errors import RateLimited
+from shared.settings import Settings
+
+log = logging.getLogger("rate_limit")
+
+RedisClient = Redis | RedisCluster
+_REDIS_DOWN = (redis_errors.RedisError, OSError)
+
+
+def connect(settings: Settings) -> RedisClient:
+    """A Redis (or Redis Cluster) client for the limiter that fails fast."""
+    timeout = settings.redis.timeout_seconds
+    if settings.redis.cluster:
+        return RedisCluster.from_url(
+            settings.redis.url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+    return Redis.from_url(
+        settings.redis.url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+class OfferRateLimit:
+    """``check(rider)`` raises :class:`RateLimited` past ``limit`` offers per ``window_seconds``."""
+
+    def __init__(self, redis: RedisClient, prefix: str, limit: int, window_seconds: int) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._limit = limit
+        self._window = window_seconds
+
+    async def check(self, rider: str) -> None:
+        """Count one offer for ``rider``; raises RateLimited when over the limit."""
+        now = time.time()
+        window = int(now // self._window)
+        key = f"{self._prefix}rate:offers:{rider}:{window}"
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, self._window + 1)
+                count, _ = await pipe.execute()
+        except _REDIS_DOWN as exc:
+            log.warning("offer rate limit skipped, Redis did not answer: %r", exc)
+            return
+        if int(count) > self._limit:
+            retry_after = int((window + 1) * self._window - now) + 1
+            raise RateLimited(
+                retry_after,
+                f"at most {self._limit} offers per {self._window} s; retry in {retry_after} s",
+            )

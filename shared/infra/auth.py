@@ -1,0 +1,303 @@
+"""Who is calling: bearer tokens of the identity provider, verified on every request.
+
+Both APIs trust exactly one thing about a caller: a JWT signed by the identity
+provider with an asymmetric key published in its JWKS (ADR 0006). A token is accepted
+only if its header's ``alg`` is one we allow (RS256, EdDSA) *and* the one of the JWKS
+key named by its ``kid`` (so ``alg: none`` and an HS256 token "signed" with the public
+key are refused), its signature holds, its ``iss`` and ``aud`` are ours and it has not
+expired. ``sub`` is the rider's user id; ``roles`` may hold ``rider`` and ``support``.
+
+The JWKS is fetched lazily and cached; an unknown ``kid`` refetches it (the provider
+rotated its keys), at most once per ``jwks_refresh_min_seconds`` so a flood of forged
+kids cannot flood the provider. Verified tokens are remembered until they expire
+(bounded LRU keyed by the token string), which saves the signature check on every
+later request with the same token (docs/benchmarks.md, "Identity"). It lives in
+``shared/infra`` because it needs httpx and Litestar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import jwt
+import msgspec
+from litestar import Request
+from litestar.enums import ScopeType
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from shared.errors import DependencyUnavailable, DomainError, Forbidden, Unauthenticated
+from shared.infra.di import Slot
+from shared.infra.problems import domain_error_answer
+from shared.settings import Settings
+
+log = logging.getLogger("auth")
+
+RIDER = "rider"
+SUPPORT = "support"
+ALGORITHMS = frozenset({"RS256", "EdDSA"})  # asymmetric only: never HS*, never none
+MAX_SUB_LENGTH = 64
+MAX_TOKEN_LENGTH = 8_192
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """The authenticated caller: ``sub`` (the user id) and its roles."""
+
+    sub: str
+    roles: frozenset[str]
+
+    @property
+    def is_support(self) -> bool:
+        """An operator: may read any rider's data and force-end any ride."""
+        return SUPPORT in self.roles
+
+    def may_read(self, user_id: str) -> bool:
+        """Whether this caller may see ``user_id``'s rides and summary."""
+        return self.sub == user_id or self.is_support
+
+    def require_rider(self, user_id: str | None = None) -> None:
+        """Refuse (Forbidden) unless this caller is a rider acting for itself.
+
+        ``user_id``, when the request names one, must be ``sub``.
+        """
+        if RIDER not in self.roles:
+            raise Forbidden("only a rider may do this")
+        if user_id is not None and user_id != self.sub:
+            raise Forbidden("a rider acts only for itself: user_id must be the token's sub")
+
+
+class JwksCache:
+    """The identity provider's public keys by ``kid``, fetched with ``client``.
+
+    ``key(kid)`` answers from the cache; an unknown kid (or keys older than
+    ``max_age_seconds``) refetches, at most once per ``min_refresh_seconds``.
+    Raises :class:`Unauthenticated` for a kid the provider does not publish and
+    :class:`DependencyUnavailable` when no key was ever fetched and the provider is down.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client: httpx.AsyncClient,
+        *,
+        min_refresh_seconds: float,
+        max_age_seconds: float,
+    ) -> None:
+        self._url = url
+        self._client = client
+        self._min_refresh = min_refresh_seconds
+        self._max_age = max_age_seconds
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = 0.0  # monotonic time of the last successful fetch
+        self._tried_at = -float("inf")  # monotonic time of the last attempt
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str) -> jwt.PyJWK:
+        """The public key named ``kid``."""
+        key = self._keys.get(kid)
+        if key is not None and time.monotonic() - self._fetched_at < self._max_age:
+            return key
+        async with self._lock:  # requests that miss wait for one fetch, not each their own
+            key = self._keys.get(kid)
+            stale = time.monotonic() - self._fetched_at >= self._max_age
+            # with no key at all nothing can be verified: try again sooner
+            pause = self._min_refresh if self._keys else min(self._min_refresh, 1.0)
+            if (key is None or stale) and time.monotonic() - self._tried_at >= pause:
+                await self._refresh()
+                key = self._keys.get(kid)
+        if key is None:
+            if not self._keys:
+                raise DependencyUnavailable("identity", "the identity provider's keys are unknown")
+            raise Unauthenticated("the token was signed with an unknown key")
+        return key
+
+    async def warm(self) -> None:
+        """Fetch the keys now (at startup), so the first requests need not; never raises."""
+        async with self._lock:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        self._tried_at = time.monotonic()
+        try:
+            response = await self._client.get(self._url)
+            response.raise_for_status()
+            keys = jwt.PyJWKSet.from_dict(response.json())
+        except (httpx.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
+            log.warning("could not fetch the JWKS from %s: %r", self._url, exc)
+            return  # keep the keys we have
+        self._keys = {
+            k.key_id: k
+            for k in keys.keys
+            if k.key_id and k.algorithm_name in ALGORITHMS and k.public_key_use in (None, "sig")
+        }
+        self._fetched_at = self._tried_at
+
+
+class TokenVerifier:
+    """Turns a bearer token into a :class:`Principal` or raises :class:`Unauthenticated`.
+
+    Checks (ADR 0006): allowed asymmetric ``alg`` equal to the JWKS key's, signature,
+    ``iss``, ``aud``, ``exp``/``iat`` (with ``leeway_seconds``), a bounded string
+    ``sub`` and a list of string ``roles``. Verified tokens are cached until ``exp``
+    (at most ``cache_size``, least recently used evicted first).
+    """
+
+    def __init__(
+        self,
+        jwks: JwksCache,
+        *,
+        issuer: str,
+        audience: str,
+        leeway_seconds: float,
+        cache_size: int,
+    ) -> None:
+        self._jwks = jwks
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway_seconds
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    async def warm(self) -> None:
+        """Fetch the identity provider's keys ahead of the first request (never raises)."""
+        await self._jwks.warm()
+
+    async def verify(self, token: str) -> Principal:
+        """The caller ``token`` (a compact JWS) proves; raises Unauthenticated."""
+        cached = self._cache.get(token)
+        if cached is not None:
+            principal, expires = cached
+            if time.time() < expires + self._leeway:
+                self._cache.move_to_end(token)
+                return principal
+            del self._cache[token]
+        principal, expires = await self._verify(token)
+        if self._cache_size > 0:
+            self._cache[token] = (principal, expires)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthenticated("the bearer token is too long")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated("the bearer token is not a JWT") from exc
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in ALGORITHMS:
+            raise Unauthenticated(f"tokens signed with {alg!r} are not accepted")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("the token names no key (kid)")
+        key = await self._jwks.key(kid)
+        if key.algorithm_name != alg:  # key confusion: the key decides the algorithm
+            raise Unauthenticated("the token's alg does not match its key")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("the token has expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"the token is not valid: {exc}") from exc
+        sub, roles = claims.get("sub"), claims.get("roles", [])
+        if not isinstance(sub, str) or not 0 < len(sub) <= MAX_SUB_LENGTH:
+            raise Unauthenticated("the token's sub is not a user id")
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise Unauthenticated("the token's roles are not a list of names")
+        return Principal(sub, frozenset(roles)), float(claims["exp"])
+
+
+def token_verifier(settings: Settings, client: httpx.AsyncClient) -> TokenVerifier:
+    """The verifier configured by ``settings.identity`` (issuer, audience, JWKS, cache)."""
+    identity = settings.identity
+    jwks = JwksCache(
+        f"{settings.identity_base_url}/.well-known/jwks.json",
+        client,
+        min_refresh_seconds=identity.jwks_refresh_min_seconds,
+        max_age_seconds=identity.jwks_max_age_seconds,
+    )
+    return TokenVerifier(
+        jwks,
+        issuer=identity.issuer,
+        audience=identity.audience,
+        leeway_seconds=identity.leeway_seconds,
+        cache_size=identity.cache_size,
+    )
+
+
+# health checks, and the operations console's static files and its addresses: they hold
+# no data, and a browser must load them before it can sign in (query_api/ride_details.py)
+_PUBLIC_PREFIX = ("/health/", "/console/", "/console-config")
+
+
+def bearer_auth(verifier: Slot[TokenVerifier]) -> Callable[[ASGIApp], ASGIApp]:
+    """Litestar middleware: every HTTP request but ``/health/*`` needs a valid bearer token.
+
+    Puts the :class:`Principal` in ``scope["user"]`` (``request.user``). Uses the
+    :class:`TokenVerifier` the app's lifespan put in ``verifier``. Answers a missing or bad token
+    itself with 401 ``unauthenticated`` (``WWW-Authenticate: Bearer``), and 503 when the
+    identity provider's keys cannot be had, so middleware outside this one (request
+    metrics) sees the real status.
+    """
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def authenticate(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == ScopeType.HTTP and not scope["path"].startswith(_PUBLIC_PREFIX):
+                try:
+                    scope["user"] = await verifier.get().verify(_bearer(scope))
+                except DomainError as exc:
+                    request: Request[Any, Any, Any] = Request(scope, receive, send)
+                    answer = domain_error_answer(request, exc).to_asgi_response(None, request)
+                    await answer(scope, receive, send)
+                    return
+            await app(scope, receive, send)
+
+        return authenticate
+
+    return middleware
+
+
+def _bearer(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("the Authorization header is not a bearer token")
+            return token.strip()
+    raise Unauthenticated("this endpoint needs a bearer token (Authorization: Bearer ...)")
+
+
+def openapi_config(title: str) -> OpenAPIConfig:
+    """The OpenAPI document of an API whose every operation needs a bearer token."""
+    return OpenAPIConfig(
+        title=title,
+        version="1",
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
+            }
+        ),
+        security=[{"bearer": []}],
+    )
+
+
+def principal_of(user: Any) -> Principal:
+    """``request.user`` as the :class:`Principal` bearer_auth put there."""
+    if not isinstance(user, Principal):  # a route bearer_auth was not applied to
+        raise Unauthenticated("no authenticated caller")
+    return user
