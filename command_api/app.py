@@ -38,6 +38,7 @@ from shared.infra.di import Slot
 from shared.infra.metrics_server import start_metrics_server
 from shared.infra.problems import exception_handlers
 from shared.infra.request_metrics import request_metrics
+from shared.infra.serving import cors_config
 from shared.settings import Settings, get_settings
 
 JSON = "application/json"
@@ -236,6 +237,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             request_metrics("command_api"),
             bearer_auth(verifier),
         ],
+        # the operations console calls from its origin
+        cors_config=cors_config(settings.console.cors_origins()),
         openapi_config=openapi_config("SuperScooters command API"),
         request_max_body_size=2 * 1024 * 1024,
         logging_config=None,  # plain stdlib logging at the configured level, off the hot path

@@ -27,6 +27,7 @@ from shared.domain import (
     ConfigsAnswer,
     PaymentRequest,
     PriceCoeffSettings,
+    RefundRequest,
     ScooterData,
     TariffZone,
     UserProfile,
@@ -138,7 +139,7 @@ class ExternalServices:
         metrics.external_calls.labels(service, "error").inc()
         raise last
 
-    async def _post_payment(self, path: str, request: PaymentRequest) -> None:
+    async def _post_payment(self, path: str, request: PaymentRequest | RefundRequest) -> None:
         """One payments call; ``ambiguous`` failures may have taken effect."""
         try:
             response = await self._client.post(
@@ -252,14 +253,19 @@ class ExternalServices:
         The error says ``ambiguous`` when any attempt may have reserved money anyway.
         """
         request = PaymentRequest(user_id=user_id, order_id=order_id, amount=amount)
+        await self._post_payment_twice("/hold-money-for-order", request)
+
+    async def _post_payment_twice(self, path: str, request: PaymentRequest | RefundRequest) -> None:
+        """A payments call retried once unless refused (4xx); safe because each operation
+        is idempotent at payments. ``ambiguous`` if any attempt may have taken effect."""
         try:
-            await self._post_payment("/hold-money-for-order", request)
+            await self._post_payment(path, request)
             return
         except ServiceError as first:
             if first.reason.startswith("HTTP 4"):
                 raise
             try:
-                await self._post_payment("/hold-money-for-order", request)
+                await self._post_payment(path, request)
             except ServiceError as second:
                 second.ambiguous = second.ambiguous or first.ambiguous
                 raise second from first
@@ -268,3 +274,18 @@ class ExternalServices:
         """Charge ``amount`` (final) and release the rest of the hold; 0 releases it all."""
         request = PaymentRequest(user_id=user_id, order_id=order_id, amount=amount)
         await self._post_payment("/clear-money-for-order", request)
+
+    async def refund(self, user_id: str, order_id: str, amount: int, refund_key: str) -> None:
+        """Give back ``amount`` of the order's charge; retried once (idempotent per
+        ``refund_key``). A 409 (``HTTP 409``) means payments refuses it: more than was
+        charged, never charged, or the key was used with another amount."""
+        request = RefundRequest(
+            user_id=user_id, order_id=order_id, amount=amount, refund_key=refund_key
+        )
+        await self._post_payment_twice("/refund-money-for-order", request)
+
+    async def release(self, user_id: str, order_id: str, amount: int) -> None:
+        """Release the whole hold (``amount``) of an order whose charge became debt;
+        retried once (idempotent per order)."""
+        request = PaymentRequest(user_id=user_id, order_id=order_id, amount=amount)
+        await self._post_payment_twice("/release-money-for-order", request)

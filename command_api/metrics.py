@@ -15,3 +15,7 @@ payment_attempts = Counter(
     "Payment operations attempted by the worker",
     ["kind", "outcome"],
 )
+abandoned_rides = Counter(
+    "scooters_abandoned_rides_total",
+    "Rides ended by the worker because they stayed active past the abandoned-ride limit",
+)

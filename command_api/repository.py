@@ -329,3 +329,23 @@ async def forget_idempotency_key(conn: Connection, scope: str, key: str) -> None
 def encode_json(value: Any) -> str:
     """A value as JSON text for a jsonb parameter."""
     return msgspec.json.encode(value).decode()
+
+
+async def abandoned_rides(
+    conn: Connection, started_before: datetime, limit: int
+) -> list[tuple[uuid.UUID, datetime]]:
+    """Ids and start times of rides still holding their scooter that started before
+    ``started_before`` (docs/rides-gone-wrong.md), oldest first."""
+    rows = await conn.fetch(_ABANDONED, started_before, limit)
+    return [(row["id"], row["started_at"]) for row in rows]
+
+
+# The order's own start (what finish charges from); active_rides is small (rides now
+# going), and each join names the order's partition key.
+_ABANDONED = """
+SELECT o.id, o.started_at FROM active_rides a
+  JOIN orders o ON o.id = a.order_id AND o.created_at = a.order_created_at
+ WHERE o.started_at < $1
+ ORDER BY o.started_at
+ LIMIT $2
+"""

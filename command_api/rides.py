@@ -228,9 +228,15 @@ async def reject_start(
 
 
 async def finish_ride(
-    deps: Deps, order_id: uuid.UUID, track: Sequence[TrackPoint], actor: Principal | None = None
+    deps: Deps,
+    order_id: uuid.UUID,
+    track: Sequence[TrackPoint],
+    actor: Principal | None = None,
+    *,
+    ended_at: datetime | None = None,
 ) -> Order:
-    """End a ride (idempotent) and charge it.
+    """End a ride (idempotent) and charge it, as of now or of ``ended_at`` (an abandoned
+    ride, docs/rides-gone-wrong.md), at most the ride cost cap.
 
     ``actor`` (None: trusted internal caller) must be the ride's rider or ``support``;
     anyone else gets OrderNotFound, as for a ride that does not exist. A support actor
@@ -257,10 +263,11 @@ async def finish_ride(
             return order
         decision = decide_finish(
             started_at=order.started_at,
-            finished_at=utcnow(),
+            finished_at=ended_at or utcnow(),
             price_per_minute=order.price_per_minute,
             price_unlock=order.price_unlock,
             free_ride_seconds=order.free_ride_seconds,
+            max_cost=settings.rides.max_cost,
         )
         charge_due = settings.external.payment_timeout_seconds * 2
         distance = track_distance_meters(track)

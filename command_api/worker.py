@@ -9,6 +9,8 @@
   ``settings.payments.max_attempts`` a positive amount becomes the user's debt. A zero amount
   (a cancelled ride's release) is retried for as long as it takes.
 - ``release`` due: the hold of a rejected start is released, retried until done.
+- abandoned rides (active past ``settings.rides.abandoned_after_seconds``) are ended as
+  of that limit and charged, capped (docs/rides-gone-wrong.md).
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ from command_api.external import ServiceError
 from migrations.maintenance import prune, run_partition_maintenance
 from shared.infra.failures import RetryLog, explain_postgres, explained_exit
 from shared.lifecycle import OperationKind
+from shared.ride_rules import abandoned_cutoff, abandoned_end
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("worker")
 BATCH = 100
+# how often the worker looks for abandoned rides; when it ends one does not change what
+# the ride costs (it ends as of the limit), only how long the app still shows it active
+ABANDONED_CHECK_SECONDS = 10.0
 
 
 def backoff_seconds(settings: Settings, attempts: int) -> float:
@@ -91,6 +97,24 @@ async def process_due_operations(deps: rides.Deps) -> int:
     return len(due)
 
 
+async def end_abandoned_rides(deps: rides.Deps) -> int:
+    """End every ride active longer than ``rides.abandoned_after_seconds``, as of that
+    limit after its start, and charge it (capped); returns how many were found.
+
+    docs/rides-gone-wrong.md; the decisions are ``shared.ride_rules``'.
+    """
+    limit = deps.settings.rides.abandoned_after_seconds
+    async with deps.pool.acquire() as conn:
+        found = await repo.abandoned_rides(conn, abandoned_cutoff(rides.utcnow(), limit), BATCH)
+    for order_id, started_at in found:
+        ended = await rides.finish_ride(
+            deps, order_id, (), ended_at=abandoned_end(started_at, limit)
+        )
+        log.warning("ended abandoned ride %s (started %s): %s", order_id, started_at, ended.status)
+        metrics.abandoned_rides.inc()
+    return len(found)
+
+
 async def maintain(pool: asyncpg.Pool, settings: Settings) -> None:
     """Partition premake/retention and pruning of expired bookkeeping rows."""
     async with pool.acquire() as conn:
@@ -107,7 +131,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
 async def _work(deps: rides.Deps, stop: asyncio.Event) -> None:
     """The worker's loop: maintenance when due, then owed payment operations."""
     pool, settings = deps.pool, deps.settings
-    next_maintenance = 0.0
+    next_maintenance = next_abandoned_check = 0.0
     retry_log = RetryLog(log, "payment operations")
     while not stop.is_set():
         if time.monotonic() >= next_maintenance:
@@ -117,6 +141,13 @@ async def _work(deps: rides.Deps, stop: asyncio.Event) -> None:
                 reason = explain_postgres(exc, settings.db.url) or repr(exc)
                 log.error("maintenance failed, retrying next period: %s", reason)
             next_maintenance = time.monotonic() + settings.maintenance.interval_seconds
+        if time.monotonic() >= next_abandoned_check:
+            try:
+                await end_abandoned_rides(deps)
+            except (OSError, asyncpg.PostgresError) as exc:
+                reason = explain_postgres(exc, settings.db.url) or repr(exc)
+                log.error("ending abandoned rides failed, retrying: %s", reason)
+            next_abandoned_check = time.monotonic() + ABANDONED_CHECK_SECONDS
         try:
             tried = await process_due_operations(deps)
             retry_log.succeeded()

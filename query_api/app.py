@@ -18,6 +18,7 @@ from litestar.params import FromPath, PathParameter, QueryParameter, SkipValidat
 
 from query_api import projection
 from query_api.reads import Reads
+from query_api.ride_details import console_handlers
 from query_api.screens import (
     InvalidCursor,
     OrderScreen,
@@ -208,6 +209,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         get_user_summary,
         live,
         ready,
+        *console_handlers(settings),
     ]
     return Litestar(
         route_handlers=handlers,

@@ -295,6 +295,16 @@ class Reads:
         except RedisUnavailable:
             log.info("Redis is down; %d refills skipped", len(writes))
 
+    # --- receipt and track: Postgres only (opened once per ride, never projected) ----------
+
+    async def order_with_pricing(self, order_id: uuid.UUID) -> tuple[OrderView, str] | None:
+        """The order's view and its pricing inputs (JSON text); None when not shown."""
+        return await self._query(lambda db: repository.order_with_pricing(db, order_id))
+
+    async def order_track(self, order_id: uuid.UUID) -> tuple[str, str] | None:
+        """The order's rider and GPS track (JSON text); None when not shown."""
+        return await self._query(lambda db: repository.order_track(db, order_id))
+
     async def _query(self, query: Callable[[asyncpg.Pool], Awaitable[R]]) -> R:
         try:
             return await query(await self.router.pool())

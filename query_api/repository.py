@@ -146,3 +146,32 @@ async def range_page(
     """Orders created in ``[since, until)`` after ``after``, oldest first."""
     rows = await db.fetch(_RANGE_PAGE, since, until, after[0], after[1], limit)
     return [_view(row) for row in rows]
+
+
+# --- receipt and track (issue 12): read from Postgres, not projected; viewed rarely ---------
+
+_RECEIPT = f"""
+SELECT {_VIEW_COLUMNS}, pricing::text AS pricing FROM orders
+ WHERE id = $1 AND created_at = $2 AND {_VISIBLE}
+"""
+
+_TRACK = f"""
+SELECT user_id, coalesce(track::text, '[]') AS track FROM orders
+ WHERE id = $1 AND created_at = $2 AND {_VISIBLE}
+"""
+
+
+async def order_with_pricing(db: Executor, order_id: uuid.UUID) -> tuple[OrderView, str] | None:
+    """The order's view and its pricing inputs (JSON text), or None when not shown."""
+    row = await db.fetchrow(_RECEIPT, order_id, created_at_of(order_id))
+    if row is None:
+        return None
+    values = dict(row.items())
+    pricing = values.pop("pricing")
+    return OrderView(**values), pricing
+
+
+async def order_track(db: Executor, order_id: uuid.UUID) -> tuple[str, str] | None:
+    """The order's owner and its GPS track as JSON text (``[]`` when none was sent)."""
+    row = await db.fetchrow(_TRACK, order_id, created_at_of(order_id))
+    return None if row is None else (row["user_id"], row["track"])

@@ -63,6 +63,16 @@ class PaymentAnswer(msgspec.Struct, frozen=True, kw_only=True):
     status: str
 
 
+class RefundRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /refund-money-for-order`` (our payments contract): give back ``amount`` of
+    what the order was charged; idempotent per ``(order_id, refund_key)``."""
+
+    user_id: str
+    order_id: str
+    amount: int
+    refund_key: str
+
+
 # --- offers -----------------------------------------------------------------------------------
 
 

@@ -122,3 +122,30 @@ class RateLimited(DomainError):
     def __init__(self, retry_after: int, detail: str | None = None) -> None:
         super().__init__(detail)
         self.retry_after = max(1, retry_after)
+
+
+# --- rides gone wrong (issue 12; shared/ride_rules.py) ------------------------------------
+
+
+class EndBeforeStart(DomainError):
+    code, status, title = "end_before_start", 422, "A ride cannot end before it started"
+
+
+class EndInFuture(DomainError):
+    code, status, title = "end_in_future", 422, "A ride cannot be ended at a future time"
+
+
+class InvalidRefund(DomainError):
+    code, status, title = "invalid_refund", 422, "A refund must be a positive amount"
+
+
+class RefundExceedsCharge(DomainError):
+    code, status, title = (
+        "refund_exceeds_charge",
+        409,
+        "The refunds would exceed what was charged",
+    )
+
+
+class OrderNotEnded(DomainError):
+    code, status, title = "order_not_ended", 409, "The ride has not ended; it has no receipt yet"

@@ -36,6 +36,7 @@ from shared.errors import (
     TooManyActiveRides,
     UserHasDebt,
 )
+from shared.ride_rules import capped_cost
 
 # --- statuses -----------------------------------------------------------------------------
 
@@ -281,12 +282,14 @@ def decide_finish(
     price_per_minute: int,
     price_unlock: int,
     free_ride_seconds: int,
+    max_cost: int = 0,
 ) -> FinishDecision:
     """End a ride that started at ``started_at`` (UTC) at ``finished_at`` (UTC).
 
     ``duration = finish - start`` in whole seconds (never negative); under
     ``free_ride_seconds`` the ride is cancelled and costs 0, otherwise it is finished and
-    costs :func:`ride_cost` (DOMAIN.md "Orders (rides)").
+    costs :func:`ride_cost` (DOMAIN.md "Orders (rides)"), at most ``max_cost`` (the ride
+    cost cap, docs/rides-gone-wrong.md; 0 = no cap).
     """
     seconds = max(0, int((finished_at - started_at).total_seconds()))
     cancelled = is_free_ride(seconds, free_ride_seconds)
@@ -299,7 +302,9 @@ def decide_finish(
         ),
         finished_at=finished_at,
         duration_seconds=seconds,
-        total_amount=ride_cost(seconds, price_per_minute, price_unlock, free_ride_seconds),
+        total_amount=capped_cost(
+            ride_cost(seconds, price_per_minute, price_unlock, free_ride_seconds), max_cost
+        ),
         rides_count_delta=0 if cancelled else 1,
     )
 

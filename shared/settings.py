@@ -248,6 +248,11 @@ class RideSettings:
 
     max_active_per_user: int = setting("MAX_ACTIVE_RIDES_PER_USER", 1)
     track_max_points: int = setting("TRACK_MAX_POINTS", 2_000)
+    # rides gone wrong (shared/ride_rules.py, docs/rides-gone-wrong.md)
+    abandoned_after_seconds: int = setting("ABANDONED_RIDE_SECONDS", 43_200)  # ended by the worker
+    # one ride, unlock included; 0 = no cap (set it per market: the running cost on the
+    # ride screen is not capped yet, docs/rides-gone-wrong.md)
+    max_cost: int = setting("MAX_RIDE_COST", 0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -291,6 +296,28 @@ class ReadSideSettings:
     projector_metrics_port: int = setting("PROJECTOR_METRICS_PORT", 8002)  # 0 = no /metrics
 
 
+def origins(text: str) -> list[str]:
+    """The browser origins of a comma-separated list (empty entries dropped)."""
+    return [o.strip() for o in text.split(",") if o.strip()]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConsoleSettings:
+    """The operations console (query_api/console/, docs/operator-api.md), served by the
+    query API, and the browser origins allowed to call the command API (CORS)."""
+
+    # comma-separated; empty: no CORS headers at all
+    cors_allow_origins: str = setting(
+        "CORS_ALLOW_ORIGINS", "http://127.0.0.1:8001,http://localhost:8001"
+    )
+    command_url: str = setting("CONSOLE_COMMAND_URL", "")  # as the browser reaches it; "" = derived
+    identity_url: str = setting("CONSOLE_IDENTITY_URL", "")  # "" = the external services' address
+
+    def cors_origins(self) -> list[str]:
+        """The origins of ``cors_allow_origins``."""
+        return origins(self.cors_allow_origins)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     """All knobs of the services, one group per concern."""
@@ -307,6 +334,7 @@ class Settings:
     payments: PaymentSettings = dataclasses.field(default_factory=PaymentSettings)
     maintenance: MaintenanceSettings = dataclasses.field(default_factory=MaintenanceSettings)
     read: ReadSideSettings = dataclasses.field(default_factory=ReadSideSettings)
+    console: ConsoleSettings = dataclasses.field(default_factory=ConsoleSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

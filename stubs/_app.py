@@ -30,11 +30,13 @@ from shared.domain import (
     PaymentAnswer,
     PaymentRequest,
     PriceCoeffSettings,
+    RefundRequest,
     ScooterData,
     TariffZone,
     UserProfile,
 )
-from shared.settings import IdentitySettings
+from shared.infra.serving import cors_config
+from shared.settings import IdentitySettings, origins
 from stubs._dataset import DataSet
 from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
 from stubs._ledger import Ledger, OrderAccount, PaymentConflict
@@ -164,6 +166,41 @@ async def clear_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentA
     except PaymentConflict as exc:
         raise Problem(409, "payment_conflict", str(exc)) from exc
     await stubs.faults.reply("payments")
+    return OK
+
+
+@post("/release-money-for-order", opt={"service": "payments"}, status_code=200)
+async def release_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
+    """Ours: release the whole hold of an order never charged (its charge became debt)."""
+    await stubs.faults.strike("payments")
+    data = await read_payment(request)
+    try:
+        stubs.ledger.release(user_id=data.user_id, order_id=data.order_id, amount=data.amount)
+    except PaymentConflict as exc:
+        raise Problem(409, "payment_conflict", str(exc)) from exc
+    return OK
+
+
+@post("/refund-money-for-order", opt={"service": "payments"}, status_code=200)
+async def refund_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
+    """Ours: give back part or all of a charge; idempotent per (order, refund key)."""
+    await stubs.faults.strike("payments")
+    data = await decode_body(request, RefundRequest)
+    if not data.user_id or not data.order_id or not 1 <= len(data.refund_key) <= 200:
+        raise Problem(
+            422, "invalid_payment", "user_id, order_id and refund_key (1-200) must be given"
+        )
+    if data.amount <= 0:
+        raise Problem(422, "invalid_payment", f"a refund must be positive, got {data.amount}")
+    try:
+        stubs.ledger.refund(
+            user_id=data.user_id,
+            order_id=data.order_id,
+            amount=data.amount,
+            refund_key=data.refund_key,
+        )
+    except PaymentConflict as exc:
+        raise Problem(409, "payment_conflict", str(exc)) from exc
     return OK
 
 
@@ -357,6 +394,8 @@ def create_app(
             configs,
             hold_money,
             clear_money,
+            release_money,
+            refund_money,
             issue_token,
             jwks,
             issue_any_token,
@@ -374,4 +413,6 @@ def create_app(
         before_send=[count_request],
         guards=[admin_guard(settings.admin_token)],
         openapi_config=None,
+        # the console's browser asks the identity provider for tokens
+        cors_config=cors_config(origins(settings.cors_allow_origins)),
     )

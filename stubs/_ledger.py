@@ -1,8 +1,9 @@
 """The payments stub's ledger: what was held, charged and released for each order.
 
-Hold and clear are idempotent per order: a repeat with the same amount is a no-op, a
-repeat with another amount is a conflict. Every method is synchronous, so a check and
-its write can never be interleaved with another request in the single event loop.
+Hold, clear and release are idempotent per order, refund per (order, refund key): a
+repeat with the same amount is a no-op, a repeat with another amount is a conflict.
+Every method is synchronous, so a check and its write can never be interleaved with
+another request in the single event loop.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from typing import Literal
 
 import msgspec
 
-EntryKind = Literal["hold", "charge", "release"]
+EntryKind = Literal["hold", "charge", "release", "refund"]
 
 
-class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
+class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     kind: EntryKind
     amount: int
     at: datetime
+    key: str | None = None  # a refund's refund key
 
 
 class OrderAccount(msgspec.Struct, kw_only=True):
@@ -29,13 +31,17 @@ class OrderAccount(msgspec.Struct, kw_only=True):
     held: int = 0
     charged: int = 0
     released: int = 0
+    refunded: int = 0
     entries: list[LedgerEntry] = msgspec.field(default_factory=list)
 
     def has(self, kind: EntryKind) -> bool:
         return any(entry.kind == kind for entry in self.entries)
 
-    def record(self, kind: EntryKind, amount: int) -> None:
-        self.entries.append(LedgerEntry(kind=kind, amount=amount, at=datetime.now(UTC)))
+    def record(self, kind: EntryKind, amount: int, key: str | None = None) -> None:
+        self.entries.append(LedgerEntry(kind=kind, amount=amount, at=datetime.now(UTC), key=key))
+
+    def refund_of(self, key: str) -> LedgerEntry | None:
+        return next((e for e in self.entries if e.kind == "refund" and e.key == key), None)
 
 
 class PaymentConflict(Exception):
@@ -77,10 +83,48 @@ class Ledger:
             return
         account.charged = amount
         account.record("charge", amount)
-        rest = account.held - amount
+        rest = account.held - account.released - amount  # a released hold is gone already
         if rest > 0:
-            account.released = rest
+            account.released += rest
             account.record("release", rest)
+
+    def release(self, *, user_id: str, order_id: str, amount: int) -> None:
+        """Release the whole hold of an order that was never charged (a ride whose charge
+        became debt), once. ``amount`` must be what is held; a later clear still charges.
+        """
+        account = self._open(user_id, order_id)
+        if account.has("charge"):
+            raise PaymentConflict(f"order {order_id} is already cleared; its hold is gone")
+        if not account.has("hold"):
+            raise PaymentConflict(f"order {order_id} holds nothing to release")
+        if amount != account.held:
+            raise PaymentConflict(f"order {order_id} holds {account.held}, not {amount}")
+        if account.has("release"):
+            return
+        account.released = amount
+        account.record("release", amount)
+
+    def refund(self, *, user_id: str, order_id: str, amount: int, refund_key: str) -> None:
+        """Give back ``amount`` of the order's charge, once per ``refund_key``.
+
+        Refunds never add up to more than was charged.
+        """
+        account = self._open(user_id, order_id)
+        if (earlier := account.refund_of(refund_key)) is not None:
+            if earlier.amount != amount:
+                raise PaymentConflict(
+                    f"refund {refund_key!r} of order {order_id} was {earlier.amount}, not {amount}"
+                )
+            return
+        if not account.has("charge"):
+            raise PaymentConflict(f"order {order_id} was never charged; nothing to refund")
+        if account.refunded + amount > account.charged:
+            raise PaymentConflict(
+                f"order {order_id} was charged {account.charged} and refunded "
+                f"{account.refunded}; {amount} more is too much"
+            )
+        account.refunded += amount
+        account.record("refund", amount, refund_key)
 
     def _open(self, user_id: str, order_id: str) -> OrderAccount:
         account = self._accounts.get(order_id)

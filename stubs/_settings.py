@@ -26,6 +26,11 @@ class StubSettings:
     seed: int = setting("STUB_SEED", 42)
     # bearer token of /admin/* and /ledger; empty = those are refused
     admin_token: str = setting("STUBS_ADMIN_TOKEN", "")
+    # browser origins (comma-separated) of the operations console, which asks the identity
+    # provider for tokens (CORS); empty: no CORS headers
+    cors_allow_origins: str = setting(
+        "STUB_CORS_ALLOW_ORIGINS", "http://127.0.0.1:8001,http://localhost:8001"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StubSettings:

@@ -240,7 +240,9 @@ def token_verifier(settings: Settings, client: httpx.AsyncClient) -> TokenVerifi
     )
 
 
-_PUBLIC_PREFIX = "/health/"
+# health checks, and the operations console's static files and its addresses: they hold
+# no data, and a browser must load them before it can sign in (query_api/ride_details.py)
+_PUBLIC_PREFIX = ("/health/", "/console/", "/console-config")
 
 
 def bearer_auth(verifier: Slot[TokenVerifier]) -> Callable[[ASGIApp], ASGIApp]:

@@ -20,10 +20,11 @@ import os
 import resource
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
+from litestar.config.cors import CORSConfig
 
 from shared.infra.admission import GuardedHttpToolsProtocol
 
@@ -86,3 +87,19 @@ def serve(factory: str, *, host: str, port: int, workers: int, log_level: str) -
             date_header=False,
             log_level=log_level.lower(),
         )
+
+
+def cors_config(origins: Sequence[str]) -> CORSConfig | None:
+    """CORS for the operations console's ``origins``; None (no middleware) when empty.
+
+    Bearer tokens travel in a header, never in cookies, so a listed origin gains nothing
+    a script elsewhere could not do with the same token.
+    """
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["authorization", "content-type", "idempotency-key"],
+        max_age=600,
+    )

@@ -82,6 +82,19 @@ OLD_VARIABLES: dict[str, tuple[str, Any]] = {
     "SCOOTERS_STUB_ZONES": ("stub.zones", 10),
     "SCOOTERS_STUB_USERS": ("stub.users", 100000),
     "SCOOTERS_STUB_SEED": ("stub.seed", 42),
+    # added with the operations console and the rules for rides gone wrong (issue 12)
+    "SCOOTERS_ABANDONED_RIDE_SECONDS": ("rides.abandoned_after_seconds", 43200),
+    "SCOOTERS_MAX_RIDE_COST": ("rides.max_cost", 0),
+    "SCOOTERS_CORS_ALLOW_ORIGINS": (
+        "console.cors_allow_origins",
+        "http://127.0.0.1:8001,http://localhost:8001",
+    ),
+    "SCOOTERS_CONSOLE_COMMAND_URL": ("console.command_url", ""),
+    "SCOOTERS_CONSOLE_IDENTITY_URL": ("console.identity_url", ""),
+    "SCOOTERS_STUB_CORS_ALLOW_ORIGINS": (
+        "stub.cors_allow_origins",
+        "http://127.0.0.1:8001,http://localhost:8001",
+    ),
 }
 
 # Variables that are gone on purpose: setting one is refused with what replaces it.

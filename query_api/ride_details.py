@@ -1,0 +1,105 @@
+"""A ride's receipt and GPS track, and the operations console's static files (issue 12).
+
+Both read Postgres directly: they are opened once per ride, not on every refresh of
+the ride screen, and the projections stay small (no pricing inputs, no track).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Request, Router, get
+from litestar.params import FromPath, SkipValidation
+from litestar.static_files import create_static_files_router
+
+from query_api.reads import Reads
+from shared.domain import PricingInputs, TrackPoint
+from shared.errors import OrderNotEnded, OrderNotFound
+from shared.ids import parse_order_id
+from shared.infra.auth import principal_of
+from shared.pricing import track_distance_meters
+from shared.receipt import NotEnded, Receipt, build_receipt
+from shared.settings import Settings
+
+CONSOLE_DIR = Path(__file__).resolve().parent / "console"
+
+ReadsDep = SkipValidation[Reads]  # built by the lifespan: not validated per request
+_pricing_decoder = msgspec.json.Decoder(PricingInputs)
+_track_decoder = msgspec.json.Decoder(list[TrackPoint])
+
+
+class ReceiptAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    order_id: str
+    status: str
+    receipt: Receipt
+
+
+class TrackAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    order_id: str
+    points: list[TrackPoint]  # in the order sent; t in seconds since the epoch
+    distance_meters: int
+
+
+class ConsoleConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the console's browser reaches the other services."""
+
+    command_url: str
+    identity_url: str
+
+
+@get("/orders/{order_id:str}/receipt")
+async def get_receipt(
+    request: Request[Any, Any, Any], order_id: FromPath[str], reads: ReadsDep
+) -> ReceiptAnswer:
+    """The itemised receipt of a finished or cancelled ride (409 while it is active).
+
+    Only its rider (or support) sees it; to anyone else the order does not exist (404).
+    """
+    parsed = parse_order_id(order_id)
+    found = None if parsed is None else await reads.order_with_pricing(parsed)
+    if found is None or not principal_of(request.user).may_read(found[0].user_id):
+        raise OrderNotFound(f"no order {order_id}")
+    view, pricing = found
+    try:
+        # refunds join the receipt once the operator commands record them (docs/operator-api.md)
+        receipt = build_receipt(view, _pricing_decoder.decode(pricing))
+    except NotEnded as exc:
+        raise OrderNotEnded(str(exc)) from exc
+    return ReceiptAnswer(order_id=view.id, status=view.status, receipt=receipt)
+
+
+@get("/orders/{order_id:str}/track")
+async def get_track(
+    request: Request[Any, Any, Any], order_id: FromPath[str], reads: ReadsDep
+) -> TrackAnswer:
+    """The GPS points the rider's app sent at finish (none for an active ride); only for
+    its rider or support (404 to anyone else)."""
+    parsed = parse_order_id(order_id)
+    found = None if parsed is None else await reads.order_track(parsed)
+    if found is None or not principal_of(request.user).may_read(found[0]):
+        raise OrderNotFound(f"no order {order_id}")
+    points = _track_decoder.decode(found[1])
+    return TrackAnswer(
+        order_id=order_id, points=points, distance_meters=track_distance_meters(points)
+    )
+
+
+def console_handlers(settings: Settings) -> list[Any]:
+    """The console's static files under ``/console/`` and its configuration."""
+    host = settings.serving.command_host
+    if host in {"0.0.0.0", "::", ""}:  # listening everywhere: the browser is on this machine
+        host = "127.0.0.1"
+    port = settings.serving.command_port
+    command_url = settings.console.command_url or f"http://{host}:{port}"
+    identity_url = settings.console.identity_url or settings.identity_base_url
+
+    @get("/console-config")
+    async def console_config() -> ConsoleConfig:
+        return ConsoleConfig(command_url=command_url, identity_url=identity_url)
+
+    static: Router = create_static_files_router(
+        path="/console", directories=[CONSOLE_DIR], html_mode=True, name="console"
+    )
+    return [get_receipt, get_track, console_config, static]

@@ -1,0 +1,326 @@
+"""Browser tests of the operations console and the rider page (issue 12), in a real
+headless Chromium (Debian's ``chromium``, installed by ``bin/_install_browser``) driven
+by Playwright, against real processes: stubs, command API, projector and query API.
+
+Screenshots of both pages are taken on every run; with ``SCOOTERS_UPDATE_SCREENSHOTS=1``
+they are written to ``docs/`` (the pictures the README shows), else to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import random
+import re
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+from redis.asyncio import Redis
+
+from shared.settings import Settings
+from shared.views import order_key
+from stubs import StubSettings
+from tests.conftest import ADMIN_TOKEN, ROOT, free_port, start_process, stop_process, wait_http
+from tests.e2e.conftest import backdate, ledger
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 15_000
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: bin/test installs it"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    settings: Settings
+    query_url: str
+    command_url: str
+    stubs_url: str
+
+
+@pytest.fixture(scope="module")
+def stack(base_settings: Settings, database: str) -> Iterator[Stack]:
+    """Stubs, command API, projector and query API as processes; the console's origin
+    (the query API) may call the command API and the identity stub."""
+    stubs_port, command_port, query_port = free_port(), free_port(), free_port()
+    query_url = f"http://127.0.0.1:{query_port}"
+    stubs_url = f"http://127.0.0.1:{stubs_port}"
+    command_url = f"http://127.0.0.1:{command_port}"
+    settings = base_settings.replace(
+        redis={"key_prefix": f"{base_settings.redis.key_prefix}console:"},
+        external={"base_url": stubs_url},
+        serving={"command_port": command_port, "query_port": query_port},
+        read={"projector_metrics_port": 0, "projector_poll_seconds": 0.5},
+        console={"cors_allow_origins": query_url, "command_url": command_url},
+    )
+    stub_env = StubSettings(
+        port=stubs_port, cors_allow_origins=query_url, admin_token=ADMIN_TOKEN
+    ).to_env()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for module, health, extra in (
+            ("stubs", f"{stubs_url}/health/live", stub_env),
+            ("command_api", f"{command_url}/health/live", None),
+            ("query_api.projector", None, None),
+            ("query_api", f"{query_url}/health/live", None),
+        ):
+            procs.append(start_process(module, settings, extra))
+            if health is not None:
+                wait_http(health, proc=procs[-1])
+        yield Stack(
+            settings=settings, query_url=query_url, command_url=command_url, stubs_url=stubs_url
+        )
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+async def redis_keys(stack: Stack) -> AsyncIterator[None]:
+    """Delete this module's Redis keys afterwards."""
+    yield
+    client = Redis.from_url(stack.settings.redis.url)
+    try:
+        keys = [k async for k in client.scan_iter(f"{stack.settings.redis.key_prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="module")
+async def browser(stack: Stack, redis_keys: None) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1200, "height": 900})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    await context.close()
+    assert errors == [], f"the page threw: {errors}"
+
+
+def screenshot_path(name: str, tmp_path: Path) -> Path:
+    if os.environ.get("SCOOTERS_UPDATE_SCREENSHOTS") == "1":
+        return ROOT / "docs" / name
+    return tmp_path / name
+
+
+def pick(stack: Stack, kind: str, rng: random.Random, used: set[str]) -> str:
+    """A scooter or a debt-free rider that no other test of this module uses."""
+    while True:
+        if kind == "scooter":
+            candidate = f"scooter-{rng.randint(21, 10_000)}"
+            if candidate not in used:
+                used.add(candidate)
+                return candidate
+            continue
+        candidate = f"user-{rng.randint(21, 100_000)}"
+        profile = httpx.get(f"{stack.stubs_url}/user-profile", params={"id": candidate}).json()
+        if candidate not in used and profile["current_debt"] == 0:
+            used.add(candidate)
+            return candidate
+
+
+@pytest.fixture(scope="module")
+def used() -> set[str]:
+    return set()
+
+
+async def ride_longer(stack: Stack, db: Any, order_id: str, seconds: float) -> None:
+    """Backdate an active ride and drop its projection, so screens refill it from Postgres
+    (rides take time; tests should not)."""
+    key = order_key(stack.settings.redis.key_prefix, order_id)
+    client = Redis.from_url(stack.settings.redis.url)
+    try:
+        for _ in range(100):  # projected first, so no late projection brings the old start back
+            if await client.exists(key):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"order {order_id} was never projected")
+        await backdate(db, order_id, seconds)
+        await client.delete(key)
+    finally:
+        await client.aclose()
+
+
+def amount_of(text: str) -> int:
+    match = re.search(r"-?\d+", text)
+    assert match is not None, text
+    return int(match.group())
+
+
+async def receipt_amounts(page: Page) -> tuple[list[tuple[str, int]], int]:
+    """The receipt table's (kind, amount) lines and its total, as the page shows them."""
+    rows = page.locator("[data-testid=receipt] tbody tr")
+    lines = []
+    for i in range(await rows.count()):
+        row = rows.nth(i)
+        kind = await row.get_attribute("data-kind")
+        assert kind is not None
+        lines.append((kind, amount_of(await row.locator("td.amount").inner_text())))
+    total = amount_of(await page.get_by_test_id("receipt-total").inner_text())
+    return lines, total
+
+
+async def play_ride(page: Page, stack: Stack, rider: str, scooter: str, db: Any) -> str:
+    """On the rider page: sign in, offer, start, ride 10 minutes (backdated), finish."""
+    await page.goto(f"{stack.query_url}/console/rider.html")
+    await page.fill("#signin input[name=sub]", rider)
+    await page.click("#signin button")
+    await expect(page.locator("#who")).to_contain_text(rider)
+    await expect(page.locator("#who")).not_to_contain_text("no sign-in")  # a real token
+    await page.fill("#offer input[name=scooter]", scooter)
+    await page.click("#offer button")
+    await expect(page.locator("[data-field='per minute']")).to_have_text(re.compile(r"^\d+$"))
+    await page.click("#start")
+    await expect(page.get_by_test_id("status")).to_have_text("active", timeout=WAIT_MS)
+    order_id = (await page.get_by_test_id("order-id").inner_text()).strip()
+    assert order_id
+    # the running cost updates: 10 minutes of riding appear without reloading the page
+    per_minute = amount_of(await page.locator("[data-field='per minute']").inner_text())
+    unlock = amount_of(await page.locator("[data-field='unlock']").inner_text())
+    await ride_longer(stack, db, order_id, 600)
+    await expect(page.get_by_test_id("cost")).to_have_text(re.compile(r"^\d+$"), timeout=WAIT_MS)
+    expected_floor = 600 * per_minute // 60 + unlock
+    for _ in range(50):
+        if amount_of(await page.get_by_test_id("cost").inner_text()) >= expected_floor:
+            break
+        await page.wait_for_timeout(200)
+    assert amount_of(await page.get_by_test_id("cost").inner_text()) >= expected_floor
+    await page.click("#finish")
+    await expect(page.get_by_test_id("receipt")).to_be_visible(timeout=WAIT_MS)
+    return order_id
+
+
+async def test_a_rider_plays_a_ride_to_its_receipt(
+    page: Page, stack: Stack, db: Any, used: set[str], tmp_path: Path
+) -> None:
+    rng = random.Random()
+    rider, scooter = pick(stack, "user", rng, used), pick(stack, "scooter", rng, used)
+    order_id = await play_ride(page, stack, rider, scooter, db)
+
+    lines, total = await receipt_amounts(page)
+    assert sum(amount for _, amount in lines) == total
+    kinds = [kind for kind, _ in lines]
+    assert kinds[0] == "riding_time"
+    assert "unlock" in kinds
+    money = await ledger(stack.stubs_url, order_id)
+    assert money["charged"] == total  # the screen and payments agree
+    row = await db.fetchrow(
+        "SELECT total_amount, payment_status FROM orders WHERE id = $1::uuid", order_id
+    )
+    assert (row["total_amount"], row["payment_status"]) == (total, "charged")
+    await page.screenshot(path=screenshot_path("console-rider.png", tmp_path), full_page=True)
+
+
+async def test_support_finds_the_ride_its_receipt_track_and_a_running_cost(
+    page: Page, browser: Browser, stack: Stack, db: Any, used: set[str], tmp_path: Path
+) -> None:
+    rng = random.Random()
+    rider = pick(stack, "user", rng, used)
+    # the rider rides twice: one finished ride, one still active
+    rider_page = await browser.new_page()
+    finished = await play_ride(rider_page, stack, rider, pick(stack, "scooter", rng, used), db)
+    points = amount_of(await rider_page.locator("#points").inner_text())
+    _, charged = await receipt_amounts(rider_page)
+    # another offer, this time for a ride left active
+    await rider_page.fill("#offer input[name=scooter]", pick(stack, "scooter", rng, used))
+    await rider_page.click("#offer button")
+    await rider_page.click("#start")
+    await expect(rider_page.get_by_test_id("status")).to_have_text("active", timeout=WAIT_MS)
+    active = (await rider_page.get_by_test_id("order-id").inner_text()).strip()
+    assert active != finished
+    await rider_page.close()
+
+    await page.goto(f"{stack.query_url}/console/index.html")
+    await page.fill("#signin input[name=sub]", "support-1")
+    await page.click("#signin button")
+    await expect(page.locator("#who")).to_contain_text("support-1")
+    await expect(page.locator("#who")).not_to_contain_text("no sign-in")
+    await page.fill("#find input[name=user]", rider)
+    await page.click("#find button")
+    await expect(page.locator("#summary [data-field='total charged']")).to_have_text(
+        str(charged), timeout=WAIT_MS
+    )
+    await expect(page.locator(f"#rides tr[data-order='{finished}']")).to_be_visible()
+    await expect(page.locator(f"#rides tr[data-order='{active}']")).to_be_visible()
+
+    # the finished ride: its receipt and its GPS track as a plot
+    await page.click(f"#rides tr[data-order='{finished}']")
+    await expect(page.get_by_test_id("receipt-total")).to_have_text(str(charged))
+    await expect(page.get_by_test_id("track")).to_have_attribute("data-points", str(points))
+    assert await page.locator("[data-testid=track] polyline").count() == 1
+    await page.screenshot(path=screenshot_path("console-operations.png", tmp_path), full_page=True)
+
+    # the active ride: its running cost updates on the open page
+    await page.click(f"#rides tr[data-order='{active}']")
+    await expect(page.get_by_test_id("ride-status")).to_have_text("active")
+    await expect(page.get_by_test_id("ride-cost")).to_have_text(re.compile(r"^running: \d+$"))
+    before = amount_of(await page.get_by_test_id("ride-cost").inner_text())
+    await ride_longer(stack, db, active, 3600)
+    await expect(page.get_by_test_id("ride-cost")).not_to_have_text(
+        f"running: {before}", timeout=WAIT_MS
+    )
+    assert amount_of(await page.get_by_test_id("ride-cost").inner_text()) > before
+    await expect(page.get_by_test_id("error")).to_have_text("")
+
+
+async def test_console_files_are_served_by_the_query_api(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.query_url) as client:
+        for name, media in (
+            ("index.html", "text/html"),
+            ("rider.html", "text/html"),
+            ("api.js", "javascript"),
+            ("console.css", "text/css"),
+        ):
+            answer = await client.get(f"/console/{name}")
+            assert answer.status_code == 200, name
+            assert media in answer.headers["content-type"]
+            # nothing is loaded from elsewhere: the console works offline
+            assert not re.search(r"(src|href)=\"https?://", answer.text), name
+        config = (await client.get("/console-config")).json()
+        assert config == {"command_url": stack.command_url, "identity_url": stack.stubs_url}
+        assert (await client.get("/console/missing.js")).status_code == 404
+
+
+async def test_only_the_consoles_origin_may_call_the_command_api(stack: Stack) -> None:
+    preflight = {
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type, idempotency-key",
+    }
+    async with httpx.AsyncClient(base_url=stack.command_url) as client:
+        allowed = await client.options("/offers", headers={"origin": stack.query_url, **preflight})
+        assert allowed.status_code in (200, 204)
+        assert allowed.headers["access-control-allow-origin"] == stack.query_url
+        refused = await client.options(
+            "/offers", headers={"origin": "http://elsewhere.example", **preflight}
+        )
+        assert refused.headers.get("access-control-allow-origin") != "http://elsewhere.example"
+        assert refused.status_code >= 400
