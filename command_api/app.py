@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -20,11 +19,13 @@ from command_api import rides
 from command_api.external import ExternalServices, make_http_client
 from command_api.idempotency import run_once
 from command_api.identity import resolve_rider
+from shared.boundary import Identifier, request_class
 from shared.db import create_pool
 from shared.domain import TrackPoint
 from shared.errors import OrderNotFound
 from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
+from shared.logs import configure_logging, request_ids
 from shared.offer_token import OfferSigner
 from shared.problems import exception_handlers
 from shared.request_metrics import request_metrics
@@ -33,12 +34,10 @@ from shared.settings import Settings, get_settings
 JSON = "application/json"
 _encoder = msgspec.json.Encoder()
 
-RiderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\w.:-]+$")]
-
 
 class CreateOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    user_id: RiderId
-    scooter_id: RiderId
+    user_id: Identifier
+    scooter_id: Identifier
 
 
 class OfferAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,11 +54,18 @@ class OfferAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StartOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    offer_token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    offer_token: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=4096, pattern=r"^[A-Za-z0-9_.-]+$")
+    ]
 
 
 class FinishOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The end of a ride; no body at all is the same as ``{}`` (no track)."""
+
     track: list[TrackPoint] = []
+
+
+NO_TRACK = FinishOrder()
 
 
 def _deps(state: State) -> rides.Deps:
@@ -128,8 +134,8 @@ async def start_order(
 async def finish_order(
     request: Request[Any, Any, Any],
     order_id: FromPath[str],
-    data: JSONBody[FinishOrder],
     state: State,
+    data: JSONBody[FinishOrder | None] = None,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
     parsed = parse_order_id(order_id)
@@ -139,7 +145,8 @@ async def finish_order(
     rider = resolve_rider(request, None)
 
     async def run() -> tuple[int, OrderSnapshot]:
-        return 200, await rides.finish_ride(deps, parsed, data.track, rider)
+        track = (data or NO_TRACK).track
+        return 200, await rides.finish_ride(deps, parsed, track, rider)
 
     return await _idempotent(request, state, f"finish:{order_id}", idempotency_key, run)
 
@@ -185,13 +192,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await client.aclose()
             await pool.close()
 
-    logging.basicConfig(level=settings.log_level)
+    configure_logging(settings)
     return Litestar(
         route_handlers=[create_offer, start_order, finish_order, live, ready, PrometheusController],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
-        middleware=[request_metrics("command_api")],
+        middleware=[request_ids, request_metrics("command_api")],
         openapi_config=OpenAPIConfig(title="SuperScooters command API", version="1"),
-        request_max_body_size=2 * 1024 * 1024,
+        request_class=request_class(settings.json_max_depth),
+        request_max_body_size=settings.request_max_body_bytes,
         logging_config=None,  # plain stdlib logging at the configured level, off the hot path
     )

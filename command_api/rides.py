@@ -224,7 +224,11 @@ async def finish_ride(
         seconds = max(0, int((finished_at - order.started_at).total_seconds()))
         cancelled = is_free_ride(seconds, order.free_ride_seconds)
         total = ride_cost(
-            seconds, order.price_per_minute, order.price_unlock, order.free_ride_seconds
+            seconds,
+            order.price_per_minute,
+            order.price_unlock,
+            order.free_ride_seconds,
+            max_charged_seconds=settings.ride_max_charged_seconds,
         )
         ended = await repo.finish_ride(
             conn,
@@ -235,7 +239,7 @@ async def finish_ride(
                 "finished_at": finished_at,
                 "duration_seconds": seconds,
                 "total_amount": total,
-                "distance_meters": track_distance_meters(track),
+                "distance_meters": track_distance_meters(track, settings.track_max_speed_kmh),
                 "track": repo.encode_json(track) if track else None,
             },
             settings.payment_timeout_seconds * 2,

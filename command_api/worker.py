@@ -26,6 +26,7 @@ from command_api import repository as repo
 from command_api.external import ExternalServices, ServiceError, make_http_client
 from migrations.maintenance import prune, run_partition_maintenance
 from shared.db import create_pool
+from shared.logs import configure_logging
 from shared.offer_token import OfferSigner
 from shared.settings import Settings, get_settings
 
@@ -132,7 +133,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="worker: %(levelname)s %(message)s")
+    configure_logging(settings)
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-
+from shared.logs import configure_logging
 from shared.serving import serve
 from shared.settings import get_settings
 
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging(settings)
     serve(
         "query_api.app:create_app",
         host=settings.query_host,

@@ -28,13 +28,23 @@ from query_api.screens import (
     summary_screen,
 )
 from query_api.stores import REDIS_DOWN, connect_postgres, connect_redis
+from shared.boundary import IDENTIFIER_MAX_LENGTH, IDENTIFIER_PATTERN, request_class
 from shared.errors import InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
+from shared.logs import configure_logging, request_ids
 from shared.problems import exception_handlers
 from shared.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
 
-UserId = Annotated[str, PathParameter(min_length=1, max_length=128)]
+UserId = Annotated[
+    str,
+    PathParameter(
+        min_length=1,
+        max_length=IDENTIFIER_MAX_LENGTH,
+        pattern=IDENTIFIER_PATTERN,
+        description="The rider's id: 1..64 of A-Z a-z 0-9 _ . : -",
+    ),
+]
 
 
 def _reads(state: State) -> Reads:
@@ -49,7 +59,7 @@ async def get_order(order_id: FromPath[str], state: State) -> OrderScreen:
     view = None if parsed is None else await _reads(state).order(parsed)
     if view is None:
         raise OrderNotFound(f"no order {order_id}")
-    return order_screen(view, datetime.now(UTC))
+    return order_screen(view, datetime.now(UTC), _reads(state).max_charged_seconds)
 
 
 @get("/users/{user_id:str}/orders")
@@ -69,7 +79,7 @@ async def list_user_orders(
         raise UserNotFound(f"no user {user_id}")
     now = datetime.now(UTC)
     return OrdersPage(
-        items=[order_screen(v, now) for v in page.items],
+        items=[order_screen(v, now, _reads(state).max_charged_seconds) for v in page.items],
         next_cursor=None if page.next_entry is None else encode_cursor(*page.next_entry),
     )
 
@@ -135,6 +145,7 @@ async def _postgres_up(state: State) -> bool:
 def create_app(settings: Settings | None = None) -> Litestar:
     """The query API; resources are opened in its lifespan."""
     settings = settings or get_settings()
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -163,8 +174,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=exception_handlers(
             invalid_status=422, invalid_code=InvalidParameter.code
         ),
-        middleware=[request_metrics("query_api")],
+        middleware=[request_ids, request_metrics("query_api")],
         lifespan=[lifespan],
         debug=False,
+        request_class=request_class(settings.json_max_depth),
+        request_max_body_size=settings.request_max_body_bytes,
         logging_config=None,  # stdlib logging at the configured level, off the hot path
     )

@@ -27,6 +27,7 @@ from query_api.projection import RedisClient, Write
 from query_api.stores import connect_redis
 from shared.db import create_pool
 from shared.events import Event, event_decoder
+from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 from shared.views import created_at_ms, order_view_of, summary_view_of
 
@@ -183,7 +184,7 @@ async def _main(settings: Settings) -> None:
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging(settings)
     if settings.projector_metrics_port:
         start_http_server(settings.projector_metrics_port, addr=settings.query_host)
     asyncio.run(_main(settings))

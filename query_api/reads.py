@@ -52,6 +52,7 @@ class UserOrders(msgspec.Struct, frozen=True):
 class Reads:
     def __init__(self, settings: Settings, redis: RedisClient, db: asyncpg.Pool) -> None:
         self._settings = settings
+        self.max_charged_seconds = settings.ride_max_charged_seconds
         self._prefix = settings.redis_key_prefix
         self._redis = redis
         self._db = db

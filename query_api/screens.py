@@ -54,12 +54,19 @@ class SummaryScreen(msgspec.Struct, frozen=True, kw_only=True):
     version: int
 
 
-def order_screen(view: OrderView, now: datetime) -> OrderScreen:
-    """The ride screen of ``view`` at ``now``."""
+def order_screen(
+    view: OrderView, now: datetime, max_charged_seconds: int | None = None
+) -> OrderScreen:
+    """The ride screen of ``view`` at ``now``; the running cost stops growing after
+    ``max_charged_seconds`` as the final charge does."""
     if view.status == "active":
         elapsed = max(0, int((now - view.started_at).total_seconds()))
         current: int | None = ride_cost(
-            elapsed, view.price_per_minute, view.price_unlock, view.free_ride_seconds
+            elapsed,
+            view.price_per_minute,
+            view.price_unlock,
+            view.free_ride_seconds,
+            max_charged_seconds=max_charged_seconds,
         )
     else:
         elapsed = view.duration_seconds if view.duration_seconds is not None else 0

@@ -7,7 +7,6 @@ problem, never with the traceback itself.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from litestar import Request, Response
@@ -15,9 +14,10 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from shared.errors import DependencyUnavailable, DomainError
+from shared.logs import get_logger
 
 MEDIA_TYPE = "application/problem+json"
-log = logging.getLogger("problems")
+log = get_logger("problems")
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -53,7 +53,13 @@ def problem(
     return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+def _refused(request: Request[Any, Any, Any], status: int, code: str) -> None:
+    # INFO: silent at the default level; the path is the caller's text, rendered escaped
+    log.info("request refused", status=status, code=code, path=request.scope["path"])
+
+
 def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
+    _refused(request, exc.status, exc.code)
     headers = None
     if isinstance(exc, DependencyUnavailable):
         retry_after = getattr(request.app.state, "retry_after_seconds", 2)
@@ -65,6 +71,7 @@ def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response
 def _http_error_handler(invalid_status: int, invalid_code: str) -> Any:
     def handle(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
         if isinstance(exc, ValidationException):
+            _refused(request, invalid_status, invalid_code)
             # Litestar reports bad bodies and parameters as 400; they are the caller's to fix
             extra: dict[str, Any] = {"errors": exc.extra} if exc.extra else {}
             return problem(
@@ -72,6 +79,7 @@ def _http_error_handler(invalid_status: int, invalid_code: str) -> Any:
             )
         status = exc.status_code
         code = _HTTP_CODES.get(status, "http_error")
+        _refused(request, status, code)
         return problem(status, code, str(exc.detail), str(exc.detail), exc.headers)
 
     return handle
@@ -86,7 +94,7 @@ def _first_error(exc: ValidationException) -> str:
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.error("unhandled error", method=request.method, path=request.url.path, exc_info=exc)
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred")
 
 

@@ -76,6 +76,28 @@ class Settings:
 
     # --- rides
     track_max_points: int = 2_000
+    # a GPS segment faster than this is a glitch and adds no distance (DOMAIN.md, "When
+    # rides go wrong")
+    track_max_speed_kmh: float = 150.0
+    # a ride is charged for at most this long, however long it lasted (an app that never
+    # finished it, a clock gone wrong); its recorded duration stays the real one
+    ride_max_charged_seconds: int = 86_400
+
+    # --- untrusted input (every boundary: both APIs and the stubs)
+    json_max_depth: int = 32  # deeper JSON bodies are refused with 400 invalid_request
+    request_max_body_bytes: int = 2 * 1024 * 1024
+
+    # --- sane bounds of what the external services answer; outside them the answer is
+    # nonsense and that service's degradation policy applies (DOMAIN.md)
+    surge_min: float = 0.1
+    surge_max: float = 10.0
+    low_charge_discount_min: float = 0.1  # a discount multiplies, at most by 1.0
+    deposit_multiplier_max: float = 10.0  # at least 1.0
+    free_ride_seconds_max: int = 3_600
+    tariff_price_per_minute_max: int = 100_000
+    tariff_price_unlock_max: int = 1_000_000
+    tariff_deposit_max: int = 10_000_000
+    user_debt_max: int = 1_000_000_000_000
 
     # --- payments retry
     payment_retry_base_seconds: float = 1.0

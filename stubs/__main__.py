@@ -10,6 +10,7 @@ import os
 import msgspec
 import uvicorn
 
+from shared.logs import configure_logging
 from shared.settings import SettingsError, get_settings
 from stubs._app import create_app
 from stubs._faults import UnknownService, faults_from_json
@@ -17,6 +18,7 @@ from stubs._faults import UnknownService, faults_from_json
 
 def main() -> None:
     settings = get_settings()
+    configure_logging(settings)
     try:
         faults = faults_from_json(os.environ.get("SCOOTERS_STUB_FAULTS", "[]"))
     except (msgspec.DecodeError, UnknownService) as exc:
@@ -29,6 +31,7 @@ def main() -> None:
         http="httptools",
         access_log=False,
         log_level=settings.log_level.lower(),
+        log_config=None,  # shared.logs configures logging
     )
 
 

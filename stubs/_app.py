@@ -20,6 +20,7 @@ from litestar.params import QueryParameter
 from litestar.types import Message, Scope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from shared.boundary import decode_as
 from shared.domain import (
     ConfigsAnswer,
     PaymentAnswer,
@@ -29,6 +30,8 @@ from shared.domain import (
     TariffZone,
     UserProfile,
 )
+from shared.errors import InvalidRequest
+from shared.logs import get_logger, request_ids
 from shared.settings import Settings
 from stubs._dataset import DataSet
 from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
@@ -44,7 +47,8 @@ DEFAULT_COEFFS = PriceCoeffSettings(
     free_ride_seconds=5,
 )
 
-IdParam = Annotated[str, QueryParameter(name="id")]
+MAX_JSON_DEPTH = 32  # our bodies nest two levels; anything deeper is refused unread
+IdParam = Annotated[str, QueryParameter(name="id", min_length=1, max_length=256)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -88,14 +92,25 @@ class Problem(HTTPException):
 
 
 Body = TypeVar("Body")
+log = get_logger("stubs")
+
+
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 
 async def decode_body(request: Request[Any, Any, Any], kind: type[Body]) -> Body:
-    """Decode a JSON body strictly: Litestar's lax decoding would turn "10" into 10."""
+    """Decode a JSON body strictly: Litestar's lax decoding would turn "10" into 10.
+
+    Any bytes that are not such a body (not UTF-8, too deep, wrong shape) are a 400.
+    """
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
     try:
-        return msgspec.json.decode(await request.body(), type=kind)
-    except msgspec.DecodeError as exc:
-        raise Problem(400, "malformed_body", str(exc)) from exc
+        value: Body = decode_as(await request.body(), decoder, MAX_JSON_DEPTH)
+    except InvalidRequest as exc:
+        raise Problem(400, "malformed_body", exc.detail) from None
+    return value
 
 
 def not_found(kind: str, record_id: str) -> Problem:
@@ -170,7 +185,9 @@ async def read_payment(request: Request[Any, Any, Any]) -> PaymentRequest:
 
 
 @get("/ledger")
-async def ledger(stubs: Stubs, order_id: str) -> OrderAccount:
+async def ledger(
+    stubs: Stubs, order_id: Annotated[str, QueryParameter(min_length=1, max_length=256)]
+) -> OrderAccount:
     if (account := stubs.ledger.account(order_id)) is None:
         raise not_found("order", order_id)
     return account
@@ -244,6 +261,12 @@ def problem_details(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     )
 
 
+def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A bug of ours: still problem details, never a traceback."""
+    log.error("unhandled error", method=request.method, path=request.url.path, exc_info=exc)
+    return problem_details(request, Problem(500, "internal_error", "an unexpected error occurred"))
+
+
 def fault_answer(request: Request[Any, Any, Any], exc: ServiceFailed) -> Response[Any]:
     return problem_details(request, Problem(exc.status, "injected_fault", str(exc)))
 
@@ -297,7 +320,12 @@ def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -
             metrics,
         ],
         dependencies={"stubs": Provide(lambda: stubs, sync_to_thread=False)},
-        exception_handlers={HTTPException: problem_details, ServiceFailed: fault_answer},
+        exception_handlers={
+            HTTPException: problem_details,
+            ServiceFailed: fault_answer,
+            Exception: unexpected,
+        },
         before_send=[count_request],
+        middleware=[request_ids],
         openapi_config=None,
     )
