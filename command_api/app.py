@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody
 from litestar.plugins.prometheus import PrometheusController
 
@@ -22,11 +22,29 @@ from command_api.identity import resolve_rider
 from shared.boundary import Identifier, request_class
 from shared.db import create_pool
 from shared.domain import TrackPoint
-from shared.errors import OrderNotFound
+from shared.errors import (
+    DependencyUnavailable,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+    InvalidRequest,
+    OfferAlreadyUsed,
+    OfferExpired,
+    OfferInvalid,
+    OfferNotYours,
+    OrderNotFound,
+    ScooterBusy,
+    ScooterNotFound,
+    TooManyActiveRides,
+    TrackTooLong,
+    UserHasDebt,
+    UserNotFound,
+)
 from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
 from shared.logs import configure_logging, request_ids
 from shared.offer_token import OfferSigner
+from shared.openapi import PAYLOAD_TOO_LARGE, Code, Health, finish_document, problem_responses
 from shared.problems import exception_handlers
 from shared.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
@@ -73,7 +91,35 @@ def _deps(state: State) -> rides.Deps:
     return deps
 
 
-@post("/offers", status_code=201, summary="Price a personal offer for a scooter")
+_BODY: dict[int, list[Code]] = {
+    400: [InvalidRequest],
+    413: [PAYLOAD_TOO_LARGE],
+    503: [DependencyUnavailable],
+}
+_KEYED: dict[int, list[Code]] = {  # with an Idempotency-Key
+    400: [InvalidRequest, InvalidIdempotencyKey],
+    409: [IdempotencyKeyInFlight],
+    422: [IdempotencyKeyReused],
+}
+
+
+def _merge(*parts: dict[int, list[Code]]) -> dict[int, list[Code]]:
+    merged: dict[int, list[Code]] = {}
+    for part in parts:
+        for status, codes in part.items():
+            merged.setdefault(status, []).extend(codes)
+    return merged
+
+
+@post(
+    "/offers",
+    status_code=201,
+    summary="Price a personal offer for a scooter",
+    responses=problem_responses(
+        "CreateOffer",
+        _merge(_BODY, {402: [UserHasDebt], 404: [ScooterNotFound, UserNotFound]}),
+    ),
+)
 async def create_offer(
     request: Request[Any, Any, Any], data: JSONBody[CreateOffer], state: State
 ) -> OfferAnswer:
@@ -113,7 +159,28 @@ async def _idempotent(
     return Response(body, status_code=status, media_type=JSON)
 
 
-@post("/orders", status_code=201, summary="Start a ride from an offer")
+@post(
+    "/orders",
+    status_code=201,
+    summary="Start a ride from an offer",
+    responses={
+        201: ResponseSpec(OrderSnapshot, description="The ride, started", generate_examples=False),
+        **problem_responses(
+            "StartOrder",
+            _merge(
+                _BODY,
+                _KEYED,
+                {
+                    402: [UserHasDebt],
+                    403: [OfferNotYours],
+                    409: [OfferAlreadyUsed, ScooterBusy, TooManyActiveRides],
+                    410: [OfferExpired],
+                    422: [OfferInvalid],
+                },
+            ),
+        ),
+    },
+)
 async def start_order(
     request: Request[Any, Any, Any],
     data: JSONBody[StartOrder],
@@ -130,7 +197,20 @@ async def start_order(
     return await _idempotent(request, state, f"start:{offer.user_id}", idempotency_key, run)
 
 
-@post("/orders/{order_id:str}/finish", status_code=200, summary="Finish a ride and charge it")
+@post(
+    "/orders/{order_id:str}/finish",
+    status_code=200,
+    summary="Finish a ride and charge it (no body: no track)",
+    responses={
+        200: ResponseSpec(
+            OrderSnapshot, description="The ride, ended (or as it ended)", generate_examples=False
+        ),
+        **problem_responses(
+            "FinishOrder",
+            _merge(_BODY, _KEYED, {404: [OrderNotFound], 413: [TrackTooLong]}),
+        ),
+    },
+)
 async def finish_order(
     request: Request[Any, Any, Any],
     order_id: FromPath[str],
@@ -152,18 +232,24 @@ async def finish_order(
 
 
 @get("/health/live", summary="The process is up")
-async def live() -> dict[str, str]:
-    return {"status": "ok"}
+async def live() -> Health:
+    return Health(status="ok")
 
 
-@get("/health/ready", summary="Postgres answers", status_code=200)
-async def ready(state: State) -> Response[dict[str, str]]:
+@get(
+    "/health/ready",
+    summary="Whether commands can run: Postgres answers",
+    responses={
+        503: ResponseSpec(Health, description="Postgres does not answer", generate_examples=False)
+    },
+)
+async def ready(state: State) -> Response[Health]:
     try:
         async with _deps(state).pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
-    except (OSError, asyncpg.PostgresError) as exc:
-        return Response({"status": "unavailable", "postgres": str(exc)}, status_code=503)
-    return Response({"status": "ok", "postgres": "ok"})
+    except (OSError, asyncpg.PostgresError):
+        return Response(Health(status="down", postgres="down"), status_code=503)
+    return Response(Health(status="ok", postgres="up"))
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -193,7 +279,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await pool.close()
 
     configure_logging(settings)
-    return Litestar(
+    app = Litestar(
         route_handlers=[create_offer, start_order, finish_order, live, ready, PrometheusController],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
@@ -201,5 +287,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(title="SuperScooters command API", version="1"),
         request_class=request_class(settings.json_max_depth),
         request_max_body_size=settings.request_max_body_bytes,
-        logging_config=None,  # plain stdlib logging at the configured level, off the hot path
+        logging_config=None,  # shared.logs configures logging, off the hot path
     )
+    finish_document(
+        app,
+        closed=[CreateOffer, StartOrder, FinishOrder, TrackPoint],
+        max_items={("FinishOrder", "track"): settings.track_max_points},
+        optional_bodies=["/orders/{order_id}/finish"],
+    )
+    return app

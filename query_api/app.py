@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import FromPath, PathParameter, QueryParameter
 from litestar.plugins.prometheus import PrometheusController
 
@@ -29,9 +29,10 @@ from query_api.screens import (
 )
 from query_api.stores import REDIS_DOWN, connect_postgres, connect_redis
 from shared.boundary import IDENTIFIER_MAX_LENGTH, IDENTIFIER_PATTERN, request_class
-from shared.errors import InvalidParameter, OrderNotFound, UserNotFound
+from shared.errors import DependencyUnavailable, InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
 from shared.logs import configure_logging, request_ids
+from shared.openapi import Health, problem_responses
 from shared.problems import exception_handlers
 from shared.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
@@ -52,7 +53,14 @@ def _reads(state: State) -> Reads:
     return reads
 
 
-@get("/orders/{order_id:str}")
+_UNAVAILABLE = {503: [DependencyUnavailable]}
+
+
+@get(
+    "/orders/{order_id:str}",
+    summary="A ride's screen",
+    responses=problem_responses("GetOrder", {404: [OrderNotFound], **_UNAVAILABLE}),
+)
 async def get_order(order_id: FromPath[str], state: State) -> OrderScreen:
     """The ride screen: status, prices, times, running or final cost, payment status."""
     parsed = parse_order_id(order_id)
@@ -62,7 +70,14 @@ async def get_order(order_id: FromPath[str], state: State) -> OrderScreen:
     return order_screen(view, datetime.now(UTC), _reads(state).max_charged_seconds)
 
 
-@get("/users/{user_id:str}/orders")
+@get(
+    "/users/{user_id:str}/orders",
+    summary="A rider's orders, newest first",
+    responses=problem_responses(
+        "ListUserOrders",
+        {404: [UserNotFound], 422: [InvalidParameter], **_UNAVAILABLE},
+    ),
+)
 async def list_user_orders(
     user_id: UserId,
     state: State,
@@ -84,7 +99,14 @@ async def list_user_orders(
     )
 
 
-@get("/users/{user_id:str}/summary")
+@get(
+    "/users/{user_id:str}/summary",
+    summary="A rider's summary",
+    responses=problem_responses(
+        "GetUserSummary",
+        {404: [UserNotFound], 422: [InvalidParameter], **_UNAVAILABLE},
+    ),
+)
 async def get_user_summary(user_id: UserId, state: State) -> SummaryScreen:
     """Rides count, total charged, debt and last payment status."""
     view = await _reads(state).summary(user_id)
@@ -93,36 +115,34 @@ async def get_user_summary(user_id: UserId, state: State) -> SummaryScreen:
     return summary_screen(view)
 
 
-class Health(msgspec.Struct, frozen=True, kw_only=True):
-    status: str  # "ok" | "degraded" | "down"
-    redis: str  # "up" | "down"
-    postgres: str  # "up" | "down"
+@get("/health/live", summary="The process is up")
+async def live() -> Health:
+    return Health(status="ok")
 
 
-@get("/health/live")
-async def live() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@get("/health/ready")
+@get(
+    "/health/ready",
+    summary="Whether answers are correct: Redis and Postgres",
+    responses={
+        503: ResponseSpec(
+            Health, description="Neither Redis nor Postgres answers", generate_examples=False
+        )
+    },
+)
 async def ready(state: State) -> Response[Health]:
     """200 while answers are correct (``degraded``: Redis down, served from Postgres);
     503 only when neither store answers."""
     redis_up, postgres_up = await asyncio.gather(_redis_up(state), _postgres_up(state))
-    if redis_up and postgres_up:
-        status, code = "ok", 200
-    elif redis_up or postgres_up:
-        status, code = "degraded", 200
-    else:
-        status, code = "down", 503
-    return Response(
-        Health(
-            status=status,
-            redis="up" if redis_up else "down",
-            postgres="up" if postgres_up else "down",
-        ),
-        status_code=code,
+    health = Health(
+        status="ok"
+        if redis_up and postgres_up
+        else "degraded"
+        if redis_up or postgres_up
+        else "down",
+        redis="up" if redis_up else "down",
+        postgres="up" if postgres_up else "down",
     )
+    return Response(health, status_code=503 if health.status == "down" else 200)
 
 
 async def _redis_up(state: State) -> bool:
@@ -171,13 +191,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     ]
     return Litestar(
         route_handlers=handlers,
-        exception_handlers=exception_handlers(
-            invalid_status=422, invalid_code=InvalidParameter.code
-        ),
+        exception_handlers=exception_handlers(),
+        openapi_config=OpenAPIConfig(title="SuperScooters query API", version="1"),
         middleware=[request_ids, request_metrics("query_api")],
         lifespan=[lifespan],
         debug=False,
         request_class=request_class(settings.json_max_depth),
         request_max_body_size=settings.request_max_body_bytes,
-        logging_config=None,  # stdlib logging at the configured level, off the hot path
+        logging_config=None,  # shared.logs configures logging, off the hot path
     )

@@ -120,7 +120,7 @@ class PaymentStatus(enum.StrEnum):
     FAILED = "failed"  # the hold failed (order rejected)
 
 
-class TrackPoint(msgspec.Struct, frozen=True):
+class TrackPoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One GPS fix of a ride."""
 
     t: Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_SECONDS)]  # seconds since the epoch

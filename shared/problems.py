@@ -68,21 +68,28 @@ def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response
     return problem(exc.status, exc.code, exc.title, exc.detail, headers)
 
 
-def _http_error_handler(invalid_status: int, invalid_code: str) -> Any:
-    def handle(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
-        if isinstance(exc, ValidationException):
-            _refused(request, invalid_status, invalid_code)
-            # Litestar reports bad bodies and parameters as 400; they are the caller's to fix
-            extra: dict[str, Any] = {"errors": exc.extra} if exc.extra else {}
-            return problem(
-                invalid_status, invalid_code, "Invalid request", _first_error(exc), None, **extra
-            )
-        status = exc.status_code
-        code = _HTTP_CODES.get(status, "http_error")
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    if isinstance(exc, ValidationException):
+        # the same answer on both APIs: a body that is not what the operation takes is
+        # 400 invalid_request; a path/query/header parameter out of bounds is 422
+        # invalid_parameter
+        if _from_body(exc):
+            status, code, title = 400, "invalid_request", "Invalid request"
+        else:
+            status, code, title = 422, "invalid_parameter", "A parameter is invalid"
         _refused(request, status, code)
-        return problem(status, code, str(exc.detail), str(exc.detail), exc.headers)
+        extra: dict[str, Any] = {"errors": exc.extra} if exc.extra else {}
+        return problem(status, code, title, _first_error(exc), None, **extra)
+    status = exc.status_code
+    code = _HTTP_CODES.get(status, "http_error")
+    _refused(request, status, code)
+    return problem(status, code, str(exc.detail), str(exc.detail), exc.headers)
 
-    return handle
+
+def _from_body(exc: ValidationException) -> bool:
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    sources = {e.get("source") for e in errors if isinstance(e, dict)}
+    return not sources or "body" in sources
 
 
 def _first_error(exc: ValidationException) -> str:
@@ -98,15 +105,14 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred")
 
 
-def exception_handlers(
-    *, invalid_status: int = 400, invalid_code: str = "invalid_request"
-) -> ExceptionHandlersMap:
+def exception_handlers() -> ExceptionHandlersMap:
     """Litestar exception handlers that answer every error as problem details.
 
-    ``invalid_status``/``invalid_code`` answer a body or parameter that fails validation.
+    A body that fails validation is 400 ``invalid_request``, a parameter 422
+    ``invalid_parameter`` (the same on both APIs).
     """
     return {
         DomainError: _domain_error,
-        HTTPException: _http_error_handler(invalid_status, invalid_code),
+        HTTPException: _http_error,
         Exception: _unexpected,
     }
