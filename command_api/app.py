@@ -13,7 +13,6 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody
-from litestar.plugins.prometheus import PrometheusController
 
 from command_api import rides
 from command_api.external import ExternalServices, make_http_client
@@ -46,7 +45,7 @@ from shared.logs import configure_logging, request_ids
 from shared.offer_token import OfferSigner
 from shared.openapi import PAYLOAD_TOO_LARGE, Code, Health, finish_document, problem_responses
 from shared.problems import exception_handlers
-from shared.request_metrics import request_metrics
+from shared.request_metrics import MetricsController, request_metrics
 from shared.settings import Settings, get_settings
 
 JSON = "application/json"
@@ -280,7 +279,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     configure_logging(settings)
     app = Litestar(
-        route_handlers=[create_offer, start_order, finish_order, live, ready, PrometheusController],
+        route_handlers=[create_offer, start_order, finish_order, live, ready, MetricsController],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         middleware=[request_ids, request_metrics("command_api")],

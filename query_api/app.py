@@ -13,7 +13,6 @@ from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import FromPath, PathParameter, QueryParameter
-from litestar.plugins.prometheus import PrometheusController
 
 from query_api import projection
 from query_api.reads import Reads
@@ -34,7 +33,7 @@ from shared.ids import parse_order_id
 from shared.logs import configure_logging, request_ids
 from shared.openapi import Health, problem_responses
 from shared.problems import exception_handlers
-from shared.request_metrics import request_metrics
+from shared.request_metrics import MetricsController, request_metrics
 from shared.settings import Settings, get_settings
 
 UserId = Annotated[
@@ -187,7 +186,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         get_user_summary,
         live,
         ready,
-        PrometheusController,
+        MetricsController,
     ]
     return Litestar(
         route_handlers=handlers,

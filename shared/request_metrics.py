@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from litestar.enums import ScopeType
+from litestar.plugins.prometheus import PrometheusController
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Histogram
 
@@ -21,6 +22,12 @@ REQUEST_SECONDS = Histogram(
     ["app", "method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+
+
+class MetricsController(PrometheusController):
+    """``GET /metrics`` for Prometheus: operational, so not in the APIs' OpenAPI documents."""
+
+    include_in_schema = False
 
 
 def request_metrics(app_name: str) -> Any:

@@ -48,7 +48,7 @@ DEFAULT_COEFFS = PriceCoeffSettings(
 )
 
 MAX_JSON_DEPTH = 32  # our bodies nest two levels; anything deeper is refused unread
-IdParam = Annotated[str, QueryParameter(name="id", min_length=1, max_length=256)]
+IdParam = Annotated[str, QueryParameter(name="id", max_length=256)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
