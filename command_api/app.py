@@ -41,7 +41,7 @@ from shared.errors import (
 )
 from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
-from shared.logs import configure_logging, request_ids
+from shared.logs import configure_logging, with_request_ids
 from shared.offer_token import OfferSigner
 from shared.openapi import PAYLOAD_TOO_LARGE, Code, Health, finish_document, problem_responses
 from shared.problems import exception_handlers
@@ -282,7 +282,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[create_offer, start_order, finish_order, live, ready, MetricsController],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
-        middleware=[request_ids, request_metrics("command_api")],
+        middleware=[request_metrics("command_api")],
         openapi_config=OpenAPIConfig(title="SuperScooters command API", version="1"),
         request_class=request_class(settings.json_max_depth),
         request_max_body_size=settings.request_max_body_bytes,
@@ -294,4 +294,4 @@ def create_app(settings: Settings | None = None) -> Litestar:
         max_items={("FinishOrder", "track"): settings.track_max_points},
         optional_bodies=["/orders/{order_id}/finish"],
     )
-    return app
+    return with_request_ids(app)

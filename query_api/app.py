@@ -30,7 +30,7 @@ from query_api.stores import REDIS_DOWN, connect_postgres, connect_redis
 from shared.boundary import IDENTIFIER_MAX_LENGTH, IDENTIFIER_PATTERN, request_class
 from shared.errors import DependencyUnavailable, InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
-from shared.logs import configure_logging, request_ids
+from shared.logs import configure_logging, with_request_ids
 from shared.openapi import Health, problem_responses
 from shared.problems import exception_handlers
 from shared.request_metrics import MetricsController, request_metrics
@@ -188,14 +188,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ready,
         MetricsController,
     ]
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
         exception_handlers=exception_handlers(),
         openapi_config=OpenAPIConfig(title="SuperScooters query API", version="1"),
-        middleware=[request_ids, request_metrics("query_api")],
+        middleware=[request_metrics("query_api")],
         lifespan=[lifespan],
         debug=False,
         request_class=request_class(settings.json_max_depth),
         request_max_body_size=settings.request_max_body_bytes,
         logging_config=None,  # shared.logs configures logging, off the hot path
     )
+    return with_request_ids(app)

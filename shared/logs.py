@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 import structlog
+from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -100,6 +101,13 @@ def configure_logging(settings: Settings) -> None:
 def get_logger(name: str) -> Any:
     """A structlog logger named ``name``: ``log.info("event", key=value, ...)``."""
     return structlog.get_logger(name)
+
+
+def with_request_ids(app: Litestar) -> Litestar:
+    """``app`` with :func:`request_ids` outermost, so that every answer has an id, even
+    one Litestar gives before routing (no such route, method not allowed)."""
+    app.asgi_handler = request_ids(app.asgi_handler)
+    return app
 
 
 def request_ids(app: ASGIApp) -> ASGIApp:

@@ -31,7 +31,7 @@ from shared.domain import (
     UserProfile,
 )
 from shared.errors import InvalidRequest
-from shared.logs import get_logger, request_ids
+from shared.logs import get_logger, with_request_ids
 from shared.settings import Settings
 from stubs._dataset import DataSet
 from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
@@ -303,7 +303,7 @@ def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -
         if service is not None:
             requests.labels(service, outcome(message["status"])).inc()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             scooter_data,
             tariff_zone_data,
@@ -326,6 +326,6 @@ def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -
             Exception: unexpected,
         },
         before_send=[count_request],
-        middleware=[request_ids],
         openapi_config=None,
     )
+    return with_request_ids(app)
