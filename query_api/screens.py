@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
+from shared.domain import MAX_EPOCH_SECONDS
 from shared.pricing import ride_cost
 from shared.views import OrderView, UserSummaryView
 
@@ -125,7 +126,7 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         canonical = str(uuid.UUID(order_id))
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidCursor("the cursor is malformed") from exc
-    if ms < 0 or canonical != order_id:
+    if not 0 <= ms <= MAX_EPOCH_SECONDS * 1000 or canonical != order_id:
         raise InvalidCursor("the cursor is malformed")
     return ms, order_id
 

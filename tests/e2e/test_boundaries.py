@@ -4,11 +4,14 @@ answer) now gets the right one, on the command API and the stubs."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 
@@ -254,3 +257,26 @@ async def test_stubs_answer_ids_of_every_shape_without_a_500(stubs: str) -> None
         assert_problem(
             await client.get("/user-profile", params={"id": "x" * 300}), 400, "bad_request"
         )
+
+
+# --- the class, not the examples: any bytes as a body are a 4xx on every command ---------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=st.binary(max_size=200)
+    | st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+        max_leaves=20,
+    ).map(lambda value: json.dumps(value).encode()),
+    path=st.sampled_from(
+        ["/offers", "/orders", "/orders/01a21689-915e-76e0-87c3-e8d8feeda668/finish"]
+    ),
+)
+async def test_any_body_on_any_command_is_a_4xx_problem(
+    api: AsyncTestClient[Any], body: bytes, path: str
+) -> None:
+    response = await api.post(path, content=body, headers=JSON)
+    assert 400 <= response.status_code < 500, (body, response.text)
+    assert response.headers["content-type"].startswith("application/problem+json")

@@ -10,6 +10,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from query_api.app import create_app
+from query_api.screens import encode_cursor
 from shared.settings import Settings
 
 Client = AsyncTestClient[Any]
@@ -40,8 +41,20 @@ async def test_order_ids_of_every_shape_are_404(client: Client, order_id: str) -
     assert response.json()["code"] == "order_not_found"
 
 
+FAR_FUTURE = encode_cursor(10**20, "01a21689-915e-76e0-87c3-e8d8feeda668")
+
+
 @pytest.mark.parametrize(
-    "query", ["limit=%00", "limit=1e999", "cursor=%00", "cursor=%FF%FE", "cursor=" + "A" * 201]
+    "query",
+    [
+        "limit=%00",
+        "limit=1e999",
+        "limit=99999999999999999999999",
+        "cursor=%00",
+        "cursor=%FF%FE",
+        "cursor=" + "A" * 201,
+        f"cursor={FAR_FUTURE}",
+    ],
 )
 async def test_query_parameters_of_every_shape_are_422(client: Client, query: str) -> None:
     response = await client.get(f"/users/user-1/orders?{query}")
