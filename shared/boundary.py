@@ -3,10 +3,13 @@
 Litestar decodes a JSON body to plain Python objects before converting it to the
 handler's type; its decoder raises ``UnicodeDecodeError`` on a body that is not UTF-8
 and ``RecursionError`` on deep nesting, which would reach the client as a 500. The
-request class here decodes the body instead: not UTF-8, nested deeper than
-``json_max_depth`` or not JSON at all → :class:`shared.errors.InvalidRequest` (400
-``invalid_request``). The identifier types refuse NUL, control characters and anything
-outside a small ASCII alphabet before a value reaches Postgres, Redis or a log line.
+request class here decodes the body instead, straight into the handler's ``data`` type
+(one pass in C; a value nested deeper than that type allows fails at its first extra
+level, so the type bounds the depth), or, for an untyped body, into plain objects after
+a ``json_max_depth`` check. Not UTF-8, too deep, not JSON or not the type →
+:class:`shared.errors.InvalidRequest` (400 ``invalid_request``). The identifier types
+refuse NUL, control characters and anything outside a small ASCII alphabet before a
+value reaches Postgres, Redis or a log line.
 """
 
 from __future__ import annotations
@@ -89,27 +92,40 @@ def decode_json(body: bytes, max_depth: int) -> Any:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
 
 
-def decode_as(body: bytes, decoder: msgspec.json.Decoder[T], max_depth: int) -> T:
-    """``body`` decoded by the typed ``decoder``.
+def decode_as(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    """``body`` decoded by the typed ``decoder``: input nested deeper than the type fails
+    at its first extra level, so no scan is needed (for a type that refuses unknown
+    fields; an open one may skip a deep unknown value: check :func:`json_depth_exceeds`).
 
     Raises:
-        InvalidRequest: not UTF-8, not JSON, nested deeper than ``max_depth``, or not of
-            the decoder's type (the message names the offending field).
+        InvalidRequest: not UTF-8, not JSON, nested deeper than the type allows, or not
+            of the decoder's type (the message names the offending field).
     """
-    if json_depth_exceeds(body, max_depth):
-        raise InvalidRequest(f"the JSON body nests deeper than {max_depth} levels")
     try:
         return decoder.decode(body)
     except UnicodeDecodeError:
         raise InvalidRequest("the body is not valid UTF-8") from None
-    except RecursionError:
-        raise InvalidRequest(f"the JSON body nests deeper than {max_depth} levels") from None
+    except RecursionError:  # an unknown field's value, skipped recursively by msgspec
+        raise InvalidRequest("the JSON body nests too deep") from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(str(exc)) from None
 
 
 def request_class(max_depth: int) -> type[Request[Any, Any, Any]]:
-    """A Litestar request class whose ``json()`` is :func:`decode_json` with ``max_depth``."""
+    """A Litestar request class whose ``json()`` decodes into the handler's ``data`` type
+    with :func:`decode_as` (or, untyped, :func:`decode_json` with ``max_depth``)."""
+    decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+    def decoder_for(request: Request[Any, Any, Any]) -> msgspec.json.Decoder[Any] | None:
+        handler = request.scope.get("route_handler")
+        field = getattr(handler, "parsed_data_field", None)
+        if field is None:
+            return None
+        kind = field.annotation
+        decoder = decoders.get(kind)
+        if decoder is None:
+            decoder = decoders[kind] = msgspec.json.Decoder(kind)
+        return decoder
 
     class BoundedRequest(Request[Any, Any, Any]):
         async def json(self) -> Any:
@@ -118,7 +134,13 @@ def request_class(max_depth: int) -> type[Request[Any, Any, Any]]:
                 if state.json is not Empty:
                     self._json = state.json
                 else:
-                    self._json = state.json = decode_json(await self.body() or b"null", max_depth)
+                    body = await self.body() or b"null"
+                    decoder = decoder_for(self)
+                    self._json = state.json = (
+                        decode_json(body, max_depth)
+                        if decoder is None
+                        else decode_as(body, decoder)
+                    )
             return self._json
 
     return BoundedRequest

@@ -20,7 +20,7 @@ from litestar.params import QueryParameter
 from litestar.types import Message, Scope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from shared.boundary import decode_as
+from shared.boundary import decode_as, json_depth_exceeds
 from shared.domain import (
     ConfigsAnswer,
     PaymentAnswer,
@@ -106,8 +106,11 @@ async def decode_body(request: Request[Any, Any, Any], kind: type[Body]) -> Body
     decoder = _decoders.get(kind)
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    body = await request.body()
     try:
-        value: Body = decode_as(await request.body(), decoder, MAX_JSON_DEPTH)
+        if json_depth_exceeds(body, MAX_JSON_DEPTH):  # the contract's structs are open
+            raise InvalidRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+        value: Body = decode_as(body, decoder)
     except InvalidRequest as exc:
         raise Problem(400, "malformed_body", exc.detail) from None
     return value

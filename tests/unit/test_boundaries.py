@@ -24,6 +24,7 @@ from shared.boundary import decode_as, decode_json, is_identifier, json_depth_ex
 from shared.domain import (
     MAX_AMOUNT,
     ConfigsAnswer,
+    PaymentRequest,
     PriceCoeffSettings,
     ScooterData,
     TariffZone,
@@ -63,8 +64,9 @@ def depth_of(value: Any) -> int:
 def test_any_bytes_decode_or_are_an_invalid_request(body: bytes) -> None:
     for decode in (
         lambda: decode_json(body, DEPTH),
-        lambda: decode_as(body, msgspec.json.Decoder(CreateOffer), DEPTH),
-        lambda: decode_as(body, msgspec.json.Decoder(FinishOrder), DEPTH),
+        lambda: decode_as(body, msgspec.json.Decoder(CreateOffer)),
+        lambda: decode_as(body, msgspec.json.Decoder(FinishOrder)),
+        lambda: decode_as(body, msgspec.json.Decoder(PaymentRequest)),
     ):
         refused: InvalidRequest | None = None
         try:
