@@ -27,7 +27,6 @@ from query_api.projection import RedisClient, Write
 from query_api.stores import connect_redis
 from shared.db import create_pool
 from shared.events import Event, event_decoder
-from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 from shared.views import created_at_ms, order_view_of, summary_view_of
 
@@ -179,12 +178,15 @@ async def _main(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, projector.stop)
+    # imported once the handlers are in: structlog's import takes a moment on a busy box
+    from shared.logs import configure_logging
+
+    configure_logging(settings)
     await projector.run()
 
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(settings)
     if settings.projector_metrics_port:
         start_http_server(settings.projector_metrics_port, addr=settings.query_host)
     asyncio.run(_main(settings))

@@ -20,15 +20,16 @@ import logging
 import os
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from litestar import Litestar
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from shared.settings import Settings
+
+if TYPE_CHECKING:  # not imported at run time: the worker and projector start faster
+    from litestar import Litestar
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = b"x-request-id"
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
@@ -114,7 +115,7 @@ def request_ids(app: ASGIApp) -> ASGIApp:
     """ASGI middleware: bind a request id to the request's log lines and echo it back."""
 
     async def with_request_id(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
+        if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
         request_id = b""
