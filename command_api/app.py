@@ -12,11 +12,12 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from command_api import rides
 from command_api.external import ExternalServices, make_http_client
-from command_api.idempotency import run_once
+from command_api.idempotency import MAX_KEY_LENGTH, run_once
 from command_api.identity import resolve_rider
 from shared.boundary import Identifier, request_class
 from shared.db import create_pool
@@ -53,8 +54,8 @@ _encoder = msgspec.json.Encoder()
 
 
 class CreateOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    user_id: Identifier
-    scooter_id: Identifier
+    user_id: Annotated[Identifier, msgspec.Meta(examples=["user-1"])]
+    scooter_id: Annotated[Identifier, msgspec.Meta(examples=["scooter-1"])]
 
 
 class OfferAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -293,5 +294,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         closed=[CreateOffer, StartOrder, FinishOrder, TrackPoint],
         max_items={("FinishOrder", "track"): settings.track_max_points},
         optional_bodies=["/orders/{order_id}/finish"],
+        parameters={
+            "Idempotency-Key": Schema(
+                type=OpenAPIType.STRING,
+                min_length=1,
+                max_length=MAX_KEY_LENGTH,
+                pattern=r"^[\x20-\x7e]+$",
+                description="Replays the first answer for a repeated request "
+                "(400 invalid_idempotency_key when malformed)",
+            )
+        },
     )
     return with_request_ids(app)

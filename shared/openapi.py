@@ -96,15 +96,24 @@ def finish_document(
     closed: Iterable[type[msgspec.Struct]] = (),
     max_items: Mapping[tuple[str, str], int] | None = None,
     optional_bodies: Iterable[str] = (),
+    parameters: Mapping[str, Schema] | None = None,
 ) -> None:
     """Add to ``app``'s OpenAPI document what Litestar does not derive.
 
     ``closed``: request bodies that refuse unknown fields get ``additionalProperties:
     false``. ``max_items``: ``{(schema, property): n}`` array limits that are settings.
-    ``optional_bodies``: paths whose POST may come without a body.
+    ``optional_bodies``: paths whose POST may come without a body. ``parameters``: the
+    schema of each parameter so named, where the handler checks it itself.
     Call before the app serves its first request (the document is built once).
     """
     document = app.openapi_schema
+    for path_item in (document.paths or {}).values():
+        for operation in (path_item.get, path_item.post):
+            for parameter in (operation.parameters or []) if operation else []:
+                schema = (parameters or {}).get(getattr(parameter, "name", ""))
+                if schema is not None and not isinstance(parameter, Reference):
+                    parameter.schema = schema
+                    parameter.description = schema.description
     for path in optional_bodies:
         item = document.paths.get(path) if document.paths else None
         body = item.post.request_body if item and item.post else None
