@@ -1,4 +1,8 @@
-"""The command API: offers and rides. ``create_app`` is the composition root."""
+"""The command API: offers and rides.
+
+Its dependencies are built by ``command_api.composition`` in the app's lifespan and reach
+the handlers through Litestar's dependency injection (``deps: Deps``).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,14 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response, get, post
-from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import FromPath, HeaderParameter, JSONBody, SkipValidation
 
 from command_api import rides
-from command_api.external import ExternalServices, make_http_client
+from command_api.composition import open_deps
 from command_api.idempotency import MAX_KEY_LENGTH, run_once
 from command_api.identity import resolve_rider
-from shared.boundary import Identifier, request_class
-from shared.db import create_pool
 from shared.domain import TrackPoint
 from shared.errors import (
     DependencyUnavailable,
@@ -42,15 +43,25 @@ from shared.errors import (
 )
 from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
-from shared.logs import configure_logging, with_request_ids
-from shared.offer_token import OfferSigner
-from shared.openapi import PAYLOAD_TOO_LARGE, Code, Health, finish_document, problem_responses
-from shared.problems import exception_handlers
-from shared.request_metrics import MetricsController, request_metrics
+from shared.infra.boundary import Identifier, request_class
+from shared.infra.di import Slot
+from shared.infra.logs import configure_logging, with_request_ids
+from shared.infra.openapi import (
+    PAYLOAD_TOO_LARGE,
+    Code,
+    Health,
+    finish_document,
+    problem_responses,
+)
+from shared.infra.problems import exception_handlers
+from shared.infra.request_metrics import MetricsController, request_metrics
 from shared.settings import Settings, get_settings
 
 JSON = "application/json"
 _encoder = msgspec.json.Encoder()
+
+# built by the lifespan (command_api.composition): not validated per request
+Deps = SkipValidation[rides.Deps]
 
 
 class CreateOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -86,11 +97,6 @@ class FinishOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 NO_TRACK = FinishOrder()
 
 
-def _deps(state: State) -> rides.Deps:
-    deps: rides.Deps = state.deps
-    return deps
-
-
 _BODY: dict[int, list[Code]] = {
     400: [InvalidRequest],
     413: [PAYLOAD_TOO_LARGE],
@@ -121,10 +127,10 @@ def _merge(*parts: dict[int, list[Code]]) -> dict[int, list[Code]]:
     ),
 )
 async def create_offer(
-    request: Request[Any, Any, Any], data: JSONBody[CreateOffer], state: State
+    request: Request[Any, Any, Any], data: JSONBody[CreateOffer], deps: Deps
 ) -> OfferAnswer:
     rider = resolve_rider(request, data.user_id) or data.user_id
-    offer, token = await rides.create_offer(_deps(state), rider, data.scooter_id)
+    offer, token = await rides.create_offer(deps, rider, data.scooter_id)
     return OfferAnswer(
         id=str(offer.id),
         user_id=offer.user_id,
@@ -141,7 +147,7 @@ async def create_offer(
 
 async def _idempotent(
     request: Request[Any, Any, Any],
-    state: State,
+    pool: asyncpg.Pool,
     scope: str,
     key: str | None,
     run: Callable[[], Awaitable[tuple[int, OrderSnapshot]]],
@@ -155,7 +161,7 @@ async def _idempotent(
     if key is None:
         status, body = await execute()
     else:
-        status, body = await run_once(_deps(state).pool, scope, key, await request.body(), execute)
+        status, body = await run_once(pool, scope, key, await request.body(), execute)
     return Response(body, status_code=status, media_type=JSON)
 
 
@@ -184,17 +190,16 @@ async def _idempotent(
 async def start_order(
     request: Request[Any, Any, Any],
     data: JSONBody[StartOrder],
-    state: State,
+    deps: Deps,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
-    deps = _deps(state)
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
     resolve_rider(request, offer.user_id)  # once auth lands: refuses another rider's offer
 
     async def run() -> tuple[int, OrderSnapshot]:
         return 201, await rides.start_ride(deps, offer)
 
-    return await _idempotent(request, state, f"start:{offer.user_id}", idempotency_key, run)
+    return await _idempotent(request, deps.pool, f"start:{offer.user_id}", idempotency_key, run)
 
 
 @post(
@@ -214,21 +219,20 @@ async def start_order(
 async def finish_order(
     request: Request[Any, Any, Any],
     order_id: FromPath[str],
-    state: State,
+    deps: Deps,
     data: JSONBody[FinishOrder | None] = None,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
     parsed = parse_order_id(order_id)
     if parsed is None:
         raise OrderNotFound(f"no ride {order_id}")
-    deps = _deps(state)
     rider = resolve_rider(request, None)
 
     async def run() -> tuple[int, OrderSnapshot]:
         track = (data or NO_TRACK).track
         return 200, await rides.finish_ride(deps, parsed, track, rider)
 
-    return await _idempotent(request, state, f"finish:{order_id}", idempotency_key, run)
+    return await _idempotent(request, deps.pool, f"finish:{order_id}", idempotency_key, run)
 
 
 @get("/health/live", summary="The process is up")
@@ -243,9 +247,9 @@ async def live() -> Health:
         503: ResponseSpec(Health, description="Postgres does not answer", generate_examples=False)
     },
 )
-async def ready(state: State) -> Response[Health]:
+async def ready(deps: Deps) -> Response[Health]:
     try:
-        async with _deps(state).pool.acquire() as conn:
+        async with deps.pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
     except (OSError, asyncpg.PostgresError):
         return Response(Health(status="down", postgres="down"), status_code=503)
@@ -255,44 +259,34 @@ async def ready(state: State) -> Response[Health]:
 def create_app(settings: Settings | None = None) -> Litestar:
     """The command API wired to real Postgres, payments and the external services."""
     settings = settings or get_settings()
+    deps: Slot[rides.Deps] = Slot("deps")
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        pool = await create_pool(
-            settings.database_url,
-            min_size=settings.db_pool_min,
-            max_size=settings.db_pool_max,
-            command_timeout=settings.db_command_timeout_seconds,
-        )
-        client = make_http_client(settings)
-        app.state.deps = rides.Deps(
-            pool=pool,
-            services=ExternalServices(client, settings),
-            signer=OfferSigner(settings.offer_signing_key),
-            settings=settings,
-        )
-        app.state.retry_after_seconds = settings.retry_after_seconds
-        try:
-            yield
-        finally:
-            await client.aclose()
-            await pool.close()
+        app.state.retry_after_seconds = settings.serving.retry_after_seconds
+        async with open_deps(settings) as opened:
+            deps.fill(opened)
+            try:
+                yield
+            finally:
+                deps.fill(None)
 
     configure_logging(settings)
     app = Litestar(
         route_handlers=[create_offer, start_order, finish_order, live, ready, MetricsController],
         lifespan=[lifespan],
+        dependencies={"deps": deps.provide()},
         exception_handlers=exception_handlers(),
         middleware=[request_metrics("command_api")],
         openapi_config=OpenAPIConfig(title="SuperScooters command API", version="1"),
-        request_class=request_class(settings.json_max_depth),
-        request_max_body_size=settings.request_max_body_bytes,
-        logging_config=None,  # shared.logs configures logging, off the hot path
+        request_class=request_class(settings.serving.json_max_depth),
+        request_max_body_size=settings.serving.request_max_body_bytes,
+        logging_config=None,  # shared.infra.logs configures logging, off the hot path
     )
     finish_document(
         app,
         closed=[CreateOffer, StartOrder, FinishOrder, TrackPoint],
-        max_items={("FinishOrder", "track"): settings.track_max_points},
+        max_items={("FinishOrder", "track"): settings.rides.track_max_points},
         optional_bodies=["/orders/{order_id}/finish"],
         parameters={
             "Idempotency-Key": Schema(

@@ -36,7 +36,7 @@ from shared.domain import (
     UserProfile,
 )
 from shared.errors import DependencyUnavailable, ScooterNotFound, UserNotFound
-from shared.logs import get_logger
+from shared.infra.logs import get_logger
 from shared.settings import Settings
 
 T = TypeVar("T")
@@ -78,11 +78,11 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
     CPU per request, and these calls are on every command's path.
     """
     return HttpxAiohttpClient(
-        base_url=settings.external_base_url,
-        timeout=httpx.Timeout(settings.http_timeout_seconds),
+        base_url=settings.external.base_url,
+        timeout=httpx.Timeout(settings.external.http_timeout_seconds),
         limits=httpx.Limits(
-            max_connections=settings.http_max_connections,
-            max_keepalive_connections=settings.http_max_connections,
+            max_connections=settings.external.http_max_connections,
+            max_keepalive_connections=settings.external.http_max_connections,
         ),
     )
 
@@ -99,12 +99,12 @@ class ExternalServices:
         self._configs_lock = asyncio.Lock()
         self._configs_checked_at = float("-inf")
         self._defaults = PriceCoeffSettings(
-            surge=settings.surge_default,
-            low_charge_discount=settings.low_charge_discount_default,
-            low_charge_threshold=settings.low_charge_threshold,
-            deposit_multiplier=settings.deposit_multiplier,
-            deposit_debt_threshold=settings.deposit_debt_threshold,
-            free_ride_seconds=settings.free_ride_seconds,
+            surge=settings.pricing.surge_default,
+            low_charge_discount=settings.pricing.low_charge_discount_default,
+            low_charge_threshold=settings.pricing.low_charge_threshold,
+            deposit_multiplier=settings.pricing.deposit_multiplier,
+            deposit_debt_threshold=settings.pricing.deposit_debt_threshold,
+            free_ride_seconds=settings.pricing.free_ride_seconds,
         )
 
     # --- transport -----------------------------------------------------------------------
@@ -160,7 +160,7 @@ class ExternalServices:
                 path,
                 content=_encoder.encode(request),
                 headers={"content-type": "application/json"},
-                timeout=self._settings.payment_timeout_seconds,
+                timeout=self._settings.external.payment_timeout_seconds,
             )
         except httpx.ConnectError as exc:  # refused: the request never left
             metrics.external_calls.labels("payments", "error").inc()
@@ -200,7 +200,7 @@ class ExternalServices:
                 "zones", "/tariff-zone-data", _zone_decoder, {"id": zone_id}, zone_nonsense
             )
         except (ServiceError, NotFound):
-            s = self._settings
+            s = self._settings.pricing
             base = TariffZone(
                 id=zone_id,
                 price_per_minute=s.base_price_per_minute,
@@ -208,7 +208,7 @@ class ExternalServices:
                 default_deposit=s.base_deposit,
             )
             return Sourced(base, "base_tariff")
-        freshness = self._settings.zone_freshness_seconds
+        freshness = self._settings.external.zone_freshness_seconds
         if freshness > 0:  # a ttl of 0 would mean "fresh forever" to the cache
             await self._zones.set(zone_id, zone, ttl=freshness)
         return Sourced(zone, "live")
@@ -227,7 +227,7 @@ class ExternalServices:
             if known is not None:
                 return Sourced(known, "last_known")
             return Sourced(UserProfile(id=user_id), "conservative")
-        memory = self._settings.user_profile_memory_seconds
+        memory = self._settings.external.user_profile_memory_seconds
         if memory > 0:  # a ttl of 0 would mean "remember forever" to the cache
             await self._users.set(user_id, profile, ttl=memory)
         return Sourced(profile, "live")
@@ -235,10 +235,13 @@ class ExternalServices:
     async def configs(self) -> Sourced:
         """Pricing knobs, fetched at most once per refresh period; last good, else defaults."""
         now = time.monotonic()
-        if now - self._configs_checked_at < self._settings.configs_refresh_seconds:
+        if now - self._configs_checked_at < self._settings.external.configs_refresh_seconds:
             return await self._cached_configs()
         async with self._configs_lock:  # single flight: one fetch per period per process
-            if time.monotonic() - self._configs_checked_at < self._settings.configs_refresh_seconds:
+            if (
+                time.monotonic() - self._configs_checked_at
+                < self._settings.external.configs_refresh_seconds
+            ):
                 return await self._cached_configs()
             previous, self._configs_checked_at = self._configs_checked_at, time.monotonic()
             try:
@@ -307,26 +310,30 @@ def scooter_nonsense(scooter: ScooterData, settings: Settings) -> str | None:
 
 def zone_nonsense(zone: TariffZone, s: Settings) -> str | None:
     return _first(
-        _outside("price_per_minute", zone.price_per_minute, 0, s.tariff_price_per_minute_max),
-        _outside("price_unlock", zone.price_unlock, 0, s.tariff_price_unlock_max),
-        _outside("default_deposit", zone.default_deposit, 0, s.tariff_deposit_max),
+        _outside(
+            "price_per_minute", zone.price_per_minute, 0, s.bounds.tariff_price_per_minute_max
+        ),
+        _outside("price_unlock", zone.price_unlock, 0, s.bounds.tariff_price_unlock_max),
+        _outside("default_deposit", zone.default_deposit, 0, s.bounds.tariff_deposit_max),
     )
 
 
 def user_nonsense(user: UserProfile, s: Settings) -> str | None:
     return _first(
-        _outside("current_debt", user.current_debt, 0, s.user_debt_max),
-        _outside("total_debt", user.total_debt, 0, s.user_debt_max),
+        _outside("current_debt", user.current_debt, 0, s.bounds.user_debt_max),
+        _outside("total_debt", user.total_debt, 0, s.bounds.user_debt_max),
     )
 
 
 def configs_nonsense(answer: ConfigsAnswer, s: Settings) -> str | None:
     c = answer.price_coeff_settings
     return _first(
-        _outside("surge", c.surge, s.surge_min, s.surge_max),
-        _outside("low_charge_discount", c.low_charge_discount, s.low_charge_discount_min, 1.0),
+        _outside("surge", c.surge, s.bounds.surge_min, s.bounds.surge_max),
+        _outside(
+            "low_charge_discount", c.low_charge_discount, s.bounds.low_charge_discount_min, 1.0
+        ),
         _outside("low_charge_threshold", c.low_charge_threshold, 0, 100),
-        _outside("deposit_multiplier", c.deposit_multiplier, 1.0, s.deposit_multiplier_max),
-        _outside("deposit_debt_threshold", c.deposit_debt_threshold, 0, s.user_debt_max),
-        _outside("free_ride_seconds", c.free_ride_seconds, 0, s.free_ride_seconds_max),
+        _outside("deposit_multiplier", c.deposit_multiplier, 1.0, s.bounds.deposit_multiplier_max),
+        _outside("deposit_debt_threshold", c.deposit_debt_threshold, 0, s.bounds.user_debt_max),
+        _outside("free_ride_seconds", c.free_ride_seconds, 0, s.bounds.free_ride_seconds_max),
     )

@@ -97,7 +97,7 @@ async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer
         price_unlock=price.price_unlock,
         deposit=price.deposit,
         created_at=now,
-        expires_at=now + timedelta(seconds=deps.settings.offer_ttl_seconds),
+        expires_at=now + timedelta(seconds=deps.settings.offers.ttl_seconds),
         inputs=PricingInputs(
             charge=scooter.charge,
             zone_price_per_minute=zone.value.price_per_minute,
@@ -156,7 +156,10 @@ async def start_ride(deps: Deps, offer: Offer) -> OrderSnapshot:
     try:
         async with deps.pool.acquire() as conn:
             await repo.start_ride(
-                conn, values, settings.max_active_rides_per_user, settings.stuck_hold_seconds
+                conn,
+                values,
+                settings.rides.max_active_per_user,
+                settings.payments.stuck_hold_seconds,
             )
     except repo.Refused as refused:
         raise _refusal(refused.code, offer, settings) from None
@@ -183,7 +186,7 @@ def _refusal(code: str, offer: Offer, settings: Settings) -> DomainError:
     if code == "user_has_debt":
         return UserHasDebt(f"user {offer.user_id} has an unpaid debt")
     return TooManyActiveRides(
-        f"user {offer.user_id} already has {settings.max_active_rides_per_user} active ride(s)"
+        f"user {offer.user_id} already has {settings.rides.max_active_per_user} active ride(s)"
     )
 
 
@@ -209,8 +212,8 @@ async def finish_ride(
     ends it and charges; the others return the stored result.
     """
     settings = deps.settings
-    if len(track) > settings.track_max_points:
-        raise TrackTooLong(f"a track has at most {settings.track_max_points} points")
+    if len(track) > settings.rides.track_max_points:
+        raise TrackTooLong(f"a track has at most {settings.rides.track_max_points} points")
     created_at = created_at_of(order_id)
     async with deps.pool.acquire() as conn:
         order = await repo.get_order(conn, order_id, created_at)
@@ -228,7 +231,7 @@ async def finish_ride(
             order.price_per_minute,
             order.price_unlock,
             order.free_ride_seconds,
-            max_charged_seconds=settings.ride_max_charged_seconds,
+            max_charged_seconds=settings.rides.max_charged_seconds,
         )
         ended = await repo.finish_ride(
             conn,
@@ -239,10 +242,10 @@ async def finish_ride(
                 "finished_at": finished_at,
                 "duration_seconds": seconds,
                 "total_amount": total,
-                "distance_meters": track_distance_meters(track, settings.track_max_speed_kmh),
+                "distance_meters": track_distance_meters(track, settings.rides.track_max_speed_kmh),
                 "track": repo.encode_json(track) if track else None,
             },
-            settings.payment_timeout_seconds * 2,
+            settings.external.payment_timeout_seconds * 2,
         )
         if ended is None:  # a concurrent finish ended it first: answer its result
             stored = await repo.get_order(conn, order_id, created_at)

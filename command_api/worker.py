@@ -6,7 +6,7 @@
 - ``hold`` due: a start never confirmed its hold in time → the start is undone and
   the hold released.
 - ``charge`` due: the charge is retried with exponential backoff; after
-  ``payment_max_attempts`` a positive amount becomes the user's debt. A zero amount
+  ``settings.payments.max_attempts`` a positive amount becomes the user's debt. A zero amount
   (a cancelled ride's release) is retried for as long as it takes.
 - ``release`` due: the hold of a rejected start is released, retried until done.
 """
@@ -23,11 +23,10 @@ import asyncpg
 
 from command_api import metrics, rides
 from command_api import repository as repo
-from command_api.external import ExternalServices, ServiceError, make_http_client
+from command_api.composition import open_deps
+from command_api.external import ServiceError
 from migrations.maintenance import prune, run_partition_maintenance
-from shared.db import create_pool
-from shared.logs import configure_logging
-from shared.offer_token import OfferSigner
+from shared.infra.logs import configure_logging
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("worker")
@@ -36,8 +35,8 @@ BATCH = 100
 
 def backoff_seconds(settings: Settings, attempts: int) -> float:
     """Delay before the next try after ``attempts`` failed ones."""
-    delay = settings.payment_retry_base_seconds * 2 ** max(attempts - 1, 0)
-    return float(min(delay, settings.payment_retry_max_seconds))
+    delay = settings.payments.retry_base_seconds * 2 ** max(attempts - 1, 0)
+    return float(min(delay, settings.payments.retry_max_seconds))
 
 
 async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
@@ -52,7 +51,7 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
     try:
         await deps.services.clear(user_id, str(order_id), amount)
     except ServiceError as exc:
-        if kind == "charge" and amount > 0 and op["attempts"] >= settings.payment_max_attempts:
+        if kind == "charge" and amount > 0 and op["attempts"] >= settings.payments.max_attempts:
             await rides.settle_charge(deps.pool, order_id, created_at, amount, gave_up=True)
             metrics.payment_attempts.labels(kind, "debt").inc()
             log.warning(
@@ -75,7 +74,7 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
 
 async def process_due_operations(deps: rides.Deps) -> int:
     """Lease and try every due operation (up to a batch); returns how many were tried."""
-    lease = deps.settings.payment_timeout_seconds * 2 + 1
+    lease = deps.settings.external.payment_timeout_seconds * 2 + 1
     async with deps.pool.acquire() as conn:
         due = await repo.claim_due_operations(conn, BATCH, lease)
     results = await asyncio.gather(
@@ -96,39 +95,29 @@ async def maintain(pool: asyncpg.Pool, settings: Settings) -> None:
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """Work until ``stop`` is set."""
-    pool = await create_pool(
-        settings.database_url,
-        min_size=1,
-        max_size=4,
-        command_timeout=settings.db_command_timeout_seconds,
-    )
-    client = make_http_client(settings)
-    deps = rides.Deps(
-        pool=pool,
-        services=ExternalServices(client, settings),
-        signer=OfferSigner(settings.offer_signing_key),
-        settings=settings,
-    )
+    async with open_deps(settings, pool_size=(1, 4)) as deps:
+        await _work(deps, stop)
+
+
+async def _work(deps: rides.Deps, stop: asyncio.Event) -> None:
+    """The worker's loop: maintenance when due, then owed payment operations."""
+    pool, settings = deps.pool, deps.settings
     next_maintenance = 0.0
-    try:
-        while not stop.is_set():
-            if time.monotonic() >= next_maintenance:
-                try:
-                    await maintain(pool, settings)
-                except (OSError, asyncpg.PostgresError) as exc:
-                    log.error("maintenance failed, retrying next period: %r", exc)
-                next_maintenance = time.monotonic() + settings.maintenance_interval_seconds
+    while not stop.is_set():
+        if time.monotonic() >= next_maintenance:
             try:
-                tried = await process_due_operations(deps)
+                await maintain(pool, settings)
             except (OSError, asyncpg.PostgresError) as exc:
-                log.error("payment operations failed, retrying: %r", exc)
-                tried = 0
-            if tried < BATCH:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), settings.worker_poll_seconds)
-    finally:
-        await client.aclose()
-        await pool.close()
+                log.error("maintenance failed, retrying next period: %r", exc)
+            next_maintenance = time.monotonic() + settings.maintenance.interval_seconds
+        try:
+            tried = await process_due_operations(deps)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.error("payment operations failed, retrying: %r", exc)
+            tried = 0
+        if tried < BATCH:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.maintenance.worker_poll_seconds)
 
 
 def main() -> None:

@@ -105,7 +105,7 @@ async def run_partition_maintenance(
         prefix = PARENT_TABLE.split(".", 1)[1] + "_p"
         # Same rule as pg_partman's: a partition goes once its whole day is older
         # than the limit.
-        limit = (now or datetime.now(UTC)) - timedelta(days=settings.retention_days)
+        limit = (now or datetime.now(UTC)) - timedelta(days=settings.maintenance.retention_days)
         dropped = 0
         for name in sorted(archived_now):
             start = partition_start(name, prefix, datetime_string)
@@ -167,14 +167,14 @@ async def prune(
         conn,
         "idempotency_keys",
         "created_at < now() - $2::interval",
-        timedelta(seconds=settings.idempotency_ttl_seconds),
+        timedelta(seconds=settings.maintenance.idempotency_ttl_seconds),
         batch_size,
     )
     outbox = await _delete_batched(
         conn,
         "outbox",
         "published_at < now() - $2::interval",
-        timedelta(seconds=settings.outbox_keep_seconds),
+        timedelta(seconds=settings.maintenance.outbox_keep_seconds),
         batch_size,
     )
     return PruneReport(offer_redemptions=redemptions, idempotency_keys=keys, outbox=outbox)

@@ -45,8 +45,8 @@ async def ensure_database(dsn: str) -> None:
 async def migrate(settings: Settings | None = None) -> list[str]:
     """Apply pending migrations and the partition settings; returns the files applied."""
     settings = settings or get_settings()
-    await ensure_database(settings.database_url)
-    conn = await asyncpg.connect(settings.database_url)
+    await ensure_database(settings.db.url)
+    conn = await asyncpg.connect(settings.db.url)
     applied: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
@@ -85,8 +85,8 @@ async def configure_partitions(conn: Connection, settings: Settings) -> None:
         " retention_schema = 'archive', retention_keep_table = true,"
         " infinite_time_partitions = true"
         " WHERE parent_table = 'public.orders'",
-        settings.partition_premake_days,
-        f"{settings.hot_days} days",
+        settings.maintenance.partition_premake_days,
+        f"{settings.maintenance.hot_days} days",
     )
     await conn.execute("SELECT partman.run_maintenance('public.orders')")
 

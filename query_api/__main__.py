@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared.logs import configure_logging
-from shared.serving import serve
+from shared.infra.logs import configure_logging
+from shared.infra.serving import serve
 from shared.settings import get_settings
 
 
@@ -12,10 +12,10 @@ def main() -> None:
     configure_logging(settings)
     serve(
         "query_api.app:create_app",
-        host=settings.query_host,
-        port=settings.query_port,
-        workers=settings.query_workers,
-        log_level=settings.log_level,
+        host=settings.serving.query_host,
+        port=settings.serving.query_port,
+        workers=settings.serving.query_workers,
+        log_level=settings.runtime.log_level,
     )
 
 

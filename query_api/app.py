@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import asyncpg
 from litestar import Litestar, Response, get
-from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.params import FromPath, PathParameter, QueryParameter
+from litestar.params import FromPath, PathParameter, QueryParameter, SkipValidation
 
 from query_api import projection
 from query_api.reads import Reads
@@ -26,14 +27,15 @@ from query_api.screens import (
     order_screen,
     summary_screen,
 )
-from query_api.stores import REDIS_DOWN, connect_postgres, connect_redis
-from shared.boundary import IDENTIFIER_MAX_LENGTH, IDENTIFIER_PATTERN, request_class
+from query_api.stores import REDIS_DOWN, RedisClient, connect_postgres, connect_redis
 from shared.errors import DependencyUnavailable, InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
-from shared.logs import configure_logging, with_request_ids
-from shared.openapi import Health, problem_responses
-from shared.problems import exception_handlers
-from shared.request_metrics import MetricsController, request_metrics
+from shared.infra.boundary import IDENTIFIER_MAX_LENGTH, IDENTIFIER_PATTERN, request_class
+from shared.infra.di import Slot
+from shared.infra.logs import configure_logging, with_request_ids
+from shared.infra.openapi import Health, problem_responses
+from shared.infra.problems import exception_handlers
+from shared.infra.request_metrics import MetricsController, request_metrics
 from shared.settings import Settings, get_settings
 
 UserId = Annotated[
@@ -47,9 +49,16 @@ UserId = Annotated[
 ]
 
 
-def _reads(state: State) -> Reads:
-    reads: Reads = state.reads
-    return reads
+# built by the lifespan: not validated per request
+ReadsDep = SkipValidation[Reads]
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """The query API's connections, for its readiness check."""
+
+    redis: RedisClient
+    db: asyncpg.Pool
 
 
 _UNAVAILABLE = {503: [DependencyUnavailable]}
@@ -60,13 +69,13 @@ _UNAVAILABLE = {503: [DependencyUnavailable]}
     summary="A ride's screen",
     responses=problem_responses("GetOrder", {404: [OrderNotFound], **_UNAVAILABLE}),
 )
-async def get_order(order_id: FromPath[str], state: State) -> OrderScreen:
+async def get_order(order_id: FromPath[str], reads: ReadsDep) -> OrderScreen:
     """The ride screen: status, prices, times, running or final cost, payment status."""
     parsed = parse_order_id(order_id)
-    view = None if parsed is None else await _reads(state).order(parsed)
+    view = None if parsed is None else await reads.order(parsed)
     if view is None:
         raise OrderNotFound(f"no order {order_id}")
-    return order_screen(view, datetime.now(UTC), _reads(state).max_charged_seconds)
+    return order_screen(view, datetime.now(UTC), reads.max_charged_seconds)
 
 
 @get(
@@ -79,7 +88,7 @@ async def get_order(order_id: FromPath[str], state: State) -> OrderScreen:
 )
 async def list_user_orders(
     user_id: UserId,
-    state: State,
+    reads: ReadsDep,
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
 ) -> OrdersPage:
@@ -88,12 +97,12 @@ async def list_user_orders(
         after = None if cursor is None else decode_cursor(cursor)
     except InvalidCursor as exc:
         raise InvalidParameter(f"cursor: {exc}") from exc
-    page = await _reads(state).user_orders(user_id, limit, after)
-    if not page.items and after is None and await _reads(state).summary(user_id) is None:
+    page = await reads.user_orders(user_id, limit, after)
+    if not page.items and after is None and await reads.summary(user_id) is None:
         raise UserNotFound(f"no user {user_id}")
     now = datetime.now(UTC)
     return OrdersPage(
-        items=[order_screen(v, now, _reads(state).max_charged_seconds) for v in page.items],
+        items=[order_screen(v, now, reads.max_charged_seconds) for v in page.items],
         next_cursor=None if page.next_entry is None else encode_cursor(*page.next_entry),
     )
 
@@ -106,9 +115,9 @@ async def list_user_orders(
         {404: [UserNotFound], 422: [InvalidParameter], **_UNAVAILABLE},
     ),
 )
-async def get_user_summary(user_id: UserId, state: State) -> SummaryScreen:
+async def get_user_summary(user_id: UserId, reads: ReadsDep) -> SummaryScreen:
     """Rides count, total charged, debt and last payment status."""
-    view = await _reads(state).summary(user_id)
+    view = await reads.summary(user_id)
     if view is None:
         raise UserNotFound(f"no user {user_id}")
     return summary_screen(view)
@@ -128,10 +137,10 @@ async def live() -> Health:
         )
     },
 )
-async def ready(state: State) -> Response[Health]:
+async def ready(stores: SkipValidation[Stores]) -> Response[Health]:
     """200 while answers are correct (``degraded``: Redis down, served from Postgres);
     503 only when neither store answers."""
-    redis_up, postgres_up = await asyncio.gather(_redis_up(state), _postgres_up(state))
+    redis_up, postgres_up = await asyncio.gather(_redis_up(stores.redis), _postgres_up(stores.db))
     health = Health(
         status="ok"
         if redis_up and postgres_up
@@ -144,27 +153,30 @@ async def ready(state: State) -> Response[Health]:
     return Response(health, status_code=503 if health.status == "down" else 200)
 
 
-async def _redis_up(state: State) -> bool:
+async def _redis_up(redis: RedisClient) -> bool:
     try:
-        await state.redis.ping()
+        await redis.ping()
     except REDIS_DOWN:
         return False
     return True
 
 
-async def _postgres_up(state: State) -> bool:
+async def _postgres_up(db: asyncpg.Pool) -> bool:
     try:
         async with asyncio.timeout(1.0):
-            await state.db.fetchval("SELECT 1")
+            await db.fetchval("SELECT 1")
     except Exception:  # any failure means "not ready"
         return False
     return True
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    """The query API; resources are opened in its lifespan."""
+    """The query API; resources are opened in its lifespan and handed to the handlers
+    through Litestar's dependency injection (``reads``, ``stores``)."""
     settings = settings or get_settings()
     configure_logging(settings)
+    reads: Slot[Reads] = Slot("reads")
+    stores: Slot[Stores] = Slot("stores")
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -172,11 +184,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         db = await connect_postgres(settings)
         with contextlib.suppress(*REDIS_DOWN):  # else loaded on NOSCRIPT when Redis is back
             await projection.load_scripts(redis)
-        app.state.redis, app.state.db = redis, db
-        app.state.reads = Reads(settings, redis, db)
+        reads.fill(Reads(settings, redis, db))
+        stores.fill(Stores(redis, db))
         try:
             yield
         finally:
+            reads.fill(None)
+            stores.fill(None)
             await redis.aclose()
             await db.close()
 
@@ -194,9 +208,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(title="SuperScooters query API", version="1"),
         middleware=[request_metrics("query_api")],
         lifespan=[lifespan],
+        dependencies={"reads": reads.provide(), "stores": stores.provide()},
         debug=False,
-        request_class=request_class(settings.json_max_depth),
-        request_max_body_size=settings.request_max_body_bytes,
-        logging_config=None,  # shared.logs configures logging, off the hot path
+        request_class=request_class(settings.serving.json_max_depth),
+        request_max_body_size=settings.serving.request_max_body_bytes,
+        logging_config=None,  # shared.infra.logs configures logging, off the hot path
     )
     return with_request_ids(app)

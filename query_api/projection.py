@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import msgspec
-from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
+from query_api.stores import RedisClient
 from shared.views import (
     COMPLETE_MARK,
     OrderView,
@@ -26,8 +26,6 @@ from shared.views import (
     user_summary_key,
     view_encoder,
 )
-
-RedisClient = Redis | RedisCluster
 
 # KEYS[1] view hash; ARGV: version, msgpack view, ttl seconds (0 = never expires)
 PUT_VIEW = """

@@ -23,10 +23,10 @@ from prometheus_client import start_http_server
 
 from query_api import projection
 from query_api.metrics import BAD_EVENTS, EVENT_LAG, PROJECTED, PROJECTOR_ERRORS, PROJECTOR_LAG
-from query_api.projection import RedisClient, Write
-from query_api.stores import connect_redis
-from shared.db import create_pool
+from query_api.projection import Write
+from query_api.stores import RedisClient, connect_redis
 from shared.events import Event, event_decoder
+from shared.infra.db import create_pool
 from shared.settings import Settings, get_settings
 from shared.views import created_at_ms, order_view_of, summary_view_of
 
@@ -52,13 +52,13 @@ _LATE_TTL_FLOOR = 60
 
 def writes_for(event: Event, settings: Settings, now: datetime) -> list[Write]:
     """The projection writes of one event: order view, user's recent list, summary."""
-    prefix = settings.redis_key_prefix
+    prefix = settings.redis.key_prefix
     order = order_view_of(event.order)
     ttl = (
         0
         if order.status == "active"
         else projection.finished_ttl(
-            order.finished_at, now, settings.finished_view_ttl_seconds, _LATE_TTL_FLOOR
+            order.finished_at, now, settings.read.finished_view_ttl_seconds, _LATE_TTL_FLOOR
         )
     )
     writes = [
@@ -67,8 +67,8 @@ def writes_for(event: Event, settings: Settings, now: datetime) -> list[Write]:
             prefix,
             order.user_id,
             [(order.id, created_at_ms(order.created_at))],
-            keep=settings.user_recent_orders,
-            ttl=settings.finished_view_ttl_seconds,
+            keep=settings.read.user_recent_orders,
+            ttl=settings.read.finished_view_ttl_seconds,
             complete=False,
         ),
     ]
@@ -80,7 +80,7 @@ def writes_for(event: Event, settings: Settings, now: datetime) -> list[Write]:
 async def project_batch(conn: Connection, redis: RedisClient, settings: Settings) -> int:
     """Claim, project and mark one batch; returns how many events it held."""
     async with conn.transaction():
-        rows = await conn.fetch(_CLAIM, settings.projector_batch_size)
+        rows = await conn.fetch(_CLAIM, settings.read.projector_batch_size)
         if not rows:
             return 0
         now = datetime.now(UTC)
@@ -127,8 +127,8 @@ class Projector:
 
     async def run(self) -> None:
         settings = self._settings
-        redis = connect_redis(settings, timeout=max(5.0, settings.redis_timeout_seconds))
-        pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+        redis = connect_redis(settings, timeout=max(5.0, settings.redis.timeout_seconds))
+        pool = await create_pool(settings.db.url, min_size=1, max_size=2)
         failures = 0
         try:
             while not self._stop.is_set():
@@ -142,11 +142,11 @@ class Projector:
                     PROJECTOR_ERRORS.inc()
                     failures += 1
                     log.exception("projection failed (attempt %d); retrying", failures)
-                    await self._sleep(min(0.1 * 2**failures, settings.projector_poll_seconds))
+                    await self._sleep(min(0.1 * 2**failures, settings.read.projector_poll_seconds))
                     continue
                 if count:
                     log.debug("projected %d events", count)
-                await self._sleep(settings.projector_poll_seconds)
+                await self._sleep(settings.read.projector_poll_seconds)
         finally:
             if self._listener is not None:
                 with contextlib.suppress(Exception):
@@ -163,11 +163,12 @@ class Projector:
         if self._listener is not None and not self._listener.is_closed():
             return
         try:
-            conn = await asyncpg.connect(self._settings.database_url)
+            conn = await asyncpg.connect(self._settings.db.url)
             await conn.add_listener("outbox", lambda *_: self._wake.set())
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             log.warning(
-                "cannot LISTEN on outbox; polling every %ss", self._settings.projector_poll_seconds
+                "cannot LISTEN on outbox; polling every %ss",
+                self._settings.read.projector_poll_seconds,
             )
             return
         self._listener = conn
@@ -179,7 +180,7 @@ async def _main(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, projector.stop)
     # imported once the handlers are in: structlog's import takes a moment on a busy box
-    from shared.logs import configure_logging
+    from shared.infra.logs import configure_logging
 
     configure_logging(settings)
     await projector.run()
@@ -187,8 +188,8 @@ async def _main(settings: Settings) -> None:
 
 def main() -> None:
     settings = get_settings()
-    if settings.projector_metrics_port:
-        start_http_server(settings.projector_metrics_port, addr=settings.query_host)
+    if settings.read.projector_metrics_port:
+        start_http_server(settings.read.projector_metrics_port, addr=settings.serving.query_host)
     asyncio.run(_main(settings))
 
 

@@ -20,9 +20,8 @@ import msgspec
 
 from query_api import projection, repository
 from query_api.metrics import CACHE_HITS, CACHE_MISSES, FALLBACKS
-from query_api.projection import RedisClient, Write
-from query_api.screens import moment_of_ms
-from query_api.stores import POSTGRES_DOWN, RedisGate, RedisUnavailable, SingleFlight
+from query_api.projection import Write
+from query_api.stores import POSTGRES_DOWN, RedisClient, RedisGate, RedisUnavailable, SingleFlight
 from shared.errors import DependencyUnavailable
 from shared.settings import Settings
 from shared.views import (
@@ -30,6 +29,7 @@ from shared.views import (
     OrderView,
     UserSummaryView,
     created_at_ms,
+    moment_of_ms,
     order_key,
     order_view_decoder,
     summary_view_decoder,
@@ -52,11 +52,11 @@ class UserOrders(msgspec.Struct, frozen=True):
 class Reads:
     def __init__(self, settings: Settings, redis: RedisClient, db: asyncpg.Pool) -> None:
         self._settings = settings
-        self.max_charged_seconds = settings.ride_max_charged_seconds
-        self._prefix = settings.redis_key_prefix
+        self.max_charged_seconds = settings.rides.max_charged_seconds
+        self._prefix = settings.redis.key_prefix
         self._redis = redis
         self._db = db
-        self.gate = RedisGate(settings.redis_retry_seconds)
+        self.gate = RedisGate(settings.redis.retry_seconds)
         self._flights = SingleFlight()
 
     # --- one order ----------------------------------------------------------------------
@@ -125,7 +125,7 @@ class Reads:
             page = entries[:limit]
             return UserOrders(await self._views(page), page[-1])
         views = await self._views(entries)
-        if len(recent) < self._settings.user_recent_orders:
+        if len(recent) < self._settings.read.user_recent_orders:
             return UserOrders(views, None)  # the list holds all of the user's orders
         boundary = entries[-1] if entries else (after or recent[-1])
         return await self._page_from_postgres(user_id, limit - len(entries), boundary, views)
@@ -158,11 +158,11 @@ class Reads:
             CACHE_MISSES.labels("history").inc()
             members.update(await self._flights.run(key, lambda: self._refill_recent(user_id)))
         entries = sorted(((int(ms), oid) for oid, ms in members.items()), reverse=True)
-        return entries[: self._settings.user_recent_orders]
+        return entries[: self._settings.read.user_recent_orders]
 
     async def _refill_recent(self, user_id: str) -> dict[str, int]:
         FALLBACKS.labels("history").inc()
-        keep = self._settings.user_recent_orders
+        keep = self._settings.read.user_recent_orders
         rows = await self._query(repository.user_recent(self._db, user_id, keep))
         found = {oid: created_at_ms(at) for oid, at in rows}
         if found:
@@ -173,7 +173,7 @@ class Reads:
                         user_id,
                         found.items(),
                         keep=keep,
-                        ttl=self._settings.finished_view_ttl_seconds,
+                        ttl=self._settings.read.finished_view_ttl_seconds,
                         complete=True,
                     )
                 ]
@@ -220,13 +220,13 @@ class Reads:
 
     def _put_order(self, view: OrderView) -> Write:
         if view.status == "active":
-            ttl = self._settings.refill_ttl_seconds
+            ttl = self._settings.read.refill_ttl_seconds
         else:
             ttl = projection.finished_ttl(
                 view.finished_at,
                 datetime.now(UTC),
-                self._settings.finished_view_ttl_seconds,
-                floor=self._settings.refill_ttl_seconds,
+                self._settings.read.finished_view_ttl_seconds,
+                floor=self._settings.read.refill_ttl_seconds,
             )
         return projection.put_order(self._prefix, view, ttl)
 

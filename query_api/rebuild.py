@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 import asyncpg
 
 from query_api import projection, repository
-from query_api.projection import RedisClient, Write
-from query_api.stores import connect_redis
-from shared.db import create_pool
+from query_api.projection import Write
+from query_api.stores import RedisClient, connect_redis
+from shared.infra.db import create_pool
 from shared.settings import Settings, get_settings
 from shared.views import OrderView, created_at_ms
 
@@ -33,27 +33,27 @@ _END = datetime(9999, 1, 1, tzinfo=UTC)
 
 def _order_write(settings: Settings, view: OrderView, now: datetime) -> Write | None:
     if view.status == "active":
-        return projection.put_order(settings.redis_key_prefix, view, 0)
-    ttl = projection.finished_ttl(view.finished_at, now, settings.finished_view_ttl_seconds, 0)
-    return projection.put_order(settings.redis_key_prefix, view, ttl) if ttl > 0 else None
+        return projection.put_order(settings.redis.key_prefix, view, 0)
+    ttl = projection.finished_ttl(view.finished_at, now, settings.read.finished_view_ttl_seconds, 0)
+    return projection.put_order(settings.redis.key_prefix, view, ttl) if ttl > 0 else None
 
 
 async def _user_writes(db: asyncpg.Pool, settings: Settings, user_ids: list[str]) -> list[Write]:
-    keep = settings.user_recent_orders
+    keep = settings.read.user_recent_orders
     writes = [
         projection.add_recent(
-            settings.redis_key_prefix,
+            settings.redis.key_prefix,
             user_id,
             [(oid, created_at_ms(at)) for oid, at in recent],
             keep=keep,
-            ttl=settings.finished_view_ttl_seconds,
+            ttl=settings.read.finished_view_ttl_seconds,
             complete=True,
         )
         for user_id, recent in (await repository.users_recent(db, user_ids, keep)).items()
         if recent
     ]
     writes += [
-        projection.put_summary(settings.redis_key_prefix, s)
+        projection.put_summary(settings.redis.key_prefix, s)
         for s in await repository.summaries(db, user_ids)
     ]
     return writes
@@ -93,7 +93,7 @@ def _moment(text: str) -> datetime:
 
 async def _main(settings: Settings, since: datetime | None, until: datetime | None) -> int:
     redis = connect_redis(settings, timeout=10.0)
-    db = await create_pool(settings.database_url, min_size=1, max_size=2)
+    db = await create_pool(settings.db.url, min_size=1, max_size=2)
     assert db is not None
     try:
         return await rebuild(db, redis, settings, since, until)

@@ -9,15 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import msgspec
 
 from shared.domain import MAX_EPOCH_SECONDS
 from shared.pricing import ride_cost
 from shared.views import OrderView, UserSummaryView
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class OrderScreen(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,8 +127,3 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     if not 0 <= ms <= MAX_EPOCH_SECONDS * 1000 or canonical != order_id:
         raise InvalidCursor("the cursor is malformed")
     return ms, order_id
-
-
-def moment_of_ms(ms: int) -> datetime:
-    """The UTC time of a Unix millisecond count."""
-    return _EPOCH + timedelta(milliseconds=ms)

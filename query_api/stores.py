@@ -21,11 +21,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from query_api.metrics import REDIS_FAILURES, REDIS_TIMEOUTS
-from query_api.projection import RedisClient
-from shared.db import create_pool
+from shared.infra.db import create_pool
 from shared.settings import Settings
 
 T = TypeVar("T")
+RedisClient = Redis | RedisCluster  # what every reader and writer of projections holds
 log = logging.getLogger("query_api.redis")
 
 # what "Redis is down" looks like to a client
@@ -60,32 +60,32 @@ def connect_redis(settings: Settings, timeout: float | None = None) -> RedisClie
     At most ``redis_max_connections`` per process (per node on a cluster); a read that
     finds them all busy falls back on its own and does not count as Redis being down.
     """
-    timeout = timeout or settings.redis_timeout_seconds
-    if settings.redis_cluster:
+    timeout = timeout or settings.redis.timeout_seconds
+    if settings.redis.cluster:
         return RedisCluster.from_url(
-            settings.redis_url,
+            settings.redis.url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
-            max_connections=settings.redis_max_connections,
+            max_connections=settings.redis.max_connections,
         )
     return Redis.from_url(
-        settings.redis_url,
+        settings.redis.url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
-        max_connections=settings.redis_max_connections,
+        max_connections=settings.redis.max_connections,
     )
 
 
 async def connect_postgres(settings: Settings, max_size: int | None = None) -> asyncpg.Pool:
     """The pool the read side queries: the replica when one is configured."""
-    dsn = settings.database_replica_url or settings.database_url
+    dsn = settings.db.replica_url or settings.db.url
     pool = await create_pool(
         dsn,
         min_size=1,
-        max_size=max_size or settings.db_pool_max,
-        command_timeout=settings.db_command_timeout_seconds,
+        max_size=max_size or settings.db.pool_max,
+        command_timeout=settings.db.command_timeout_seconds,
     )
     return pool
 

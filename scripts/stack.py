@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:  # run as a script: ``python scripts/stack.py``
     sys.path.insert(0, str(ROOT))
 
 from shared.settings import Settings  # noqa: E402
+from stubs import StubSettings  # noqa: E402
 
 # Start order; stop order is the reverse. The stubs come first because the command
 # API prices offers against them from its first request.
@@ -59,18 +60,20 @@ def _local(host: str) -> str:
     return "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
 
 
-def services(settings: Settings, names: Iterable[str] = SERVICE_ORDER) -> list[Service]:
+def services(
+    settings: Settings, stub: StubSettings, names: Iterable[str] = SERVICE_ORDER
+) -> list[Service]:
     """The services named in ``names``, in start order, with their health URLs."""
     wanted = set(names)
     unknown = wanted - set(SERVICE_ORDER)
     if unknown:
         raise StackError(f"unknown service(s): {', '.join(sorted(unknown))}")
     health = {
-        "stubs": f"http://{_local(settings.stubs_host)}:{settings.stubs_port}/health/live",
+        "stubs": f"http://{_local(stub.host)}:{stub.port}/health/live",
         "command_api": (
-            f"http://{_local(settings.command_host)}:{settings.command_port}/health/live"
+            f"http://{_local(settings.serving.command_host)}:{settings.serving.command_port}/health/live"
         ),
-        "query_api": f"http://{_local(settings.query_host)}:{settings.query_port}/health/live",
+        "query_api": f"http://{_local(settings.serving.query_host)}:{settings.serving.query_port}/health/live",
     }
     return [Service(n, MODULES[n], health.get(n)) for n in SERVICE_ORDER if n in wanted]
 
@@ -166,7 +169,7 @@ def start_stack(
     lock = threading.Lock()
     stack = Stack()
     try:
-        for service in services(settings, names):
+        for service in services(settings, StubSettings.from_env(child_env), names):
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-m", service.module],
                 cwd=ROOT,

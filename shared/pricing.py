@@ -54,7 +54,7 @@ def ride_cost(
     """Cost of a ride of ``seconds`` (whole seconds): 0 under the free threshold,
     else per-second proration, floored, plus the unlock price (DOMAIN.md, "Orders").
 
-    A ride longer than ``max_charged_seconds`` (setting ``ride_max_charged_seconds``) is
+    A ride longer than ``max_charged_seconds`` (setting ``rides.max_charged_seconds``) is
     charged as if it lasted exactly that long, so a ride left running for days or years
     (an app that crashed, a clock gone wrong) still finishes with a bounded amount:
     with the tariff bounds of the settings the cost stays far below 2**63.
@@ -86,7 +86,7 @@ def segment_meters(a: TrackPoint, b: TrackPoint) -> float:
 def track_distance_meters(track: Sequence[TrackPoint], max_speed_kmh: float | None = None) -> int:
     """Length of the GPS track (haversine between consecutive points), in whole metres.
 
-    With ``max_speed_kmh`` (setting ``track_max_speed_kmh``), a segment that implies a
+    With ``max_speed_kmh`` (setting ``rides.track_max_speed_kmh``), a segment that implies a
     faster speed is a GPS glitch and adds nothing (DOMAIN.md, "When rides go wrong");
     so does a segment that moves without time passing (its ``t`` not after the last).
     The result is at most half the Earth's circumference per point, well inside 64 bits.

@@ -1,164 +1,299 @@
 """Settings, read from the environment once per process.
 
-Every address, port, DSN, limit and business threshold is a setting named
-``SCOOTERS_<FIELD>`` (upper case). Defaults work on a developer machine with
-Postgres and Redis on loopback.
+Every address, port, DSN, limit and business threshold is a setting with its own
+environment variable ``SCOOTERS_<NAME>``. The settings are grouped by concern
+(``settings.db.url``, ``settings.payments.max_attempts``...); each field names its
+variable, and the names are those of the former flat settings, so an existing
+environment keeps working (``tests/unit/test_settings.py`` pins every name). Defaults
+work on a developer machine with Postgres and Redis on loopback.
+
+Units: durations in seconds, money in integer currency units, counts are counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 DEVELOPMENT_SIGNING_KEY = "dev-only-offer-signing-key-change-me"
+PREFIX = "SCOOTERS_"
+
+T = TypeVar("T")
+G = TypeVar("G")
 
 
 class SettingsError(RuntimeError):
     """A setting is missing, malformed or unsafe for the chosen environment."""
 
 
+def setting(name: str, default: T) -> T:
+    """A field read from the variable ``SCOOTERS_<name>`` (``default`` when it is unset)."""
+    return dataclasses.field(default=default, metadata={"env": PREFIX + name})
+
+
+def _is_group(kind: Any) -> bool:
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def variables(cls: type[Any]) -> dict[str, str]:
+    """Every variable of the settings class ``cls``: ``SCOOTERS_X`` → dotted field path."""
+    found: dict[str, str] = {}
+    hints = get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        if _is_group(kind):
+            found.update({var: f"{field.name}.{path}" for var, path in variables(kind).items()})
+        else:
+            found[field.metadata["env"]] = field.name
+    return found
+
+
+def _convert(kind: Any, var: str, raw: str) -> Any:
+    try:
+        return kind(raw) if kind is not bool else raw.lower() in {"1", "true", "yes", "on"}
+    except ValueError as exc:
+        raise SettingsError(f"{var}={raw!r}: {exc}") from exc
+
+
+def load(cls: type[G], source: Mapping[str, str]) -> G:
+    """Build the settings class ``cls`` (groups included) from ``SCOOTERS_*`` variables.
+
+    Raises ``SettingsError`` naming the variable when a value does not convert.
+    """
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        kind = hints[field.name]
+        if _is_group(kind):
+            values[field.name] = load(kind, source)
+            continue
+        var = field.metadata["env"]
+        raw = source.get(var)
+        if raw is not None:
+            values[field.name] = _convert(kind, var, raw)
+    return cls(**values)
+
+
+def _items(obj: Any) -> Iterator[tuple[str, Any]]:
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if dataclasses.is_dataclass(value):
+            yield from _items(value)
+        else:
+            yield field.metadata["env"], value
+
+
+def to_env(obj: Any) -> dict[str, str]:
+    """The ``SCOOTERS_*`` variables that rebuild ``obj`` (settings or a group) via ``load``."""
+    return {var: str(value) for var, value in _items(obj)}
+
+
+def replace(obj: G, **groups: Mapping[str, Any]) -> G:
+    """``obj`` with some fields of some groups changed: ``replace(s, db={"url": dsn})``."""
+    changed = {
+        name: dataclasses.replace(getattr(obj, name), **fields) for name, fields in groups.items()
+    }
+    return dataclasses.replace(obj, **changed)  # type: ignore[type-var]
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Settings:
-    """All knobs of the system; grouped by concern below."""
+class RuntimeSettings:
+    """Environment and logging."""
 
-    # --- environment
-    environment: str = "development"  # "development" | "production"
-    log_level: str = "WARNING"
+    environment: str = setting("ENVIRONMENT", "development")  # "development" | "production"
+    log_level: str = setting("LOG_LEVEL", "WARNING")
 
-    # --- addresses
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/scooters"
-    database_replica_url: str = ""  # read-side fallback reads here when set
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_key_prefix: str = ""  # lets tests share one Redis without colliding
-    external_base_url: str = "http://127.0.0.1:3629"  # scooters/zones/users/configs/payments
-    stubs_host: str = "127.0.0.1"
-    stubs_port: int = 3629
-    command_host: str = "127.0.0.1"
-    command_port: int = 8000
-    query_host: str = "127.0.0.1"
-    query_port: int = 8001
-    command_workers: int = 1  # uvicorn worker processes of the command API
-    query_workers: int = 1  # uvicorn worker processes of the query API
 
-    # --- pools and timeouts
-    db_pool_min: int = 2
-    db_pool_max: int = 10
-    db_command_timeout_seconds: float = 5.0
-    http_timeout_seconds: float = 1.0  # every external call
-    http_max_connections: int = 200
-    payment_timeout_seconds: float = 2.0
-    retry_after_seconds: int = 2  # Retry-After on 503
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatabaseSettings:
+    """Postgres: where it is and the pool of each process."""
 
-    # --- offers
-    offer_signing_key: str = DEVELOPMENT_SIGNING_KEY
-    offer_ttl_seconds: int = 300
+    url: str = setting("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/scooters")
+    replica_url: str = setting("DATABASE_REPLICA_URL", "")  # read-side fallback reads here
+    pool_min: int = setting("DB_POOL_MIN", 2)
+    pool_max: int = setting("DB_POOL_MAX", 10)
+    command_timeout_seconds: float = setting("DB_COMMAND_TIMEOUT_SECONDS", 5.0)
 
-    # --- pricing defaults (used when configs were never fetched)
-    surge_default: float = 1.0
-    low_charge_discount_default: float = 1.0
-    low_charge_threshold: int = 28
-    deposit_multiplier: float = 1.25
-    deposit_debt_threshold: int = 10_000
-    free_ride_seconds: int = 5
-    max_active_rides_per_user: int = 1
-    # the configured base tariff, used when the zone is unknown to the cache and
-    # the tariff service is down
-    base_price_per_minute: int = 10
-    base_price_unlock: int = 50
-    base_deposit: int = 500
 
-    # --- caches (degradation policy)
-    configs_refresh_seconds: int = 60
-    zone_freshness_seconds: int = 600
-    user_profile_memory_seconds: int = 86_400
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RedisSettings:
+    """Redis (the read side's projections) and how a slow or down Redis is treated."""
 
-    # --- rides
-    track_max_points: int = 2_000
+    url: str = setting("REDIS_URL", "redis://127.0.0.1:6379/0")
+    key_prefix: str = setting("REDIS_KEY_PREFIX", "")  # lets tests share one Redis
+    cluster: bool = setting("REDIS_CLUSTER", False)  # connect with the Redis Cluster client
+    timeout_seconds: float = setting("REDIS_TIMEOUT_SECONDS", 0.25)  # slower counts as down
+    max_connections: int = setting("REDIS_MAX_CONNECTIONS", 1_000)  # per process
+    retry_seconds: float = setting("REDIS_RETRY_SECONDS", 1.0)  # after a failure, read Postgres
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExternalSettings:
+    """The external services (scooters, zones, users, configs, payments): address, HTTP
+    limits and how long their answers are trusted when they are down (DOMAIN.md,
+    degradation policy)."""
+
+    base_url: str = setting("EXTERNAL_BASE_URL", "http://127.0.0.1:3629")
+    http_timeout_seconds: float = setting("HTTP_TIMEOUT_SECONDS", 1.0)  # every external call
+    http_max_connections: int = setting("HTTP_MAX_CONNECTIONS", 200)
+    payment_timeout_seconds: float = setting("PAYMENT_TIMEOUT_SECONDS", 2.0)
+    configs_refresh_seconds: int = setting("CONFIGS_REFRESH_SECONDS", 60)
+    zone_freshness_seconds: int = setting("ZONE_FRESHNESS_SECONDS", 600)
+    user_profile_memory_seconds: int = setting("USER_PROFILE_MEMORY_SECONDS", 86_400)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServingSettings:
+    """Where and how the two APIs listen."""
+
+    command_host: str = setting("COMMAND_HOST", "127.0.0.1")
+    command_port: int = setting("COMMAND_PORT", 8000)
+    query_host: str = setting("QUERY_HOST", "127.0.0.1")
+    query_port: int = setting("QUERY_PORT", 8001)
+    command_workers: int = setting("COMMAND_WORKERS", 1)  # uvicorn worker processes
+    query_workers: int = setting("QUERY_WORKERS", 1)  # uvicorn worker processes
+    retry_after_seconds: int = setting("RETRY_AFTER_SECONDS", 2)  # Retry-After on 503
+    # untrusted input: an untyped JSON body nesting deeper is refused (400 invalid_request);
+    # typed bodies are bounded by their type (docs/boundaries.md)
+    json_max_depth: int = setting("JSON_MAX_DEPTH", 32)
+    request_max_body_bytes: int = setting("REQUEST_MAX_BODY_BYTES", 2 * 1024 * 1024)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OfferSettings:
+    """Signed offers (ADR 0001)."""
+
+    signing_key: str = setting("OFFER_SIGNING_KEY", DEVELOPMENT_SIGNING_KEY)
+    ttl_seconds: int = setting("OFFER_TTL_SECONDS", 300)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PricingDefaults:
+    """Pricing coefficients used while the configs were never fetched, and the configured
+    base tariff used when the zone is unknown to the cache and the tariff service is down."""
+
+    surge_default: float = setting("SURGE_DEFAULT", 1.0)
+    low_charge_discount_default: float = setting("LOW_CHARGE_DISCOUNT_DEFAULT", 1.0)
+    low_charge_threshold: int = setting("LOW_CHARGE_THRESHOLD", 28)
+    deposit_multiplier: float = setting("DEPOSIT_MULTIPLIER", 1.25)
+    deposit_debt_threshold: int = setting("DEPOSIT_DEBT_THRESHOLD", 10_000)
+    free_ride_seconds: int = setting("FREE_RIDE_SECONDS", 5)
+    base_price_per_minute: int = setting("BASE_PRICE_PER_MINUTE", 10)
+    base_price_unlock: int = setting("BASE_PRICE_UNLOCK", 50)
+    base_deposit: int = setting("BASE_DEPOSIT", 500)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RideSettings:
+    """Limits of a ride."""
+
+    max_active_per_user: int = setting("MAX_ACTIVE_RIDES_PER_USER", 1)
+    track_max_points: int = setting("TRACK_MAX_POINTS", 2_000)
     # a GPS segment faster than this is a glitch and adds no distance (DOMAIN.md, "When
-    # rides go wrong")
-    track_max_speed_kmh: float = 150.0
+    # rides go wrong"; docs/boundaries.md)
+    track_max_speed_kmh: float = setting("TRACK_MAX_SPEED_KMH", 150.0)
     # a ride is charged for at most this long, however long it lasted (an app that never
     # finished it, a clock gone wrong); its recorded duration stays the real one
-    ride_max_charged_seconds: int = 86_400
+    max_charged_seconds: int = setting("RIDE_MAX_CHARGED_SECONDS", 86_400)
 
-    # --- untrusted input (every boundary: both APIs and the stubs)
-    json_max_depth: int = 32  # deeper JSON bodies are refused with 400 invalid_request
-    request_max_body_bytes: int = 2 * 1024 * 1024
 
-    # --- sane bounds of what the external services answer; outside them the answer is
-    # nonsense and that service's degradation policy applies (DOMAIN.md)
-    surge_min: float = 0.1
-    surge_max: float = 10.0
-    low_charge_discount_min: float = 0.1  # a discount multiplies, at most by 1.0
-    deposit_multiplier_max: float = 10.0  # at least 1.0
-    free_ride_seconds_max: int = 3_600
-    tariff_price_per_minute_max: int = 100_000
-    tariff_price_unlock_max: int = 1_000_000
-    tariff_deposit_max: int = 10_000_000
-    user_debt_max: int = 1_000_000_000_000
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AnswerBounds:
+    """Sane bounds of what the external services answer; outside them an answer is
+    nonsense and that service's degradation policy applies (DOMAIN.md; a battery charge
+    is always 0-100 %). Money in currency units, durations in seconds."""
 
-    # --- payments retry
-    payment_retry_base_seconds: float = 1.0
-    payment_retry_max_seconds: float = 300.0
-    payment_max_attempts: int = 10
-    stuck_hold_seconds: int = 30  # a start that never confirmed its hold is undone after this
+    surge_min: float = setting("SURGE_MIN", 0.1)
+    surge_max: float = setting("SURGE_MAX", 10.0)
+    low_charge_discount_min: float = setting("LOW_CHARGE_DISCOUNT_MIN", 0.1)  # at most 1.0
+    deposit_multiplier_max: float = setting("DEPOSIT_MULTIPLIER_MAX", 10.0)  # at least 1.0
+    free_ride_seconds_max: int = setting("FREE_RIDE_SECONDS_MAX", 3_600)
+    tariff_price_per_minute_max: int = setting("TARIFF_PRICE_PER_MINUTE_MAX", 100_000)
+    tariff_price_unlock_max: int = setting("TARIFF_PRICE_UNLOCK_MAX", 1_000_000)
+    tariff_deposit_max: int = setting("TARIFF_DEPOSIT_MAX", 10_000_000)
+    user_debt_max: int = setting("USER_DEBT_MAX", 1_000_000_000_000)
 
-    # --- maintenance
-    partition_premake_days: int = 7
-    hot_days: int = 30
-    retention_days: int = 1_826  # ~5 years
-    maintenance_interval_seconds: int = 3_600
-    worker_poll_seconds: float = 1.0
-    idempotency_ttl_seconds: int = 86_400
-    outbox_keep_seconds: int = 86_400
 
-    # --- read side
-    finished_view_ttl_seconds: int = 7 * 86_400
-    user_recent_orders: int = 50
-    redis_cluster: bool = False  # connect with the Redis Cluster client
-    redis_timeout_seconds: float = 0.25  # a slower Redis counts as down for a while
-    redis_max_connections: int = 1_000  # per process (redis-py's default is 100)
-    redis_retry_seconds: float = 1.0  # after a Redis failure, read Postgres this long
-    refill_ttl_seconds: int = 300  # TTL of a view refilled from Postgres that isn't done
-    projector_batch_size: int = 500
-    projector_poll_seconds: float = 1.0  # fallback when a NOTIFY is missed
-    projector_metrics_port: int = 8002  # 0 = no /metrics server
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PaymentSettings:
+    """Retries of owed payment operations by the worker."""
 
-    # --- stubs data set
-    stub_scooters: int = 10_000
-    stub_zones: int = 10
-    stub_users: int = 100_000
-    stub_seed: int = 42
+    retry_base_seconds: float = setting("PAYMENT_RETRY_BASE_SECONDS", 1.0)
+    retry_max_seconds: float = setting("PAYMENT_RETRY_MAX_SECONDS", 300.0)
+    max_attempts: int = setting("PAYMENT_MAX_ATTEMPTS", 10)
+    # a start that never confirmed its hold is undone after this
+    stuck_hold_seconds: int = setting("STUCK_HOLD_SECONDS", 30)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MaintenanceSettings:
+    """Partitions, retention and pruning (ADR 0003), and the worker's pace."""
+
+    partition_premake_days: int = setting("PARTITION_PREMAKE_DAYS", 7)
+    hot_days: int = setting("HOT_DAYS", 30)
+    retention_days: int = setting("RETENTION_DAYS", 1_826)  # ~5 years
+    interval_seconds: int = setting("MAINTENANCE_INTERVAL_SECONDS", 3_600)
+    worker_poll_seconds: float = setting("WORKER_POLL_SECONDS", 1.0)
+    idempotency_ttl_seconds: int = setting("IDEMPOTENCY_TTL_SECONDS", 86_400)
+    outbox_keep_seconds: int = setting("OUTBOX_KEEP_SECONDS", 86_400)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReadSideSettings:
+    """Views in Redis and the projector that writes them (ADR 0004)."""
+
+    finished_view_ttl_seconds: int = setting("FINISHED_VIEW_TTL_SECONDS", 7 * 86_400)
+    user_recent_orders: int = setting("USER_RECENT_ORDERS", 50)
+    # TTL of a view refilled from Postgres that isn't done
+    refill_ttl_seconds: int = setting("REFILL_TTL_SECONDS", 300)
+    projector_batch_size: int = setting("PROJECTOR_BATCH_SIZE", 500)
+    projector_poll_seconds: float = setting("PROJECTOR_POLL_SECONDS", 1.0)  # if a NOTIFY is missed
+    projector_metrics_port: int = setting("PROJECTOR_METRICS_PORT", 8002)  # 0 = no /metrics
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """All knobs of the services, one group per concern."""
+
+    runtime: RuntimeSettings = dataclasses.field(default_factory=RuntimeSettings)
+    db: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
+    redis: RedisSettings = dataclasses.field(default_factory=RedisSettings)
+    external: ExternalSettings = dataclasses.field(default_factory=ExternalSettings)
+    serving: ServingSettings = dataclasses.field(default_factory=ServingSettings)
+    offers: OfferSettings = dataclasses.field(default_factory=OfferSettings)
+    pricing: PricingDefaults = dataclasses.field(default_factory=PricingDefaults)
+    rides: RideSettings = dataclasses.field(default_factory=RideSettings)
+    bounds: AnswerBounds = dataclasses.field(default_factory=AnswerBounds)
+    payments: PaymentSettings = dataclasses.field(default_factory=PaymentSettings)
+    maintenance: MaintenanceSettings = dataclasses.field(default_factory=MaintenanceSettings)
+    read: ReadSideSettings = dataclasses.field(default_factory=ReadSideSettings)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Build settings from ``SCOOTERS_*`` variables, converting to each field's type."""
-        source = os.environ if env is None else env
-        hints = get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            raw = source.get(f"SCOOTERS_{field.name.upper()}")
-            if raw is None:
-                continue
-            kind = hints[field.name]
-            try:
-                values[field.name] = (
-                    kind(raw) if kind is not bool else raw.lower() in {"1", "true", "yes", "on"}
-                )
-            except ValueError as exc:
-                raise SettingsError(f"SCOOTERS_{field.name.upper()}={raw!r}: {exc}") from exc
-        settings = cls(**values)
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``SCOOTERS_*`` variables (``os.environ`` by default),
+        converting to each field's type; raises ``SettingsError`` on a bad value."""
+        settings = load(cls, os.environ if env is None else env)
         settings.check()
         return settings
 
+    def to_env(self) -> dict[str, str]:
+        """The ``SCOOTERS_*`` variables that make ``from_env`` rebuild these settings."""
+        return to_env(self)
+
+    def replace(self, **groups: Mapping[str, Any]) -> Settings:
+        """These settings with some fields changed: ``s.replace(db={"url": dsn})``."""
+        return replace(self, **groups)
+
     def check(self) -> None:
         """Refuse settings that are unsafe for the environment."""
-        if self.environment not in {"development", "production"}:
+        if self.runtime.environment not in {"development", "production"}:
             raise SettingsError("SCOOTERS_ENVIRONMENT must be 'development' or 'production'")
-        if self.environment == "production" and (
-            self.offer_signing_key == DEVELOPMENT_SIGNING_KEY or len(self.offer_signing_key) < 32
+        key = self.offers.signing_key
+        if self.runtime.environment == "production" and (
+            key == DEVELOPMENT_SIGNING_KEY or len(key) < 32
         ):
             raise SettingsError(
                 "refusing to start in production with the development offer signing key: "

@@ -7,7 +7,7 @@ and ``schema`` is bumped when the meaning of a stored view changes.
 
 Keys are Redis Cluster safe: every key that one script touches shares a hash tag
 (``order:{<id>}`` for an order, ``{u:<user_id>}:...`` for a user's keys), and all
-keys start with ``settings.redis_key_prefix`` (which must not contain braces).
+keys start with ``settings.redis.key_prefix`` (which must not contain braces).
 """
 
 from __future__ import annotations
@@ -104,6 +104,11 @@ def summary_view_of(summary: UserSummarySnapshot) -> UserSummaryView:
 def created_at_ms(moment: datetime) -> int:
     """The score of an order in a user's recent list: its creation time in Unix ms."""
     return (moment - _EPOCH) // _MS
+
+
+def moment_of_ms(ms: int) -> datetime:
+    """The UTC time of a Unix millisecond count (inverse of ``created_at_ms``)."""
+    return _EPOCH + timedelta(milliseconds=ms)
 
 
 # --- keys ---------------------------------------------------------------------------------

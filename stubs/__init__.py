@@ -6,5 +6,14 @@ Run with ``python -m stubs``; tests drive them through ``/admin`` and read ``/le
 from stubs._app import DEFAULT_COEFFS, create_app
 from stubs._dataset import DataSet
 from stubs._faults import SERVICES, Fault, FaultUpdate
+from stubs._settings import StubSettings
 
-__all__ = ["DEFAULT_COEFFS", "SERVICES", "DataSet", "Fault", "FaultUpdate", "create_app"]
+__all__ = [
+    "DEFAULT_COEFFS",
+    "SERVICES",
+    "DataSet",
+    "Fault",
+    "FaultUpdate",
+    "StubSettings",
+    "create_app",
+]

@@ -10,28 +10,30 @@ import os
 import msgspec
 import uvicorn
 
-from shared.logs import configure_logging
+from shared.infra.logs import configure_logging
 from shared.settings import SettingsError, get_settings
 from stubs._app import create_app
 from stubs._faults import UnknownService, faults_from_json
+from stubs._settings import StubSettings
 
 
 def main() -> None:
     settings = get_settings()
     configure_logging(settings)
+    stub = StubSettings.from_env()
     try:
         faults = faults_from_json(os.environ.get("SCOOTERS_STUB_FAULTS", "[]"))
     except (msgspec.DecodeError, UnknownService) as exc:
         raise SettingsError(f"SCOOTERS_STUB_FAULTS: {exc}") from exc
     uvicorn.run(
-        create_app(settings, faults),
-        host=settings.stubs_host,
-        port=settings.stubs_port,
+        create_app(stub, faults),
+        host=stub.host,
+        port=stub.port,
         loop="uvloop",
         http="httptools",
         access_log=False,
-        log_level=settings.log_level.lower(),
-        log_config=None,  # shared.logs configures logging
+        log_level=settings.runtime.log_level.lower(),
+        log_config=None,  # shared.infra.logs configures logging
     )
 
 

@@ -20,7 +20,6 @@ from litestar.params import QueryParameter
 from litestar.types import Message, Scope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from shared.boundary import decode_as, json_depth_exceeds
 from shared.domain import (
     ConfigsAnswer,
     PaymentAnswer,
@@ -31,11 +30,12 @@ from shared.domain import (
     UserProfile,
 )
 from shared.errors import InvalidRequest
-from shared.logs import get_logger, with_request_ids
-from shared.settings import Settings
+from shared.infra.boundary import decode_as, json_depth_exceeds
+from shared.infra.logs import get_logger, with_request_ids
 from stubs._dataset import DataSet
 from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
 from stubs._ledger import Ledger, OrderAccount, PaymentConflict
+from stubs._settings import StubSettings
 
 # the configs a fresh stub answers with: DOMAIN.md's vectors assume surge 2 and discount 0.75
 DEFAULT_COEFFS = PriceCoeffSettings(
@@ -274,7 +274,7 @@ def fault_answer(request: Request[Any, Any, Any], exc: ServiceFailed) -> Respons
     return problem_details(request, Problem(exc.status, "injected_fault", str(exc)))
 
 
-def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -> Litestar:
+def create_app(settings: StubSettings, initial_faults: Sequence[FaultUpdate] = ()) -> Litestar:
     """The stubs app with a fresh data set, ledger, configs and faults."""
     registry = CollectorRegistry()
     requests = Counter(
@@ -285,12 +285,12 @@ def create_app(settings: Settings, initial_faults: Sequence[FaultUpdate] = ()) -
     )
     stubs = Stubs(
         data=DataSet(
-            seed=settings.stub_seed,
-            scooters=settings.stub_scooters,
-            zones=settings.stub_zones,
-            users=settings.stub_users,
+            seed=settings.seed,
+            scooters=settings.scooters,
+            zones=settings.zones,
+            users=settings.users,
         ),
-        faults=Faults(settings.stub_seed),
+        faults=Faults(settings.seed),
         ledger=Ledger(),
         coeffs=DEFAULT_COEFFS,
         registry=registry,

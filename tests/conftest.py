@@ -6,7 +6,6 @@ each run creates (and drops) its own database and uses its own key prefix.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 import socket
@@ -22,6 +21,7 @@ import pytest
 
 from migrations.runner import migrate
 from shared.settings import Settings
+from stubs import StubSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_DSN = os.environ.get(
@@ -68,29 +68,37 @@ def stubs_port() -> int:
 @pytest.fixture(scope="session")
 def base_settings(run_id: str, stubs_port: int) -> Settings:
     """Settings of this test run: private database and key prefix, fast timeouts."""
-    return Settings(
-        database_url=test_database_url(f"scooters_test_{run_id}"),
-        redis_url=REDIS_URL,
-        redis_key_prefix=f"test:{run_id}:",
-        external_base_url=f"http://127.0.0.1:{stubs_port}",
-        stubs_port=stubs_port,
-        http_timeout_seconds=0.5,
-        payment_timeout_seconds=0.5,
-        payment_retry_base_seconds=0.05,
-        payment_retry_max_seconds=0.2,
-        payment_max_attempts=3,
-        stuck_hold_seconds=3,
-        worker_poll_seconds=0.05,
-        configs_refresh_seconds=60,
+    return Settings().replace(
+        db={"url": test_database_url(f"scooters_test_{run_id}")},
+        redis={"url": REDIS_URL, "key_prefix": f"test:{run_id}:"},
+        external={
+            "base_url": f"http://127.0.0.1:{stubs_port}",
+            "http_timeout_seconds": 0.5,
+            "payment_timeout_seconds": 0.5,
+            "configs_refresh_seconds": 60,
+        },
+        payments={
+            "retry_base_seconds": 0.05,
+            "retry_max_seconds": 0.2,
+            "max_attempts": 3,
+            "stuck_hold_seconds": 3,
+        },
+        maintenance={"worker_poll_seconds": 0.05},
     )
+
+
+@pytest.fixture(scope="session")
+def stub_settings(stubs_port: int) -> StubSettings:
+    """The stubs of this test run: the default data set on a free port."""
+    return StubSettings(port=stubs_port)
 
 
 @pytest.fixture(scope="session")
 async def database(base_settings: Settings) -> AsyncIterator[str]:
     """A freshly migrated database for this run, dropped at the end."""
     await migrate(base_settings)
-    yield base_settings.database_url
-    name = base_settings.database_url.rsplit("/", 1)[1]
+    yield base_settings.db.url
+    name = base_settings.db.url.rsplit("/", 1)[1]
     conn = await asyncpg.connect(ADMIN_DSN)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -105,10 +113,7 @@ def start_process(
     args: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """Start ``python -m module`` with ``settings`` exported as SCOOTERS_* variables."""
-    env = dict(os.environ)
-    for field in dataclasses.fields(settings):
-        env[f"SCOOTERS_{field.name.upper()}"] = str(getattr(settings, field.name))
-    env.update(extra_env or {})
+    env = {**os.environ, **settings.to_env(), **(extra_env or {})}
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env)
 
 
@@ -122,10 +127,10 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="session")
-def stubs(base_settings: Settings) -> Iterator[str]:
+def stubs(base_settings: Settings, stub_settings: StubSettings) -> Iterator[str]:
     """The external services' stubs as a real server; yields their base URL."""
-    proc = start_process("stubs", base_settings)
-    url = base_settings.external_base_url
+    proc = start_process("stubs", base_settings, stub_settings.to_env())
+    url = base_settings.external.base_url
     try:
         wait_http(f"{url}/health/live", proc=proc)
         yield url

@@ -6,7 +6,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -17,9 +17,9 @@ from litestar.testing import AsyncTestClient
 
 from command_api import rides, worker
 from command_api.app import create_app
-from command_api.external import ExternalServices, make_http_client
+from command_api.composition import open_deps
+from command_api.external import ExternalServices
 from shared.ids import created_at_of, parse_order_id
-from shared.offer_token import OfferSigner
 from shared.settings import Settings
 
 T = TypeVar("T")
@@ -137,23 +137,14 @@ def reset_configs(stubs: str) -> Iterator[None]:
     httpx.post(f"{stubs}/admin/configs/reset", timeout=5).raise_for_status()
 
 
-@asynccontextmanager
-async def command_deps(
+def command_deps(
     settings: Settings,
     pool: asyncpg.Pool,
     services: type[ExternalServices] = ExternalServices,
-) -> AsyncIterator[rides.Deps]:
-    """The commands' and the worker's dependencies, built by hand (own HTTP client)."""
-    client = make_http_client(settings)
-    try:
-        yield rides.Deps(
-            pool=pool,
-            services=services(client, settings),
-            signer=OfferSigner(settings.offer_signing_key),
-            settings=settings,
-        )
-    finally:
-        await client.aclose()
+) -> AbstractAsyncContextManager[rides.Deps]:
+    """The commands' and the worker's dependencies from the composition root, on the
+    test's pool (own HTTP client)."""
+    return open_deps(settings, pool=pool, services=services)
 
 
 @pytest.fixture

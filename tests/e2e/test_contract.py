@@ -43,9 +43,7 @@ class Live:
 
 
 def _spawn(module: str, settings: Settings, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    for field in dataclasses.fields(settings):
-        env[f"SCOOTERS_{field.name.upper()}"] = str(getattr(settings, field.name))
+    env = {**os.environ, **settings.to_env()}
     return subprocess.Popen(
         [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log, stderr=log
     )
@@ -53,13 +51,10 @@ def _spawn(module: str, settings: Settings, log: IO[bytes]) -> subprocess.Popen[
 
 @pytest.fixture(scope="module")
 def production(base_settings: Settings, database: str, stubs: str) -> Settings:
-    return dataclasses.replace(
-        base_settings,
-        environment="production",
-        offer_signing_key="contract-test-signing-key-0123456789abcdef",
-        log_level="INFO",
-        command_port=free_port(),
-        query_port=free_port(),
+    return base_settings.replace(
+        runtime={"environment": "production", "log_level": "INFO"},
+        offers={"signing_key": "contract-test-signing-key-0123456789abcdef"},
+        serving={"command_port": free_port(), "query_port": free_port()},
     )
 
 
@@ -72,10 +67,14 @@ def live_apis(
     apis = {
         "command": (
             "command_api",
-            f"http://127.0.0.1:{production.command_port}",
+            f"http://127.0.0.1:{production.serving.command_port}",
             logs / "command.log",
         ),
-        "query": ("query_api", f"http://127.0.0.1:{production.query_port}", logs / "query.log"),
+        "query": (
+            "query_api",
+            f"http://127.0.0.1:{production.serving.query_port}",
+            logs / "query.log",
+        ),
     }
     procs: list[subprocess.Popen[bytes]] = []
     files = []

@@ -7,7 +7,6 @@ payments ledger says (nothing lost, nothing half-done, no hold without a ride).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from typing import Any
@@ -78,7 +77,7 @@ def prices(offer: dict[str, Any]) -> tuple[int, int, int]:
 
 def inputs(settings: Settings, offer: dict[str, Any]) -> PricingInputs:
     """What the offer was priced from (its signed token carries it)."""
-    signer = OfferSigner(settings.offer_signing_key)
+    signer = OfferSigner(settings.offers.signing_key)
     return signer.verify(offer["token"], rides.utcnow()).inputs
 
 
@@ -88,7 +87,7 @@ def assert_unavailable(response: httpx.Response, settings: Settings, service: st
     body = response.json()
     assert body["code"] == "dependency_unavailable"
     assert body["service"] == service
-    assert response.headers["retry-after"] == str(settings.retry_after_seconds)
+    assert response.headers["retry-after"] == str(settings.serving.retry_after_seconds)
 
 
 async def orders_of(db: asyncpg.Pool, user_id: str) -> list[asyncpg.Record]:
@@ -130,7 +129,7 @@ async def test_scooters_unavailable_refuses_the_offer_with_retry_after(
     if fault == "outage":
         await set_fault(stubs, "scooters", outage=True)
     else:
-        slow = int(base_settings.http_timeout_seconds * 1000) + 300
+        slow = int(base_settings.external.http_timeout_seconds * 1000) + 300
         await set_fault(stubs, "scooters", latency_ms=slow)
 
     began = time.monotonic()
@@ -139,7 +138,7 @@ async def test_scooters_unavailable_refuses_the_offer_with_retry_after(
 
     assert_unavailable(response, base_settings, "scooters")
     # fail fast: one try and one retry, each bounded by the timeout
-    assert elapsed < 2 * base_settings.http_timeout_seconds + 1.0
+    assert elapsed < 2 * base_settings.external.http_timeout_seconds + 1.0
     assert await orders_of(db, rider) == []
     assert await db.fetchval("SELECT count(*) FROM user_summary WHERE user_id = $1", rider) == 0
     await assert_nothing_held_for(db, rider, scooter)
@@ -215,7 +214,7 @@ async def test_payments_slow_at_start_rejects_and_the_worker_releases_a_late_hol
 ) -> None:
     rider, scooter = ids.rider(trusted=False), ids.scooter()
     offer = await new_offer(api, rider, scooter)
-    latency = base_settings.payment_timeout_seconds + 0.3
+    latency = base_settings.external.payment_timeout_seconds + 0.3
     await set_fault(stubs, "payments", latency_ms=int(latency * 1000))
 
     response = await api.post("/orders", json={"offer_token": offer["token"]})
@@ -277,7 +276,7 @@ async def test_start_that_died_around_its_hold_is_undone_by_the_worker(
     """The process stops between "reserved" and "activated": the worker undoes the start."""
     rider, scooter = ids.rider(trusted=False), ids.scooter()
     offer = await new_offer(api, rider, scooter)
-    settings = dataclasses.replace(base_settings, stuck_hold_seconds=1)
+    settings = base_settings.replace(payments={"stuck_hold_seconds": 1})
 
     async with command_deps(settings, db, services) as deps:
         verified = deps.signer.verify(offer["token"], rides.utcnow())
@@ -392,7 +391,7 @@ async def test_payments_staying_down_at_finish_becomes_the_users_debt(
     await eventually(in_debt)
     op = await payment_op(db, order["id"], "charge")
     assert op["state"] == "gave_up"
-    assert op["attempts"] == base_settings.payment_max_attempts
+    assert op["attempts"] == base_settings.payments.max_attempts
     summary = await summary_row(db, rider)
     assert (summary["debt"], summary["total_charged"]) == (total, 0)
     assert summary["last_payment_status"] == "debt"
@@ -469,7 +468,7 @@ async def test_users_flaky_never_fails_an_offer(
 async def test_configs_down_keeps_the_last_good_value(
     base_settings: Settings, database: str, stubs: str
 ) -> None:
-    settings = dataclasses.replace(base_settings, configs_refresh_seconds=0)
+    settings = base_settings.replace(external={"configs_refresh_seconds": 0})
     async with AsyncTestClient(create_app(settings)) as api:
         httpx.post(f"{stubs}/admin/configs", json={"surge": 3.0}, timeout=5).raise_for_status()
         live = await new_offer(api, "user-1", "scooter-1")  # zone-1: 12/min, charge 57
@@ -487,11 +486,9 @@ async def test_configs_down_keeps_the_last_good_value(
 async def test_configs_never_fetched_use_the_builtin_defaults(
     base_settings: Settings, database: str, stubs: str
 ) -> None:
-    settings = dataclasses.replace(
-        base_settings,
-        configs_refresh_seconds=0,
-        surge_default=1.5,
-        low_charge_discount_default=0.5,
+    settings = base_settings.replace(
+        external={"configs_refresh_seconds": 0},
+        pricing={"surge_default": 1.5, "low_charge_discount_default": 0.5},
     )
     await set_fault(stubs, "configs", outage=True)
     async with AsyncTestClient(create_app(settings)) as api:
@@ -507,7 +504,7 @@ async def test_configs_never_fetched_use_the_builtin_defaults(
 async def test_configs_are_fetched_at_most_once_per_refresh_period(
     base_settings: Settings, database: str, stubs: str
 ) -> None:
-    settings = dataclasses.replace(base_settings, configs_refresh_seconds=60)
+    settings = base_settings.replace(external={"configs_refresh_seconds": 60})
     async with AsyncTestClient(create_app(settings)) as api:
         first = await new_offer(api, "user-1", "scooter-1")
         httpx.post(f"{stubs}/admin/configs", json={"surge": 3.0}, timeout=5).raise_for_status()
@@ -521,7 +518,7 @@ async def test_configs_fetch_cut_short_by_a_failed_offer_is_not_counted(
     base_settings: Settings, database: str, stubs: str
 ) -> None:
     """A configs fetch abandoned because scooters failed must not pin the defaults."""
-    settings = dataclasses.replace(base_settings, configs_refresh_seconds=60)
+    settings = base_settings.replace(external={"configs_refresh_seconds": 60})
     async with AsyncTestClient(create_app(settings)) as api:
         await set_fault(stubs, "configs", latency_ms=200)
         await set_fault(stubs, "scooters", outage=True)
@@ -557,14 +554,11 @@ async def test_zones_down_uses_a_fresh_cached_tariff(
     assert inputs(base_settings, offer).zone_source == "cache"
 
 
-def base_tariff_settings(base_settings: Settings, **changes: Any) -> Settings:
+def base_tariff_settings(base_settings: Settings, **external: Any) -> Settings:
     """Settings with a base tariff no zone of the stubs has, so its use is visible."""
-    return dataclasses.replace(
-        base_settings,
-        base_price_per_minute=7,
-        base_price_unlock=33,
-        base_deposit=444,
-        **changes,
+    return base_settings.replace(
+        pricing={"base_price_per_minute": 7, "base_price_unlock": 33, "base_deposit": 444},
+        external=external,
     )
 
 
@@ -604,7 +598,7 @@ async def test_stale_tariff_is_refetched_when_zones_is_up(
     base_settings: Settings, database: str, stubs: str, ids: Ids
 ) -> None:
     rider, scooter = ids.rider(), ids.scooter()
-    settings = dataclasses.replace(base_settings, zone_freshness_seconds=1)
+    settings = base_settings.replace(external={"zone_freshness_seconds": 1})
     async with AsyncTestClient(create_app(settings)) as api:
         await new_offer(api, rider, scooter)
         assert inputs(settings, await new_offer(api, rider, scooter)).zone_source == "cache"

@@ -10,7 +10,6 @@ about Redis and Postgres agreeing; nothing is written by hand on the write side 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import subprocess
 import uuid
@@ -47,7 +46,7 @@ TRACK = [{"t": 1.0, "lat": 55.75, "lon": 37.61}, {"t": 9.0, "lat": 55.751, "lon"
 def read_settings(base_settings: Settings, database: str) -> Settings:
     """The run's database and key prefix; a quick polling fallback and no metrics server
     (so projectors started by other tests never fight over a port)."""
-    return dataclasses.replace(base_settings, projector_poll_seconds=0.5, projector_metrics_port=0)
+    return base_settings.replace(read={"projector_poll_seconds": 0.5, "projector_metrics_port": 0})
 
 
 class ProjectorProcess:
@@ -87,15 +86,15 @@ async def query(read_settings: Settings) -> AsyncIterator[Client]:
 
 @pytest.fixture(scope="module")
 async def redis(read_settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(read_settings.redis_url)
+    client = Redis.from_url(read_settings.redis.url)
     yield client
-    await delete_run_keys(client, read_settings.redis_key_prefix)
+    await delete_run_keys(client, read_settings.redis.key_prefix)
     await client.aclose()
 
 
 @pytest.fixture
 def prefix(read_settings: Settings) -> str:
-    return read_settings.redis_key_prefix
+    return read_settings.redis.key_prefix
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -550,7 +549,7 @@ async def test_flushed_redis_is_answered_from_postgres_and_repopulated(
     assert await redis.exists(user_summary_key(prefix, rider)) == 1
     # a refilled active view expires (a stale refill is bounded); a finished one too
     active_ttl = await redis.ttl(order_key(prefix, second["id"]))
-    assert 0 < active_ttl <= read_settings.refill_ttl_seconds
+    assert 0 < active_ttl <= read_settings.read.refill_ttl_seconds
     assert await redis.ttl(order_key(prefix, first["id"])) > 0
 
     # the projector's later writes still land on the refilled views

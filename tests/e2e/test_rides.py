@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -231,7 +230,7 @@ async def test_idempotency_key_with_another_body_is_refused(
 async def test_expired_offer_is_refused(
     base_settings: Settings, database: str, stubs: str, ids: Ids
 ) -> None:
-    settings = dataclasses.replace(base_settings, offer_ttl_seconds=1)
+    settings = base_settings.replace(offers={"ttl_seconds": 1})
     async with AsyncTestClient(create_app(settings)) as api:
         offer = await new_offer(api, ids.rider(), ids.scooter())
         await asyncio.sleep(1.1)
@@ -263,7 +262,7 @@ async def test_tampered_offer_is_refused(api: AsyncTestClient[Any], ids: Ids, wh
 async def test_offer_signed_with_another_key_is_refused(
     base_settings: Settings, database: str, stubs: str, ids: Ids, api: AsyncTestClient[Any]
 ) -> None:
-    other = dataclasses.replace(base_settings, offer_signing_key="another-key-" + "x" * 32)
+    other = base_settings.replace(offers={"signing_key": "another-key-" + "x" * 32})
     async with AsyncTestClient(create_app(other)) as foreign:
         offer = await new_offer(foreign, ids.rider(), ids.scooter())
     response = await api.post("/orders", json={"offer_token": offer["token"]})

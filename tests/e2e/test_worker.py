@@ -137,7 +137,7 @@ async def test_charge_is_retried_with_backoff_until_it_succeeds(
 
 
 def test_backoff_doubles_up_to_its_cap(base_settings: Settings) -> None:
-    base, cap = base_settings.payment_retry_base_seconds, base_settings.payment_retry_max_seconds
+    base, cap = base_settings.payments.retry_base_seconds, base_settings.payments.retry_max_seconds
     delays = [worker.backoff_seconds(base_settings, n) for n in range(1, 8)]
     assert delays[:3] == [base, 2 * base, 4 * base]
     assert delays == sorted(delays)
@@ -155,12 +155,12 @@ async def test_charge_becomes_debt_on_the_last_attempt_only(
     rider = ids.rider()
     order = await finished_unpaid(api, db, stubs, rider, ids.scooter(), 30)
     total = order["total_amount"]
-    for attempt in range(1, base_settings.payment_max_attempts + 1):
+    for attempt in range(1, base_settings.payments.max_attempts + 1):
         await make_due(db, order["id"], "charge")
         await worker.process_due_operations(worker_deps)
         op = await payment_op(db, order["id"], "charge")
         assert op["attempts"] == attempt
-        last = attempt == base_settings.payment_max_attempts
+        last = attempt == base_settings.payments.max_attempts
         assert op["state"] == ("gave_up" if last else "pending")
         status = (await order_row(db, order["id"]))["payment_status"]
         assert status == ("debt" if last else "pending")
@@ -199,7 +199,7 @@ async def test_release_of_a_cancelled_ride_is_retried_past_the_attempt_limit(
 
     async def retried_past_limit() -> bool:
         op = await payment_op(db, order["id"], "charge")
-        return bool(op["attempts"] > base_settings.payment_max_attempts + 1)
+        return bool(op["attempts"] > base_settings.payments.max_attempts + 1)
 
     await eventually(retried_past_limit)
     op = await payment_op(db, order["id"], "charge")
@@ -231,7 +231,7 @@ async def test_release_of_a_rejected_start_is_retried_until_done(
     rider = ids.rider(trusted=False)
     offer = await new_offer(api, rider, ids.scooter())
     # a timeout: the hold may have happened, so the start owes a release
-    slow = int(base_settings.payment_timeout_seconds * 1000) + 300
+    slow = int(base_settings.external.payment_timeout_seconds * 1000) + 300
     await set_fault(stubs, "payments", latency_ms=slow)
     response = await api.post("/orders", json={"offer_token": offer["token"]})
     assert response.status_code == 503
@@ -243,7 +243,7 @@ async def test_release_of_a_rejected_start_is_retried_until_done(
 
     async def retried_past_limit() -> bool:
         op = await payment_op(db, order["id"], "release")
-        return bool(op["attempts"] > base_settings.payment_max_attempts + 1)
+        return bool(op["attempts"] > base_settings.payments.max_attempts + 1)
 
     await eventually(retried_past_limit)
     assert (await payment_op(db, order["id"], "release"))["state"] == "pending"

@@ -21,7 +21,7 @@ def settings(base_settings: Settings, database: str) -> Settings:
 
 @pytest.fixture(scope="module")
 async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    db = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=5)
+    db = await asyncpg.create_pool(settings.db.url, min_size=1, max_size=5)
     assert db is not None
     yield db
     await db.close()
@@ -29,9 +29,9 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture(scope="module")
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url)
+    client = Redis.from_url(settings.redis.url)
     yield client
-    keys = [k async for k in client.scan_iter(match=f"{settings.redis_key_prefix}*", count=1000)]
+    keys = [k async for k in client.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000)]
     if keys:
         await client.delete(*keys)
     await client.aclose()

@@ -6,7 +6,6 @@ so this module migrates a database of its own instead of the run's shared one.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -23,20 +22,21 @@ from tests import conftest
 
 @pytest.fixture(scope="module")
 async def settings(base_settings: Settings, run_id: str) -> AsyncIterator[Settings]:
-    settings = dataclasses.replace(
-        base_settings,
-        database_url=conftest.test_database_url(f"scooters_test_{run_id}_maint"),
-        partition_premake_days=4,
-        hot_days=10,
-        retention_days=40,
-        idempotency_ttl_seconds=3_600,
-        outbox_keep_seconds=600,
+    settings = base_settings.replace(
+        db={"url": conftest.test_database_url(f"scooters_test_{run_id}_maint")},
+        maintenance={
+            "partition_premake_days": 4,
+            "hot_days": 10,
+            "retention_days": 40,
+            "idempotency_ttl_seconds": 3_600,
+            "outbox_keep_seconds": 600,
+        },
     )
     await migrate(settings)
     yield settings
     admin = await asyncpg.connect(conftest.ADMIN_DSN)
     try:
-        name = settings.database_url.rsplit("/", 1)[1]
+        name = settings.db.url.rsplit("/", 1)[1]
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
@@ -44,7 +44,7 @@ async def settings(base_settings: Settings, run_id: str) -> AsyncIterator[Settin
 
 @pytest.fixture
 async def conn(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.db.url)
     yield conn
     await conn.close()
 
@@ -82,7 +82,7 @@ def test_partition_start_reads_both_partman_name_styles() -> None:
 
 async def test_partitions_exist_ahead(conn: asyncpg.Connection, settings: Settings) -> None:
     await run_partition_maintenance(conn, settings)
-    for days in range(settings.partition_premake_days + 1):
+    for days in range(settings.maintenance.partition_premake_days + 1):
         row = await conn.fetchrow(
             "SELECT partition_table, table_exists FROM partman.show_partition_name("
             "'public.orders', (now() + make_interval(days => $1))::text)",
@@ -103,9 +103,9 @@ async def test_old_partitions_are_archived_then_dropped(
     conn: asyncpg.Connection, settings: Settings
 ) -> None:
     now = datetime.now(UTC)
-    warm = now - timedelta(days=settings.hot_days + 5)  # past the hot window only
-    expired = now - timedelta(days=settings.retention_days + 5)  # past retention too
-    fresh = now - timedelta(days=settings.hot_days - 3)  # still hot
+    warm = now - timedelta(days=settings.maintenance.hot_days + 5)  # past the hot window only
+    expired = now - timedelta(days=settings.maintenance.retention_days + 5)  # past retention too
+    fresh = now - timedelta(days=settings.maintenance.hot_days - 3)  # still hot
     await conn.execute(
         "SELECT partman.create_partition_time('public.orders', $1::timestamptz[])",
         [warm, expired, fresh],
@@ -137,8 +137,8 @@ async def test_retention_drops_only_archived_tables_past_retention(
     conn: asyncpg.Connection, settings: Settings
 ) -> None:
     now = datetime.now(UTC)
-    keep = day_name(now - timedelta(days=settings.retention_days - 2))
-    drop = day_name(now - timedelta(days=settings.retention_days + 2))
+    keep = day_name(now - timedelta(days=settings.maintenance.retention_days - 2))
+    drop = day_name(now - timedelta(days=settings.maintenance.retention_days + 2))
     for name in (keep, drop, "orders_unrelated_note"):
         await conn.execute(f"CREATE TABLE IF NOT EXISTS archive.{name} (x int)")
 
@@ -151,8 +151,8 @@ async def test_retention_drops_only_archived_tables_past_retention(
 
 
 async def test_concurrent_maintenance_runs_once(settings: Settings) -> None:
-    first = await asyncpg.connect(settings.database_url)
-    second = await asyncpg.connect(settings.database_url)
+    first = await asyncpg.connect(settings.db.url)
+    second = await asyncpg.connect(settings.db.url)
     try:
         await first.execute("SELECT pg_advisory_lock($1)", maintenance._LOCK_ID)
         report = await run_partition_maintenance(second, settings)
@@ -180,7 +180,7 @@ async def test_prune_deletes_only_what_is_due(conn: asyncpg.Connection, settings
             ids[label],
             uuid.uuid4(),
         )
-    ttl = settings.idempotency_ttl_seconds
+    ttl = settings.maintenance.idempotency_ttl_seconds
     for key, age in (("old-1", ttl + 60), ("old-2", ttl + 1), ("young", ttl - 60)):
         await conn.execute(
             "INSERT INTO idempotency_keys (scope, key, request_hash, created_at)"
@@ -188,7 +188,7 @@ async def test_prune_deletes_only_what_is_due(conn: asyncpg.Connection, settings
             key,
             age,
         )
-    keep = settings.outbox_keep_seconds
+    keep = settings.maintenance.outbox_keep_seconds
     for label, published in (
         ("old-published", f"now() - make_interval(secs => {keep + 60})"),
         ("recent", f"now() - make_interval(secs => {keep - 60})"),

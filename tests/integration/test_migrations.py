@@ -4,7 +4,6 @@ processes start at once, and leaves orders partitioned ahead of time."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import re
 import sys
@@ -113,12 +112,12 @@ def all_migrations() -> list[str]:
 async def test_second_run_applies_nothing(
     base_settings: Settings, fresh_db: Callable[[str], str]
 ) -> None:
-    settings = dataclasses.replace(base_settings, database_url=fresh_db("twice"))
+    settings = base_settings.replace(db={"url": fresh_db("twice")})
 
     assert await migrate(settings) == all_migrations()
-    first = await schema_dump(settings.database_url)
+    first = await schema_dump(settings.db.url)
     assert await migrate(settings) == []
-    assert await schema_dump(settings.database_url) == first
+    assert await schema_dump(settings.db.url) == first
     assert [v for (v,) in first["migrations"]] == all_migrations()
     assert ("public.orders", "created_at", "1 day") in {r[:3] for r in first["partman"]}
 
@@ -129,7 +128,7 @@ async def test_orders_are_partitioned_ahead(database: str, base_settings: Settin
         missing = await conn.fetch(
             "SELECT d FROM generate_series(0, $1) AS d WHERE NOT (partman.show_partition_name("
             "'public.orders', (now() + make_interval(days => d))::text)).table_exists",
-            base_settings.partition_premake_days,
+            base_settings.maintenance.partition_premake_days,
         )
         assert missing == []
         kind = await conn.fetchval(
@@ -143,9 +142,9 @@ async def test_orders_are_partitioned_ahead(database: str, base_settings: Settin
 async def test_concurrent_runs_all_succeed_with_one_schema(
     base_settings: Settings, fresh_db: Callable[[str], str]
 ) -> None:
-    reference = dataclasses.replace(base_settings, database_url=fresh_db("reference"))
+    reference = base_settings.replace(db={"url": fresh_db("reference")})
     await migrate(reference)
-    expected = await schema_dump(reference.database_url)
+    expected = await schema_dump(reference.db.url)
 
     target = fresh_db("concurrent")
     env = {**os.environ, "SCOOTERS_DATABASE_URL": target}
@@ -161,7 +160,7 @@ async def test_concurrent_runs_all_succeed_with_one_schema(
         )
         for _ in range(4)
     ]
-    settings = dataclasses.replace(base_settings, database_url=target)
+    settings = base_settings.replace(db={"url": target})
     in_process = [asyncio.create_task(migrate(settings)) for _ in range(2)]
 
     outputs = await asyncio.gather(*(p.communicate() for p in processes))

@@ -16,7 +16,6 @@ of the outbox contract, exactly as the command API must keep it:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import signal
 import time
@@ -220,8 +219,9 @@ def new_user() -> str:
 
 @pytest.fixture(scope="module")
 def settings(base_settings: Settings, database: str) -> Settings:
-    return dataclasses.replace(
-        base_settings, projector_poll_seconds=0.5, projector_metrics_port=0, log_level="WARNING"
+    return base_settings.replace(
+        read={"projector_poll_seconds": 0.5, "projector_metrics_port": 0},
+        runtime={"log_level": "WARNING"},
     )
 
 
@@ -236,7 +236,7 @@ async def raw_view(redis: Redis, key: str) -> bytes | None:
 
 
 async def maybe_order_view(redis: Redis, settings: Settings, order_id: str) -> OrderView | None:
-    raw = await raw_view(redis, order_key(settings.redis_key_prefix, order_id))
+    raw = await raw_view(redis, order_key(settings.redis.key_prefix, order_id))
     return None if raw is None else order_view_decoder.decode(raw)
 
 
@@ -247,13 +247,13 @@ async def order_view_in_redis(redis: Redis, settings: Settings, order_id: str) -
 
 
 async def summary_in_redis(redis: Redis, settings: Settings, user_id: str) -> UserSummaryView:
-    raw = await raw_view(redis, user_summary_key(settings.redis_key_prefix, user_id))
+    raw = await raw_view(redis, user_summary_key(settings.redis.key_prefix, user_id))
     assert raw is not None, f"no summary of {user_id} in Redis"
     return summary_view_decoder.decode(raw)
 
 
 async def recent_ids(redis: Redis, settings: Settings, user_id: str) -> list[str]:
-    members = await redis.zrevrange(user_orders_key(settings.redis_key_prefix, user_id), 0, -1)
+    members = await redis.zrevrange(user_orders_key(settings.redis.key_prefix, user_id), 0, -1)
     return [m.decode() for m in cast(list[bytes], members)]
 
 
@@ -281,7 +281,7 @@ async def unpublished(pool: asyncpg.Pool, order_ids: list[str]) -> int:
 async def test_each_event_kind_is_projected(
     settings: Settings, pool: asyncpg.Pool, redis: Redis, write: WriteSide
 ) -> None:
-    prefix = settings.redis_key_prefix
+    prefix = settings.redis.key_prefix
     user = new_user()
     started = await write.start(user, started_at=datetime.now(UTC) - timedelta(seconds=90))
     await drain(pool, redis, settings)
@@ -300,7 +300,11 @@ async def test_each_event_kind_is_projected(
     assert view.total_amount == finished.total_amount == 90 * 24 // 60 + 45
     assert view.distance_meters == 4_321
     ttl = await redis.ttl(order_key(prefix, started.id))
-    assert settings.finished_view_ttl_seconds - 10 < ttl <= settings.finished_view_ttl_seconds
+    assert (
+        settings.read.finished_view_ttl_seconds - 10
+        < ttl
+        <= settings.read.finished_view_ttl_seconds
+    )
     raw = await raw_view(redis, order_key(prefix, started.id))
     assert raw is not None
     assert len(raw) < 1_000  # the raw track (~15 KB here) never reaches Redis
@@ -344,14 +348,14 @@ async def test_replays_and_reordering_never_go_back_in_time(
     assert (view.version, view.status, view.payment_status) == (3, "finished", "charged")
     summary = await summary_in_redis(redis, settings, user)
     assert (summary.version, summary.rides_count) == (3, 1)
-    assert await redis.zcard(user_orders_key(settings.redis_key_prefix, user)) == 1
+    assert await redis.zcard(user_orders_key(settings.redis.key_prefix, user)) == 1
 
 
 async def test_recent_list_is_bounded(
     settings: Settings, pool: asyncpg.Pool, redis: Redis, write: WriteSide
 ) -> None:
     user = new_user()
-    keep = settings.user_recent_orders
+    keep = settings.read.user_recent_orders
     base = datetime.now(UTC) - timedelta(hours=2)
     orders = [
         await write.start(user, started_at=base + timedelta(seconds=i)) for i in range(keep + 7)
@@ -368,7 +372,7 @@ async def test_rebuild_restores_flushed_projections(
     active = await write.start(user)
     done = await _ride(write, user)
     await drain(pool, redis, settings)
-    prefix = settings.redis_key_prefix
+    prefix = settings.redis.key_prefix
     keys = [
         order_key(prefix, active.id),
         order_key(prefix, done.id),
@@ -433,7 +437,7 @@ async def test_two_projectors_project_each_event_once(
     procs = [
         start_process(
             "query_api.projector",
-            dataclasses.replace(settings, projector_metrics_port=p, projector_batch_size=20),
+            settings.replace(read={"projector_metrics_port": p, "projector_batch_size": 20}),
         )
         for p in ports
     ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -32,7 +31,7 @@ Client = AsyncTestClient[Any]
 @pytest.fixture(scope="module")
 def settings(base_settings: Settings, database: str) -> Settings:
     # a short recent list so that history pages cross from Redis into Postgres
-    return dataclasses.replace(base_settings, user_recent_orders=5, redis_retry_seconds=0.2)
+    return base_settings.replace(read={"user_recent_orders": 5}, redis={"retry_seconds": 0.2})
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +122,7 @@ async def test_projector_keeps_an_active_view_that_a_refill_wrote_first(
 ) -> None:
     order = await write.start(new_user())
     assert (await client.get(f"/orders/{order.id}")).status_code == 200  # refilled, with a TTL
-    key = order_key(settings.redis_key_prefix, order.id)
+    key = order_key(settings.redis.key_prefix, order.id)
     assert await redis.ttl(key) > 0
     await project(pool, redis, settings)  # the same version, from the projector
     assert await redis.ttl(key) == -1  # an active ride's view does not expire
@@ -134,7 +133,7 @@ async def test_flushed_key_repopulates_once_for_a_burst(
 ) -> None:
     order = await write.start(new_user())
     await project(pool, redis, settings)
-    key = order_key(settings.redis_key_prefix, order.id)
+    key = order_key(settings.redis.key_prefix, order.id)
     await redis.delete(key)
     fallbacks = metric("query_fallback_queries_total", view="order")
 
@@ -144,7 +143,7 @@ async def test_flushed_key_repopulates_once_for_a_burst(
     assert metric("query_fallback_queries_total", view="order") - fallbacks == 1
     assert await redis.exists(key)
     # refilled, not projected: an active view refilled from Postgres lives a bounded time
-    assert 0 < await redis.ttl(key) <= settings.refill_ttl_seconds
+    assert 0 < await redis.ttl(key) <= settings.read.refill_ttl_seconds
     hits = metric("query_cache_hits_total", view="order")
     assert (await client.get(f"/orders/{order.id}")).status_code == 200
     assert metric("query_cache_hits_total", view="order") == hits + 1
@@ -157,7 +156,7 @@ async def test_history_refills_views_missing_from_redis(
     orders = [await write.start(user) for _ in range(3)]
     await project(pool, redis, settings)
     # the list is in Redis, but two of its views were evicted
-    await redis.delete(*(order_key(settings.redis_key_prefix, o.id) for o in orders[:2]))
+    await redis.delete(*(order_key(settings.redis.key_prefix, o.id) for o in orders[:2]))
 
     response = await client.get(f"/users/{user}/orders", params={"limit": 10})
 
@@ -167,7 +166,7 @@ async def test_history_refills_views_missing_from_redis(
         (o.id for o in orders), reverse=True
     )
     for order in orders:
-        assert await redis.exists(order_key(settings.redis_key_prefix, order.id))
+        assert await redis.exists(order_key(settings.redis.key_prefix, order.id))
 
 
 async def test_more_reads_than_redis_connections_do_not_take_redis_for_down(
@@ -175,8 +174,8 @@ async def test_more_reads_than_redis_connections_do_not_take_redis_for_down(
 ) -> None:
     order = await write.start(new_user())
     await project(pool, redis, settings)
-    key = order_key(settings.redis_key_prefix, order.id)
-    narrow = connect_redis(dataclasses.replace(settings, redis_max_connections=2))
+    key = order_key(settings.redis.key_prefix, order.id)
+    narrow = connect_redis(settings.replace(redis={"max_connections": 2}))
     gate = RedisGate(retry_seconds=60, trip_after_timeouts=1_000)
     failures = metric("query_redis_failures_total")
     try:
@@ -230,7 +229,7 @@ async def test_history_pages_are_stable_while_orders_arrive(
                 await write.start(user)
             await project(pool, redis, settings)
         if pages == 3:
-            await redis.delete(user_orders_key(settings.redis_key_prefix, user))
+            await redis.delete(user_orders_key(settings.redis.key_prefix, user))
         if cursor is None:
             break
     assert seen == expected  # no duplicates, nothing skipped, newest first
@@ -337,7 +336,7 @@ def start_redis(port: int) -> subprocess.Popen[bytes]:
 async def test_redis_down_serves_postgres_and_recovers(
     settings: Settings, write: WriteSide, own_redis_port: int
 ) -> None:
-    own = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{own_redis_port}/0")
+    own = settings.replace(redis={"url": f"redis://127.0.0.1:{own_redis_port}/0"})
     server = start_redis(own_redis_port)
     user = new_user()
     order = await write.start(user)
@@ -359,7 +358,7 @@ async def test_redis_down_serves_postgres_and_recovers(
             assert ready.json() == {"status": "degraded", "redis": "down", "postgres": "up"}
 
             server = start_redis(own_redis_port)  # empty, scripts gone: refill reloads them
-            await asyncio.sleep(settings.redis_retry_seconds + 0.1)
+            await asyncio.sleep(settings.redis.retry_seconds + 0.1)
             assert (await api.get(f"/orders/{order.id}")).status_code == 200  # miss, refill
             hits = metric("query_cache_hits_total", view="order")
             assert (await api.get(f"/orders/{order.id}")).status_code == 200

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import uuid
@@ -17,7 +16,7 @@ from shared.domain import ConfigsAnswer, ScooterData, TariffZone, UserProfile
 from shared.errors import UserHasDebt
 from shared.pricing import Price, quote
 from shared.settings import Settings
-from stubs import DataSet
+from stubs import DataSet, StubSettings
 from tests.conftest import free_port, start_process, stop_process, wait_http
 
 
@@ -171,12 +170,14 @@ async def test_data_set_shape(client: httpx.AsyncClient) -> None:
         assert not (user["trusted"] and user["total_debt"])
 
 
-async def test_same_seed_same_records(client: httpx.AsyncClient, base_settings: Settings) -> None:
+async def test_same_seed_same_records(
+    client: httpx.AsyncClient, stub_settings: StubSettings
+) -> None:
     local = DataSet(
-        seed=base_settings.stub_seed,
-        scooters=base_settings.stub_scooters,
-        zones=base_settings.stub_zones,
-        users=base_settings.stub_users,
+        seed=stub_settings.seed,
+        scooters=stub_settings.scooters,
+        zones=stub_settings.zones,
+        users=stub_settings.users,
     )
     for n in (21, 4_321, 10_000):
         served = await fetch(client, "/scooter-data", f"scooter-{n}")
@@ -406,15 +407,14 @@ async def test_unknown_service_is_422_problem(client: httpx.AsyncClient) -> None
     assert {"type", "title", "detail"} <= problem.keys()
 
 
-def test_faults_from_the_environment(base_settings: Settings) -> None:
+def test_faults_from_the_environment(base_settings: Settings, stub_settings: StubSettings) -> None:
     port = free_port()
-    settings = dataclasses.replace(
-        base_settings, stubs_port=port, external_base_url=f"http://127.0.0.1:{port}"
-    )
+    settings = base_settings.replace(external={"base_url": f"http://127.0.0.1:{port}"})
     faults = [{"service": "configs", "outage": True}, {"service": "users", "error_rate": 1.0}]
-    proc = start_process("stubs", settings, {"SCOOTERS_STUB_FAULTS": json.dumps(faults)})
+    env = {**stub_settings.replace(port=port).to_env(), "SCOOTERS_STUB_FAULTS": json.dumps(faults)}
+    proc = start_process("stubs", settings, env)
     try:
-        url = settings.external_base_url
+        url = settings.external.base_url
         wait_http(f"{url}/health/live", proc=proc)
         assert httpx.get(f"{url}/configs").status_code == 503
         assert httpx.get(f"{url}/user-profile", params={"id": "user-1"}).status_code == 500

@@ -27,7 +27,7 @@ import uvloop
 from shared.settings import Settings
 from shared.views import order_key
 from tests.load import scenarios
-from tests.load.bench import bench_settings, ceiling_server, running_stack
+from tests.load.bench import bench_settings, bench_stub_settings, ceiling_server, running_stack
 from tests.load.harness import CpuMeter, print_report
 
 STACK = ("stubs", "command_api", "worker", "projector", "query_api")
@@ -35,7 +35,7 @@ STACK = ("stubs", "command_api", "worker", "projector", "query_api")
 
 async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, Any]:
     """Database bytes per finished order and Redis bytes per order view."""
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.db.url)
     try:
         row = await conn.fetchrow(
             "SELECT count(*) AS n, avg(pg_column_size(o.*))::int AS row_bytes"
@@ -48,10 +48,10 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
         all_orders = await conn.fetchval("SELECT count(*) FROM orders")
     finally:
         await conn.close()
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis.url)
     sizes = []
     for order_id in orders[:200]:
-        size = await client.memory_usage(order_key(settings.redis_key_prefix, order_id))
+        size = await client.memory_usage(order_key(settings.redis.key_prefix, order_id))
         if size:
             sizes.append(int(size))
     await client.aclose()
@@ -66,7 +66,7 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
 async def set_stub_configs(settings: Settings, **values: Any) -> None:
     from tests.load.client import Connection
 
-    conn = Connection("127.0.0.1", settings.stubs_port)
+    conn = Connection("127.0.0.1", bench_stub_settings().port)
     try:
         await conn.request("POST", "/admin/configs", json.dumps(values).encode())
     finally:

@@ -17,6 +17,7 @@ import asyncpg
 from migrations.runner import migrate
 from scripts.stack import Stack, start_stack
 from shared.settings import Settings
+from stubs import StubSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,26 +34,30 @@ def bench_settings(command_workers: int, query_workers: int) -> Settings:
     """Settings of one run: a private database and key prefix, quiet logs, own ports."""
     run = secrets.token_hex(3)
     base = Settings.from_env()
-    return dataclasses.replace(
-        base,
-        database_url=base.database_url.rsplit("/", 1)[0] + f"/scooters_bench_{run}",
-        redis_key_prefix=f"bench:{run}:",
-        log_level="WARNING",
-        command_workers=command_workers,
-        query_workers=query_workers,
-        stubs_port=13629,
-        external_base_url="http://127.0.0.1:13629",
-        command_port=18000,
-        query_port=18001,
-        db_pool_max=max(base.db_pool_max, 20),
+    return base.replace(
+        db={
+            "url": base.db.url.rsplit("/", 1)[0] + f"/scooters_bench_{run}",
+            "pool_max": max(base.db.pool_max, 20),
+        },
+        redis={"key_prefix": f"bench:{run}:"},
+        runtime={"log_level": "WARNING"},
+        serving={
+            "command_workers": command_workers,
+            "query_workers": query_workers,
+            "command_port": 18000,
+            "query_port": 18001,
+        },
+        external={"base_url": "http://127.0.0.1:13629"},
     )
 
 
+def bench_stub_settings() -> StubSettings:
+    """The stubs of a benchmark run: the data set of the environment, on their own port."""
+    return StubSettings.from_env().replace(port=13629)
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for f in dataclasses.fields(settings):
-        env[f"SCOOTERS_{f.name.upper()}"] = str(getattr(settings, f.name))
-    return env
+    return {**os.environ, **settings.to_env(), **bench_stub_settings().to_env()}
 
 
 async def _drop_database(dsn: str) -> None:
@@ -79,9 +84,9 @@ def running_stack(
         stack.stop()
         if out is not None:
             out.close()
-        asyncio.run(_drop_database(settings.database_url))
+        asyncio.run(_drop_database(settings.db.url))
         subprocess.run(
-            [sys.executable, "-c", _FORGET_KEYS, settings.redis_url, settings.redis_key_prefix],
+            [sys.executable, "-c", _FORGET_KEYS, settings.redis.url, settings.redis.key_prefix],
             check=False,
         )
 
@@ -99,7 +104,13 @@ def ceiling_server(settings: Settings, port: int) -> Iterator[int]:
     """The bare Litestar ceiling app under the query API's server settings."""
     env = settings_env(settings)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.load.ceiling", str(port), str(settings.query_workers)],
+        [
+            sys.executable,
+            "-m",
+            "tests.load.ceiling",
+            str(port),
+            str(settings.serving.query_workers),
+        ],
         cwd=ROOT,
         env=env,
     )

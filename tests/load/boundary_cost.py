@@ -2,7 +2,7 @@
 
 Measures, without HTTP or I/O:
 
-- the request-id middleware (``shared.logs.request_ids``) around a bare ASGI app;
+- the request-id middleware (``shared.infra.logs.request_ids``) around a bare ASGI app;
 - decoding a finish body with a 10 KB track: straight into its type (what the apps' request
   class does) against Litestar's way (plain objects, then ``msgspec.convert``);
 - the JSON depth scan that typed bodies do without.
@@ -20,8 +20,8 @@ from typing import Any
 import msgspec
 
 from command_api.app import FinishOrder
-from shared.boundary import decode_as, json_depth_exceeds
-from shared.logs import request_ids
+from shared.infra.boundary import decode_as, json_depth_exceeds
+from shared.infra.logs import request_ids
 
 N = 20_000
 

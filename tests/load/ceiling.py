@@ -1,7 +1,7 @@
 """The framework's ceiling: a bare Litestar endpoint with a body like the order view.
 
 ``python -m tests.load.ceiling PORT WORKERS`` serves it with the query API's server
-settings (``shared.serving.serve``), so the query side's throughput
+settings (``shared.infra.serving.serve``), so the query side's throughput
 can be given as a ratio to what Litestar itself reaches on this machine at that moment.
 """
 
@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import msgspec
 from litestar import Litestar, get
 
-from shared.serving import serve
+from shared.infra.serving import serve
 
 
 class View(msgspec.Struct, frozen=True, kw_only=True):

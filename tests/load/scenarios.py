@@ -15,7 +15,8 @@ import redis.asyncio as aioredis
 
 from shared.settings import Settings
 from shared.views import order_key
-from stubs import DataSet
+from stubs import DataSet, StubSettings
+from tests.load.bench import bench_stub_settings
 from tests.load.client import Connection, Pool
 from tests.load.harness import (
     CpuMeter,
@@ -61,20 +62,20 @@ def track_for(z_bytes: int, seed: int = 1) -> list[dict[str, float]]:
     return track
 
 
-def riders_and_scooters(settings: Settings) -> tuple[deque[str], deque[str]]:
+def riders_and_scooters(stub: StubSettings) -> tuple[deque[str], deque[str]]:
     """Riders without debt and all scooters of the stubs' data set, shuffled."""
     data = DataSet(
-        seed=settings.stub_seed,
-        scooters=settings.stub_scooters,
-        zones=settings.stub_zones,
-        users=settings.stub_users,
+        seed=stub.seed,
+        scooters=stub.scooters,
+        zones=stub.zones,
+        users=stub.users,
     )
     riders = [
         f"user-{n}"
-        for n in range(1, settings.stub_users + 1)
+        for n in range(1, stub.users + 1)
         if (u := data.user(f"user-{n}")) is not None and u.current_debt == 0
     ]
-    scooters = [f"scooter-{n}" for n in range(1, settings.stub_scooters + 1)]
+    scooters = [f"scooter-{n}" for n in range(1, stub.scooters + 1)]
     rng = random.Random(7)
     rng.shuffle(riders)
     rng.shuffle(scooters)
@@ -103,11 +104,11 @@ def ride_context(
     settings: Settings, z_bytes: int, ride_seconds: float, lag_sample_every: int
 ) -> RideContext:
     """Fresh riders and scooters, connections to both APIs, the finish body for Z."""
-    riders, scooters = riders_and_scooters(settings)
+    riders, scooters = riders_and_scooters(bench_stub_settings())
     return RideContext(
         settings=settings,
-        command=Pool("127.0.0.1", settings.command_port),
-        query=Pool("127.0.0.1", settings.query_port),
+        command=Pool("127.0.0.1", settings.serving.command_port),
+        query=Pool("127.0.0.1", settings.serving.query_port),
         riders=riders,
         scooters=scooters,
         finish_body=_json.encode({"track": track_for(z_bytes)}),
@@ -263,7 +264,7 @@ async def view(ctx: ViewContext) -> None:
     else:
         order_id = rng.choice(ctx.older)
         if rng.random() < ctx.miss_share * 10:  # not in Redis: evicted, flushed or older
-            await ctx.redis.delete(order_key(ctx.settings.redis_key_prefix, order_id))
+            await ctx.redis.delete(order_key(ctx.settings.redis.key_prefix, order_id))
     await rec.call("GET /orders/{id}", ctx.query.request("GET", f"/orders/{order_id}"))
     rec.flows += 1
 
@@ -316,10 +317,10 @@ async def query_side(
     port: int | None = None,
 ) -> dict[str, Any]:
     """Order screens at a fixed ``rate`` or at maximum throughput (``port``: another server)."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis.url)
     ctx = ViewContext(
         settings=settings,
-        query=Pool("127.0.0.1", port or settings.query_port),
+        query=Pool("127.0.0.1", port or settings.serving.query_port),
         redis=client,
         active=orders["active"],
         finished=orders["finished"],
@@ -400,11 +401,11 @@ async def soak(
 ) -> dict[str, Any]:
     """Rides at ``rate`` and their screens at ``rate * y`` together, sampling memory."""
     rides = ride_context(settings, z_bytes, ride_seconds, lag_sample_every=50)
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis.url)
     await asyncio.gather(*(ride(rides) for _ in range(20)))  # something to view from the start
     views = ViewContext(
         settings=settings,
-        query=Pool("127.0.0.1", settings.query_port),
+        query=Pool("127.0.0.1", settings.serving.query_port),
         redis=client,
         active=rides.started_orders,  # shared lists: new rides are viewed as they start
         finished=rides.started_orders,
@@ -463,7 +464,7 @@ async def memory_sample(
 ) -> dict[str, Any]:
     """Resident memory per process, Redis memory and keys, database size and orders."""
     info = await client.info("memory")
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.db.url)
     try:
         db_bytes = await conn.fetchval("SELECT pg_database_size(current_database())")
         orders = await conn.fetchval("SELECT count(*) FROM orders")

@@ -20,7 +20,6 @@ from command_api.external import (
     user_nonsense,
     zone_nonsense,
 )
-from shared.boundary import decode_as, decode_json, is_identifier, json_depth_exceeds
 from shared.domain import (
     MAX_AMOUNT,
     ConfigsAnswer,
@@ -32,11 +31,12 @@ from shared.domain import (
     UserProfile,
 )
 from shared.errors import InvalidRequest
+from shared.infra.boundary import decode_as, decode_json, is_identifier, json_depth_exceeds
 from shared.pricing import ride_cost, segment_meters, track_distance_meters
 from shared.settings import Settings
 
 SETTINGS = Settings()
-DEPTH = SETTINGS.json_max_depth
+DEPTH = SETTINGS.serving.json_max_depth
 HALF_EARTH_M = math.pi * 6_371_008.8 + 1
 
 # --- decoders: any bytes are a value or InvalidRequest, never anything else -------------------
@@ -133,7 +133,7 @@ def test_alternating_antipodes_count_nothing_at_an_impossible_speed() -> None:
     track = [TrackPoint(t=i, lat=0, lon=0 if i % 2 == 0 else 180) for i in range(109)]
     assert segment_meters(track[0], track[1]) > 20_000_000
     assert track_distance_meters(track) > 2**31  # what overflowed the 32-bit column
-    assert track_distance_meters(track, SETTINGS.track_max_speed_kmh) == 0
+    assert track_distance_meters(track, SETTINGS.rides.track_max_speed_kmh) == 0
 
 
 def test_plausible_segments_count_and_glitches_do_not() -> None:
@@ -149,14 +149,14 @@ def test_plausible_segments_count_and_glitches_do_not() -> None:
 @given(
     seconds=st.integers(min_value=0, max_value=2**62),
     more=st.integers(min_value=0, max_value=2**40),
-    per_minute=st.integers(min_value=0, max_value=SETTINGS.tariff_price_per_minute_max * 10),
-    unlock=st.integers(min_value=0, max_value=SETTINGS.tariff_price_unlock_max),
-    free=st.integers(min_value=0, max_value=SETTINGS.free_ride_seconds_max),
+    per_minute=st.integers(min_value=0, max_value=SETTINGS.bounds.tariff_price_per_minute_max * 10),
+    unlock=st.integers(min_value=0, max_value=SETTINGS.bounds.tariff_price_unlock_max),
+    free=st.integers(min_value=0, max_value=SETTINGS.bounds.free_ride_seconds_max),
 )
 def test_ride_cost_is_bounded_monotone_and_capped(
     seconds: int, more: int, per_minute: int, unlock: int, free: int
 ) -> None:
-    cap = SETTINGS.ride_max_charged_seconds
+    cap = SETTINGS.rides.max_charged_seconds
 
     def cost(s: int) -> int:
         return ride_cost(s, per_minute, unlock, free, max_charged_seconds=cap)
@@ -171,7 +171,7 @@ def test_ride_cost_is_bounded_monotone_and_capped(
 
 def test_a_ride_of_years_is_charged_for_the_cap() -> None:
     years = 3 * 365 * 86_400
-    cap = SETTINGS.ride_max_charged_seconds
+    cap = SETTINGS.rides.max_charged_seconds
     assert ride_cost(years, 24, 45, 5, max_charged_seconds=cap) == cap * 24 // 60 + 45
 
 

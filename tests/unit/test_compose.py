@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.settings import Settings
+from shared.settings import Settings, variables
+from stubs import StubSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "compose.yaml").read_text()
@@ -18,11 +18,11 @@ COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 OURS = ("migrate", "stubs", "command_api", "worker", "projector", "query_api")
 HTTP_PORTS = {
-    "stubs": Settings().stubs_port,
-    "command_api": Settings().command_port,
-    "query_api": Settings().query_port,
+    "stubs": StubSettings().port,
+    "command_api": Settings().serving.command_port,
+    "query_api": Settings().serving.query_port,
 }
-SETTING_NAMES = {f"SCOOTERS_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+SETTING_NAMES = set(variables(Settings)) | set(variables(StubSettings))
 
 
 def module_path(module: str) -> Path | None:
@@ -55,12 +55,13 @@ def test_every_scooters_variable_is_a_setting() -> None:
 def test_environment_gives_valid_development_settings(name: str) -> None:
     env = {k: str(v) for k, v in SERVICES[name]["environment"].items()}
     settings = Settings.from_env(env)  # raises on a malformed value
-    assert settings.environment == "development"  # see the comment atop compose.yaml
-    assert "@postgres:5432/" in settings.database_url
-    assert settings.redis_url.startswith("redis://redis:6379")
-    assert settings.external_base_url == f"http://stubs:{settings.stubs_port}"
+    stub = StubSettings.from_env(env)
+    assert settings.runtime.environment == "development"  # see the comment atop compose.yaml
+    assert "@postgres:5432/" in settings.db.url
+    assert settings.redis.url.startswith("redis://redis:6379")
+    assert settings.external.base_url == f"http://stubs:{stub.port}"
     # inside a container a server must listen beyond loopback for its port to publish
-    for host in (settings.stubs_host, settings.command_host, settings.query_host):
+    for host in (stub.host, settings.serving.command_host, settings.serving.query_host):
         assert host == "0.0.0.0"
 
 

@@ -34,8 +34,8 @@ def test_settings_from_env_convert_types() -> None:
     settings = Settings.from_env(
         {"SCOOTERS_OFFER_TTL_SECONDS": "7", "SCOOTERS_SURGE_DEFAULT": "1.5"}
     )
-    assert settings.offer_ttl_seconds == 7
-    assert settings.surge_default == 1.5
+    assert settings.offers.ttl_seconds == 7
+    assert settings.pricing.surge_default == 1.5
 
 
 def test_bad_setting_is_reported() -> None:
@@ -53,4 +53,4 @@ def test_production_refuses_the_development_key() -> None:
     ok = Settings.from_env(
         {"SCOOTERS_ENVIRONMENT": "production", "SCOOTERS_OFFER_SIGNING_KEY": "s" * 40}
     )
-    assert ok.offer_signing_key != DEVELOPMENT_SIGNING_KEY
+    assert ok.offers.signing_key != DEVELOPMENT_SIGNING_KEY

@@ -12,10 +12,9 @@ from tests.conftest import ROOT
 
 EMIT = """
 import logging
-from shared.logs import configure_logging, get_logger
+from shared.infra.logs import configure_logging, get_logger
 from shared.settings import Settings
-configure_logging(Settings(environment={env!r}, log_level="INFO",
-                           offer_signing_key="k" * 40))
+configure_logging(Settings().replace(runtime={{"environment": {env!r}, "log_level": "INFO"}}))
 get_logger("t").info("evil", path="/a\\nforged: line\\r\\x1b[31m")
 logging.getLogger("std").warning("stdlib %s", "b\\nforged")
 try:

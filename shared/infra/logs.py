@@ -63,10 +63,10 @@ def escape_control_characters(_: WrappedLogger, __: str, event: EventDict) -> Ev
 def configure_logging(settings: Settings) -> None:
     """Route structlog and the standard library through one renderer on stderr (idempotent)."""
     global _configured
-    wanted = (settings.environment, settings.log_level.upper())
+    wanted = (settings.runtime.environment, settings.runtime.log_level.upper())
     if _configured == wanted:
         return
-    production = settings.environment == "production"
+    production = settings.runtime.environment == "production"
     shared: list[Processor] = [
         add_request_id,
         structlog.contextvars.merge_contextvars,
@@ -95,7 +95,7 @@ def configure_logging(settings: Settings) -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    level = logging.getLevelName(settings.log_level.upper())
+    level = logging.getLevelName(settings.runtime.log_level.upper())
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # theirs, same renderer
         logging.getLogger(name).handlers.clear()

@@ -14,7 +14,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from shared.errors import DependencyUnavailable, DomainError
-from shared.logs import get_logger
+from shared.infra.logs import get_logger
 
 MEDIA_TYPE = "application/problem+json"
 log = get_logger("problems")

@@ -1,0 +1,54 @@
+"""The command side's composition root: the one place that builds ``rides.Deps``.
+
+The command API's lifespan, the worker and the tests all open their dependencies here,
+so a new dependency is wired once. Resources are closed in reverse order of opening
+(HTTP client, then the Postgres pool), also when opening one of them fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import asyncpg
+
+from command_api import rides
+from command_api.external import ExternalServices, make_http_client
+from shared.infra.db import create_pool
+from shared.offer_token import OfferSigner
+from shared.settings import Settings
+
+
+@asynccontextmanager
+async def open_deps(
+    settings: Settings,
+    *,
+    pool: asyncpg.Pool | None = None,
+    pool_size: tuple[int, int] | None = None,
+    services: type[ExternalServices] = ExternalServices,
+) -> AsyncIterator[rides.Deps]:
+    """The commands' dependencies, open for the duration of the ``async with``.
+
+    ``pool``: use this Postgres pool (the caller closes it) instead of opening one of
+    ``pool_size`` (min, max) connections, by default ``settings.db.pool_min/pool_max``.
+    ``services``: the external services' client class (tests pass a subclass that
+    injects failures). Raises what asyncpg raises when Postgres cannot be reached.
+    """
+    async with AsyncExitStack() as stack:
+        if pool is None:
+            low, high = pool_size or (settings.db.pool_min, settings.db.pool_max)
+            pool = await create_pool(
+                settings.db.url,
+                min_size=low,
+                max_size=high,
+                command_timeout=settings.db.command_timeout_seconds,
+            )
+            stack.push_async_callback(pool.close)
+        client = make_http_client(settings)
+        stack.push_async_callback(client.aclose)
+        yield rides.Deps(
+            pool=pool,
+            services=services(client, settings),
+            signer=OfferSigner(settings.offers.signing_key),
+            settings=settings,
+        )

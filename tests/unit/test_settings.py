@@ -1,0 +1,146 @@
+"""The grouped settings answer to the same SCOOTERS_* variables as the flat ones did."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import pytest
+
+from shared.settings import Settings, SettingsError, variables
+from stubs import StubSettings
+
+# Every variable the flat Settings of before read, with the field it now sets and its
+# default then. A user's environment must keep working: never remove a line here.
+OLD_VARIABLES: dict[str, tuple[str, Any]] = {
+    "SCOOTERS_ENVIRONMENT": ("runtime.environment", "development"),
+    "SCOOTERS_LOG_LEVEL": ("runtime.log_level", "WARNING"),
+    "SCOOTERS_DATABASE_URL": ("db.url", "postgresql://postgres@127.0.0.1:5432/scooters"),
+    "SCOOTERS_DATABASE_REPLICA_URL": ("db.replica_url", ""),
+    "SCOOTERS_REDIS_URL": ("redis.url", "redis://127.0.0.1:6379/0"),
+    "SCOOTERS_REDIS_KEY_PREFIX": ("redis.key_prefix", ""),
+    "SCOOTERS_EXTERNAL_BASE_URL": ("external.base_url", "http://127.0.0.1:3629"),
+    "SCOOTERS_STUBS_HOST": ("stub.host", "127.0.0.1"),
+    "SCOOTERS_STUBS_PORT": ("stub.port", 3629),
+    "SCOOTERS_COMMAND_HOST": ("serving.command_host", "127.0.0.1"),
+    "SCOOTERS_COMMAND_PORT": ("serving.command_port", 8000),
+    "SCOOTERS_QUERY_HOST": ("serving.query_host", "127.0.0.1"),
+    "SCOOTERS_QUERY_PORT": ("serving.query_port", 8001),
+    "SCOOTERS_COMMAND_WORKERS": ("serving.command_workers", 1),
+    "SCOOTERS_QUERY_WORKERS": ("serving.query_workers", 1),
+    "SCOOTERS_DB_POOL_MIN": ("db.pool_min", 2),
+    "SCOOTERS_DB_POOL_MAX": ("db.pool_max", 10),
+    "SCOOTERS_DB_COMMAND_TIMEOUT_SECONDS": ("db.command_timeout_seconds", 5.0),
+    "SCOOTERS_HTTP_TIMEOUT_SECONDS": ("external.http_timeout_seconds", 1.0),
+    "SCOOTERS_HTTP_MAX_CONNECTIONS": ("external.http_max_connections", 200),
+    "SCOOTERS_PAYMENT_TIMEOUT_SECONDS": ("external.payment_timeout_seconds", 2.0),
+    "SCOOTERS_RETRY_AFTER_SECONDS": ("serving.retry_after_seconds", 2),
+    "SCOOTERS_OFFER_SIGNING_KEY": ("offers.signing_key", "dev-only-offer-signing-key-change-me"),
+    "SCOOTERS_OFFER_TTL_SECONDS": ("offers.ttl_seconds", 300),
+    "SCOOTERS_SURGE_DEFAULT": ("pricing.surge_default", 1.0),
+    "SCOOTERS_LOW_CHARGE_DISCOUNT_DEFAULT": ("pricing.low_charge_discount_default", 1.0),
+    "SCOOTERS_LOW_CHARGE_THRESHOLD": ("pricing.low_charge_threshold", 28),
+    "SCOOTERS_DEPOSIT_MULTIPLIER": ("pricing.deposit_multiplier", 1.25),
+    "SCOOTERS_DEPOSIT_DEBT_THRESHOLD": ("pricing.deposit_debt_threshold", 10000),
+    "SCOOTERS_FREE_RIDE_SECONDS": ("pricing.free_ride_seconds", 5),
+    "SCOOTERS_MAX_ACTIVE_RIDES_PER_USER": ("rides.max_active_per_user", 1),
+    "SCOOTERS_BASE_PRICE_PER_MINUTE": ("pricing.base_price_per_minute", 10),
+    "SCOOTERS_BASE_PRICE_UNLOCK": ("pricing.base_price_unlock", 50),
+    "SCOOTERS_BASE_DEPOSIT": ("pricing.base_deposit", 500),
+    "SCOOTERS_CONFIGS_REFRESH_SECONDS": ("external.configs_refresh_seconds", 60),
+    "SCOOTERS_ZONE_FRESHNESS_SECONDS": ("external.zone_freshness_seconds", 600),
+    "SCOOTERS_USER_PROFILE_MEMORY_SECONDS": ("external.user_profile_memory_seconds", 86400),
+    "SCOOTERS_TRACK_MAX_POINTS": ("rides.track_max_points", 2000),
+    "SCOOTERS_PAYMENT_RETRY_BASE_SECONDS": ("payments.retry_base_seconds", 1.0),
+    "SCOOTERS_PAYMENT_RETRY_MAX_SECONDS": ("payments.retry_max_seconds", 300.0),
+    "SCOOTERS_PAYMENT_MAX_ATTEMPTS": ("payments.max_attempts", 10),
+    "SCOOTERS_STUCK_HOLD_SECONDS": ("payments.stuck_hold_seconds", 30),
+    "SCOOTERS_PARTITION_PREMAKE_DAYS": ("maintenance.partition_premake_days", 7),
+    "SCOOTERS_HOT_DAYS": ("maintenance.hot_days", 30),
+    "SCOOTERS_RETENTION_DAYS": ("maintenance.retention_days", 1826),
+    "SCOOTERS_MAINTENANCE_INTERVAL_SECONDS": ("maintenance.interval_seconds", 3600),
+    "SCOOTERS_WORKER_POLL_SECONDS": ("maintenance.worker_poll_seconds", 1.0),
+    "SCOOTERS_IDEMPOTENCY_TTL_SECONDS": ("maintenance.idempotency_ttl_seconds", 86400),
+    "SCOOTERS_OUTBOX_KEEP_SECONDS": ("maintenance.outbox_keep_seconds", 86400),
+    "SCOOTERS_FINISHED_VIEW_TTL_SECONDS": ("read.finished_view_ttl_seconds", 604800),
+    "SCOOTERS_USER_RECENT_ORDERS": ("read.user_recent_orders", 50),
+    "SCOOTERS_REDIS_CLUSTER": ("redis.cluster", False),
+    "SCOOTERS_REDIS_TIMEOUT_SECONDS": ("redis.timeout_seconds", 0.25),
+    "SCOOTERS_REDIS_MAX_CONNECTIONS": ("redis.max_connections", 1000),
+    "SCOOTERS_REDIS_RETRY_SECONDS": ("redis.retry_seconds", 1.0),
+    "SCOOTERS_REFILL_TTL_SECONDS": ("read.refill_ttl_seconds", 300),
+    "SCOOTERS_PROJECTOR_BATCH_SIZE": ("read.projector_batch_size", 500),
+    "SCOOTERS_PROJECTOR_POLL_SECONDS": ("read.projector_poll_seconds", 1.0),
+    "SCOOTERS_PROJECTOR_METRICS_PORT": ("read.projector_metrics_port", 8002),
+    "SCOOTERS_STUB_SCOOTERS": ("stub.scooters", 10000),
+    "SCOOTERS_STUB_ZONES": ("stub.zones", 10),
+    "SCOOTERS_STUB_USERS": ("stub.users", 100000),
+    "SCOOTERS_STUB_SEED": ("stub.seed", 42),
+    # added since (issue 8: untrusted input, sane bounds of external answers)
+    "SCOOTERS_JSON_MAX_DEPTH": ("serving.json_max_depth", 32),
+    "SCOOTERS_REQUEST_MAX_BODY_BYTES": ("serving.request_max_body_bytes", 2 * 1024 * 1024),
+    "SCOOTERS_TRACK_MAX_SPEED_KMH": ("rides.track_max_speed_kmh", 150.0),
+    "SCOOTERS_RIDE_MAX_CHARGED_SECONDS": ("rides.max_charged_seconds", 86_400),
+    "SCOOTERS_SURGE_MIN": ("bounds.surge_min", 0.1),
+    "SCOOTERS_SURGE_MAX": ("bounds.surge_max", 10.0),
+    "SCOOTERS_LOW_CHARGE_DISCOUNT_MIN": ("bounds.low_charge_discount_min", 0.1),
+    "SCOOTERS_DEPOSIT_MULTIPLIER_MAX": ("bounds.deposit_multiplier_max", 10.0),
+    "SCOOTERS_FREE_RIDE_SECONDS_MAX": ("bounds.free_ride_seconds_max", 3_600),
+    "SCOOTERS_TARIFF_PRICE_PER_MINUTE_MAX": ("bounds.tariff_price_per_minute_max", 100_000),
+    "SCOOTERS_TARIFF_PRICE_UNLOCK_MAX": ("bounds.tariff_price_unlock_max", 1_000_000),
+    "SCOOTERS_TARIFF_DEPOSIT_MAX": ("bounds.tariff_deposit_max", 10_000_000),
+    "SCOOTERS_USER_DEBT_MAX": ("bounds.user_debt_max", 1_000_000_000_000),
+}
+
+
+def _field(path: str) -> Any:
+    """A getter of the field at ``path`` (``stub.`` paths are read on StubSettings)."""
+    return operator.attrgetter(path.removeprefix("stub."))
+
+
+def _build(env: dict[str, str], path: str) -> Any:
+    if path.startswith("stub."):
+        return StubSettings.from_env(env)
+    return Settings.from_env(env)
+
+
+def _sample(default: Any) -> str:
+    """A value different from ``default``, as an environment variable would carry it."""
+    if isinstance(default, bool):
+        return "false" if default else "true"
+    if isinstance(default, int | float):
+        return str(default + 3)
+    return "production" if default == "development" else default + "-x"
+
+
+def test_every_variable_is_known_once() -> None:
+    now = {**variables(Settings), **{k: f"stub.{p}" for k, p in variables(StubSettings).items()}}
+    assert now == {var: path for var, (path, _) in OLD_VARIABLES.items()}
+
+
+@pytest.mark.parametrize(("var", "path", "default"), [(k, *v) for k, v in OLD_VARIABLES.items()])
+def test_old_variable_sets_the_same_field(var: str, path: str, default: Any) -> None:
+    assert _field(path)(_build({}, path)) == default
+    env = {var: _sample(default)}
+    if var == "SCOOTERS_ENVIRONMENT":  # production needs a real key to start
+        env["SCOOTERS_OFFER_SIGNING_KEY"] = "k" * 40
+    value = _field(path)(_build(env, path))
+    assert value != default
+    assert str(value).lower() == env[var].lower()
+
+
+def test_to_env_round_trips_every_group() -> None:
+    settings = Settings().replace(
+        db={"url": "postgresql://elsewhere/x", "pool_max": 3},
+        redis={"cluster": True, "timeout_seconds": 0.5},
+        payments={"max_attempts": 4},
+    )
+    assert Settings.from_env(settings.to_env()) == settings
+    assert set(settings.to_env()) == set(variables(Settings))
+    stub = StubSettings(port=1234, seed=7)
+    assert StubSettings.from_env(stub.to_env()) == stub
+
+
+def test_bad_value_names_the_variable() -> None:
+    with pytest.raises(SettingsError, match="SCOOTERS_DB_POOL_MAX"):
+        Settings.from_env({"SCOOTERS_DB_POOL_MAX": "many"})
