@@ -9,7 +9,9 @@ ENV PYTHONUNBUFFERED=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv \
     PATH=/app/.venv/bin:$PATH
 
-RUN pip install --no-cache-dir uv \
+# the same pinned, hash-checked uv as bin/up and bin/test
+COPY bin/uv-requirements.txt /tmp/uv-requirements.txt
+RUN pip install --no-cache-dir --require-hashes --only-binary :all: -r /tmp/uv-requirements.txt \
     && useradd --system --uid 10001 --home-dir /app scooters
 
 WORKDIR /app

@@ -26,6 +26,7 @@ from command_api import repository as repo
 from command_api.composition import open_deps
 from command_api.external import ServiceError
 from migrations.maintenance import prune, run_partition_maintenance
+from shared.infra.failures import RetryLog, explain_postgres, explained_exit
 from shared.infra.logs import configure_logging
 from shared.settings import Settings, get_settings
 
@@ -103,17 +104,20 @@ async def _work(deps: rides.Deps, stop: asyncio.Event) -> None:
     """The worker's loop: maintenance when due, then owed payment operations."""
     pool, settings = deps.pool, deps.settings
     next_maintenance = 0.0
+    retry_log = RetryLog(log, "payment operations")
     while not stop.is_set():
         if time.monotonic() >= next_maintenance:
             try:
                 await maintain(pool, settings)
             except (OSError, asyncpg.PostgresError) as exc:
-                log.error("maintenance failed, retrying next period: %r", exc)
+                reason = explain_postgres(exc, settings.db.url) or repr(exc)
+                log.error("maintenance failed, retrying next period: %s", reason)
             next_maintenance = time.monotonic() + settings.maintenance.interval_seconds
         try:
             tried = await process_due_operations(deps)
+            retry_log.succeeded()
         except (OSError, asyncpg.PostgresError) as exc:
-            log.error("payment operations failed, retrying: %r", exc)
+            retry_log.failed(explain_postgres(exc, settings.db.url) or repr(exc))
             tried = 0
         if tried < BATCH:
             with contextlib.suppress(TimeoutError):
@@ -131,7 +135,8 @@ def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         await run(settings, stop)
 
-    asyncio.run(serve())
+    with explained_exit("worker", settings.db.url, settings.redis.url):
+        asyncio.run(serve())
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from shared.infra.failures import explained_exit
 from shared.settings import Settings, get_settings
 
 SQL_DIR = Path(__file__).with_name("sql")
@@ -93,7 +94,9 @@ async def configure_partitions(conn: Connection, settings: Settings) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    applied = asyncio.run(migrate())
+    settings = get_settings()
+    with explained_exit("migrations", settings.db.url, settings.redis.url):
+        applied = asyncio.run(migrate(settings))
     print(f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else ""))
 
 

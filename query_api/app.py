@@ -92,14 +92,15 @@ async def list_user_orders(
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
 ) -> OrdersPage:
-    """The user's orders, newest first; pass ``next_cursor`` back for the next page."""
+    """The user's orders, newest first; pass ``next_cursor`` back for the next page.
+
+    A rider with no rides yet gets an empty page (200), not a 404: the list exists,
+    it is just empty."""
     try:
         after = None if cursor is None else decode_cursor(cursor)
     except InvalidCursor as exc:
         raise InvalidParameter(f"cursor: {exc}") from exc
     page = await reads.user_orders(user_id, limit, after)
-    if not page.items and after is None and await reads.summary(user_id) is None:
-        raise UserNotFound(f"no user {user_id}")
     now = datetime.now(UTC)
     return OrdersPage(
         items=[order_screen(v, now, reads.max_charged_seconds) for v in page.items],

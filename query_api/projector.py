@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 from datetime import UTC, datetime
@@ -27,6 +28,13 @@ from query_api.projection import Write
 from query_api.stores import RedisClient, connect_redis
 from shared.events import Event, event_decoder
 from shared.infra.db import create_pool
+from shared.infra.failures import (
+    FailureError,
+    RetryLog,
+    explain,
+    explained_exit,
+    port_in_use_message,
+)
 from shared.settings import Settings, get_settings
 from shared.views import created_at_ms, order_view_of, summary_view_of
 
@@ -130,6 +138,7 @@ class Projector:
         redis = connect_redis(settings, timeout=max(5.0, settings.redis.timeout_seconds))
         pool = await create_pool(settings.db.url, min_size=1, max_size=2)
         failures = 0
+        retry_log = RetryLog(log, "projection")
         try:
             while not self._stop.is_set():
                 await self._ensure_listening()
@@ -138,10 +147,15 @@ class Projector:
                     count = await drain(pool, redis, settings)
                     PROJECTOR_LAG.set(await pool.fetchval(_OLDEST) or 0.0)
                     failures = 0
-                except Exception:  # Redis or Postgres down: rows stay unpublished
+                    retry_log.succeeded()
+                except Exception as exc:  # Redis or Postgres down: rows stay unpublished
                     PROJECTOR_ERRORS.inc()
                     failures += 1
-                    log.exception("projection failed (attempt %d); retrying", failures)
+                    reason = explain(exc, settings.db.url, settings.redis.url)
+                    if reason is None:  # not the machine around us: keep the traceback
+                        log.exception("projection failed (attempt %d); retrying", failures)
+                    else:
+                        retry_log.failed(reason)
                     await self._sleep(min(0.1 * 2**failures, settings.read.projector_poll_seconds))
                     continue
                 if count:
@@ -188,9 +202,23 @@ async def _main(settings: Settings) -> None:
 
 def main() -> None:
     settings = get_settings()
-    if settings.read.projector_metrics_port:
-        start_http_server(settings.read.projector_metrics_port, addr=settings.serving.query_host)
-    asyncio.run(_main(settings))
+    port = settings.read.projector_metrics_port
+    with explained_exit("projector", settings.db.url, settings.redis.url):
+        if port:
+            try:
+                start_http_server(port, addr=settings.serving.query_host)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise FailureError(
+                    port_in_use_message(
+                        settings.serving.query_host,
+                        port,
+                        "projector /metrics",
+                        "SCOOTERS_PROJECTOR_METRICS_PORT (0 turns it off)",
+                    )
+                ) from None
+        asyncio.run(_main(settings))
 
 
 if __name__ == "__main__":

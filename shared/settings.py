@@ -111,7 +111,8 @@ class RuntimeSettings:
 class DatabaseSettings:
     """Postgres: where it is and the pool of each process."""
 
-    url: str = setting("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/scooters")
+    # the development role and password bin/up creates (bin/_install); set your own
+    url: str = setting("DATABASE_URL", "postgresql://scooters:scooters@127.0.0.1:5432/scooters")
     replica_url: str = setting("DATABASE_REPLICA_URL", "")  # read-side fallback reads here
     pool_min: int = setting("DB_POOL_MIN", 2)
     pool_max: int = setting("DB_POOL_MAX", 10)

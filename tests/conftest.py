@@ -24,8 +24,11 @@ from shared.settings import Settings
 from stubs import StubSettings
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests create and drop their own databases through this role; by default the project's
+# development role (a superuser of the local server, made by bin/up / bin/test) on the
+# server of SCOOTERS_DATABASE_URL, connected to its maintenance database.
 ADMIN_DSN = os.environ.get(
-    "SCOOTERS_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+    "SCOOTERS_TEST_ADMIN_DSN", Settings.from_env().db.url.rsplit("/", 1)[0] + "/postgres"
 )
 REDIS_URL = os.environ.get("SCOOTERS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -55,7 +58,7 @@ from shared.views import (
     user_orders_key,
     user_summary_key,
 )
-from tests.conftest import free_port, start_process, stop_process
+from tests.conftest import ROOT, free_port, start_process, stop_process, wait_http
 
 _ORDER_COLUMNS = """
     id::text, offer_id::text, user_id, scooter_id, zone_id, status, payment_status,
@@ -423,7 +426,12 @@ async def test_killed_projector_catches_up_after_restart(
 
 
 async def test_projector_exits_cleanly_on_sigterm(settings: Settings) -> None:
-    proc = start_process("query_api.projector", settings)
+    metrics = free_port()
+    proc = start_process(
+        "query_api.projector", settings.replace(read={"projector_metrics_port": metrics})
+    )
+    # past its imports (seconds on a busy machine) once /metrics answers; then running
+    await asyncio.to_thread(wait_http, f"http://127.0.0.1:{metrics}/metrics", 60.0, proc)
     await asyncio.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 10) == 0
@@ -464,9 +472,14 @@ async def test_projection_lag_under_light_load(
 ) -> None:
     """~100 events/s for 3 s; lag = outbox commit → published_at (after Redis wrote)."""
     await drain(pool, redis, settings)
-    proc = start_process("query_api.projector", settings)
+    metrics = free_port()
+    proc = start_process(
+        "query_api.projector", settings.replace(read={"projector_metrics_port": metrics})
+    )
     try:
-        await asyncio.sleep(1.0)  # started and listening
+        # past its imports (seconds on a busy machine) once /metrics answers; then listening
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{metrics}/metrics", 60.0, proc)
+        await asyncio.sleep(1.0)
         ids = []
         for _ in range(300):
             ids.append((await write.start(new_user())).id)
@@ -513,3 +526,40 @@ def _scrape(port: int, metric: str) -> float:
         if line.startswith(metric + " "):
             return float(line.split()[1])
     raise AssertionError(f"{metric} not exported on :{port}")
+
+
+async def test_redis_down_is_one_log_line_per_interval_not_per_attempt(
+    settings: Settings, pool: asyncpg.Pool, write: WriteSide
+) -> None:
+    metrics = free_port()
+    down = settings.replace(
+        redis={"url": f"redis://127.0.0.1:{free_port()}/0"},  # nobody listens there
+        read={"projector_metrics_port": metrics},
+    )
+    order = await write.start(new_user())
+    env = {**os.environ, **down.to_env()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "query_api.projector"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        async def retried_a_few_times() -> bool:
+            try:
+                return _scrape(metrics, "projector_errors_total") >= 5
+            except (httpx.HTTPError, AssertionError):
+                return False
+
+        await wait_until(retried_a_few_times, timeout=30)
+    finally:
+        proc.terminate()
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=10)
+    lines = output.decode().splitlines()
+    failed = [line for line in lines if "projection failed" in line]
+    assert len(failed) == 1, lines
+    assert "cannot reach Redis at 127.0.0.1" in failed[0]
+    assert not any("Traceback" in line for line in lines), lines
+    assert await unpublished(pool, [order.id]) == 1  # nothing lost: projected once Redis is back

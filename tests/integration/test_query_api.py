@@ -267,7 +267,6 @@ async def test_summary(
         ("/orders/not-a-uuid", 404, "order_not_found"),
         (f"/orders/{uuid.uuid4()}", 404, "order_not_found"),
         ("/users/nobody-at-all/summary", 404, "user_not_found"),
-        ("/users/nobody-at-all/orders", 404, "user_not_found"),
         ("/users/u1/orders?limit=0", 422, "invalid_parameter"),
         ("/users/u1/orders?limit=101", 422, "invalid_parameter"),
         ("/users/u1/orders?limit=abc", 422, "invalid_parameter"),
@@ -287,6 +286,12 @@ async def test_errors_are_problem_details(
     assert body["code"] == code
     assert body["status"] == status
     assert {"type", "title", "detail"} <= body.keys()
+
+
+async def test_history_of_a_rider_without_rides_is_an_empty_page(client: Client) -> None:
+    response = await client.get("/users/nobody-at-all/orders")
+    assert response.status_code == 200
+    assert response.json() == {"items": [], "next_cursor": None}
 
 
 async def test_health_and_metrics(client: Client) -> None:

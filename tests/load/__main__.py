@@ -27,7 +27,13 @@ import uvloop
 from shared.settings import Settings
 from shared.views import order_key
 from tests.load import scenarios
-from tests.load.bench import bench_settings, bench_stub_settings, ceiling_server, running_stack
+from tests.load.bench import (
+    bench_settings,
+    bench_stub_settings,
+    ceiling_server,
+    free_port,
+    running_stack,
+)
 from tests.load.harness import CpuMeter, print_report
 
 STACK = ("stubs", "command_api", "worker", "projector", "query_api")
@@ -66,7 +72,7 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
 async def set_stub_configs(settings: Settings, **values: Any) -> None:
     from tests.load.client import Connection
 
-    conn = Connection("127.0.0.1", bench_stub_settings().port)
+    conn = Connection("127.0.0.1", bench_stub_settings(settings).port)
     try:
         await conn.request("POST", "/admin/configs", json.dumps(values).encode())
     finally:
@@ -187,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=3_000, help="query side: orders to seed")
     parser.add_argument("--command-workers", type=int, default=1)
     parser.add_argument("--query-workers", type=int, default=1)
-    parser.add_argument("--ceiling-port", type=int, default=18002)
+    parser.add_argument(
+        "--ceiling-port", type=int, default=0, help="port of the bare ceiling app (0: a free one)"
+    )
     parser.add_argument("--smoke", action="store_true", help="a few seconds at a low rate (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="show the services' output")
@@ -199,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.max and args.side == "command":
         args.rate = None
     settings = bench_settings(args.command_workers, args.query_workers)
+    args.ceiling_port = args.ceiling_port or free_port()
     uvloop.install()
     with running_stack(settings, STACK, quiet=not args.verbose) as bench:
         if args.side == "command":

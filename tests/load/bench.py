@@ -6,11 +6,13 @@ import asyncio
 import dataclasses
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -30,10 +32,20 @@ class Bench:
     pids: dict[str, int]
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (the kernel's choice), for one server of a run."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def bench_settings(command_workers: int, query_workers: int) -> Settings:
-    """Settings of one run: a private database and key prefix, quiet logs, own ports."""
+    """Settings of one run: a private database and key prefix, quiet logs, free ports
+    (so a run shares the machine with ``bin/up`` and other runs). The database server
+    and Redis come from ``SCOOTERS_DATABASE_URL`` / ``SCOOTERS_REDIS_URL``."""
     run = secrets.token_hex(3)
     base = Settings.from_env()
+    stubs_port = free_port()
     return base.replace(
         db={
             "url": base.db.url.rsplit("/", 1)[0] + f"/scooters_bench_{run}",
@@ -44,20 +56,24 @@ def bench_settings(command_workers: int, query_workers: int) -> Settings:
         serving={
             "command_workers": command_workers,
             "query_workers": query_workers,
-            "command_port": 18000,
-            "query_port": 18001,
+            "command_port": free_port(),
+            "query_port": free_port(),
         },
-        external={"base_url": "http://127.0.0.1:13629"},
+        read={"projector_metrics_port": free_port()},
+        external={"base_url": f"http://127.0.0.1:{stubs_port}"},
     )
 
 
-def bench_stub_settings() -> StubSettings:
-    """The stubs of a benchmark run: the data set of the environment, on their own port."""
-    return StubSettings.from_env().replace(port=13629)
+def bench_stub_settings(settings: Settings) -> StubSettings:
+    """The stubs of a benchmark run: the data set of the environment, on the free port
+    ``bench_settings`` chose for them (the port of ``settings.external.base_url``)."""
+    port = urlsplit(settings.external.base_url).port
+    assert port is not None
+    return StubSettings.from_env().replace(port=port)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, **settings.to_env(), **bench_stub_settings().to_env()}
+    return {**os.environ, **settings.to_env(), **bench_stub_settings(settings).to_env()}
 
 
 async def _drop_database(dsn: str) -> None:

@@ -104,7 +104,7 @@ def ride_context(
     settings: Settings, z_bytes: int, ride_seconds: float, lag_sample_every: int
 ) -> RideContext:
     """Fresh riders and scooters, connections to both APIs, the finish body for Z."""
-    riders, scooters = riders_and_scooters(bench_stub_settings())
+    riders, scooters = riders_and_scooters(bench_stub_settings(settings))
     return RideContext(
         settings=settings,
         command=Pool("127.0.0.1", settings.serving.command_port),

@@ -15,7 +15,8 @@ from stubs import StubSettings
 OLD_VARIABLES: dict[str, tuple[str, Any]] = {
     "SCOOTERS_ENVIRONMENT": ("runtime.environment", "development"),
     "SCOOTERS_LOG_LEVEL": ("runtime.log_level", "WARNING"),
-    "SCOOTERS_DATABASE_URL": ("db.url", "postgresql://postgres@127.0.0.1:5432/scooters"),
+    # the development role bin/up creates (issue 10: no trust authentication assumed)
+    "SCOOTERS_DATABASE_URL": ("db.url", "postgresql://scooters:scooters@127.0.0.1:5432/scooters"),
     "SCOOTERS_DATABASE_REPLICA_URL": ("db.replica_url", ""),
     "SCOOTERS_REDIS_URL": ("redis.url", "redis://127.0.0.1:6379/0"),
     "SCOOTERS_REDIS_KEY_PREFIX": ("redis.key_prefix", ""),
