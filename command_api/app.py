@@ -22,7 +22,7 @@ from command_api import rides
 from command_api.composition import open_deps
 from command_api.idempotency import MAX_KEY_LENGTH, run_once
 from command_api.identity import resolve_rider
-from shared.domain import TrackPoint
+from shared.domain import Order, TrackPoint
 from shared.errors import (
     DependencyUnavailable,
     IdempotencyKeyInFlight,
@@ -41,7 +41,6 @@ from shared.errors import (
     UserHasDebt,
     UserNotFound,
 )
-from shared.events import OrderSnapshot
 from shared.ids import parse_order_id
 from shared.infra.boundary import Identifier, request_class
 from shared.infra.di import Slot
@@ -150,13 +149,13 @@ async def _idempotent(
     pool: asyncpg.Pool,
     scope: str,
     key: str | None,
-    run: Callable[[], Awaitable[tuple[int, OrderSnapshot]]],
+    run: Callable[[], Awaitable[tuple[int, Order]]],
 ) -> Response[bytes]:
-    """Answer ``run()`` (status, snapshot), once per Idempotency-Key when one is given."""
+    """Answer ``run()`` (status, order), once per Idempotency-Key when one is given."""
 
     async def execute() -> tuple[int, bytes]:
-        status, snapshot = await run()
-        return status, _encoder.encode(snapshot)
+        status, order = await run()
+        return status, _encoder.encode(order)
 
     if key is None:
         status, body = await execute()
@@ -170,7 +169,7 @@ async def _idempotent(
     status_code=201,
     summary="Start a ride from an offer",
     responses={
-        201: ResponseSpec(OrderSnapshot, description="The ride, started", generate_examples=False),
+        201: ResponseSpec(Order, description="The ride, started", generate_examples=False),
         **problem_responses(
             "StartOrder",
             _merge(
@@ -196,7 +195,7 @@ async def start_order(
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
     resolve_rider(request, offer.user_id)  # once auth lands: refuses another rider's offer
 
-    async def run() -> tuple[int, OrderSnapshot]:
+    async def run() -> tuple[int, Order]:
         return 201, await rides.start_ride(deps, offer)
 
     return await _idempotent(request, deps.pool, f"start:{offer.user_id}", idempotency_key, run)
@@ -208,7 +207,7 @@ async def start_order(
     summary="Finish a ride and charge it (no body: no track)",
     responses={
         200: ResponseSpec(
-            OrderSnapshot, description="The ride, ended (or as it ended)", generate_examples=False
+            Order, description="The ride, ended (or as it ended)", generate_examples=False
         ),
         **problem_responses(
             "FinishOrder",
@@ -228,7 +227,7 @@ async def finish_order(
         raise OrderNotFound(f"no ride {order_id}")
     rider = resolve_rider(request, None)
 
-    async def run() -> tuple[int, OrderSnapshot]:
+    async def run() -> tuple[int, Order]:
         track = (data or NO_TRACK).track
         return 200, await rides.finish_ride(deps, parsed, track, rider)
 

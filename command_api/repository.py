@@ -9,53 +9,57 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from shared.events import OrderSnapshot
+from shared.domain import NewOrder, Order
+from shared.lifecycle import (
+    ACTIVATE,
+    DEBT_ALLOWED,
+    REJECT,
+    FinishDecision,
+    OperationState,
+    SettleDecision,
+)
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
-_snapshot = msgspec.json.Decoder(OrderSnapshot)
-REFUSED = "SC409"  # SQLSTATE of a refused step (migrations/sql/0003_ride_steps.sql)
+_order = msgspec.json.Decoder(Order)
+_json = msgspec.json.Encoder()
+REFUSED = "SC409"  # SQLSTATE of a refused step (migrations/sql/0004_ride_steps_apply.sql)
 
 
 class Refused(Exception):
-    """A step refused (and rolled back); ``code`` is the reason, e.g. ``scooter_busy``."""
+    """A step refused (and rolled back); ``code`` is a ``shared.lifecycle.Refusal``."""
 
     def __init__(self, code: str) -> None:
         super().__init__(code)
         self.code = code
 
 
-def _decode(text: str | None) -> OrderSnapshot | None:
-    return None if text is None else _snapshot.decode(text)
+def _decode(text: str | None) -> Order | None:
+    return None if text is None else _order.decode(text)
 
 
-# --- ride steps: one round trip each (functions in migrations/sql/0003_ride_steps.sql) -----
+# --- ride steps: one round trip each (functions in migrations/sql/0004_ride_steps_apply.sql) -
+# The steps apply what shared.lifecycle decided; the SQL keeps only the row guards.
 
 
 async def start_ride(
-    conn: Connection, values: dict[str, Any], max_rides: int, hold_due_seconds: float
+    conn: Connection,
+    order: NewOrder,
+    offer_expires_at: datetime,
+    max_rides: int,
+    hold_due_seconds: float,
 ) -> None:
-    """Claim offer, scooter and ride slot; write the order ``starting`` and the owed hold.
+    """Claim offer, scooter and ride slot; write ``order`` (one jsonb value) and the owed hold.
 
-    Raises :class:`Refused` with ``offer_already_used``, ``scooter_busy``,
-    ``user_has_debt`` or ``too_many_active_rides``.
+    Raises :class:`Refused` with a ``shared.lifecycle.Refusal`` code.
     """
     try:
         await conn.execute(
-            "SELECT start_ride($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-            values["id"],
-            values["created_at"],
-            values["offer_id"],
-            values["expires_at"],
-            values["user_id"],
-            values["scooter_id"],
-            values["zone_id"],
-            values["price_per_minute"],
-            values["price_unlock"],
-            values["deposit"],
-            values["free_ride_seconds"],
-            values["pricing"],
+            "SELECT start_ride($1, $2, $3, $4, $5)",
+            _json.encode(order).decode(),
+            offer_expires_at,
             max_rides,
+            DEBT_ALLOWED,
             hold_due_seconds,
         )
     except asyncpg.PostgresError as exc:
@@ -66,11 +70,18 @@ async def start_ride(
 
 async def activate_ride(
     conn: Connection, order_id: uuid.UUID, created_at: datetime, started_at: datetime
-) -> OrderSnapshot | None:
-    """``starting`` → ``active`` once the hold is confirmed; None if it was undone meanwhile."""
+) -> Order | None:
+    """Apply ``ACTIVATE`` once the hold is confirmed; None if the start was undone meanwhile."""
+    step = ACTIVATE
     return _decode(
         await conn.fetchval(
-            "SELECT to_jsonb(activate_ride($1, $2, $3))::text", order_id, created_at, started_at
+            "SELECT to_jsonb(activate_ride($1, $2, $3, $4, $5, $6))::text",
+            order_id,
+            created_at,
+            started_at,
+            step.status_from,
+            step.status_to,
+            step.payment_to,
         )
     )
 
@@ -78,15 +89,22 @@ async def activate_ride(
 async def reject_start(
     conn: Connection, order_id: uuid.UUID, created_at: datetime, release: bool
 ) -> bool:
-    """Undo a ``starting`` order (its hold failed); False if it was not ``starting``."""
+    """Apply ``REJECT`` (the hold failed) and free the claims; False if it was not starting."""
+    step = REJECT
     return bool(
-        await conn.fetchval("SELECT reject_start($1, $2, $3)", order_id, created_at, release)
+        await conn.fetchval(
+            "SELECT reject_start($1, $2, $3, $4, $5, $6)",
+            order_id,
+            created_at,
+            step.status_from,
+            step.status_to,
+            step.payment_to,
+            release,
+        )
     )
 
 
-async def get_order(
-    conn: Connection, order_id: uuid.UUID, created_at: datetime
-) -> OrderSnapshot | None:
+async def get_order(conn: Connection, order_id: uuid.UUID, created_at: datetime) -> Order | None:
     return _decode(
         await conn.fetchval(
             "SELECT to_jsonb(order_snapshot_of(o))::text FROM orders o"
@@ -98,32 +116,50 @@ async def get_order(
 
 
 async def finish_ride(
-    conn: Connection, values: dict[str, Any], charge_due_seconds: float
-) -> OrderSnapshot | None:
-    """End an active ride and owe its charge; None when it was no longer active."""
+    conn: Connection,
+    order_id: uuid.UUID,
+    created_at: datetime,
+    decision: FinishDecision,
+    distance_meters: int,
+    track: str | None,
+    charge_due_seconds: float,
+) -> Order | None:
+    """Apply ``decision`` to an active ride and owe its charge; None when it was no longer
+    active (another finish won). ``track`` is the GPS track as JSON text, or None."""
+    step = decision.transition
     return _decode(
         await conn.fetchval(
-            "SELECT to_jsonb(finish_ride($1, $2, $3, $4, $5, $6, $7, $8, $9))::text",
-            values["id"],
-            values["created_at"],
-            values["status"],
-            values["finished_at"],
-            values["duration_seconds"],
-            values["total_amount"],
-            values["distance_meters"],
-            values["track"],
+            "SELECT to_jsonb(finish_ride($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12))::text",
+            order_id,
+            created_at,
+            step.status_from,
+            step.status_to,
+            step.payment_to,
+            decision.finished_at,
+            decision.duration_seconds,
+            decision.total_amount,
+            distance_meters,
+            track,
+            decision.rides_count_delta,
             charge_due_seconds,
         )
     )
 
 
 async def settle_charge(
-    conn: Connection, order_id: uuid.UUID, created_at: datetime, status: str
-) -> OrderSnapshot | None:
-    """Record the charge's outcome (charged, released or debt); None if settled already."""
+    conn: Connection, order_id: uuid.UUID, created_at: datetime, decision: SettleDecision
+) -> Order | None:
+    """Apply ``decision`` (charged, released or debt); None if settled already."""
     return _decode(
         await conn.fetchval(
-            "SELECT to_jsonb(settle_charge($1, $2, $3))::text", order_id, created_at, status
+            "SELECT to_jsonb(settle_charge($1, $2, $3, $4, $5, $6, $7))::text",
+            order_id,
+            created_at,
+            decision.payment_from,
+            decision.payment_to,
+            decision.operation_state,
+            decision.total_charged_delta,
+            decision.debt_delta,
         )
     )
 
@@ -138,7 +174,7 @@ async def recorded_debt(conn: Connection, user_id: str) -> int:
 
 
 async def finish_payment_operation(
-    conn: Connection, order_id: uuid.UUID, kind: str, state: str = "done"
+    conn: Connection, order_id: uuid.UUID, kind: str, state: str = OperationState.DONE
 ) -> bool:
     """Close a pending operation; False when someone else closed it first."""
     closed = await conn.fetchval(

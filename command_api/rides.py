@@ -20,29 +20,20 @@ import asyncpg
 
 from command_api import repository as repo
 from command_api.external import ExternalServices, ServiceError
-from shared.domain import (
-    Offer,
-    OrderStatus,
-    PaymentStatus,
-    PricingInputs,
-    TrackPoint,
-)
-from shared.errors import (
-    DependencyUnavailable,
-    DomainError,
-    OfferAlreadyUsed,
-    OrderNotFound,
-    ScooterBusy,
-    TooManyActiveRides,
-    TrackTooLong,
-    UserHasDebt,
-)
-from shared.events import (
-    OrderSnapshot,
-)
+from shared.domain import NewOrder, Offer, Order, PricingInputs, TrackPoint
+from shared.errors import DependencyUnavailable, OrderNotFound, TrackTooLong
 from shared.ids import created_at_of, uuid7
+from shared.lifecycle import (
+    NEW_ORDER,
+    check_no_debt,
+    decide_finish,
+    decide_settle,
+    is_riding,
+    is_visible,
+    refusal_error,
+)
 from shared.offer_token import OfferSigner
-from shared.pricing import is_free_ride, quote, ride_cost, track_distance_meters
+from shared.pricing import quote, track_distance_meters
 from shared.settings import Settings
 
 log = logging.getLogger("rides")
@@ -82,8 +73,7 @@ async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer
     finally:
         for task in (user_task, configs_task, debt_task):
             task.cancel()
-    if debt > 0:
-        raise UserHasDebt(f"user {user_id} owes {debt} for an earlier ride; settle it to ride")
+    check_no_debt(user_id, debt, source=" for an earlier ride")
     zone = await services.zone(scooter.zone_id)
     coeffs = configs.value
     price = quote(scooter, zone.value, user.value, coeffs)
@@ -125,7 +115,7 @@ async def _recorded_debt(pool: asyncpg.Pool, user_id: str) -> int:
 # --- starting a ride --------------------------------------------------------------------------
 
 
-async def start_ride(deps: Deps, offer: Offer) -> OrderSnapshot:
+async def start_ride(deps: Deps, offer: Offer) -> Order:
     """Start a ride from a verified offer: reserve, hold the deposit, then activate.
 
     1. One step claims the offer, the scooter and a ride slot, writes the order as
@@ -139,30 +129,41 @@ async def start_ride(deps: Deps, offer: Offer) -> OrderSnapshot:
     settings = deps.settings
     order_id = uuid7()
     created_at = created_at_of(order_id)
-    values = {
-        "id": order_id,
-        "created_at": created_at,
-        "offer_id": offer.id,
-        "expires_at": offer.expires_at,
-        "user_id": offer.user_id,
-        "scooter_id": offer.scooter_id,
-        "zone_id": offer.zone_id,
-        "price_per_minute": offer.price_per_minute,
-        "price_unlock": offer.price_unlock,
-        "deposit": offer.deposit,
-        "free_ride_seconds": offer.inputs.free_ride_seconds,
-        "pricing": repo.encode_json(offer.inputs),
-    }
+    status, payment_status = NEW_ORDER
+    order = NewOrder(
+        id=str(order_id),
+        offer_id=str(offer.id),
+        user_id=offer.user_id,
+        scooter_id=offer.scooter_id,
+        zone_id=offer.zone_id,
+        status=status,
+        payment_status=payment_status,
+        price_per_minute=offer.price_per_minute,
+        price_unlock=offer.price_unlock,
+        deposit=offer.deposit,
+        free_ride_seconds=offer.inputs.free_ride_seconds,
+        created_at=created_at,
+        started_at=created_at,
+        version=1,
+        pricing=offer.inputs,
+    )
     try:
         async with deps.pool.acquire() as conn:
             await repo.start_ride(
                 conn,
-                values,
+                order,
+                offer.expires_at,
                 settings.rides.max_active_per_user,
                 settings.payments.stuck_hold_seconds,
             )
     except repo.Refused as refused:
-        raise _refusal(refused.code, offer, settings) from None
+        raise refusal_error(
+            refused.code,
+            offer_id=offer.id,
+            scooter_id=offer.scooter_id,
+            user_id=offer.user_id,
+            max_rides=settings.rides.max_active_per_user,
+        ) from None
     try:
         await deps.services.hold(offer.user_id, str(order_id), offer.deposit)
     except ServiceError as exc:
@@ -171,23 +172,10 @@ async def start_ride(deps: Deps, offer: Offer) -> OrderSnapshot:
             "payments", f"could not hold the deposit: {exc.reason}"
         ) from exc
     async with deps.pool.acquire() as conn:
-        snapshot = await repo.activate_ride(conn, order_id, created_at, utcnow())
-    if snapshot is None:  # the worker undid this start while the hold was slow
+        started = await repo.activate_ride(conn, order_id, created_at, utcnow())
+    if started is None:  # the worker undid this start while the hold was slow
         raise DependencyUnavailable("payments", "holding the deposit took too long")
-    return snapshot
-
-
-def _refusal(code: str, offer: Offer, settings: Settings) -> DomainError:
-    """The domain error for a start the database refused."""
-    if code == "offer_already_used":
-        return OfferAlreadyUsed(f"offer {offer.id} has already started a ride")
-    if code == "scooter_busy":
-        return ScooterBusy(f"scooter {offer.scooter_id} is already in a ride")
-    if code == "user_has_debt":
-        return UserHasDebt(f"user {offer.user_id} has an unpaid debt")
-    return TooManyActiveRides(
-        f"user {offer.user_id} already has {settings.rides.max_active_per_user} active ride(s)"
-    )
+    return started
 
 
 async def reject_start(
@@ -203,7 +191,7 @@ async def reject_start(
 
 async def finish_ride(
     deps: Deps, order_id: uuid.UUID, track: Sequence[TrackPoint], acting_user: str | None = None
-) -> OrderSnapshot:
+) -> Order:
     """End a ride (idempotent) and charge it.
 
     The end is committed first, with the charge recorded as owed, so the rider can always
@@ -217,40 +205,34 @@ async def finish_ride(
     created_at = created_at_of(order_id)
     async with deps.pool.acquire() as conn:
         order = await repo.get_order(conn, order_id, created_at)
-        if order is None or order.status in (OrderStatus.STARTING, OrderStatus.REJECTED):
+        if order is None or not is_visible(order.status):
             raise OrderNotFound(f"no ride {order_id}")
         if acting_user is not None and order.user_id != acting_user:
             raise OrderNotFound(f"no ride {order_id}")
-        if order.status != OrderStatus.ACTIVE:
+        if not is_riding(order.status):
             return order
-        finished_at = utcnow()
-        seconds = max(0, int((finished_at - order.started_at).total_seconds()))
-        cancelled = is_free_ride(seconds, order.free_ride_seconds)
-        total = ride_cost(
-            seconds,
-            order.price_per_minute,
-            order.price_unlock,
-            order.free_ride_seconds,
+        decision = decide_finish(
+            started_at=order.started_at,
+            finished_at=utcnow(),
+            price_per_minute=order.price_per_minute,
+            price_unlock=order.price_unlock,
+            free_ride_seconds=order.free_ride_seconds,
             max_charged_seconds=settings.rides.max_charged_seconds,
         )
         ended = await repo.finish_ride(
             conn,
-            {
-                "id": order_id,
-                "created_at": created_at,
-                "status": OrderStatus.CANCELLED if cancelled else OrderStatus.FINISHED,
-                "finished_at": finished_at,
-                "duration_seconds": seconds,
-                "total_amount": total,
-                "distance_meters": track_distance_meters(track, settings.rides.track_max_speed_kmh),
-                "track": repo.encode_json(track) if track else None,
-            },
+            order_id,
+            created_at,
+            decision,
+            track_distance_meters(track, settings.rides.track_max_speed_kmh),
+            repo.encode_json(track) if track else None,
             settings.external.payment_timeout_seconds * 2,
         )
         if ended is None:  # a concurrent finish ended it first: answer its result
             stored = await repo.get_order(conn, order_id, created_at)
             assert stored is not None
             return stored
+    total = decision.total_amount
     try:
         await deps.services.clear(ended.user_id, ended.id, total)
     except ServiceError as exc:
@@ -267,16 +249,13 @@ async def settle_charge(
     amount: int,
     *,
     gave_up: bool = False,
-) -> OrderSnapshot | None:
-    """Record a confirmed charge (or, when the retries ``gave_up``, the user's debt).
+) -> Order | None:
+    """Record a confirmed charge (or, when the retries ``gave_up``, the rider's debt) as
+    ``shared.lifecycle.decide_settle`` decides it.
 
     Returns the settled order, or None if another process settled it first.
     """
-    if gave_up:
-        status = PaymentStatus.DEBT
-    elif amount == 0:
-        status = PaymentStatus.RELEASED
-    else:
-        status = PaymentStatus.CHARGED
     async with pool.acquire() as conn:
-        return await repo.settle_charge(conn, order_id, created_at, status)
+        return await repo.settle_charge(
+            conn, order_id, created_at, decide_settle(amount, gave_up=gave_up)
+        )

@@ -28,6 +28,7 @@ from command_api.external import ServiceError
 from migrations.maintenance import prune, run_partition_maintenance
 from shared.infra.failures import RetryLog, explain_postgres, explained_exit
 from shared.infra.logs import configure_logging
+from shared.lifecycle import OperationKind
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("worker")
@@ -45,14 +46,18 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
     settings = deps.settings
     order_id, kind, amount = op["order_id"], op["kind"], op["amount"]
     created_at, user_id = op["order_created_at"], op["user_id"]
-    if kind == "hold":
+    if kind == OperationKind.HOLD:
         undone = await rides.reject_start(deps.pool, order_id, created_at, release=True)
         metrics.payment_attempts.labels(kind, "undone" if undone else "noop").inc()
         return
     try:
         await deps.services.clear(user_id, str(order_id), amount)
     except ServiceError as exc:
-        if kind == "charge" and amount > 0 and op["attempts"] >= settings.payments.max_attempts:
+        if (
+            kind == OperationKind.CHARGE
+            and amount > 0
+            and op["attempts"] >= settings.payments.max_attempts
+        ):
             await rides.settle_charge(deps.pool, order_id, created_at, amount, gave_up=True)
             metrics.payment_attempts.labels(kind, "debt").inc()
             log.warning(
@@ -66,7 +71,7 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
             )
         return
     metrics.payment_attempts.labels(kind, "ok").inc()
-    if kind == "charge":
+    if kind == OperationKind.CHARGE:
         await rides.settle_charge(deps.pool, order_id, created_at, amount)
     else:
         async with deps.pool.acquire() as conn:

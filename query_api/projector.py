@@ -35,6 +35,7 @@ from shared.infra.failures import (
     explained_exit,
     port_in_use_message,
 )
+from shared.lifecycle import is_riding
 from shared.settings import Settings, get_settings
 from shared.views import created_at_ms, order_view_of, summary_view_of
 
@@ -64,7 +65,7 @@ def writes_for(event: Event, settings: Settings, now: datetime) -> list[Write]:
     order = order_view_of(event.order)
     ttl = (
         0
-        if order.status == "active"
+        if is_riding(order.status)
         else projection.finished_ttl(
             order.finished_at, now, settings.read.finished_view_ttl_seconds, _LATE_TTL_FLOOR
         )

@@ -23,6 +23,7 @@ from query_api.metrics import CACHE_HITS, CACHE_MISSES, FALLBACKS
 from query_api.projection import Write
 from query_api.stores import POSTGRES_DOWN, RedisClient, RedisGate, RedisUnavailable, SingleFlight
 from shared.errors import DependencyUnavailable
+from shared.lifecycle import is_riding
 from shared.settings import Settings
 from shared.views import (
     COMPLETE_MARK,
@@ -219,7 +220,7 @@ class Reads:
     # --- plumbing -------------------------------------------------------------------------
 
     def _put_order(self, view: OrderView) -> Write:
-        if view.status == "active":
+        if is_riding(view.status):
             ttl = self._settings.read.refill_ttl_seconds
         else:
             ttl = projection.finished_ttl(

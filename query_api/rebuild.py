@@ -21,6 +21,7 @@ from query_api import projection, repository
 from query_api.projection import Write
 from query_api.stores import RedisClient, connect_redis
 from shared.infra.db import create_pool
+from shared.lifecycle import is_riding
 from shared.settings import Settings, get_settings
 from shared.views import OrderView, created_at_ms
 
@@ -32,7 +33,7 @@ _END = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def _order_write(settings: Settings, view: OrderView, now: datetime) -> Write | None:
-    if view.status == "active":
+    if is_riding(view.status):
         return projection.put_order(settings.redis.key_prefix, view, 0)
     ttl = projection.finished_ttl(view.finished_at, now, settings.read.finished_view_ttl_seconds, 0)
     return projection.put_order(settings.redis.key_prefix, view, ttl) if ttl > 0 else None

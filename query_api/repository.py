@@ -12,16 +12,18 @@ from datetime import datetime
 import asyncpg
 
 from shared.ids import created_at_of
-from shared.views import VISIBLE_STATUSES, OrderView, UserSummaryView
+from shared.lifecycle import RIDER_VISIBLE
+from shared.views import OrderView, UserSummaryView
 
 Executor = asyncpg.Connection | asyncpg.Pool
 
-_VIEW_COLUMNS = """
-    id::text, user_id, scooter_id, zone_id, status, payment_status, price_per_minute,
-    price_unlock, deposit, free_ride_seconds, created_at, started_at, finished_at,
-    duration_seconds, total_amount, distance_meters, version
-"""
-_VISIBLE = "status = ANY('{" + ",".join(VISIBLE_STATUSES) + "}'::text[])"
+# The columns of an OrderView, from its fields (the ids as text, as the view holds them).
+_VIEW_COLUMNS = ", ".join(
+    f"{name}::text AS {name}" if name == "id" else name
+    for name in OrderView.__struct_fields__
+    if name != "schema"
+)
+_VISIBLE = "status = ANY('{" + ",".join(RIDER_VISIBLE) + "}'::text[])"
 
 _ORDER_BY_ID = f"""
 SELECT {_VIEW_COLUMNS} FROM orders

@@ -1,7 +1,7 @@
 """What the app's screens receive: views turned into answers at read time.
 
 The running cost of an active ride is computed here, on every read, with the same
-formula the command side charges (``shared.pricing.ride_cost``).
+formula the command side charges (``shared.lifecycle.ride_cost``).
 """
 
 from __future__ import annotations
@@ -13,30 +13,17 @@ from datetime import datetime
 
 import msgspec
 
-from shared.domain import MAX_EPOCH_SECONDS
-from shared.pricing import ride_cost
+from shared.domain import MAX_EPOCH_SECONDS, OrderFields
+from shared.lifecycle import is_riding, ride_cost
 from shared.views import OrderView, UserSummaryView
 
 
-class OrderScreen(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    user_id: str
-    scooter_id: str
-    zone_id: str
-    status: str
-    payment_status: str
-    price_per_minute: int
-    price_unlock: int
-    deposit: int
-    created_at: datetime
-    started_at: datetime
-    finished_at: datetime | None
+class OrderScreen(OrderFields, frozen=True, kw_only=True):
+    """The ride screen: the order's rider-visible fields (``shared.domain.OrderFields``;
+    ``total_amount`` only once the ride ended) and what the time of the read adds."""
+
     elapsed_seconds: int
     current_amount: int | None  # active rides: the cost if the ride ended now
-    total_amount: int | None  # finished or cancelled rides: the final cost
-    duration_seconds: int | None
-    distance_meters: int | None
-    version: int
 
 
 class OrdersPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,7 +45,9 @@ def order_screen(
 ) -> OrderScreen:
     """The ride screen of ``view`` at ``now``; the running cost stops growing after
     ``max_charged_seconds`` as the final charge does."""
-    if view.status == "active":
+    fields = msgspec.structs.asdict(view)
+    del fields["free_ride_seconds"], fields["schema"]
+    if is_riding(view.status):
         elapsed = max(0, int((now - view.started_at).total_seconds()))
         current: int | None = ride_cost(
             elapsed,
@@ -67,29 +56,11 @@ def order_screen(
             view.free_ride_seconds,
             max_charged_seconds=max_charged_seconds,
         )
+        fields["total_amount"] = None
     else:
         elapsed = view.duration_seconds if view.duration_seconds is not None else 0
         current = None
-    return OrderScreen(
-        id=view.id,
-        user_id=view.user_id,
-        scooter_id=view.scooter_id,
-        zone_id=view.zone_id,
-        status=view.status,
-        payment_status=view.payment_status,
-        price_per_minute=view.price_per_minute,
-        price_unlock=view.price_unlock,
-        deposit=view.deposit,
-        created_at=view.created_at,
-        started_at=view.started_at,
-        finished_at=view.finished_at,
-        elapsed_seconds=elapsed,
-        current_amount=current,
-        total_amount=None if view.status == "active" else view.total_amount,
-        duration_seconds=view.duration_seconds,
-        distance_meters=view.distance_meters,
-        version=view.version,
-    )
+    return OrderScreen(**fields, elapsed_seconds=elapsed, current_amount=current)
 
 
 def summary_screen(view: UserSummaryView) -> SummaryScreen:

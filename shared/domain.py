@@ -6,12 +6,13 @@ the contract's spelling). Money is always an ``int`` in currency units.
 
 from __future__ import annotations
 
-import enum
 import uuid
 from datetime import datetime
 from typing import Annotated
 
 import msgspec
+
+from shared.lifecycle import OrderStatus, PaymentStatus
 
 MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last moment a datetime holds
 MAX_AMOUNT = 2**63 - 1  # money, durations and distances are 64-bit from the wire to the database
@@ -102,22 +103,49 @@ class Offer(msgspec.Struct, frozen=True, kw_only=True):
 # --- orders -----------------------------------------------------------------------------------
 
 
-class OrderStatus(enum.StrEnum):
-    STARTING = "starting"  # written before the hold; never shown as a ride
-    ACTIVE = "active"
-    FINISHED = "finished"
-    CANCELLED = "cancelled"  # under the free threshold, costs 0
-    REJECTED = "rejected"  # the hold failed; nothing was charged, the offer is free again
+class OrderFields(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields of an order a rider may see, written once: the stored :class:`Order`,
+    the read side's ``OrderView`` and the ``OrderScreen`` all extend this Struct.
+
+    Money (``price_per_minute``, ``price_unlock``, ``deposit``, ``total_amount``) in
+    currency units, durations in whole seconds, distances in whole metres, times UTC;
+    all 64-bit in Postgres (``bigint``). Statuses: :mod:`shared.lifecycle`.
+    ``tests/integration/test_order_shape.py`` fails when the ``orders`` table or the SQL
+    type ``order_snapshot`` disagree with these Structs.
+    """
+
+    id: str
+    user_id: str
+    scooter_id: str
+    zone_id: str
+    status: OrderStatus
+    payment_status: PaymentStatus
+    price_per_minute: int
+    price_unlock: int
+    deposit: int
+    created_at: datetime
+    started_at: datetime
+    finished_at: datetime | None = None
+    duration_seconds: int | None = None
+    total_amount: int | None = None  # the amount charged (0 for a cancelled ride)
+    distance_meters: int | None = None
+    version: int
 
 
-class PaymentStatus(enum.StrEnum):
-    HOLDING = "holding"  # hold requested, not yet confirmed
-    HELD = "held"
-    PENDING = "pending"  # ride ended, charge not yet confirmed (retried)
-    CHARGED = "charged"  # final amount charged, rest of the hold released
-    RELEASED = "released"  # a cancelled (free) ride: the whole hold was released
-    DEBT = "debt"  # the retries gave up: the amount is the user's debt
-    FAILED = "failed"  # the hold failed (order rejected)
+class Order(OrderFields, frozen=True, kw_only=True):
+    """The stored order (one row of ``orders`` without its track and pricing inputs) at
+    ``version``; what the ride steps return and what every outbox event carries (its
+    *snapshot*, SQL type ``order_snapshot``). Terms: ``docs/glossary.md``."""
+
+    offer_id: str
+    free_ride_seconds: int
+
+
+class NewOrder(Order, frozen=True, kw_only=True):
+    """An order as the start step writes it: the stored order plus the offer's pricing
+    inputs (``orders.pricing``). Passed to SQL as one jsonb value (``start_ride``)."""
+
+    pricing: PricingInputs
 
 
 class TrackPoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

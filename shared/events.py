@@ -9,33 +9,18 @@ schema-evolution rules: new fields get defaults, types never change.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import msgspec
 
+from shared.domain import Order
 
-class OrderSnapshot(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    offer_id: str
-    user_id: str
-    scooter_id: str
-    zone_id: str
-    status: str
-    payment_status: str
-    price_per_minute: int
-    price_unlock: int
-    deposit: int
-    free_ride_seconds: int
-    created_at: datetime
-    started_at: datetime
-    finished_at: datetime | None = None
-    duration_seconds: int | None = None
-    total_amount: int | None = None
-    distance_meters: int | None = None
-    version: int
+OrderSnapshot = Order
+"""An order's snapshot: the stored order at one version (``shared.domain.Order``, SQL
+type ``order_snapshot``); the name says it is a copy taken when the event was written."""
 
 
 class UserSummarySnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A rider's totals at ``version`` (SQL type ``summary_snapshot``; money in currency units)."""
+
     user_id: str
     rides_count: int
     total_charged: int

@@ -1,4 +1,6 @@
-"""Pricing rules of DOMAIN.md, in one place, free of I/O.
+"""Pricing rules of DOMAIN.md ("Pricing"), in one place, free of I/O.
+
+What a finished ride costs is a rule of the order lifecycle: ``shared.lifecycle.ride_cost``.
 
 Every step truncates toward zero exactly as the rules say; money stays ``int``.
 """
@@ -11,8 +13,8 @@ from collections.abc import Sequence
 
 import msgspec
 
+from shared import lifecycle
 from shared.domain import PriceCoeffSettings, ScooterData, TariffZone, TrackPoint, UserProfile
-from shared.errors import UserHasDebt
 
 
 class Price(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,9 +29,12 @@ def quote(
     user: UserProfile,
     coeffs: PriceCoeffSettings,
 ) -> Price:
-    """The personal price of a ride; refuses a user who has a current debt."""
-    if user.current_debt > 0:
-        raise UserHasDebt(f"user {user.id} owes {user.current_debt}; settle it to ride")
+    """The personal price of a ride (DOMAIN.md "Pricing", money in currency units).
+
+    Refuses a user who has a current debt (rule 4, :func:`shared.lifecycle.check_no_debt`):
+    raises :class:`~shared.errors.UserHasDebt`.
+    """
+    lifecycle.check_no_debt(user.id, user.current_debt)
     per_minute = int(zone.price_per_minute * coeffs.surge)
     if scooter.charge < coeffs.low_charge_threshold:
         per_minute = int(per_minute * coeffs.low_charge_discount)
@@ -41,34 +46,6 @@ def quote(
     else:
         deposit = zone.default_deposit
     return Price(price_per_minute=per_minute, price_unlock=unlock, deposit=deposit)
-
-
-def ride_cost(
-    seconds: int,
-    price_per_minute: int,
-    price_unlock: int,
-    free_ride_seconds: int,
-    *,
-    max_charged_seconds: int | None = None,
-) -> int:
-    """Cost of a ride of ``seconds`` (whole seconds): 0 under the free threshold,
-    else per-second proration, floored, plus the unlock price (DOMAIN.md, "Orders").
-
-    A ride longer than ``max_charged_seconds`` (setting ``rides.max_charged_seconds``) is
-    charged as if it lasted exactly that long, so a ride left running for days or years
-    (an app that crashed, a clock gone wrong) still finishes with a bounded amount:
-    with the tariff bounds of the settings the cost stays far below 2**63.
-    """
-    if seconds < free_ride_seconds:
-        return 0
-    if max_charged_seconds is not None:
-        seconds = min(seconds, max_charged_seconds)
-    return seconds * price_per_minute // 60 + price_unlock
-
-
-def is_free_ride(seconds: int, free_ride_seconds: int) -> bool:
-    """A ride under the free threshold is cancelled and costs nothing."""
-    return seconds < free_ride_seconds
 
 
 _EARTH_RADIUS_M = 6_371_008.8

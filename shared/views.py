@@ -16,37 +16,25 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from shared.events import OrderSnapshot, UserSummarySnapshot
+from shared.domain import Order, OrderFields
+from shared.events import UserSummarySnapshot
 
 VIEW_SCHEMA = 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
-# Order statuses that exist for the rider; 'starting' and 'rejected' never are shown.
-VISIBLE_STATUSES = ("active", "finished", "cancelled")
 
+class OrderView(OrderFields, frozen=True, kw_only=True):
+    """What the ride screen needs (the fields of :class:`shared.domain.OrderFields` plus
+    ``free_ride_seconds`` for the running cost); the raw GPS track is never part of it.
+    Only orders whose status is rider-visible (``shared.lifecycle.RIDER_VISIBLE``) have one."""
 
-class OrderView(msgspec.Struct, frozen=True, kw_only=True):
-    """What the ride screen needs; the raw GPS track is never part of it."""
-
-    id: str
-    user_id: str
-    scooter_id: str
-    zone_id: str
-    status: str
-    payment_status: str
-    price_per_minute: int
-    price_unlock: int
-    deposit: int
     free_ride_seconds: int
-    created_at: datetime
-    started_at: datetime
-    finished_at: datetime | None = None
-    duration_seconds: int | None = None
-    total_amount: int | None = None
-    distance_meters: int | None = None
-    version: int
     schema: int = VIEW_SCHEMA
+
+
+# the stored order's fields a view leaves out (the view is derived by name, not spelled)
+_NOT_IN_VIEW = tuple(f for f in Order.__struct_fields__ if f not in OrderView.__struct_fields__)
 
 
 class UserSummaryView(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,27 +54,12 @@ order_view_decoder = msgspec.msgpack.Decoder(OrderView)
 summary_view_decoder = msgspec.msgpack.Decoder(UserSummaryView)
 
 
-def order_view_of(order: OrderSnapshot) -> OrderView:
-    """The order view of an event's snapshot."""
-    return OrderView(
-        id=order.id,
-        user_id=order.user_id,
-        scooter_id=order.scooter_id,
-        zone_id=order.zone_id,
-        status=order.status,
-        payment_status=order.payment_status,
-        price_per_minute=order.price_per_minute,
-        price_unlock=order.price_unlock,
-        deposit=order.deposit,
-        free_ride_seconds=order.free_ride_seconds,
-        created_at=order.created_at,
-        started_at=order.started_at,
-        finished_at=order.finished_at,
-        duration_seconds=order.duration_seconds,
-        total_amount=order.total_amount,
-        distance_meters=order.distance_meters,
-        version=order.version,
-    )
+def order_view_of(order: Order) -> OrderView:
+    """The order view of a stored order (an event's snapshot): its fields, by name."""
+    fields = msgspec.structs.asdict(order)
+    for name in _NOT_IN_VIEW:
+        del fields[name]
+    return OrderView(**fields)
 
 
 def summary_view_of(summary: UserSummarySnapshot) -> UserSummaryView:

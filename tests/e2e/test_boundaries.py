@@ -63,10 +63,6 @@ async def test_109_point_antipodal_track_finishes_and_counts_no_impossible_speed
     assert again.json()["total_amount"] == done["total_amount"]
 
 
-@pytest.mark.xfail(
-    reason="needs the 64-bit distance column of issue 7's migration 0004; remove once merged",
-    strict=False,
-)
 async def test_track_longer_than_32_bits_of_metres_is_stored(
     api: AsyncTestClient[Any], db: asyncpg.Pool, ids: Ids
 ) -> None:

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from command_api import worker
 from query_api.app import create_app as create_query_app
-from shared.pricing import ride_cost
+from shared.lifecycle import ride_cost
 from shared.settings import Settings
 from shared.views import COMPLETE_MARK, order_key, user_orders_key, user_summary_key
 from tests.conftest import start_process, stop_process

@@ -47,7 +47,7 @@ from shared.events import (
     event_encoder,
 )
 from shared.ids import created_at_of, uuid7
-from shared.pricing import ride_cost
+from shared.lifecycle import ride_cost
 from shared.settings import Settings
 from shared.views import (
     OrderView,
@@ -60,11 +60,11 @@ from shared.views import (
 )
 from tests.conftest import ROOT, free_port, start_process, stop_process, wait_http
 
-_ORDER_COLUMNS = """
-    id::text, offer_id::text, user_id, scooter_id, zone_id, status, payment_status,
-    price_per_minute, price_unlock, deposit, free_ride_seconds, created_at, started_at,
-    finished_at, duration_seconds, total_amount, distance_meters, version
-"""
+# the stored order's columns, from its Struct (ids as text, as the snapshot holds them)
+_ORDER_COLUMNS = ", ".join(
+    f"{name}::text AS {name}" if name in ("id", "offer_id") else name
+    for name in OrderSnapshot.__struct_fields__
+)
 _SUMMARY_COLUMNS = "user_id, rides_count, total_charged, debt, last_payment_status, version"
 _TRACK = json.dumps([{"t": i, "lat": 55.75 + i * 1e-5, "lon": 37.61} for i in range(300)])
 

@@ -19,7 +19,7 @@ from query_api.app import create_app
 from query_api.projector import drain
 from query_api.stores import RedisGate, RedisUnavailable, connect_redis
 from shared.ids import uuid7
-from shared.pricing import ride_cost
+from shared.lifecycle import ride_cost
 from shared.settings import Settings
 from shared.views import order_key, user_orders_key
 from tests.conftest import free_port

@@ -32,7 +32,8 @@ from shared.domain import (
 )
 from shared.errors import InvalidRequest
 from shared.infra.boundary import decode_as, decode_json, is_identifier, json_depth_exceeds
-from shared.pricing import ride_cost, segment_meters, track_distance_meters
+from shared.lifecycle import ride_cost
+from shared.pricing import segment_meters, track_distance_meters
 from shared.settings import Settings
 
 SETTINGS = Settings()

@@ -8,7 +8,8 @@ import pytest
 
 from shared.domain import PriceCoeffSettings, ScooterData, TariffZone, TrackPoint, UserProfile
 from shared.errors import UserHasDebt
-from shared.pricing import quote, ride_cost, track_distance_meters
+from shared.lifecycle import ride_cost
+from shared.pricing import quote, track_distance_meters
 
 ZONE = TariffZone(id="zone-1", price_per_minute=12, price_unlock=45, default_deposit=300)
 COEFFS = PriceCoeffSettings(surge=2, low_charge_discount=0.75)

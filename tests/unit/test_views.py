@@ -12,7 +12,7 @@ from query_api import projection
 from query_api.screens import InvalidCursor, decode_cursor, encode_cursor, order_screen
 from query_api.stores import SingleFlight
 from shared.ids import created_at_of, uuid7
-from shared.pricing import ride_cost
+from shared.lifecycle import OrderStatus, PaymentStatus, ride_cost
 from shared.views import (
     OrderView,
     created_at_ms,
@@ -33,8 +33,8 @@ def view(**changes: object) -> OrderView:
         user_id="u1",
         scooter_id="s1",
         zone_id="z1",
-        status="active",
-        payment_status="held",
+        status=OrderStatus.ACTIVE,
+        payment_status=PaymentStatus.HELD,
         price_per_minute=24,
         price_unlock=45,
         deposit=300,
