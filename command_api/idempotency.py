@@ -26,8 +26,10 @@ async def run_once(
     execute: Callable[[], Awaitable[tuple[int, bytes]]],
 ) -> tuple[int, bytes]:
     """Run ``execute`` at most once per (scope, key); returns (status, body)."""
-    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise InvalidIdempotencyKey(f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} printable chars")
+    if not key or len(key) > MAX_KEY_LENGTH or not (key.isascii() and key.isprintable()):
+        raise InvalidIdempotencyKey(
+            f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} printable ASCII characters"
+        )
     digest = hashlib.sha256(request).digest()
     async with pool.acquire() as conn:
         stored = await repo.claim_idempotency_key(conn, scope, key, digest)

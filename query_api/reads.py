@@ -53,6 +53,7 @@ class UserOrders(msgspec.Struct, frozen=True):
 class Reads:
     def __init__(self, settings: Settings, redis: RedisClient, db: asyncpg.Pool) -> None:
         self._settings = settings
+        self.max_charged_seconds = settings.rides.max_charged_seconds
         self._prefix = settings.redis.key_prefix
         self._redis = redis
         self._db = db

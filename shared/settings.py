@@ -168,6 +168,10 @@ class ServingSettings:
     metrics_host: str = setting("METRICS_HOST", "127.0.0.1")
     command_metrics_port: int = setting("COMMAND_METRICS_PORT", 9100)
     query_metrics_port: int = setting("QUERY_METRICS_PORT", 9110)
+    # untrusted input: an untyped JSON body nesting deeper is refused (400 invalid_request);
+    # typed bodies are bounded by their type (docs/boundaries.md)
+    json_max_depth: int = setting("JSON_MAX_DEPTH", 32)
+    request_max_body_bytes: int = setting("REQUEST_MAX_BODY_BYTES", 2 * 1024 * 1024)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -236,6 +240,29 @@ class RideSettings:
 
     max_active_per_user: int = setting("MAX_ACTIVE_RIDES_PER_USER", 1)
     track_max_points: int = setting("TRACK_MAX_POINTS", 2_000)
+    # a GPS segment faster than this is a glitch and adds no distance (DOMAIN.md, "When
+    # rides go wrong"; docs/boundaries.md)
+    track_max_speed_kmh: float = setting("TRACK_MAX_SPEED_KMH", 150.0)
+    # a ride is charged for at most this long, however long it lasted (an app that never
+    # finished it, a clock gone wrong); its recorded duration stays the real one
+    max_charged_seconds: int = setting("RIDE_MAX_CHARGED_SECONDS", 86_400)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AnswerBounds:
+    """Sane bounds of what the external services answer; outside them an answer is
+    nonsense and that service's degradation policy applies (DOMAIN.md; a battery charge
+    is always 0-100 %). Money in currency units, durations in seconds."""
+
+    surge_min: float = setting("SURGE_MIN", 0.1)
+    surge_max: float = setting("SURGE_MAX", 10.0)
+    low_charge_discount_min: float = setting("LOW_CHARGE_DISCOUNT_MIN", 0.1)  # at most 1.0
+    deposit_multiplier_max: float = setting("DEPOSIT_MULTIPLIER_MAX", 10.0)  # at least 1.0
+    free_ride_seconds_max: int = setting("FREE_RIDE_SECONDS_MAX", 3_600)
+    tariff_price_per_minute_max: int = setting("TARIFF_PRICE_PER_MINUTE_MAX", 100_000)
+    tariff_price_unlock_max: int = setting("TARIFF_PRICE_UNLOCK_MAX", 1_000_000)
+    tariff_deposit_max: int = setting("TARIFF_DEPOSIT_MAX", 10_000_000)
+    user_debt_max: int = setting("USER_DEBT_MAX", 1_000_000_000_000)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -288,6 +315,7 @@ class Settings:
     identity: IdentitySettings = dataclasses.field(default_factory=IdentitySettings)
     pricing: PricingDefaults = dataclasses.field(default_factory=PricingDefaults)
     rides: RideSettings = dataclasses.field(default_factory=RideSettings)
+    bounds: AnswerBounds = dataclasses.field(default_factory=AnswerBounds)
     payments: PaymentSettings = dataclasses.field(default_factory=PaymentSettings)
     maintenance: MaintenanceSettings = dataclasses.field(default_factory=MaintenanceSettings)
     read: ReadSideSettings = dataclasses.field(default_factory=ReadSideSettings)
