@@ -28,7 +28,9 @@ T = TypeVar("T")
 
 # --- identifiers -------------------------------------------------------------------------------
 
-IDENTIFIER_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+# (?!\n): Python's "$" also matches before a final line break, so "user-1\n" passed
+# msgspec, Litestar and is_identifier; the lookahead means the same in ECMA-262 (OpenAPI)
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9_.:-]+(?!\n)$"
 IDENTIFIER_MAX_LENGTH = 64
 
 Identifier = Annotated[

@@ -29,7 +29,17 @@ async def client(settings: Settings, stubs: str) -> AsyncIterator[Client]:
 
 @pytest.mark.parametrize(
     "user_id",
-    ["a%00b", "a%0Ab", "a%0D%0Aforged", "%FF", "a%20b", "%C3%BC", "a%1B%5B31m", "x" * 65],
+    [
+        "a%00b",
+        "a%0Ab",
+        "user-1%0A",
+        "a%0D%0Aforged",
+        "%FF",
+        "a%20b",
+        "%C3%BC",
+        "a%1B%5B31m",
+        "x" * 65,
+    ],
 )
 @pytest.mark.parametrize("view", ["summary", "orders"])
 async def test_user_ids_of_every_shape_are_422(client: Client, user_id: str, view: str) -> None:

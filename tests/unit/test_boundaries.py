@@ -99,6 +99,7 @@ def test_brackets_inside_strings_do_not_count() -> None:
 @example("user-1")
 @example("a\x00b")
 @example("a\nb")
+@example("user-1\n")
 @example("ünïcode")
 def test_identifiers_are_a_small_ascii_alphabet(text: str) -> None:
     assert is_identifier(text) == (
