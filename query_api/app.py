@@ -207,10 +207,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.retry_after_seconds = serving.retry_after_seconds
         redis = connect_redis(settings)
         db = await connect_postgres(settings)
+        replica = await connect_postgres(settings, replica=True)
         with contextlib.suppress(*REDIS_DOWN):  # else loaded on NOSCRIPT when Redis is back
             await projection.load_scripts(redis)
-        reads.fill(Reads(settings, redis, db))
-        stores.fill(Stores(redis, db))
+        reads.fill(Reads(settings, redis, db, replica))
+        stores.fill(Stores(redis, replica or db))
         jwks_client = httpx.AsyncClient(timeout=settings.external.http_timeout_seconds)
         verifier.fill(token_verifier(settings, jwks_client))
         await verifier.get().warm()
@@ -227,6 +228,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await jwks_client.aclose()
             await redis.aclose()
             await db.close()
+            if replica is not None:
+                await replica.close()
 
     handlers: list[Any] = [
         get_order,

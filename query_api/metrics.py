@@ -29,3 +29,14 @@ EVENT_LAG = Histogram(
     "From an event's commit to its projection",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+
+REPLICA_READS = Counter(
+    "query_replica_reads_total",
+    "Fallback reads by the pool that answered them (ADR 0007)",
+    ["pool"],
+)
+REPLICA_CHECKS = Counter(
+    "query_replica_checks_total",
+    "Checks of whether the replica had replayed the primary's position, by outcome",
+    ["outcome"],
+)

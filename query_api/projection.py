@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import msgspec
+from redis.asyncio import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from query_api.stores import RedisClient
@@ -139,8 +140,19 @@ async def load_scripts(redis: RedisClient) -> None:
         assert sha == _SCRIPTS[name]
 
 
+async def forget_topology(redis: RedisClient) -> None:
+    """After a connection error, make a cluster client ask the live nodes for the slot
+    map on its next call. redis-py does so itself for single commands, but a pipeline
+    that fails without retries leaves the client pointing at a dead master forever
+    (a failover would never be noticed by the projector). Closes the client's
+    connections: only for a client nothing else is using at that moment."""
+    if isinstance(redis, RedisCluster):
+        await redis.aclose()
+
+
 async def apply(redis: RedisClient, writes: Sequence[Write]) -> list[int]:
-    """Run ``writes`` in one pipeline (no MULTI: each script is atomic on its own).
+    """Run ``writes`` in one pipeline (no MULTI: each script is atomic on its own); on
+    a cluster, one pipeline per node, sent concurrently.
 
     Every write is idempotent, so the whole batch is simply run again after the
     scripts were reloaded.
@@ -150,7 +162,11 @@ async def apply(redis: RedisClient, writes: Sequence[Write]) -> list[int]:
     for attempt in (1, 2):
         pipe = redis.pipeline(transaction=False)
         for write in writes:
-            pipe.evalsha(_SCRIPTS[write.script], len(write.keys), *write.keys, *write.args)
+            # execute_command, not pipe.evalsha, which redis-py refuses in a cluster
+            # pipeline; each script touches one key, so the cluster routes it by that key
+            pipe.execute_command(
+                "EVALSHA", _SCRIPTS[write.script], len(write.keys), *write.keys, *write.args
+            )
         try:
             results = await pipe.execute()
         except NoScriptError:

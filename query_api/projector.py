@@ -21,6 +21,7 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 from prometheus_client import start_http_server
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from query_api import projection
 from query_api.metrics import BAD_EVENTS, EVENT_LAG, PROJECTED, PROJECTOR_ERRORS, PROJECTOR_LAG
@@ -150,6 +151,8 @@ class Projector:
                     failures = 0
                     retry_log.succeeded()
                 except Exception as exc:  # Redis or Postgres down: rows stay unpublished
+                    if isinstance(exc, RedisConnectionError):  # a master may have failed over
+                        await projection.forget_topology(redis)
                     PROJECTOR_ERRORS.inc()
                     failures += 1
                     reason = explain(exc, settings.db.url, settings.redis.url)

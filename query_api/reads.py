@@ -2,8 +2,10 @@
 
 A miss is refilled through the same versioned script the projector uses, so a refill
 racing with the projector can never overwrite a newer view. A refilled view that is
-not done yet gets ``refill_ttl_seconds``: when the fallback reads a lagging replica,
-a stale refill lives that long at most.
+not done yet gets ``refill_ttl_seconds``. With a replica configured, every Postgres read
+goes through :class:`~query_api.replica.ReadRouter`, which sends it to the primary while
+the replica has not replayed what the primary had when the read began (ADR 0007), so a
+refill is never older than what a screen already showed.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar, cast
 
@@ -21,6 +24,7 @@ import msgspec
 from query_api import projection, repository
 from query_api.metrics import CACHE_HITS, CACHE_MISSES, FALLBACKS
 from query_api.projection import Write
+from query_api.replica import ReadRouter
 from query_api.stores import POSTGRES_DOWN, RedisClient, RedisGate, RedisUnavailable, SingleFlight
 from shared.errors import DependencyUnavailable
 from shared.lifecycle import is_riding
@@ -50,15 +54,60 @@ class UserOrders(msgspec.Struct, frozen=True):
     next_entry: Entry | None  # where the next page starts, None on the last page
 
 
+class ServedVersions:
+    """The versions this process last served from Postgres, per Redis key (bounded, LRU).
+
+    A Redis view older than one of them is stale and is read again (ADR 0007): this
+    happens when Redis could not take the refill (down, or a master failed over before
+    replicating it) and the projector has not caught up yet. Without it a screen shown
+    from Postgres during a Redis outage would go back in time when Redis answers again.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._versions: OrderedDict[str, int] = OrderedDict()
+
+    def note(self, key: str, version: int) -> None:
+        self._versions[key] = max(version, self._versions.get(key, version))
+        self._versions.move_to_end(key)
+        if len(self._versions) > self._size:
+            self._versions.popitem(last=False)
+
+    def stale(self, key: str, version: int) -> bool:
+        """Whether a Redis view at ``version`` is older than what this process served."""
+        if not self._versions:  # the usual case: one truth test on the hot path
+            return False
+        served = self._versions.get(key)
+        if served is None:
+            return False
+        if version >= served:
+            del self._versions[key]  # Redis has caught up with it
+            return False
+        return True
+
+
 class Reads:
-    def __init__(self, settings: Settings, redis: RedisClient, db: asyncpg.Pool) -> None:
+    """The read model of the query API.
+
+    ``db`` is the primary's pool; ``replica`` (optional) a hot standby's, read when it
+    is current (ADR 0007). Postgres down raises ``DependencyUnavailable`` (503).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: RedisClient,
+        db: asyncpg.Pool,
+        replica: asyncpg.Pool | None = None,
+    ) -> None:
         self._settings = settings
         self.max_charged_seconds = settings.rides.max_charged_seconds
         self._prefix = settings.redis.key_prefix
         self._redis = redis
-        self._db = db
+        self.router = ReadRouter(db, replica, settings.db.replica_max_wait_seconds)
         self.gate = RedisGate(settings.redis.retry_seconds)
         self._flights = SingleFlight()
+        self._served = ServedVersions()
 
     # --- one order ----------------------------------------------------------------------
 
@@ -70,7 +119,7 @@ class Reads:
         except RedisUnavailable:
             raw = None
         view = _decode_order(raw)
-        if view is not None:
+        if view is not None and not self._served.stale(key, view.version):
             _ORDER_HITS.inc()
             return view
         _ORDER_MISSES.inc()
@@ -78,8 +127,9 @@ class Reads:
 
     async def _refill_order(self, order_id: uuid.UUID) -> OrderView | None:
         FALLBACKS.labels("order").inc()
-        view = await self._query(repository.order_by_id(self._db, order_id))
+        view = await self._query(lambda db: repository.order_by_id(db, order_id))
         if view is not None:
+            self._served.note(order_key(self._prefix, view.id), view.version)
             await self._write([self._put_order(view)])
         return view
 
@@ -98,15 +148,17 @@ class Reads:
             except msgspec.DecodeError:
                 log.warning("undecodable summary at %s; refilling", key)
             else:
-                CACHE_HITS.labels("summary").inc()
-                return view
+                if not self._served.stale(key, view.version):
+                    CACHE_HITS.labels("summary").inc()
+                    return view
         CACHE_MISSES.labels("summary").inc()
         return await self._flights.run(key, lambda: self._refill_summary(user_id))
 
     async def _refill_summary(self, user_id: str) -> UserSummaryView | None:
         FALLBACKS.labels("summary").inc()
-        view = await self._query(repository.summary(self._db, user_id))
+        view = await self._query(lambda db: repository.summary(db, user_id))
         if view is not None:
+            self._served.note(user_summary_key(self._prefix, user_id), view.version)
             await self._write([projection.put_summary(self._prefix, view)])
         return view
 
@@ -139,7 +191,7 @@ class Reads:
             before = (datetime.max.replace(tzinfo=UTC), repository.MAX_UUID)
         else:
             before = (moment_of_ms(after[0]), uuid.UUID(after[1]))
-        rows = await self._query(repository.user_page(self._db, user_id, before, need + 1))
+        rows = await self._query(lambda db: repository.user_page(db, user_id, before, need + 1))
         items = head + rows[:need]
         more = len(rows) > need
         return UserOrders(items, _entry(items[-1]) if more and items else None)
@@ -164,7 +216,7 @@ class Reads:
     async def _refill_recent(self, user_id: str) -> dict[str, int]:
         FALLBACKS.labels("history").inc()
         keep = self._settings.read.user_recent_orders
-        rows = await self._query(repository.user_recent(self._db, user_id, keep))
+        rows = await self._query(lambda db: repository.user_recent(db, user_id, keep))
         found = {oid: created_at_ms(at) for oid, at in rows}
         if found:
             await self._write(
@@ -191,13 +243,16 @@ class Reads:
             oid: v
             for oid, raw in zip(ids, raws, strict=True)
             if (v := _decode_order(raw)) is not None
+            and not self._served.stale(order_key(self._prefix, oid), v.version)
         }
         CACHE_HITS.labels("order").inc(len(found))
         missing = [uuid.UUID(oid) for oid in ids if oid not in found]
         if missing:
             CACHE_MISSES.labels("order").inc(len(missing))
             FALLBACKS.labels("order").inc()
-            loaded = await self._query(repository.orders_by_ids(self._db, missing))
+            loaded = await self._query(lambda db: repository.orders_by_ids(db, missing))
+            for view in loaded.values():
+                self._served.note(order_key(self._prefix, view.id), view.version)
             await self._write([self._put_order(v) for v in loaded.values()])
             found.update(loaded)
         return [found[oid] for oid in ids if oid in found]
@@ -240,9 +295,9 @@ class Reads:
         except RedisUnavailable:
             log.info("Redis is down; %d refills skipped", len(writes))
 
-    async def _query(self, query: Awaitable[R]) -> R:
+    async def _query(self, query: Callable[[asyncpg.Pool], Awaitable[R]]) -> R:
         try:
-            return await query
+            return await query(await self.router.pool())
         except POSTGRES_DOWN as exc:
             raise DependencyUnavailable("postgres") from exc
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import asyncpg
 from redis import exceptions as redis_errors
@@ -33,6 +33,8 @@ REDIS_DOWN = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.ClusterDownError,
+    # a cluster that is moving slots or lost a node (e.g. SlotNotCoveredError)
+    redis_errors.RedisClusterException,
     OSError,
 )
 # a reply that did not come in time (Redis may be fine and this process busy)
@@ -78,9 +80,25 @@ def connect_redis(settings: Settings, timeout: float | None = None) -> RedisClie
     )
 
 
-async def connect_postgres(settings: Settings, max_size: int | None = None) -> asyncpg.Pool:
-    """The pool the read side queries: the replica when one is configured."""
-    dsn = settings.db.replica_url or settings.db.url
+@overload
+async def connect_postgres(
+    settings: Settings, max_size: int | None = None, *, replica: Literal[False] = False
+) -> asyncpg.Pool: ...
+@overload
+async def connect_postgres(
+    settings: Settings, max_size: int | None = None, *, replica: Literal[True]
+) -> asyncpg.Pool | None: ...
+
+
+async def connect_postgres(
+    settings: Settings, max_size: int | None = None, *, replica: bool = False
+) -> asyncpg.Pool | None:
+    """A pool to the primary (``db.url``), or with ``replica=True`` to the hot
+    standby (``db.replica_url``; None when not set). Which one answers a read is
+    :class:`query_api.replica.ReadRouter`'s choice (ADR 0007)."""
+    dsn = settings.db.replica_url if replica else settings.db.url
+    if not dsn:
+        return None
     pool = await create_pool(
         dsn,
         min_size=1,

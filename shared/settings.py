@@ -119,7 +119,10 @@ class DatabaseSettings:
 
     # the development role and password bin/up creates (bin/_install); set your own
     url: str = setting("DATABASE_URL", "postgresql://scooters:scooters@127.0.0.1:5432/scooters")
-    replica_url: str = setting("DATABASE_REPLICA_URL", "")  # read-side fallback reads here
+    # the read side's fallback reads here when it is current (ADR 0007)
+    replica_url: str = setting("DATABASE_REPLICA_URL", "")
+    # a replica further behind than this: read the primary (ADR 0007)
+    replica_max_wait_seconds: float = setting("REPLICA_MAX_WAIT_SECONDS", 0.05)
     pool_min: int = setting("DB_POOL_MIN", 2)
     pool_max: int = setting("DB_POOL_MAX", 10)
     command_timeout_seconds: float = setting("DB_COMMAND_TIMEOUT_SECONDS", 5.0)

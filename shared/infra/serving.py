@@ -2,27 +2,75 @@
 
 The load tests' ceiling app is served the same way, so its throughput is a fair
 measure of what the framework and server reach on the machine.
+
+With more than one worker, metrics go through prometheus-client's multiprocess mode:
+each worker writes its samples to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR``
+and ``/metrics`` on the internal metrics port (``shared/infra/metrics_server.py``,
+whichever worker's server answers) adds up the files of all workers, so one scrape
+covers the whole service. The directory is
+made fresh here (a private temporary one unless the variable is set) and emptied
+before the workers start, as the client's documentation requires. One worker keeps the
+in-memory registry, which is cheaper per request (docs/scaling.md, "Metrics").
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import uvicorn
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def metrics_directory(workers: int) -> Iterator[Path | None]:
+    """Set up ``PROMETHEUS_MULTIPROC_DIR`` for ``workers`` processes (inherited by them).
+
+    A directory given in the environment is used (and emptied) whatever ``workers`` is,
+    so one worker can be measured in multiprocess mode too; else one worker needs none
+    and several get a temporary directory, removed when serving stops.
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        yield directory
+        return
+    if workers <= 1:
+        yield None
+        return
+    directory = Path(tempfile.mkdtemp(prefix="scooters-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(directory)
+    try:
+        yield directory
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def serve(factory: str, *, host: str, port: int, workers: int, log_level: str) -> None:
-    """Serve the Litestar app built by ``factory`` ("module:function") in the foreground."""
-    uvicorn.run(
-        factory,
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        proxy_headers=False,  # no proxy in front here; saves a middleware per request
-        server_header=False,
-        date_header=False,
-        log_level=log_level.lower(),
-        log_config=None,  # shared.infra.logs configures logging: one structured event per line
-    )
+    """Serve the Litestar app built by ``factory`` ("module:function") in the foreground,
+    in ``workers`` processes sharing the port and one ``/metrics`` view."""
+    with metrics_directory(workers):
+        uvicorn.run(
+            factory,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            proxy_headers=False,  # no proxy in front here; saves a middleware per request
+            server_header=False,
+            date_header=False,
+            log_level=log_level.lower(),
+            log_config=None,  # shared.infra.logs configures logging: one event per line
+        )

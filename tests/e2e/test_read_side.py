@@ -318,7 +318,7 @@ async def test_charge_retried_by_the_worker_shows_pending_then_charged(
     ids: Ids,
     stubs: str,
     reset_faults: None,
-    base_settings: Settings,
+    read_settings: Settings,
 ) -> None:
     rider = ids.rider()
     order = await start(api, rider, ids.scooter())
@@ -336,7 +336,7 @@ async def test_charge_retried_by_the_worker_shows_pending_then_charged(
     assert (summary["total_charged"], summary["debt"]) == (0, 0)
 
     await set_fault(stubs, "payments", outage=False)
-    async with worker_running(base_settings):
+    async with worker_running(read_settings):
         charged = await shown(query, order["id"], payment_status="charged")
     assert charged["version"] == await pg_version(db, order["id"])
     assert charged["total_amount"] == amount
@@ -357,7 +357,7 @@ async def test_charge_the_worker_gives_up_on_shows_as_debt(
     ids: Ids,
     stubs: str,
     reset_faults: None,
-    base_settings: Settings,
+    read_settings: Settings,
 ) -> None:
     rider = ids.rider()
     order = await start(api, rider, ids.scooter())
@@ -368,7 +368,7 @@ async def test_charge_the_worker_gives_up_on_shows_as_debt(
     amount = done["total_amount"]
     await shown(query, order["id"], version=done["version"], payment_status="pending")
 
-    async with worker_running(base_settings):  # payments stay down: retries run out
+    async with worker_running(read_settings):  # payments stay down: retries run out
         debt = await shown(query, order["id"], payment_status="debt")
     assert debt["status"] == "finished"
     assert debt["total_amount"] == amount

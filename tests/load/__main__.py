@@ -8,12 +8,16 @@ Examples::
     python -m tests.load query --x 20 --y 50 --duration 30    # views at X·Y per second + max
     python -m tests.load soak --x 40 --y 50 --ride-seconds 30 --duration 600
     python -m tests.load command --smoke                       # a few seconds, for CI
+    python -m tests.load query --redis cluster --replica       # over a Redis Cluster (3+3
+                                                               # nodes) and a Postgres
+                                                               # primary + hot standby
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -21,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 import uvloop
 
 from shared.settings import Settings
@@ -54,7 +57,7 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
         all_orders = await conn.fetchval("SELECT count(*) FROM orders")
     finally:
         await conn.close()
-    client = aioredis.Redis.from_url(settings.redis.url)
+    client = scenarios.redis_client(settings)
     sizes = []
     for order_id in orders[:200]:
         size = await client.memory_usage(order_key(settings.redis.key_prefix, order_id))
@@ -210,6 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ceiling-port", type=int, default=0, help="port of the bare ceiling app (0: a free one)"
     )
+    parser.add_argument(
+        "--redis",
+        choices=["single", "cluster"],
+        default="single",
+        help="cluster: start a Redis Cluster of 3 masters + 3 replicas for the run",
+    )
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="start a Postgres primary + hot standby for the run (the query side's "
+        "fallback reads the standby)",
+    )
     parser.add_argument("--smoke", action="store_true", help="a few seconds at a low rate (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="show the services' output")
@@ -220,9 +235,38 @@ def main(argv: list[str] | None = None) -> int:
         args.x, args.y, args.ride_seconds = 5.0, 10.0, 0.5
     elif args.max and args.side == "command":
         args.rate = None
+    if args.side == "soak" and args.redis == "cluster":
+        parser.error("soak samples one Redis's memory: use --redis single")
     settings = bench_settings(args.command_workers, args.query_workers)
     args.ceiling_port = args.ceiling_port or free_port()
     uvloop.install()
+    with contextlib.ExitStack() as engines:
+        settings = start_engines(engines, settings, args.redis == "cluster", args.replica)
+        return run(args, settings)
+
+
+def start_engines(
+    engines: contextlib.ExitStack, settings: Settings, cluster: bool, replica: bool
+) -> Settings:
+    """Start the engines the run asked for (tests/engines.py) and point ``settings`` at
+    them; they are stopped when ``engines`` closes."""
+    from tests.engines import postgres_pair, redis_cluster
+
+    if cluster:
+        nodes = engines.enter_context(redis_cluster())
+        settings = settings.replace(redis={"url": nodes.url, "cluster": True})
+        print(f"== Redis Cluster: masters {nodes.masters()}, 1 replica each")
+    if replica:
+        pair = engines.enter_context(postgres_pair())
+        name = settings.db.url.rsplit("/", 1)[1]
+        settings = settings.replace(
+            db={"url": pair.primary_dsn(name), "replica_url": pair.replica_dsn(name)}
+        )
+        print(f"== Postgres primary :{pair.primary_port}, hot standby :{pair.replica_port}")
+    return settings
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
     with running_stack(settings, STACK, quiet=not args.verbose) as bench:
         if args.side == "command":
             reports = asyncio.run(run_command(args, settings, bench.pids))

@@ -106,10 +106,11 @@ def running_stack(
         if out is not None:
             out.close()
         asyncio.run(_drop_database(settings.db.url))
-        subprocess.run(
-            [sys.executable, "-c", _FORGET_KEYS, settings.redis.url, settings.redis.key_prefix],
-            check=False,
-        )
+        if not settings.redis.cluster:  # a cluster of the run's own goes away with it
+            subprocess.run(
+                [sys.executable, "-c", _FORGET_KEYS, settings.redis.url, settings.redis.key_prefix],
+                check=False,
+            )
 
 
 _FORGET_KEYS = """

@@ -271,11 +271,18 @@ async def command_side(
 # --- query side ------------------------------------------------------------------------------
 
 
+def redis_client(settings: Settings) -> Any:
+    """A plain client of the run's Redis, or a cluster client (``--redis cluster``)."""
+    if settings.redis.cluster:
+        return aioredis.RedisCluster.from_url(settings.redis.url)
+    return aioredis.Redis.from_url(settings.redis.url)
+
+
 @dataclass
 class ViewContext:
     settings: Settings
     query: Pool
-    redis: aioredis.Redis
+    redis: aioredis.Redis | aioredis.RedisCluster
     active: list[str]
     finished: list[str]
     older: list[str]
@@ -380,7 +387,7 @@ async def query_side(
     port: int | None = None,
 ) -> dict[str, Any]:
     """Order screens at a fixed ``rate`` or at maximum throughput (``port``: another server)."""
-    client = aioredis.Redis.from_url(settings.redis.url)
+    client = redis_client(settings)
     orders = seeded.orders
     ctx = ViewContext(
         settings=settings,
@@ -468,7 +475,7 @@ async def soak(
 ) -> dict[str, Any]:
     """Rides at ``rate`` and their screens at ``rate * y`` together, sampling memory."""
     rides = await ride_context(settings, z_bytes, ride_seconds, lag_sample_every=50, riders=riders)
-    client = aioredis.Redis.from_url(settings.redis.url)
+    client = redis_client(settings)
     await asyncio.gather(*(ride(rides) for _ in range(20)))  # something to view from the start
     views = ViewContext(
         settings=settings,

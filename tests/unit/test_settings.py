@@ -114,6 +114,7 @@ NEW_VARIABLES: dict[str, tuple[str, Any]] = {
     "SCOOTERS_COMMAND_METRICS_PORT": ("serving.command_metrics_port", 9100),
     "SCOOTERS_QUERY_METRICS_PORT": ("serving.query_metrics_port", 9110),
     "SCOOTERS_STUBS_ADMIN_TOKEN": ("stub.admin_token", ""),
+    "SCOOTERS_REPLICA_MAX_WAIT_SECONDS": ("db.replica_max_wait_seconds", 0.05),  # ADR 0007
 }
 ALL_VARIABLES = {**OLD_VARIABLES, **NEW_VARIABLES}
 
