@@ -6,7 +6,6 @@ the handlers through Litestar's dependency injection (``deps: Deps``).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -16,15 +15,35 @@ import asyncpg
 import httpx
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import FromPath, HeaderParameter, JSONBody, SkipValidation
 
 from command_api import rides
 from command_api.composition import open_deps
-from command_api.idempotency import run_once
+from command_api.idempotency import MAX_KEY_LENGTH, run_once
 from command_api.rate_limit import OfferRateLimit
 from command_api.rate_limit import connect as connect_redis
 from shared.domain import Order, TrackPoint
-from shared.errors import OrderNotFound
+from shared.errors import (
+    DependencyUnavailable,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+    InvalidRequest,
+    OfferAlreadyUsed,
+    OfferExpired,
+    OfferInvalid,
+    OfferNotYours,
+    OrderNotFound,
+    RateLimited,
+    ScooterBusy,
+    ScooterNotFound,
+    TooManyActiveRides,
+    TrackTooLong,
+    UserHasDebt,
+    UserNotFound,
+)
 from shared.ids import parse_order_id
 from shared.infra.admission import admission_control
 from shared.infra.auth import (
@@ -34,8 +53,18 @@ from shared.infra.auth import (
     principal_of,
     token_verifier,
 )
+from shared.infra.boundary import Identifier, request_class
 from shared.infra.di import Slot
+from shared.infra.logs import configure_logging, with_request_ids
 from shared.infra.metrics_server import start_metrics_server
+from shared.infra.openapi import (
+    PAYLOAD_TOO_LARGE,
+    SIGNED_IN,
+    Code,
+    Health,
+    finish_document,
+    problem_responses,
+)
 from shared.infra.problems import exception_handlers
 from shared.infra.request_metrics import request_metrics
 from shared.infra.serving import cors_config
@@ -47,12 +76,12 @@ _encoder = msgspec.json.Encoder()
 # built by the lifespan (command_api.composition): not validated per request
 Deps = SkipValidation[rides.Deps]
 RateLimit = SkipValidation[OfferRateLimit]
-RiderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\w.:-]+$")]
 
 
 class CreateOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    scooter_id: RiderId
-    user_id: RiderId | None = None  # the rider is the token's sub; if sent, must equal it
+    scooter_id: Annotated[Identifier, msgspec.Meta(examples=["scooter-1"])]
+    # the rider is the token's sub; if sent, must equal it
+    user_id: Annotated[Identifier, msgspec.Meta(examples=["user-1"])] | None = None
 
 
 class OfferAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,14 +98,53 @@ class OfferAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StartOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    offer_token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    offer_token: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=4096, pattern=r"^[A-Za-z0-9_.-]+$")
+    ]
 
 
 class FinishOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The end of a ride; no body at all is the same as ``{}`` (no track)."""
+
     track: list[TrackPoint] = []
 
 
-@post("/offers", status_code=201, summary="Price a personal offer for a scooter")
+NO_TRACK = FinishOrder()
+
+
+_BODY: dict[int, list[Code]] = {
+    **SIGNED_IN,
+    400: [InvalidRequest],
+    413: [PAYLOAD_TOO_LARGE],
+    503: [DependencyUnavailable],
+}
+_KEYED: dict[int, list[Code]] = {  # with an Idempotency-Key
+    400: [InvalidRequest, InvalidIdempotencyKey],
+    409: [IdempotencyKeyInFlight],
+    422: [IdempotencyKeyReused],
+}
+
+
+def _merge(*parts: dict[int, list[Code]]) -> dict[int, list[Code]]:
+    merged: dict[int, list[Code]] = {}
+    for part in parts:
+        for status, codes in part.items():
+            merged.setdefault(status, []).extend(codes)
+    return merged
+
+
+@post(
+    "/offers",
+    status_code=201,
+    summary="Price a personal offer for a scooter",
+    responses=problem_responses(
+        "CreateOffer",
+        _merge(
+            _BODY,
+            {402: [UserHasDebt], 404: [ScooterNotFound, UserNotFound], 429: [RateLimited]},
+        ),
+    ),
+)
 async def create_offer(
     request: Request[Any, Any, Any],
     data: JSONBody[CreateOffer],
@@ -125,7 +193,28 @@ async def _idempotent(
     return Response(body, status_code=status, media_type=JSON)
 
 
-@post("/orders", status_code=201, summary="Start a ride from an offer")
+@post(
+    "/orders",
+    status_code=201,
+    summary="Start a ride from an offer",
+    responses={
+        201: ResponseSpec(Order, description="The ride, started", generate_examples=False),
+        **problem_responses(
+            "StartOrder",
+            _merge(
+                _BODY,
+                _KEYED,
+                {
+                    402: [UserHasDebt],
+                    403: [OfferNotYours],
+                    409: [OfferAlreadyUsed, ScooterBusy, TooManyActiveRides],
+                    410: [OfferExpired],
+                    422: [OfferInvalid],
+                },
+            ),
+        ),
+    },
+)
 async def start_order(
     request: Request[Any, Any, Any],
     data: JSONBody[StartOrder],
@@ -143,12 +232,25 @@ async def start_order(
     return await _idempotent(request, deps, f"start:{offer.user_id}", idempotency_key, run)
 
 
-@post("/orders/{order_id:str}/finish", status_code=200, summary="Finish a ride and charge it")
+@post(
+    "/orders/{order_id:str}/finish",
+    status_code=200,
+    summary="Finish a ride and charge it (no body: no track)",
+    responses={
+        200: ResponseSpec(
+            Order, description="The ride, ended (or as it ended)", generate_examples=False
+        ),
+        **problem_responses(
+            "FinishOrder",
+            _merge(_BODY, _KEYED, {404: [OrderNotFound], 413: [TrackTooLong]}),
+        ),
+    },
+)
 async def finish_order(
     request: Request[Any, Any, Any],
     order_id: FromPath[str],
-    data: JSONBody[FinishOrder],
     deps: Deps,
+    data: JSONBody[FinishOrder | None] = None,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
     parsed = parse_order_id(order_id)
@@ -158,7 +260,8 @@ async def finish_order(
 
     async def run(resumed: bool) -> tuple[int, Order]:
         # finishing is idempotent by the order's state: a resumed retry answers it
-        return 200, await rides.finish_ride(deps, parsed, data.track, actor)
+        track = (data or NO_TRACK).track
+        return 200, await rides.finish_ride(deps, parsed, track, actor)
 
     # the key's scope names the caller: a replay never answers someone else's finish
     scope = f"finish:{actor.sub}:{order_id}"
@@ -166,18 +269,24 @@ async def finish_order(
 
 
 @get("/health/live", summary="The process is up")
-async def live() -> dict[str, str]:
-    return {"status": "ok"}
+async def live() -> Health:
+    return Health(status="ok")
 
 
-@get("/health/ready", summary="Postgres answers", status_code=200)
-async def ready(deps: Deps) -> Response[dict[str, str]]:
+@get(
+    "/health/ready",
+    summary="Whether commands can run: Postgres answers",
+    responses={
+        503: ResponseSpec(Health, description="Postgres does not answer", generate_examples=False)
+    },
+)
+async def ready(deps: Deps) -> Response[Health]:
     try:
         async with deps.pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
-    except (OSError, asyncpg.PostgresError) as exc:
-        return Response({"status": "unavailable", "postgres": str(exc)}, status_code=503)
-    return Response({"status": "ok", "postgres": "ok"})
+    except (OSError, asyncpg.PostgresError):
+        return Response(Health(status="down", postgres="down"), status_code=503)
+    return Response(Health(status="ok", postgres="up"))
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -220,8 +329,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
             stop_metrics()
 
-    logging.basicConfig(level=settings.runtime.log_level)
-    return Litestar(
+    configure_logging(settings)
+    app = Litestar(
         route_handlers=[create_offer, start_order, finish_order, live, ready],
         lifespan=[lifespan],
         dependencies={"deps": deps.provide(), "offer_rate_limit": rate_limit.provide()},
@@ -240,6 +349,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # the operations console calls from its origin
         cors_config=cors_config(settings.console.cors_origins()),
         openapi_config=openapi_config("SuperScooters command API"),
-        request_max_body_size=2 * 1024 * 1024,
-        logging_config=None,  # plain stdlib logging at the configured level, off the hot path
+        request_class=request_class(serving.json_max_depth),
+        request_max_body_size=serving.request_max_body_bytes,
+        logging_config=None,  # shared.infra.logs configures logging, off the hot path
     )
+    finish_document(
+        app,
+        closed=[CreateOffer, StartOrder, FinishOrder, TrackPoint],
+        max_items={("FinishOrder", "track"): settings.rides.track_max_points},
+        optional_bodies=["/orders/{order_id}/finish"],
+        parameters={
+            "Idempotency-Key": Schema(
+                type=OpenAPIType.STRING,
+                min_length=1,
+                max_length=MAX_KEY_LENGTH,
+                pattern=r"^[\x20-\x7e]+$",
+                description="Replays the first answer for a repeated request "
+                "(400 invalid_idempotency_key when malformed)",
+            )
+        },
+    )
+    return with_request_ids(app)

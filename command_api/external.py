@@ -8,13 +8,17 @@
 | configs  | fetched at most once per refresh period; last good value; defaults      |
 | zones    | fresh cache entries used as they are; stale + down → base tariff        |
 
-Every call has a timeout; GETs are retried once on a transport error or 5xx.
+Every call has a timeout; GETs are retried once on a transport error or 5xx. An answer
+outside the sane bounds of the settings (a surge of 1e308, a negative tariff, a charge of
+250 %) is nonsense: it counts as that service failing, so its policy applies, and is
+logged and counted in ``scooters_external_nonsense_total{service}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -33,9 +37,11 @@ from shared.domain import (
     UserProfile,
 )
 from shared.errors import DependencyUnavailable, ScooterNotFound, UserNotFound
+from shared.infra.logs import get_logger
 from shared.settings import Settings
 
 T = TypeVar("T")
+log = get_logger("external")
 
 _scooter_decoder = msgspec.json.Decoder(ScooterData)
 _zone_decoder = msgspec.json.Decoder(TariffZone)
@@ -110,8 +116,12 @@ class ExternalServices:
         path: str,
         decoder: msgspec.json.Decoder[T],
         params: dict[str, str] | None = None,
+        nonsense: Callable[[T, Settings], str | None] | None = None,
     ) -> T:
-        """GET with one retry (safe: reads have no effect) on transport errors and 5xx."""
+        """GET with one retry (safe: reads have no effect) on transport errors and 5xx.
+
+        ``nonsense(value, settings)`` names what is out of bounds in an answer, if anything.
+        """
         last: ServiceError | None = None
         for _ in range(2):
             try:
@@ -132,6 +142,11 @@ class ExternalServices:
                 value = decoder.decode(response.content)
             except msgspec.DecodeError as exc:
                 last = ServiceError(service, f"bad answer: {exc}")
+                break
+            if nonsense is not None and (wrong := nonsense(value, self._settings)) is not None:
+                metrics.nonsense_answers.labels(service).inc()
+                log.warning("nonsense answer", service=service, problem=wrong)
+                last = ServiceError(service, f"nonsense answer: {wrong}")
                 break
             metrics.external_calls.labels(service, "ok").inc()
             return value
@@ -167,7 +182,7 @@ class ExternalServices:
         """Critical: the scooter's zone and charge, or a clear refusal."""
         try:
             return await self._get(
-                "scooters", "/scooter-data", _scooter_decoder, {"id": scooter_id}
+                "scooters", "/scooter-data", _scooter_decoder, {"id": scooter_id}, scooter_nonsense
             )
         except NotFound:
             raise ScooterNotFound(f"no scooter {scooter_id!r}") from None
@@ -182,7 +197,9 @@ class ExternalServices:
             return Sourced(cached, "cache")
         metrics.cache_lookups.labels("zones", "miss").inc()
         try:
-            zone = await self._get("zones", "/tariff-zone-data", _zone_decoder, {"id": zone_id})
+            zone = await self._get(
+                "zones", "/tariff-zone-data", _zone_decoder, {"id": zone_id}, zone_nonsense
+            )
         except (ServiceError, NotFound):
             s = self._settings.pricing
             base = TariffZone(
@@ -200,7 +217,9 @@ class ExternalServices:
     async def user(self, user_id: str) -> Sourced:
         """The rider's profile: live, else the last one we saw, else conservative."""
         try:
-            profile = await self._get("users", "/user-profile", _user_decoder, {"id": user_id})
+            profile = await self._get(
+                "users", "/user-profile", _user_decoder, {"id": user_id}, user_nonsense
+            )
         except NotFound:
             raise UserNotFound(f"no user {user_id!r}") from None
         except ServiceError:
@@ -227,7 +246,9 @@ class ExternalServices:
                 return await self._cached_configs()
             previous, self._configs_checked_at = self._configs_checked_at, time.monotonic()
             try:
-                answer = await self._get("configs", "/configs", _configs_decoder)
+                answer = await self._get(
+                    "configs", "/configs", _configs_decoder, nonsense=configs_nonsense
+                )
             except (ServiceError, NotFound):
                 return await self._cached_configs()
             except asyncio.CancelledError:
@@ -289,3 +310,51 @@ class ExternalServices:
         retried once (idempotent per order)."""
         request = PaymentRequest(user_id=user_id, order_id=order_id, amount=amount)
         await self._post_payment_twice("/release-money-for-order", request)
+
+
+# --- sane bounds (settings) of what the services answer: None = sane, else what is wrong ------
+
+
+def _outside(name: str, value: float, low: float, high: float) -> str | None:
+    # NaN fails both comparisons, so it is outside too
+    return None if low <= value <= high else f"{name}={value!r} outside [{low}, {high}]"
+
+
+def _first(*problems: str | None) -> str | None:
+    return next((p for p in problems if p is not None), None)
+
+
+def scooter_nonsense(scooter: ScooterData, settings: Settings) -> str | None:
+    """A battery charge is a percentage."""
+    return _outside("charge", scooter.charge, 0, 100)
+
+
+def zone_nonsense(zone: TariffZone, s: Settings) -> str | None:
+    return _first(
+        _outside(
+            "price_per_minute", zone.price_per_minute, 0, s.bounds.tariff_price_per_minute_max
+        ),
+        _outside("price_unlock", zone.price_unlock, 0, s.bounds.tariff_price_unlock_max),
+        _outside("default_deposit", zone.default_deposit, 0, s.bounds.tariff_deposit_max),
+    )
+
+
+def user_nonsense(user: UserProfile, s: Settings) -> str | None:
+    return _first(
+        _outside("current_debt", user.current_debt, 0, s.bounds.user_debt_max),
+        _outside("total_debt", user.total_debt, 0, s.bounds.user_debt_max),
+    )
+
+
+def configs_nonsense(answer: ConfigsAnswer, s: Settings) -> str | None:
+    c = answer.price_coeff_settings
+    return _first(
+        _outside("surge", c.surge, s.bounds.surge_min, s.bounds.surge_max),
+        _outside(
+            "low_charge_discount", c.low_charge_discount, s.bounds.low_charge_discount_min, 1.0
+        ),
+        _outside("low_charge_threshold", c.low_charge_threshold, 0, 100),
+        _outside("deposit_multiplier", c.deposit_multiplier, 1.0, s.bounds.deposit_multiplier_max),
+        _outside("deposit_debt_threshold", c.deposit_debt_threshold, 0, s.bounds.user_debt_max),
+        _outside("free_ride_seconds", c.free_ride_seconds, 0, s.bounds.free_ride_seconds_max),
+    )

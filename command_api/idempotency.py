@@ -34,8 +34,10 @@ async def run_once(
     Raises :class:`IdempotencyKeyInFlight` while another request holds the claim,
     :class:`IdempotencyKeyReused` for another request under the same key.
     """
-    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise InvalidIdempotencyKey(f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} printable chars")
+    if not key or len(key) > MAX_KEY_LENGTH or not (key.isascii() and key.isprintable()):
+        raise InvalidIdempotencyKey(
+            f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} printable ASCII characters"
+        )
     digest = hashlib.sha256(request).digest()
     async with pool.acquire() as conn:
         resumed, stored = await repo.claim_idempotency_key(conn, scope, key, digest, lease_seconds)

@@ -10,6 +10,11 @@ external_calls = Counter(
 cache_lookups = Counter(
     "scooters_cache_lookups_total", "Cache lookups of external data", ["cache", "result"]
 )
+nonsense_answers = Counter(
+    "scooters_external_nonsense_total",
+    "Answers of external services outside the sane bounds (treated as the service failing)",
+    ["service"],
+)
 payment_attempts = Counter(
     "scooters_payment_attempts_total",
     "Payment operations attempted by the worker",

@@ -268,9 +268,10 @@ async def finish_ride(
             price_unlock=order.price_unlock,
             free_ride_seconds=order.free_ride_seconds,
             max_cost=settings.rides.max_cost,
+            max_charged_seconds=settings.rides.max_charged_seconds,
         )
         charge_due = settings.external.payment_timeout_seconds * 2
-        distance = track_distance_meters(track)
+        distance = track_distance_meters(track, settings.rides.track_max_speed_kmh)
         track_json = repo.encode_json(track) if track else None
         if forced_by is None:
             ended = await repo.finish_ride(

@@ -29,6 +29,7 @@ from command_api.composition import open_deps
 from command_api.external import ServiceError
 from migrations.maintenance import prune, run_partition_maintenance
 from shared.infra.failures import RetryLog, explain_postgres, explained_exit
+from shared.infra.logs import configure_logging
 from shared.lifecycle import OperationKind
 from shared.ride_rules import abandoned_cutoff, abandoned_end
 from shared.settings import Settings, get_settings
@@ -161,9 +162,7 @@ async def _work(deps: rides.Deps, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.runtime.log_level, format="worker: %(levelname)s %(message)s"
-    )
+    configure_logging(settings)
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-
+from shared.infra.logs import configure_logging
 from shared.infra.serving import serve
 from shared.settings import get_settings
 
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.runtime.log_level, format="%(asctime)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     serve(
         "query_api.app:create_app",
         host=settings.serving.query_host,

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import asyncpg
 import httpx
-import msgspec
 from litestar import Litestar, Request, Response, get
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, PathParameter, QueryParameter, SkipValidation
 
 from query_api import projection
@@ -40,13 +40,26 @@ from shared.infra.auth import (
     principal_of,
     token_verifier,
 )
+from shared.infra.boundary import IDENTIFIER_MAX_LENGTH, IDENTIFIER_PATTERN, request_class
 from shared.infra.di import Slot
+from shared.infra.logs import configure_logging, with_request_ids
 from shared.infra.metrics_server import start_metrics_server
+from shared.infra.openapi import SIGNED_IN, Health, problem_responses
 from shared.infra.problems import exception_handlers
 from shared.infra.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
 
-UserId = Annotated[str, PathParameter(min_length=1, max_length=128)]
+UserId = Annotated[
+    str,
+    PathParameter(
+        min_length=1,
+        max_length=IDENTIFIER_MAX_LENGTH,
+        pattern=IDENTIFIER_PATTERN,
+        description="The rider's id: 1..64 of A-Z a-z 0-9 _ . : -",
+    ),
+]
+
+
 # built by the lifespan: not validated per request
 ReadsDep = SkipValidation[Reads]
 
@@ -68,7 +81,11 @@ def _may_read(request: Req, user_id: str) -> None:
         raise Forbidden(f"only {user_id} (or support) may read this")
 
 
-@get("/orders/{order_id:str}")
+@get(
+    "/orders/{order_id:str}",
+    summary="A ride's screen",
+    responses=problem_responses("GetOrder", {**SIGNED_IN, 404: [OrderNotFound]}),
+)
 async def get_order(request: Req, order_id: FromPath[str], reads: ReadsDep) -> OrderScreen:
     """The ride screen: status, prices, times, running or final cost, payment status.
 
@@ -78,10 +95,17 @@ async def get_order(request: Req, order_id: FromPath[str], reads: ReadsDep) -> O
     view = None if parsed is None else await reads.order(parsed)
     if view is None or not principal_of(request.user).may_read(view.user_id):
         raise OrderNotFound(f"no order {order_id}")
-    return order_screen(view, datetime.now(UTC))
+    return order_screen(view, datetime.now(UTC), reads.max_charged_seconds)
 
 
-@get("/users/{user_id:str}/orders")
+@get(
+    "/users/{user_id:str}/orders",
+    summary="A rider's orders, newest first",
+    responses=problem_responses(
+        "ListUserOrders",
+        {**SIGNED_IN, 404: [UserNotFound], 422: [InvalidParameter]},
+    ),
+)
 async def list_user_orders(
     request: Req,
     user_id: UserId,
@@ -101,12 +125,19 @@ async def list_user_orders(
     page = await reads.user_orders(user_id, limit, after)
     now = datetime.now(UTC)
     return OrdersPage(
-        items=[order_screen(v, now) for v in page.items],
+        items=[order_screen(v, now, reads.max_charged_seconds) for v in page.items],
         next_cursor=None if page.next_entry is None else encode_cursor(*page.next_entry),
     )
 
 
-@get("/users/{user_id:str}/summary")
+@get(
+    "/users/{user_id:str}/summary",
+    summary="A rider's summary",
+    responses=problem_responses(
+        "GetUserSummary",
+        {**SIGNED_IN, 404: [UserNotFound], 422: [InvalidParameter]},
+    ),
+)
 async def get_user_summary(request: Req, user_id: UserId, reads: ReadsDep) -> SummaryScreen:
     """Rides count, total charged, debt and last payment status."""
     _may_read(request, user_id)
@@ -116,36 +147,34 @@ async def get_user_summary(request: Req, user_id: UserId, reads: ReadsDep) -> Su
     return summary_screen(view)
 
 
-class Health(msgspec.Struct, frozen=True, kw_only=True):
-    status: str  # "ok" | "degraded" | "down"
-    redis: str  # "up" | "down"
-    postgres: str  # "up" | "down"
+@get("/health/live", summary="The process is up")
+async def live() -> Health:
+    return Health(status="ok")
 
 
-@get("/health/live")
-async def live() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@get("/health/ready")
+@get(
+    "/health/ready",
+    summary="Whether answers are correct: Redis and Postgres",
+    responses={
+        503: ResponseSpec(
+            Health, description="Neither Redis nor Postgres answers", generate_examples=False
+        )
+    },
+)
 async def ready(stores: SkipValidation[Stores]) -> Response[Health]:
     """200 while answers are correct (``degraded``: Redis down, served from Postgres);
     503 only when neither store answers."""
     redis_up, postgres_up = await asyncio.gather(_redis_up(stores.redis), _postgres_up(stores.db))
-    if redis_up and postgres_up:
-        status, code = "ok", 200
-    elif redis_up or postgres_up:
-        status, code = "degraded", 200
-    else:
-        status, code = "down", 503
-    return Response(
-        Health(
-            status=status,
-            redis="up" if redis_up else "down",
-            postgres="up" if postgres_up else "down",
-        ),
-        status_code=code,
+    health = Health(
+        status="ok"
+        if redis_up and postgres_up
+        else "degraded"
+        if redis_up or postgres_up
+        else "down",
+        redis="up" if redis_up else "down",
+        postgres="up" if postgres_up else "down",
     )
+    return Response(health, status_code=503 if health.status == "down" else 200)
 
 
 async def _redis_up(redis: RedisClient) -> bool:
@@ -169,6 +198,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """The query API; resources are opened in its lifespan and handed to the handlers
     through Litestar's dependency injection (``reads``, ``stores``)."""
     settings = settings or get_settings()
+    configure_logging(settings)
     reads: Slot[Reads] = Slot("reads")
     stores: Slot[Stores] = Slot("stores")
     verifier: Slot[TokenVerifier] = Slot("verifier")
@@ -211,11 +241,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ready,
         *console_handlers(settings),
     ]
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
-        exception_handlers=exception_handlers(
-            invalid_status=422, invalid_code=InvalidParameter.code
-        ),
+        exception_handlers=exception_handlers(),
         # outermost first: an overloaded process sheds before any token verification;
         # health checks pass both admission control and sign-in
         middleware=[
@@ -231,5 +259,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=openapi_config("SuperScooters query API"),
         dependencies={"reads": reads.provide(), "stores": stores.provide()},
         debug=False,
-        logging_config=None,  # stdlib logging at the configured level, off the hot path
+        request_class=request_class(serving.json_max_depth),
+        request_max_body_size=serving.request_max_body_bytes,
+        logging_config=None,  # shared.infra.logs configures logging, off the hot path
     )
+    return with_request_ids(app)

@@ -197,14 +197,15 @@ async def _main(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, projector.stop)
+    # imported once the handlers are in: structlog's import takes a moment on a busy box
+    from shared.infra.logs import configure_logging
+
+    configure_logging(settings)
     await projector.run()
 
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.runtime.log_level, format="%(asctime)s %(name)s: %(message)s"
-    )
     port = settings.read.projector_metrics_port
     with explained_exit("projector", settings.db.url, settings.redis.url):
         if port:

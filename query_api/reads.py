@@ -102,6 +102,7 @@ class Reads:
         replica: asyncpg.Pool | None = None,
     ) -> None:
         self._settings = settings
+        self.max_charged_seconds = settings.rides.max_charged_seconds
         self._prefix = settings.redis.key_prefix
         self._redis = redis
         self.router = ReadRouter(db, replica, settings.db.replica_max_wait_seconds)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import msgspec
 
-from shared.domain import OrderFields
+from shared.domain import MAX_EPOCH_SECONDS, OrderFields
 from shared.lifecycle import is_riding, ride_cost
 from shared.views import OrderView, UserSummaryView
 
@@ -40,14 +40,21 @@ class SummaryScreen(msgspec.Struct, frozen=True, kw_only=True):
     version: int
 
 
-def order_screen(view: OrderView, now: datetime) -> OrderScreen:
-    """The ride screen of ``view`` at ``now``."""
+def order_screen(
+    view: OrderView, now: datetime, max_charged_seconds: int | None = None
+) -> OrderScreen:
+    """The ride screen of ``view`` at ``now``; the running cost stops growing after
+    ``max_charged_seconds`` as the final charge does."""
     fields = msgspec.structs.asdict(view)
     del fields["free_ride_seconds"], fields["schema"]
     if is_riding(view.status):
         elapsed = max(0, int((now - view.started_at).total_seconds()))
         current: int | None = ride_cost(
-            elapsed, view.price_per_minute, view.price_unlock, view.free_ride_seconds
+            elapsed,
+            view.price_per_minute,
+            view.price_unlock,
+            view.free_ride_seconds,
+            max_charged_seconds=max_charged_seconds,
         )
         fields["total_amount"] = None
     else:
@@ -88,6 +95,6 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         canonical = str(uuid.UUID(order_id))
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidCursor("the cursor is malformed") from exc
-    if ms < 0 or canonical != order_id:
+    if not 0 <= ms <= MAX_EPOCH_SECONDS * 1000 or canonical != order_id:
         raise InvalidCursor("the cursor is malformed")
     return ms, order_id

@@ -14,6 +14,9 @@ import msgspec
 
 from shared.lifecycle import OrderStatus, PaymentStatus
 
+MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last moment a datetime holds
+MAX_AMOUNT = 2**63 - 1  # money, durations and distances are 64-bit from the wire to the database
+
 # --- external services' answers (wire contract) -------------------------------------------
 
 
@@ -54,9 +57,9 @@ class ConfigsAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
-    user_id: str
-    order_id: str
-    amount: int
+    user_id: Annotated[str, msgspec.Meta(max_length=256)]
+    order_id: Annotated[str, msgspec.Meta(max_length=256)]
+    amount: Annotated[int, msgspec.Meta(le=MAX_AMOUNT)]  # refused below 0 by the payments stub
 
 
 class PaymentAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,9 +158,9 @@ class NewOrder(Order, frozen=True, kw_only=True):
     pricing: PricingInputs
 
 
-class TrackPoint(msgspec.Struct, frozen=True):
+class TrackPoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One GPS fix of a ride."""
 
-    t: Annotated[float, msgspec.Meta(ge=0)]  # seconds since the epoch
+    t: Annotated[float, msgspec.Meta(ge=0, le=MAX_EPOCH_SECONDS)]  # seconds since the epoch
     lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
     lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]

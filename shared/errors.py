@@ -83,6 +83,12 @@ class InvalidIdempotencyKey(DomainError):
     )
 
 
+class InvalidRequest(DomainError):
+    """The request's bytes are unusable: not UTF-8, not JSON, nested too deep, wrong shape."""
+
+    code, status, title = "invalid_request", 400, "Invalid request"
+
+
 class InvalidParameter(DomainError):
     code, status, title = "invalid_parameter", 422, "A parameter is invalid"
 

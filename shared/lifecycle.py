@@ -241,14 +241,27 @@ def refusal_error(
 
 
 def ride_cost(
-    seconds: int, price_per_minute: int, price_unlock: int, free_ride_seconds: int
+    seconds: int,
+    price_per_minute: int,
+    price_unlock: int,
+    free_ride_seconds: int,
+    *,
+    max_charged_seconds: int | None = None,
 ) -> int:
     """Cost of a ride of ``seconds`` (whole seconds), in currency units: 0 under the free
     threshold, else per-second proration, floored, plus the unlock price (DOMAIN.md
     "Orders (rides)": 8 s at 24/min + 45 → 48). The command side charges it at finish;
-    the read side shows it as the running cost of an active ride."""
+    the read side shows it as the running cost of an active ride.
+
+    A ride longer than ``max_charged_seconds`` (setting ``rides.max_charged_seconds``) is
+    charged as if it lasted exactly that long, so a ride left running for days or years
+    (an app that crashed, a clock gone wrong) still finishes with a bounded amount: with
+    the tariff bounds of the settings the cost stays far below 2**63 (docs/boundaries.md).
+    """
     if is_free_ride(seconds, free_ride_seconds):
         return 0
+    if max_charged_seconds is not None:
+        seconds = min(seconds, max_charged_seconds)
     return seconds * price_per_minute // 60 + price_unlock
 
 
@@ -283,13 +296,15 @@ def decide_finish(
     price_unlock: int,
     free_ride_seconds: int,
     max_cost: int = 0,
+    max_charged_seconds: int | None = None,
 ) -> FinishDecision:
     """End a ride that started at ``started_at`` (UTC) at ``finished_at`` (UTC).
 
     ``duration = finish - start`` in whole seconds (never negative); under
     ``free_ride_seconds`` the ride is cancelled and costs 0, otherwise it is finished and
-    costs :func:`ride_cost` (DOMAIN.md "Orders (rides)"), at most ``max_cost`` (the ride
-    cost cap, docs/rides-gone-wrong.md; 0 = no cap).
+    costs :func:`ride_cost` (DOMAIN.md "Orders (rides)") for at most ``max_charged_seconds``
+    of riding, and at most ``max_cost`` (the ride cost cap, docs/rides-gone-wrong.md;
+    0 = no cap).
     """
     seconds = max(0, int((finished_at - started_at).total_seconds()))
     cancelled = is_free_ride(seconds, free_ride_seconds)
@@ -303,7 +318,14 @@ def decide_finish(
         finished_at=finished_at,
         duration_seconds=seconds,
         total_amount=capped_cost(
-            ride_cost(seconds, price_per_minute, price_unlock, free_ride_seconds), max_cost
+            ride_cost(
+                seconds,
+                price_per_minute,
+                price_unlock,
+                free_ride_seconds,
+                max_charged_seconds=max_charged_seconds,
+            ),
+            max_cost,
         ),
         rides_count_delta=0 if cancelled else 1,
     )

@@ -58,13 +58,28 @@ def quote(
 _EARTH_RADIUS_M = 6_371_008.8
 
 
-def track_distance_meters(track: Sequence[TrackPoint]) -> int:
-    """Length of the GPS track (haversine between consecutive points), in whole metres."""
+def segment_meters(a: TrackPoint, b: TrackPoint) -> float:
+    """Great-circle distance between two fixes (haversine), in metres."""
+    lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
+    dlat = lat2 - lat1
+    dlon = math.radians(b.lon - a.lon)
+    h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ** 2
+    return 2 * _EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+def track_distance_meters(track: Sequence[TrackPoint], max_speed_kmh: float | None = None) -> int:
+    """Length of the GPS track (haversine between consecutive points), in whole metres.
+
+    With ``max_speed_kmh`` (setting ``rides.track_max_speed_kmh``), a segment that implies a
+    faster speed is a GPS glitch and adds nothing (DOMAIN.md, "When rides go wrong");
+    so does a segment that moves without time passing (its ``t`` not after the last).
+    The result is at most half the Earth's circumference per point, well inside 64 bits.
+    """
+    max_mps = None if max_speed_kmh is None else max_speed_kmh / 3.6
     total = 0.0
     for a, b in itertools.pairwise(track):
-        lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
-        dlat = lat2 - lat1
-        dlon = math.radians(b.lon - a.lon)
-        h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ** 2
-        total += 2 * _EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+        meters = segment_meters(a, b)
+        if max_mps is not None and meters > 0 and meters > max_mps * (b.t - a.t):
+            continue  # impossible speed (or no time at all)
+        total += meters
     return int(total)

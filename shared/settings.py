@@ -180,6 +180,10 @@ class ServingSettings:
     max_connections: int = setting("MAX_CONNECTIONS", 4_096)
     # a request (headers and body) must arrive within this (slowloris)
     request_read_timeout_seconds: float = setting("REQUEST_READ_TIMEOUT_SECONDS", 10.0)
+    # untrusted input: an untyped JSON body nesting deeper is refused (400 invalid_request);
+    # typed bodies are bounded by their type (docs/boundaries.md)
+    json_max_depth: int = setting("JSON_MAX_DEPTH", 32)
+    request_max_body_bytes: int = setting("REQUEST_MAX_BODY_BYTES", 2 * 1024 * 1024)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -253,6 +257,29 @@ class RideSettings:
     # one ride, unlock included; 0 = no cap (set it per market: the running cost on the
     # ride screen is not capped yet, docs/rides-gone-wrong.md)
     max_cost: int = setting("MAX_RIDE_COST", 0)
+    # a GPS segment faster than this is a glitch and adds no distance (DOMAIN.md, "When
+    # rides go wrong"; docs/boundaries.md)
+    track_max_speed_kmh: float = setting("TRACK_MAX_SPEED_KMH", 150.0)
+    # a ride is charged for at most this long, however long it lasted (an app that never
+    # finished it, a clock gone wrong); its recorded duration stays the real one
+    max_charged_seconds: int = setting("RIDE_MAX_CHARGED_SECONDS", 86_400)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AnswerBounds:
+    """Sane bounds of what the external services answer; outside them an answer is
+    nonsense and that service's degradation policy applies (DOMAIN.md; a battery charge
+    is always 0-100 %). Money in currency units, durations in seconds."""
+
+    surge_min: float = setting("SURGE_MIN", 0.1)
+    surge_max: float = setting("SURGE_MAX", 10.0)
+    low_charge_discount_min: float = setting("LOW_CHARGE_DISCOUNT_MIN", 0.1)  # at most 1.0
+    deposit_multiplier_max: float = setting("DEPOSIT_MULTIPLIER_MAX", 10.0)  # at least 1.0
+    free_ride_seconds_max: int = setting("FREE_RIDE_SECONDS_MAX", 3_600)
+    tariff_price_per_minute_max: int = setting("TARIFF_PRICE_PER_MINUTE_MAX", 100_000)
+    tariff_price_unlock_max: int = setting("TARIFF_PRICE_UNLOCK_MAX", 1_000_000)
+    tariff_deposit_max: int = setting("TARIFF_DEPOSIT_MAX", 10_000_000)
+    user_debt_max: int = setting("USER_DEBT_MAX", 1_000_000_000_000)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -331,6 +358,7 @@ class Settings:
     identity: IdentitySettings = dataclasses.field(default_factory=IdentitySettings)
     pricing: PricingDefaults = dataclasses.field(default_factory=PricingDefaults)
     rides: RideSettings = dataclasses.field(default_factory=RideSettings)
+    bounds: AnswerBounds = dataclasses.field(default_factory=AnswerBounds)
     payments: PaymentSettings = dataclasses.field(default_factory=PaymentSettings)
     maintenance: MaintenanceSettings = dataclasses.field(default_factory=MaintenanceSettings)
     read: ReadSideSettings = dataclasses.field(default_factory=ReadSideSettings)

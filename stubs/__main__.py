@@ -10,6 +10,7 @@ import os
 import msgspec
 import uvicorn
 
+from shared.infra.logs import configure_logging
 from shared.settings import SettingsError, get_settings
 from stubs._app import create_app
 from stubs._faults import UnknownService, faults_from_json
@@ -18,6 +19,7 @@ from stubs._settings import StubSettings
 
 def main() -> None:
     settings = get_settings()
+    configure_logging(settings)
     stub = StubSettings.from_env()
     try:
         faults = faults_from_json(os.environ.get("SCOOTERS_STUB_FAULTS", "[]"))
@@ -31,6 +33,7 @@ def main() -> None:
         http="httptools",
         access_log=False,
         log_level=settings.runtime.log_level.lower(),
+        log_config=None,  # shared.infra.logs configures logging
     )
 
 

@@ -35,6 +35,9 @@ from shared.domain import (
     TariffZone,
     UserProfile,
 )
+from shared.errors import InvalidRequest
+from shared.infra.boundary import decode_as, json_depth_exceeds
+from shared.infra.logs import get_logger, with_request_ids
 from shared.infra.serving import cors_config
 from shared.settings import IdentitySettings, origins
 from stubs._dataset import DataSet
@@ -53,7 +56,8 @@ DEFAULT_COEFFS = PriceCoeffSettings(
     free_ride_seconds=5,
 )
 
-IdParam = Annotated[str, QueryParameter(name="id")]
+MAX_JSON_DEPTH = 32  # our bodies nest two levels; anything deeper is refused unread
+IdParam = Annotated[str, QueryParameter(name="id", max_length=256)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -98,14 +102,28 @@ class Problem(HTTPException):
 
 
 Body = TypeVar("Body")
+log = get_logger("stubs")
+
+
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 
 async def decode_body(request: Request[Any, Any, Any], kind: type[Body]) -> Body:
-    """Decode a JSON body strictly: Litestar's lax decoding would turn "10" into 10."""
+    """Decode a JSON body strictly: Litestar's lax decoding would turn "10" into 10.
+
+    Any bytes that are not such a body (not UTF-8, too deep, wrong shape) are a 400.
+    """
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    body = await request.body()
     try:
-        return msgspec.json.decode(await request.body(), type=kind)
-    except msgspec.DecodeError as exc:
-        raise Problem(400, "malformed_body", str(exc)) from exc
+        if json_depth_exceeds(body, MAX_JSON_DEPTH):  # the contract's structs are open
+            raise InvalidRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+        value: Body = decode_as(body, decoder)
+    except InvalidRequest as exc:
+        raise Problem(400, "malformed_body", exc.detail) from None
+    return value
 
 
 def not_found(kind: str, record_id: str) -> Problem:
@@ -267,7 +285,9 @@ async def rotate_key(stubs: Stubs) -> dict[str, str]:
 
 
 @get("/ledger", opt=ADMIN)
-async def ledger(stubs: Stubs, order_id: str) -> OrderAccount:
+async def ledger(
+    stubs: Stubs, order_id: Annotated[str, QueryParameter(min_length=1, max_length=256)]
+) -> OrderAccount:
     if (account := stubs.ledger.account(order_id)) is None:
         raise not_found("order", order_id)
     return account
@@ -341,6 +361,12 @@ def problem_details(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     )
 
 
+def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A bug of ours: still problem details, never a traceback."""
+    log.error("unhandled error", method=request.method, path=request.url.path, exc_info=exc)
+    return problem_details(request, Problem(500, "internal_error", "an unexpected error occurred"))
+
+
 def fault_answer(request: Request[Any, Any, Any], exc: ServiceFailed) -> Response[Any]:
     return problem_details(request, Problem(exc.status, "injected_fault", str(exc)))
 
@@ -386,7 +412,7 @@ def create_app(
         if service is not None:
             requests.labels(service, outcome(message["status"])).inc()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             scooter_data,
             tariff_zone_data,
@@ -409,10 +435,15 @@ def create_app(
             metrics,
         ],
         dependencies={"stubs": Provide(lambda: stubs, sync_to_thread=False)},
-        exception_handlers={HTTPException: problem_details, ServiceFailed: fault_answer},
+        exception_handlers={
+            HTTPException: problem_details,
+            ServiceFailed: fault_answer,
+            Exception: unexpected,
+        },
         before_send=[count_request],
         guards=[admin_guard(settings.admin_token)],
         openapi_config=None,
         # the console's browser asks the identity provider for tokens
         cors_config=cors_config(origins(settings.cors_allow_origins)),
     )
+    return with_request_ids(app)

@@ -90,7 +90,7 @@ def tokens_for(settings: Settings, admin_token: str = "") -> Tokens:
 def _json(request: httpx.Request) -> Any:
     try:
         return json.loads(request.content or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # any bytes may be sent
         return None
 
 

@@ -7,7 +7,6 @@ problem, never with the traceback itself.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from litestar import Request, Response
@@ -15,10 +14,11 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from shared.errors import DependencyUnavailable, DomainError, RateLimited, Unauthenticated
+from shared.infra.logs import get_logger
 from shared.infra.outages import unavailable_dependency
 
 MEDIA_TYPE = "application/problem+json"
-log = logging.getLogger("problems")
+log = get_logger("problems")
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -54,7 +54,13 @@ def problem(
     return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+def _refused(request: Request[Any, Any, Any], status: int, code: str) -> None:
+    # INFO: silent at the default level; the path is the caller's text, rendered escaped
+    log.info("request refused", status=status, code=code, path=request.scope["path"])
+
+
 def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
+    _refused(request, exc.status, exc.code)
     headers = None
     if isinstance(exc, Unauthenticated):
         headers = {"WWW-Authenticate": "Bearer"}  # RFC 6750 section 3
@@ -74,19 +80,28 @@ def domain_error_answer(
     return _domain_error(request, exc)
 
 
-def _http_error_handler(invalid_status: int, invalid_code: str) -> Any:
-    def handle(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
-        if isinstance(exc, ValidationException):
-            # Litestar reports bad bodies and parameters as 400; they are the caller's to fix
-            extra: dict[str, Any] = {"errors": exc.extra} if exc.extra else {}
-            return problem(
-                invalid_status, invalid_code, "Invalid request", _first_error(exc), None, **extra
-            )
-        status = exc.status_code
-        code = _HTTP_CODES.get(status, "http_error")
-        return problem(status, code, str(exc.detail), str(exc.detail), exc.headers)
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    if isinstance(exc, ValidationException):
+        # the same answer on both APIs: a body that is not what the operation takes is
+        # 400 invalid_request; a path/query/header parameter out of bounds is 422
+        # invalid_parameter
+        if _from_body(exc):
+            status, code, title = 400, "invalid_request", "Invalid request"
+        else:
+            status, code, title = 422, "invalid_parameter", "A parameter is invalid"
+        _refused(request, status, code)
+        extra: dict[str, Any] = {"errors": exc.extra} if exc.extra else {}
+        return problem(status, code, title, _first_error(exc), None, **extra)
+    status = exc.status_code
+    code = _HTTP_CODES.get(status, "http_error")
+    _refused(request, status, code)
+    return problem(status, code, str(exc.detail), str(exc.detail), exc.headers)
 
-    return handle
+
+def _from_body(exc: ValidationException) -> bool:
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    sources = {e.get("source") for e in errors if isinstance(e, dict)}
+    return not sources or "body" in sources
 
 
 def _first_error(exc: ValidationException) -> str:
@@ -100,21 +115,26 @@ def _first_error(exc: ValidationException) -> str:
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     service = unavailable_dependency(exc)
     if service is not None:  # a store is down or restarting: 503, not our bug
-        log.warning("%s unavailable on %s %s: %r", service, request.method, request.url.path, exc)
+        log.warning(
+            "dependency unavailable",
+            service=service,
+            method=request.method,
+            path=request.url.path,
+            error=repr(exc),
+        )
         return _domain_error(request, DependencyUnavailable(service))
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.error("unhandled error", method=request.method, path=request.url.path, exc_info=exc)
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred")
 
 
-def exception_handlers(
-    *, invalid_status: int = 400, invalid_code: str = "invalid_request"
-) -> ExceptionHandlersMap:
+def exception_handlers() -> ExceptionHandlersMap:
     """Litestar exception handlers that answer every error as problem details.
 
-    ``invalid_status``/``invalid_code`` answer a body or parameter that fails validation.
+    A body that fails validation is 400 ``invalid_request``, a parameter 422
+    ``invalid_parameter`` (the same on both APIs).
     """
     return {
         DomainError: _domain_error,
-        HTTPException: _http_error_handler(invalid_status, invalid_code),
+        HTTPException: _http_error,
         Exception: _unexpected,
     }

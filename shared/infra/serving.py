@@ -86,6 +86,7 @@ def serve(factory: str, *, host: str, port: int, workers: int, log_level: str) -
             server_header=False,
             date_header=False,
             log_level=log_level.lower(),
+            log_config=None,  # shared.infra.logs configures logging: one event per line
         )
 
 

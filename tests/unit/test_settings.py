@@ -95,6 +95,20 @@ OLD_VARIABLES: dict[str, tuple[str, Any]] = {
         "stub.cors_allow_origins",
         "http://127.0.0.1:8001,http://localhost:8001",
     ),
+    # added since (issue 8: untrusted input, sane bounds of external answers)
+    "SCOOTERS_JSON_MAX_DEPTH": ("serving.json_max_depth", 32),
+    "SCOOTERS_REQUEST_MAX_BODY_BYTES": ("serving.request_max_body_bytes", 2 * 1024 * 1024),
+    "SCOOTERS_TRACK_MAX_SPEED_KMH": ("rides.track_max_speed_kmh", 150.0),
+    "SCOOTERS_RIDE_MAX_CHARGED_SECONDS": ("rides.max_charged_seconds", 86_400),
+    "SCOOTERS_SURGE_MIN": ("bounds.surge_min", 0.1),
+    "SCOOTERS_SURGE_MAX": ("bounds.surge_max", 10.0),
+    "SCOOTERS_LOW_CHARGE_DISCOUNT_MIN": ("bounds.low_charge_discount_min", 0.1),
+    "SCOOTERS_DEPOSIT_MULTIPLIER_MAX": ("bounds.deposit_multiplier_max", 10.0),
+    "SCOOTERS_FREE_RIDE_SECONDS_MAX": ("bounds.free_ride_seconds_max", 3_600),
+    "SCOOTERS_TARIFF_PRICE_PER_MINUTE_MAX": ("bounds.tariff_price_per_minute_max", 100_000),
+    "SCOOTERS_TARIFF_PRICE_UNLOCK_MAX": ("bounds.tariff_price_unlock_max", 1_000_000),
+    "SCOOTERS_TARIFF_DEPOSIT_MAX": ("bounds.tariff_deposit_max", 10_000_000),
+    "SCOOTERS_USER_DEBT_MAX": ("bounds.user_debt_max", 1_000_000_000_000),
 }
 
 # Variables that are gone on purpose: setting one is refused with what replaces it.

@@ -1,0 +1,148 @@
+"""What every HTTP boundary of ours accepts: any bytes in, a 4xx problem out when unusable.
+
+Litestar decodes a JSON body to plain Python objects before converting it to the
+handler's type; its decoder raises ``UnicodeDecodeError`` on a body that is not UTF-8
+and ``RecursionError`` on deep nesting, which would reach the client as a 500. The
+request class here decodes the body instead, straight into the handler's ``data`` type
+(one pass in C; a value nested deeper than that type allows fails at its first extra
+level, so the type bounds the depth), or, for an untyped body, into plain objects after
+a ``json_max_depth`` check. Not UTF-8, too deep, not JSON or not the type →
+:class:`shared.errors.InvalidRequest` (400 ``invalid_request``). The identifier types
+refuse NUL, control characters and anything outside a small ASCII alphabet before a
+value reaches Postgres, Redis or a log line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from litestar import Request
+from litestar.types import Empty
+
+from shared.errors import InvalidRequest
+
+T = TypeVar("T")
+
+# --- identifiers -------------------------------------------------------------------------------
+
+# (?!\n): Python's "$" also matches before a final line break, so "user-1\n" passed
+# msgspec, Litestar and is_identifier; the lookahead means the same in ECMA-262 (OpenAPI)
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9_.:-]+(?!\n)$"
+IDENTIFIER_MAX_LENGTH = 64
+
+Identifier = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=IDENTIFIER_MAX_LENGTH,
+        pattern=IDENTIFIER_PATTERN,
+        description="An id of a rider or scooter: 1..64 of A-Z a-z 0-9 _ . : -",
+    ),
+]
+"""A rider or scooter id as the APIs accept it (the stubs' data set uses ``user-17``)."""
+
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+
+
+def is_identifier(text: str) -> bool:
+    """Whether ``text`` is a well-formed :data:`Identifier`."""
+    return 0 < len(text) <= IDENTIFIER_MAX_LENGTH and _IDENTIFIER.match(text) is not None
+
+
+# --- JSON bodies --------------------------------------------------------------------------------
+
+_OPENERS = frozenset(b"[{")
+# every byte except the four brackets, for bytes.translate(None, delete=...)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def json_depth_exceeds(body: bytes, limit: int) -> bool:
+    """Whether the JSON text ``body`` nests arrays/objects deeper than ``limit``.
+
+    Cheap for ordinary bodies: when there are no more brackets than ``limit`` at all,
+    the answer is no without a scan. Brackets inside string literals are ignored.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    brackets = _STRING.sub(b"", body).translate(None, delete=_NOT_BRACKETS)
+    steps = (1 if b in _OPENERS else -1 for b in brackets)
+    return any(depth > limit for depth in itertools.accumulate(steps))
+
+
+_untyped = msgspec.json.Decoder()
+
+
+def decode_json(body: bytes, max_depth: int) -> Any:
+    """The JSON value of ``body`` (plain Python objects).
+
+    Raises:
+        InvalidRequest: not UTF-8, not JSON, or nested deeper than ``max_depth``.
+    """
+    if json_depth_exceeds(body, max_depth):
+        raise InvalidRequest(f"the JSON body nests deeper than {max_depth} levels")
+    try:
+        return _untyped.decode(body)
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body is not valid UTF-8") from None
+    except RecursionError:
+        raise InvalidRequest(f"the JSON body nests deeper than {max_depth} levels") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def decode_as(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    """``body`` decoded by the typed ``decoder``: input nested deeper than the type fails
+    at its first extra level, so no scan is needed (for a type that refuses unknown
+    fields; an open one may skip a deep unknown value: check :func:`json_depth_exceeds`).
+
+    Raises:
+        InvalidRequest: not UTF-8, not JSON, nested deeper than the type allows, or not
+            of the decoder's type (the message names the offending field).
+    """
+    try:
+        return decoder.decode(body)
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body is not valid UTF-8") from None
+    except RecursionError:  # an unknown field's value, skipped recursively by msgspec
+        raise InvalidRequest("the JSON body nests too deep") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def request_class(max_depth: int) -> type[Request[Any, Any, Any]]:
+    """A Litestar request class whose ``json()`` decodes into the handler's ``data`` type
+    with :func:`decode_as` (or, untyped, :func:`decode_json` with ``max_depth``)."""
+    decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+    def decoder_for(request: Request[Any, Any, Any]) -> msgspec.json.Decoder[Any] | None:
+        handler = request.scope.get("route_handler")
+        field = getattr(handler, "parsed_data_field", None)
+        if field is None:
+            return None
+        kind = field.annotation
+        decoder = decoders.get(kind)
+        if decoder is None:
+            decoder = decoders[kind] = msgspec.json.Decoder(kind)
+        return decoder
+
+    class BoundedRequest(Request[Any, Any, Any]):
+        async def json(self) -> Any:
+            if self._json is Empty:
+                state = self._connection_state
+                if state.json is not Empty:
+                    self._json = state.json
+                else:
+                    body = await self.body() or b"null"
+                    decoder = decoder_for(self)
+                    self._json = state.json = (
+                        decode_json(body, max_depth)
+                        if decoder is None
+                        else decode_as(body, decoder)
+                    )
+            return self._json
+
+    return BoundedRequest

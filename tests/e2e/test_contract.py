@@ -1,0 +1,196 @@
+"""Both APIs as real processes, in production mode: schemathesis over their OpenAPI
+documents (zero 5xx, zero answers the document does not describe) and one JSON log event
+per line whatever the caller sends (issue 8).
+
+The schemathesis run is bounded (``MAX_EXAMPLES`` per operation, a fixed seed) so that
+``bin/test`` stays short; raise ``SCOOTERS_TEST_SCHEMATHESIS_EXAMPLES`` for a deeper run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+
+from shared.settings import Settings
+from tests.auth import Tokens
+from tests.conftest import ROOT, free_port, stop_process, wait_http
+
+MAX_EXAMPLES = int(os.environ.get("SCOOTERS_TEST_SCHEMATHESIS_EXAMPLES", "15"))
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_schema_conformance",
+        "negative_data_rejection",
+    ]
+)
+
+
+@dataclasses.dataclass
+class Live:
+    url: str
+    log: Path
+
+
+def _spawn(module: str, settings: Settings, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings.to_env()}
+    return subprocess.Popen(
+        [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log, stderr=log
+    )
+
+
+@pytest.fixture(scope="module")
+def production(base_settings: Settings, database: str, stubs: str) -> Settings:
+    return base_settings.replace(
+        runtime={"environment": "production", "log_level": "INFO"},
+        serving={"command_port": free_port(), "query_port": free_port()},
+    )
+
+
+@pytest.fixture(scope="module")
+def live_apis(
+    production: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Live]]:
+    """The command and query APIs as processes; each one's stderr goes to its log file."""
+    logs = tmp_path_factory.mktemp("logs")
+    apis = {
+        "command": (
+            "command_api",
+            f"http://127.0.0.1:{production.serving.command_port}",
+            logs / "command.log",
+        ),
+        "query": (
+            "query_api",
+            f"http://127.0.0.1:{production.serving.query_port}",
+            logs / "query.log",
+        ),
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    files = []
+    try:
+        for module, url, log in apis.values():
+            files.append(log.open("wb"))
+            procs.append(_spawn(module, production, files[-1]))
+            wait_http(f"{url}/health/ready", proc=procs[-1])
+        yield {name: Live(url, log) for name, (_, url, log) in apis.items()}
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        for file in files:
+            file.close()
+
+
+@pytest.mark.parametrize("name", ["command", "query"])
+def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(
+    live_apis: dict[str, Live], name: str, tmp_path: Path, tokens: Tokens
+) -> None:
+    url = live_apis[name].url
+    # signed in as a rider (tokens from the identity stub): the operations are reached, and
+    # reading another rider's data is a documented 403
+    bearer = f"Authorization: Bearer {tokens.get('user-1')}"
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "st"),
+            "run",
+            f"{url}/schema/openapi.json",
+            "--checks",
+            CHECKS,
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--seed",
+            "8",
+            "--generation-database",
+            "none",
+            "--no-color",
+            "--request-timeout",
+            "10",
+            "--header",
+            bearer,
+        ],
+        cwd=tmp_path,  # its working files stay out of the repository
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "passed" in run.stdout
+
+
+# --- logs: one event per line, JSON in production, a request id on each ------------------------
+
+
+def _events(log: Path) -> list[dict[str, Any]]:
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    events = []
+    for line in lines:
+        event = json.loads(line)  # a line that is not one JSON object fails here
+        assert isinstance(event, dict), line
+        events.append(event)
+    return events
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("query", "/orders/a%0Aforged%20line"),
+        ("query", "/users/a%0D%0Aforged/summary"),
+        ("command", "/orders/a%0Aforged%20line/finish"),
+    ],
+)
+def test_percent_encoded_line_breaks_cannot_forge_a_log_line(
+    live_apis: dict[str, Live], name: str, path: str, tokens: Tokens
+) -> None:
+    live = live_apis[name]
+    request_id = f"log-injection-{name}-{len(path)}"
+    method = "POST" if path.endswith("/finish") else "GET"
+    response = httpx.request(
+        method,
+        live.url + path,
+        headers={"X-Request-ID": request_id, **tokens.headers("user-1")},
+        timeout=10,
+    )
+    assert 400 <= response.status_code < 500
+    assert response.headers["x-request-id"] == request_id
+
+    def logged() -> list[dict[str, Any]]:
+        return [e for e in _events(live.log) if e.get("request_id") == request_id]
+
+    wait_until(lambda: bool(logged()))
+    refused = logged()[0]
+    assert refused["event"] == "request refused"
+    assert "forged" in refused["path"]
+    assert "\n" in refused["path"] or "\r" in refused["path"]  # kept, but inside the event
+    assert not any(line.startswith("forged") for line in live.log.read_text().splitlines())
+
+
+def test_every_log_line_is_one_json_event_with_a_request_id_when_serving(
+    live_apis: dict[str, Live],
+) -> None:
+    for name, live in live_apis.items():
+        httpx.get(f"{live.url}/no/such/route", timeout=10)
+        events = _events(live.log)
+        assert events, name
+        for event in events:
+            assert {"event", "level", "timestamp"} <= event.keys(), event
+            if event["event"] == "request refused":
+                assert event["request_id"], event
+
+
+def wait_until(check: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("not logged in time")
+        time.sleep(0.05)
