@@ -19,6 +19,7 @@ from shared.domain import PricingInputs, TrackPoint
 from shared.errors import OrderNotEnded, OrderNotFound
 from shared.ids import parse_order_id
 from shared.infra.auth import principal_of
+from shared.infra.openapi import SIGNED_IN, problem_responses
 from shared.pricing import track_distance_meters
 from shared.receipt import NotEnded, Receipt, build_receipt
 from shared.settings import Settings
@@ -49,7 +50,13 @@ class ConsoleConfig(msgspec.Struct, frozen=True, kw_only=True):
     identity_url: str
 
 
-@get("/orders/{order_id:str}/receipt")
+@get(
+    "/orders/{order_id:str}/receipt",
+    summary="A ride's itemised receipt",
+    responses=problem_responses(
+        "GetReceipt", {**SIGNED_IN, 404: [OrderNotFound], 409: [OrderNotEnded]}
+    ),
+)
 async def get_receipt(
     request: Request[Any, Any, Any], order_id: FromPath[str], reads: ReadsDep
 ) -> ReceiptAnswer:
@@ -70,7 +77,11 @@ async def get_receipt(
     return ReceiptAnswer(order_id=view.id, status=view.status, receipt=receipt)
 
 
-@get("/orders/{order_id:str}/track")
+@get(
+    "/orders/{order_id:str}/track",
+    summary="A ride's GPS track",
+    responses=problem_responses("GetTrack", {**SIGNED_IN, 404: [OrderNotFound]}),
+)
 async def get_track(
     request: Request[Any, Any, Any], order_id: FromPath[str], reads: ReadsDep
 ) -> TrackAnswer:
