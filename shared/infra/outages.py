@@ -19,6 +19,10 @@ POSTGRES_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.exceptions.OperatorInterventionError,  # 57P01 shutdown, 57P03 starting up
     asyncpg.exceptions.InsufficientResourcesError,  # 53300 too many connections
+    # a pooled connection caught mid-reconnect while the server restarts ("cannot switch
+    # to state 11; another operation (2) is in progress"): found by the Postgres-restart
+    # test on a fresh Debian; the connection is broken, not our request
+    asyncpg.InternalClientError,
 )
 
 # Redis unreachable, timing out, or a cluster without a master for the slot.
@@ -38,7 +42,9 @@ def unavailable_dependency(exc: BaseException) -> str | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, asyncpg.PostgresError | asyncpg.InterfaceError):
+        if isinstance(
+            current, asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.InternalClientError
+        ):
             return "postgres" if isinstance(current, POSTGRES_DOWN) else None
         if isinstance(current, redis_errors.RedisError):
             return "redis" if isinstance(current, REDIS_DOWN) else None

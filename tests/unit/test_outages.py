@@ -17,6 +17,7 @@ from shared.infra.outages import unavailable_dependency
         (asyncpg.ConnectionDoesNotExistError("connection was closed"), "postgres"),
         (asyncpg.exceptions.TooManyConnectionsError("too many clients"), "postgres"),
         (asyncpg.InterfaceError("connection is closed"), "postgres"),
+        (asyncpg.InternalClientError("cannot switch to state 11"), "postgres"),
         (redis_errors.ConnectionError("refused"), "redis"),
         (redis_errors.TimeoutError("timed out"), "redis"),
         (asyncpg.UniqueViolationError("duplicate key"), None),  # a bug, not an outage
