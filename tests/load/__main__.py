@@ -34,6 +34,7 @@ from tests.load.bench import (
     bench_settings,
     bench_stub_settings,
     ceiling_server,
+    extra_query_api,
     free_port,
     running_stack,
 )
@@ -72,6 +73,11 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
     }
 
 
+def _database(settings: Settings) -> str:
+    """The run's private database (its backends' CPU is the run's Postgres CPU)."""
+    return settings.db.url.rsplit("/", 1)[1].split("?", 1)[0]
+
+
 async def set_stub_configs(settings: Settings, **values: Any) -> None:
     from tests.load.client import Connection
 
@@ -91,7 +97,7 @@ async def set_stub_configs(settings: Settings, **values: Any) -> None:
 async def run_command(
     args: argparse.Namespace, settings: Settings, pids: dict[str, int]
 ) -> list[dict[str, Any]]:
-    meter = CpuMeter({**pids, "load generator": os.getpid()})
+    meter = CpuMeter({**pids, "load generator": os.getpid()}, database=_database(settings))
     # rides in a load test last well under the free threshold; charge them all the same
     await set_stub_configs(settings, free_ride_seconds=0)
     reports = []
@@ -116,24 +122,67 @@ async def run_command(
 
 
 async def run_query(
-    args: argparse.Namespace, settings: Settings, pids: dict[str, int], ceiling_pid: int
+    args: argparse.Namespace,
+    settings: Settings,
+    pids: dict[str, int],
+    ceiling_pid: int,
+    extra: tuple[int, int] | None,
 ) -> list[dict[str, Any]]:
-    meter = CpuMeter({**pids, "ceiling": ceiling_pid, "load generator": os.getpid()})
+    """Ceiling, query API at max, the extra query API (``--compare-workers``) at max,
+    ceiling again, then the fixed rates. Each max is given as a ratio to the mean of the
+    two ceilings (the box's speed drifts during a run)."""
+    roots = {**pids, "ceiling": ceiling_pid, "load generator": os.getpid()}
+    if extra is not None:
+        roots["query_api x2"] = extra[1]
+    meter = CpuMeter(roots, database=_database(settings))
     await set_stub_configs(settings, free_ride_seconds=0)
     seeded = await scenarios.seed_orders(settings, args.orders, args.z)
     await asyncio.sleep(1.0)  # let the projector catch up before reading
     reports = []
-    bare = await scenarios.ceiling(
-        meter, args.ceiling_port, concurrency=args.concurrency, duration=args.duration
-    )
-    print_report("ceiling: bare Litestar endpoint", bare)
-    reports.append(bare)
+
+    async def bare(label: str) -> dict[str, Any]:
+        report = await scenarios.ceiling(
+            meter, args.ceiling_port, concurrency=args.concurrency, duration=args.duration
+        )
+        print_report(
+            f"ceiling ({label}): bare Litestar endpoint, {args.ceiling_workers} process", report
+        )
+        reports.append(report)
+        return report
+
+    first = await bare("before")
+    tops = []
     top = await scenarios.query_side(
-        settings, meter, seeded, rate=None, concurrency=args.concurrency, duration=args.duration
+        settings,
+        meter,
+        seeded,
+        rate=None,
+        concurrency=args.concurrency,
+        duration=args.duration,
+        warm_passes=1,
     )
-    top["ratio_to_ceiling"] = round(top["flows_per_s"] / bare["flows_per_s"], 3)
-    print_report("query side, max throughput", top)
-    reports.append(top)
+    top["query_processes"] = args.query_workers
+    tops.append(top)
+    if extra is not None:
+        more = await scenarios.query_side(
+            settings,
+            meter,
+            seeded,
+            rate=None,
+            concurrency=args.concurrency,
+            duration=args.duration,
+            port=extra[0],
+            warm_passes=2,
+        )
+        more["query_processes"] = args.compare_workers
+        tops.append(more)
+    last = await bare("after")
+    ceiling_rate = (first["flows_per_s"] + last["flows_per_s"]) / 2
+    for top in tops:
+        top["ceiling_per_s"] = round(ceiling_rate, 1)
+        top["ratio_to_ceiling"] = round(top["flows_per_s"] / ceiling_rate, 3)
+        print_report(f"query side, max throughput, {top['query_processes']} process(es)", top)
+        reports.append(top)
     for rate in args.rate or [args.x * args.y]:
         fixed = await scenarios.query_side(
             settings, meter, seeded, rate=rate, concurrency=args.concurrency, duration=args.duration
@@ -149,7 +198,7 @@ async def run_query(
 async def run_soak(
     args: argparse.Namespace, settings: Settings, pids: dict[str, int]
 ) -> list[dict[str, Any]]:
-    meter = CpuMeter({**pids, "load generator": os.getpid()})
+    meter = CpuMeter({**pids, "load generator": os.getpid()}, database=_database(settings))
     report = await scenarios.soak(
         settings,
         meter,
@@ -210,6 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--command-workers", type=int, default=1)
     parser.add_argument("--query-workers", type=int, default=1)
+    parser.add_argument(
+        "--ceiling-workers",
+        type=int,
+        default=1,
+        help="query side: processes of the bare ceiling app (the ratios are to it)",
+    )
+    parser.add_argument(
+        "--compare-workers",
+        type=int,
+        default=2,
+        help="query side: also run a query API in this many processes at max (0: don't)",
+    )
     parser.add_argument(
         "--ceiling-port", type=int, default=0, help="port of the bare ceiling app (0: a free one)"
     )
@@ -273,8 +334,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         elif args.side == "soak":
             reports = asyncio.run(run_soak(args, settings, bench.pids))
         else:
-            with ceiling_server(settings, args.ceiling_port) as ceiling_pid:
-                reports = asyncio.run(run_query(args, settings, bench.pids, ceiling_pid))
+            with contextlib.ExitStack() as servers:
+                ceiling_pid = servers.enter_context(
+                    ceiling_server(settings, args.ceiling_port, args.ceiling_workers)
+                )
+                extra = None
+                if args.compare_workers:
+                    port = free_port()
+                    pid = servers.enter_context(
+                        extra_query_api(settings, port, args.compare_workers)
+                    )
+                    extra = (port, pid)
+                reports = asyncio.run(run_query(args, settings, bench.pids, ceiling_pid, extra))
         if dead := bench.stack.dead():
             print(f"processes died during the run: {dead}", file=sys.stderr)
             return 1

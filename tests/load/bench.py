@@ -125,19 +125,26 @@ for key in client.scan_iter(match=sys.argv[2] + "*", count=1000):
 
 
 @contextmanager
-def ceiling_server(settings: Settings, port: int) -> Iterator[int]:
-    """The bare Litestar ceiling app under the query API's server settings."""
-    env = settings_env(settings)
+def ceiling_server(settings: Settings, port: int, workers: int = 1) -> Iterator[int]:
+    """The bare Litestar ceiling app under the query API's server settings, in
+    ``workers`` processes."""
+    with _server(settings, ["tests.load.ceiling", str(port), str(workers)], port) as pid:
+        yield pid
+
+
+@contextmanager
+def extra_query_api(settings: Settings, port: int, workers: int) -> Iterator[int]:
+    """A second query API on ``port`` in ``workers`` processes, over the run's database
+    and Redis (to compare several query processes with one in the same run)."""
+    extra = settings.replace(serving={"query_port": port, "query_workers": workers})
+    with _server(extra, ["query_api"], port) as pid:
+        yield pid
+
+
+@contextmanager
+def _server(settings: Settings, module_and_args: list[str], port: int) -> Iterator[int]:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.load.ceiling",
-            str(port),
-            str(settings.serving.query_workers),
-        ],
-        cwd=ROOT,
-        env=env,
+        [sys.executable, "-m", *module_and_args], cwd=ROOT, env=settings_env(settings)
     )
     try:
         from scripts.stack import wait_healthy

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -142,14 +143,43 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+# "postgres: 15/main: USER DATABASE HOST(PORT) ACTIVITY" (or [local]) names a client backend
+_BACKEND = re.compile(r"^postgres: \S+: \S+ (\S+) (?:\S+\(\d+\)|\[local\])")
+
+
+def postgres_kind(cmdline: str, database: str) -> str:
+    """Which Postgres figure a process's CPU goes to: ``postgres`` (a backend of the
+    benchmark's ``database``), ``postgres background`` (the server's own processes:
+    WAL writer, checkpointer, ...; shared by every database), ``postgres others``
+    (backends of other databases: other jobs on the machine, not counted as ours)."""
+    match = _BACKEND.match(cmdline)
+    if match is None:
+        return "postgres background"
+    return "postgres" if match.group(1) == database else "postgres others"
+
+
 @dataclass
 class CpuMeter:
-    """CPU seconds used by named process trees (and by name, for Postgres and Redis)."""
+    """CPU seconds used by named process trees (and by name, for Postgres and Redis).
+
+    With ``database`` set, Postgres is split by process title (:func:`postgres_kind`), so
+    other jobs' queries on a shared server are not counted; Redis is one process either way.
+    """
 
     roots: dict[str, int]
     by_name: dict[str, str] = field(
         default_factory=lambda: {"postgres": "postgres", "redis": "redis-server"}
     )
+    database: str | None = None
 
     def sample(self) -> dict[str, float]:
         stats: dict[int, tuple[int, float]] = {}
@@ -172,6 +202,12 @@ class CpuMeter:
             usage[name] = total
         for name, comm in self.by_name.items():
             usage[name] = sum(cpu for pid, (_, cpu) in stats.items() if _comm(pid) == comm)
+        if self.database is not None and "postgres" in self.by_name:
+            kinds = dict.fromkeys(("postgres", "postgres background", "postgres others"), 0.0)
+            for pid, (_, cpu) in stats.items():
+                if _comm(pid) == self.by_name["postgres"]:
+                    kinds[postgres_kind(_cmdline(pid), self.database)] += cpu
+            usage.update(kinds)
         usage["machine (all)"] = _machine_busy_seconds()
         return usage
 
@@ -202,6 +238,85 @@ def cpu_share(
 ) -> dict[str, float]:
     """Cores used per process over the interval (1.0 = one full core)."""
     return {name: round((after[name] - before.get(name, 0.0)) / seconds, 3) for name in after}
+
+
+# what runs the service; the rest (stubs, load generator, ceiling, machine) is the bench
+OURS = (
+    "command_api",
+    "worker",
+    "projector",
+    "query_api",
+    "query_api x2",
+    "postgres",
+    "postgres background",
+    "redis",
+)
+
+
+def cpu_ms_per(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """CPU milliseconds per flow (or request) of each process over the interval, and
+    ``ours``: the sum over :data:`OURS` (not the stubs, the load generator or a ceiling)."""
+    if count <= 0:
+        return {}
+    per = {
+        name: round((after[name] - before.get(name, 0.0)) * 1000 / count, 3)
+        for name in after
+        if name != "machine (all)"
+    }
+    per["ours"] = round(sum(v for name, v in per.items() if name in OURS), 3)
+    per["machine (all)"] = round(
+        (after["machine (all)"] - before["machine (all)"]) * 1000 / count, 3
+    )
+    return per
+
+
+# --- Postgres work per flow ---------------------------------------------------------------------
+
+_PG_SAMPLE = """
+SELECT d.xact_commit, d.xact_rollback, d.tup_inserted, d.tup_updated, d.tup_deleted,
+       pg_current_wal_lsn() - '0/0'::pg_lsn AS wal_lsn,
+       w.wal_records, w.wal_fpi, w.wal_bytes
+FROM pg_stat_database d, pg_stat_wal w
+WHERE d.datname = current_database()
+"""
+# a backend sends its counters to the statistics at most once a second (PostgreSQL 15:
+# PGSTAT_MIN_INTERVAL), and within a second of going idle: wait that long before reading
+PG_STATS_DELAY_SECONDS = 1.2
+
+
+async def pg_sample(dsn: str) -> dict[str, float]:
+    """Counters of the benchmark's own database (``pg_stat_database``: commits, rollbacks,
+    rows inserted/updated/deleted) and of the whole cluster's WAL (``pg_current_wal_lsn``
+    in bytes, and ``pg_stat_wal``). Read them ``PG_STATS_DELAY_SECONDS`` after the work,
+    and before the database is dropped. The sample's own connection adds one commit."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(_PG_SAMPLE)
+    finally:
+        await conn.close()
+    assert row is not None
+    return {key: float(value) for key, value in row.items()}
+
+
+def pg_per(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """Postgres work per flow (or request): commits, row writes, WAL bytes (cluster-wide:
+    other databases' writes on the same server count too)."""
+    if count <= 0:
+        return {}
+    d = {key: after[key] - before[key] for key in after}
+    return {
+        "commits": round((d["xact_commit"] - 1) / count, 3),  # minus the sample's own
+        "rollbacks": round(d["xact_rollback"] / count, 3),
+        "row_writes": round((d["tup_inserted"] + d["tup_updated"] + d["tup_deleted"]) / count, 3),
+        "rows_inserted": round(d["tup_inserted"] / count, 3),
+        "rows_updated": round(d["tup_updated"] / count, 3),
+        "rows_deleted": round(d["tup_deleted"] / count, 3),
+        "wal_bytes": round(d["wal_lsn"] / count, 1),
+        "wal_records": round(d["wal_records"] / count, 2),
+        "wal_full_page_images": round(d["wal_fpi"] / count, 3),
+    }
 
 
 async def scrape_metric(host: str, port: int, name: str) -> dict[str, float]:
@@ -238,6 +353,10 @@ def print_report(title: str, report: dict[str, Any]) -> None:
         )
     print(f"   errors: {report['errors'] or 'none'}")
     print(f"   cpu (cores): {report['cpu']}")
+    if "cpu_ms_per" in report:
+        print(f"   cpu ms per {report['per']}: {report['cpu_ms_per']}")
+    if "postgres_per" in report:
+        print(f"   postgres per {report['per']}: {report['postgres_per']}")
     for key in ("schedule_lag_p99_ms", "projection_lag", "extra"):
         if key in report:
             print(f"   {key}: {report[key]}")

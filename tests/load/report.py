@@ -13,7 +13,12 @@ def table(report: dict[str, Any]) -> str:
         f"**{report['side']}**, offered {report['offered']}: "
         f"{report['flows_per_s']}/s"
         + (
-            f", {report['ratio_to_ceiling']:.0%} of the ceiling"
+            f", {report['ratio_to_ceiling']:.1%} of the ceiling"
+            + (
+                f" ({report['query_processes']} query process(es) vs {report['ceiling_per_s']}/s)"
+                if "query_processes" in report
+                else ""
+            )
             if "ratio_to_ceiling" in report
             else ""
         ),
@@ -32,7 +37,56 @@ def table(report: dict[str, Any]) -> str:
         lag = report["projection_lag"]
         summary += f"; projection lag p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms"
     lines += ["", summary]
+    if report.get("cpu_ms_per"):
+        lines += ["", *cost_table(report)]
     return "\n".join(lines)
+
+
+# the processes in the order of a flow, then the bench's own
+PROCESSES = (
+    "command_api",
+    "worker",
+    "projector",
+    "query_api",
+    "query_api x2",
+    "postgres",
+    "postgres background",
+    "redis",
+    "ours",
+    "stubs",
+    "load generator",
+    "ceiling",
+    "postgres others",
+    "machine (all)",
+)
+
+
+def cost_table(report: dict[str, Any]) -> list[str]:
+    """CPU-ms per flow (or request) per process, and Postgres work per flow."""
+    per = report.get("per", "flow")
+    cpu = report["cpu_ms_per"]
+    names = [n for n in PROCESSES if n in cpu and (cpu[n] >= 0.0005 or n == "ours")]
+    lines = [
+        f"| CPU ms per {per} | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+        "| | " + " | ".join(_ms(cpu[n], bold=n == "ours") for n in names) + " |",
+    ]
+    pg = report.get("postgres_per")
+    if pg:
+        lines += [
+            "",
+            f"Postgres per {per}: {pg['commits']} commits, {pg['row_writes']} row writes "
+            f"({pg['rows_inserted']} inserted, {pg['rows_updated']} updated, "
+            f"{pg['rows_deleted']} deleted), {pg['wal_bytes'] / 1024:.1f} KB WAL "
+            f"({pg['wal_records']} records, {pg['wal_full_page_images']} full-page images; "
+            "cluster-wide)",
+        ]
+    return lines
+
+
+def _ms(value: float, bold: bool = False) -> str:
+    text = f"{value:.3f}" if value < 1 else f"{value:.2f}"
+    return f"**{text}**" if bold else text
 
 
 def main() -> None:

@@ -19,13 +19,17 @@ from stubs import DataSet, StubSettings
 from tests.load.bench import bench_stub_settings
 from tests.load.client import Connection, Pool
 from tests.load.harness import (
+    PG_STATS_DELAY_SECONDS,
     CpuMeter,
     Recorder,
     closed_loop,
+    cpu_ms_per,
     cpu_share,
     latency_table,
     open_loop,
     percentile,
+    pg_per,
+    pg_sample,
     rss_bytes,
 )
 
@@ -233,13 +237,16 @@ async def command_side(
     # warm-up: connections, caches, prepared statements
     await asyncio.gather(*(ride(ctx) for _ in range(min(50, concurrency))))
     ctx.recorder, ctx.lags = Recorder(), []
+    await asyncio.sleep(PG_STATS_DELAY_SECONDS)  # the warm-up's counters reach the statistics
+    pg_before = await pg_sample(settings.db.url)
     before = meter.sample()
     if rate is not None:
         seconds = await open_loop(rate, duration, lambda: ride(ctx), ctx.recorder)
     else:
         seconds = await closed_loop(concurrency, duration, lambda: ride(ctx))
     after = meter.sample()
-    await asyncio.sleep(0.5)  # let sampled lag probes land
+    await asyncio.sleep(PG_STATS_DELAY_SECONDS)  # sampled lag probes land, counters flush
+    pg_after = await pg_sample(settings.db.url)
     ctx.lags.sort()
     rec = ctx.recorder
     rec.schedule_lag.sort()
@@ -252,6 +259,9 @@ async def command_side(
         "latency": latency_table(rec, seconds),
         "errors": dict(rec.errors),
         "cpu": cpu_share(before, after, seconds),
+        "per": "flow",
+        "cpu_ms_per": cpu_ms_per(before, after, rec.flows),
+        "postgres_per": pg_per(pg_before, pg_after, rec.flows),
         "projection_lag": {
             "samples": len(ctx.lags),
             "p50_ms": round(percentile(ctx.lags, 0.5) * 1000, 1),
@@ -385,8 +395,13 @@ async def query_side(
     miss_share: float = 0.02,
     history_share: float = 0.05,
     port: int | None = None,
+    warm_passes: int = 0,
 ) -> dict[str, Any]:
-    """Order screens at a fixed ``rate`` or at maximum throughput (``port``: another server)."""
+    """Order screens at a fixed ``rate`` or at maximum throughput (``port``: another server).
+
+    ``warm_passes``: read every seeded order that many times with its rider's token before
+    the window, so that the window measures the steady state (each token's signature
+    checked once per process, docs/benchmarks.md "Identity"), not first sights."""
     client = redis_client(settings)
     orders = seeded.orders
     ctx = ViewContext(
@@ -403,13 +418,25 @@ async def query_side(
         owner=seeded.owner,
     )
     await asyncio.gather(*(view(ctx) for _ in range(concurrency)))  # warm-up
+    todo = deque(oid for _ in range(warm_passes) for oid in seeded.owner)
+
+    async def warm() -> None:
+        while todo:
+            oid = todo.popleft()
+            await ctx.query.request("GET", f"/orders/{oid}", None, seeded.auth[seeded.owner[oid]])
+
+    await asyncio.gather(*(warm() for _ in range(concurrency)))
     ctx.recorder = Recorder()
+    await asyncio.sleep(PG_STATS_DELAY_SECONDS)
+    pg_before = await pg_sample(settings.db.url)
     before = meter.sample()
     if rate is not None:
         seconds = await open_loop(rate, duration, lambda: view(ctx), ctx.recorder)
     else:
         seconds = await closed_loop(concurrency, duration, lambda: view(ctx))
     after = meter.sample()
+    await asyncio.sleep(PG_STATS_DELAY_SECONDS)
+    pg_after = await pg_sample(settings.db.url)
     rec = ctx.recorder
     rec.schedule_lag.sort()
     ctx.query.close()
@@ -423,6 +450,9 @@ async def query_side(
         "latency": latency_table(rec, seconds),
         "errors": dict(rec.errors),
         "cpu": cpu_share(before, after, seconds),
+        "per": "request",
+        "cpu_ms_per": cpu_ms_per(before, after, rec.flows),
+        "postgres_per": pg_per(pg_before, pg_after, rec.flows),
         "schedule_lag_p99_ms": round(percentile(rec.schedule_lag, 0.99) * 1000, 2)
         if rec.schedule_lag
         else 0.0,
@@ -454,6 +484,8 @@ async def ceiling(
         "latency": latency_table(rec, seconds),
         "errors": dict(rec.errors),
         "cpu": cpu_share(before, after, seconds),
+        "per": "request",
+        "cpu_ms_per": cpu_ms_per(before, after, rec.flows),
     }
 
 
