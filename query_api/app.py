@@ -224,6 +224,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             stop_metrics()
+            await reads.get().aclose()
             reads.fill(None)
             stores.fill(None)
             verifier.fill(None)
