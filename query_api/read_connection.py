@@ -2,10 +2,11 @@
 
 redis-py's asyncio client costs ≈ 50 µs of CPU per ``HGET`` on this box (pool checkout
 and release, a timeout context per call, command packing, observability hooks), most of
-a screen's own work. Here every read of a process shares one connection: a request is
-written at once (concurrent reads go out together, their replies come back in order and
-are parsed by hiredis, the parser redis-py itself uses), ≈ 7 µs per read, and Redis
-reads and writes fewer, larger packets too (docs/benchmarks.md, "issue 13").
+a screen's own work. Here every read of a process shares one connection: the reads
+issued in one turn of the event loop are written together (one system call), their
+replies come back in order and are parsed by hiredis (the parser redis-py itself uses),
+≈ 7 µs per read, and Redis reads and writes fewer, larger packets too
+(docs/benchmarks.md, "issue 13").
 
 Failures look as they did with redis-py, so :class:`~query_api.stores.RedisGate` treats
 them the same: a refused or lost connection raises ``redis.exceptions.ConnectionError``
@@ -40,6 +41,7 @@ class _RespProtocol(asyncio.Protocol):
         self._waiting: deque[_Waiting] = deque()
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._unsent: list[bytes] = []
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -53,10 +55,17 @@ class _RespProtocol(asyncio.Protocol):
         future = self._loop.create_future()
         deadline = self._loop.time() + self._timeout
         self._waiting.append((future, deadline))
-        self._transport.write(packed)
+        if not self._unsent:  # the reads of one turn of the event loop go out in one write
+            self._loop.call_soon(self._flush)
+        self._unsent.append(packed)
         if self._timer is None:
             self._timer = self._loop.call_at(deadline, self._check_deadline)
         return future
+
+    def _flush(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        if not self.closed and self._transport is not None:
+            self._transport.write(b"".join(unsent))
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
