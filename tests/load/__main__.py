@@ -23,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import uvloop
@@ -73,9 +74,13 @@ async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, 
     }
 
 
-def _database(settings: Settings) -> str:
-    """The run's private database (its backends' CPU is the run's Postgres CPU)."""
-    return settings.db.url.rsplit("/", 1)[1].split("?", 1)[0]
+def meter_for(settings: Settings, roots: dict[str, int]) -> CpuMeter:
+    """CPU of ``roots``, of the run's private database's backends (its Postgres CPU) and of
+    the run's Redis server (every Redis server with ``--redis cluster``)."""
+    port = None if settings.redis.cluster else urlsplit(settings.redis.url).port or 6379
+    return CpuMeter(
+        roots, database=settings.db.url.rsplit("/", 1)[1].split("?", 1)[0], redis_port=port
+    )
 
 
 async def set_stub_configs(settings: Settings, **values: Any) -> None:
@@ -97,7 +102,7 @@ async def set_stub_configs(settings: Settings, **values: Any) -> None:
 async def run_command(
     args: argparse.Namespace, settings: Settings, pids: dict[str, int]
 ) -> list[dict[str, Any]]:
-    meter = CpuMeter({**pids, "load generator": os.getpid()}, database=_database(settings))
+    meter = meter_for(settings, {**pids, "load generator": os.getpid()})
     # rides in a load test last well under the free threshold; charge them all the same
     await set_stub_configs(settings, free_ride_seconds=0)
     reports = []
@@ -134,7 +139,7 @@ async def run_query(
     roots = {**pids, "ceiling": ceiling_pid, "load generator": os.getpid()}
     if extra is not None:
         roots["query_api x2"] = extra[1]
-    meter = CpuMeter(roots, database=_database(settings))
+    meter = meter_for(settings, roots)
     await set_stub_configs(settings, free_ride_seconds=0)
     seeded = await scenarios.seed_orders(settings, args.orders, args.z)
     await asyncio.sleep(1.0)  # let the projector catch up before reading
@@ -175,13 +180,21 @@ async def run_query(
             warm_passes=2,
         )
         more["query_processes"] = args.compare_workers
+        if args.compare_code:
+            more["code"] = str(args.compare_code)
         tops.append(more)
     last = await bare("after")
     ceiling_rate = (first["flows_per_s"] + last["flows_per_s"]) / 2
     for top in tops:
         top["ceiling_per_s"] = round(ceiling_rate, 1)
         top["ratio_to_ceiling"] = round(top["flows_per_s"] / ceiling_rate, 3)
-        print_report(f"query side, max throughput, {top['query_processes']} process(es)", top)
+        # the same as CPU per request, robust when other jobs take the cores: the bare
+        # process's CPU per request over the query API's (all its processes)
+        bare_ms = (first["cpu_ms_per"]["ceiling"] + last["cpu_ms_per"]["ceiling"]) / 2
+        ours_ms = top["cpu_ms_per"].get("query_api", 0) + top["cpu_ms_per"].get("query_api x2", 0)
+        top["cpu_ratio_to_ceiling"] = round(bare_ms / ours_ms, 3) if ours_ms else None
+        code = f", code {top['code']}" if "code" in top else ""
+        print_report(f"query side, max throughput, {top['query_processes']} process(es){code}", top)
         reports.append(top)
     for rate in args.rate or [args.x * args.y]:
         fixed = await scenarios.query_side(
@@ -198,7 +211,7 @@ async def run_query(
 async def run_soak(
     args: argparse.Namespace, settings: Settings, pids: dict[str, int]
 ) -> list[dict[str, Any]]:
-    meter = CpuMeter({**pids, "load generator": os.getpid()}, database=_database(settings))
+    meter = meter_for(settings, {**pids, "load generator": os.getpid()})
     report = await scenarios.soak(
         settings,
         meter,
@@ -272,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         help="query side: also run a query API in this many processes at max (0: don't)",
     )
     parser.add_argument(
+        "--compare-code",
+        type=Path,
+        help="query side: run the --compare-workers query API from this checkout of the "
+        "project (e.g. main, unpacked with git archive), to compare versions in one run",
+    )
+    parser.add_argument(
         "--ceiling-port", type=int, default=0, help="port of the bare ceiling app (0: a free one)"
     )
     parser.add_argument(
@@ -342,7 +361,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 if args.compare_workers:
                     port = free_port()
                     pid = servers.enter_context(
-                        extra_query_api(settings, port, args.compare_workers)
+                        extra_query_api(settings, port, args.compare_workers, args.compare_code)
                     )
                     extra = (port, pid)
                 reports = asyncio.run(run_query(args, settings, bench.pids, ceiling_pid, extra))

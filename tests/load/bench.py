@@ -133,19 +133,25 @@ def ceiling_server(settings: Settings, port: int, workers: int = 1) -> Iterator[
 
 
 @contextmanager
-def extra_query_api(settings: Settings, port: int, workers: int) -> Iterator[int]:
+def extra_query_api(
+    settings: Settings, port: int, workers: int, code: Path | None = None
+) -> Iterator[int]:
     """A second query API on ``port`` in ``workers`` processes, over the run's database
-    and Redis (to compare several query processes with one in the same run)."""
+    and Redis (to compare several query processes with one in the same run; ``code``: run
+    it from another checkout of the project, to compare versions in the same run)."""
     extra = settings.replace(serving={"query_port": port, "query_workers": workers})
-    with _server(extra, ["query_api"], port) as pid:
+    with _server(extra, ["query_api"], port, code) as pid:
         yield pid
 
 
 @contextmanager
-def _server(settings: Settings, module_and_args: list[str], port: int) -> Iterator[int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *module_and_args], cwd=ROOT, env=settings_env(settings)
-    )
+def _server(
+    settings: Settings, module_and_args: list[str], port: int, code: Path | None = None
+) -> Iterator[int]:
+    env = settings_env(settings)
+    if code is not None:
+        env["PYTHONPATH"] = str(code.resolve())
+    proc = subprocess.Popen([sys.executable, "-m", *module_and_args], cwd=code or ROOT, env=env)
     try:
         from scripts.stack import wait_healthy
 

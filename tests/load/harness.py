@@ -172,7 +172,8 @@ class CpuMeter:
     """CPU seconds used by named process trees (and by name, for Postgres and Redis).
 
     With ``database`` set, Postgres is split by process title (:func:`postgres_kind`), so
-    other jobs' queries on a shared server are not counted; Redis is one process either way.
+    other jobs' queries on a shared server are not counted; with ``redis_port`` set, only
+    the Redis server on that port is (a shared one still serves other jobs too).
     """
 
     roots: dict[str, int]
@@ -180,6 +181,7 @@ class CpuMeter:
         default_factory=lambda: {"postgres": "postgres", "redis": "redis-server"}
     )
     database: str | None = None
+    redis_port: int | None = None  # count only the redis-server listening there
 
     def sample(self) -> dict[str, float]:
         stats: dict[int, tuple[int, float]] = {}
@@ -202,6 +204,14 @@ class CpuMeter:
             usage[name] = total
         for name, comm in self.by_name.items():
             usage[name] = sum(cpu for pid, (_, cpu) in stats.items() if _comm(pid) == comm)
+        if self.redis_port is not None and "redis" in self.by_name:
+            # other jobs' Redis servers come and go on a shared machine
+            usage["redis"] = sum(
+                cpu
+                for pid, (_, cpu) in stats.items()
+                if _comm(pid) == self.by_name["redis"]
+                and _cmdline(pid).rstrip().endswith(f":{self.redis_port}")
+            )
         if self.database is not None and "postgres" in self.by_name:
             kinds = dict.fromkeys(("postgres", "postgres background", "postgres others"), 0.0)
             for pid, (_, cpu) in stats.items():
@@ -342,7 +352,14 @@ async def scrape_metric(host: str, port: int, name: str) -> dict[str, float]:
 def print_report(title: str, report: dict[str, Any]) -> None:
     """A human-readable summary of one phase."""
     print(f"\n== {title}")
-    for key in ("offered", "seconds", "flows_per_s", "views_per_s", "ratio_to_ceiling"):
+    for key in (
+        "offered",
+        "seconds",
+        "flows_per_s",
+        "views_per_s",
+        "ratio_to_ceiling",
+        "cpu_ratio_to_ceiling",
+    ):
         if key in report:
             print(f"   {key}: {report[key]}")
     print(f"   {'endpoint':<28}{'count':>8}{'rps':>9}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}")

@@ -15,7 +15,14 @@ def table(report: dict[str, Any]) -> str:
         + (
             f", {report['ratio_to_ceiling']:.1%} of the ceiling"
             + (
-                f" ({report['query_processes']} query process(es) vs {report['ceiling_per_s']}/s)"
+                f" ({report['cpu_ratio_to_ceiling']:.1%} by CPU per request)"
+                if report.get("cpu_ratio_to_ceiling")
+                else ""
+            )
+            + (
+                f" ({report['query_processes']} query process(es)"
+                f"{', code ' + report['code'] if 'code' in report else ''}"
+                f" vs {report['ceiling_per_s']}/s)"
                 if "query_processes" in report
                 else ""
             )
