@@ -155,7 +155,7 @@ def _server(
     try:
         from scripts.stack import wait_healthy
 
-        wait_healthy(f"http://127.0.0.1:{port}/health/live", proc, 30)
+        wait_healthy(f"http://127.0.0.1:{port}/health/live", proc, 120)  # a busy box
         yield proc.pid
     finally:
         proc.terminate()

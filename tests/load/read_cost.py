@@ -13,7 +13,8 @@ stack and data, so versions are compared alternately under the same machine load
     python -m tests.load.read_cost /tmp/base . --rounds 3
 
 Reads as the load test's mix of order screens: 60 % active rides, 30 % just finished,
-10 % older, each by its own rider (tokens verified once before the window).
+10 % older, each by its own rider (tokens verified once before the window); then, apart,
+history pages (``GET /users/{id}/orders``) of the riders of active rides.
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ async def _measure(seeded_path: Path, count: int, concurrency: int) -> dict[str,
         oid = rng.choice(orders[kind])
         token = seeded["auth"][seeded["owner"][oid]].split(": ", 1)[1].strip()
         requests.append((f"/orders/{oid}", token.encode()))
+    history = [
+        (f"/users/{user}/orders", seeded["auth"][user].split(": ", 1)[1].strip().encode())
+        for user in (rng.choice(orders["users"]) for _ in range(count // 4))
+    ]
     warm = [
         (f"/orders/{oid}", seeded["auth"][r].split(": ", 1)[1].strip().encode())
         for oid, r in seeded["owner"].items()
@@ -107,8 +112,11 @@ async def _measure(seeded_path: Path, count: int, concurrency: int) -> dict[str,
         await _drive(bare, requests[:2000], concurrency)
         per, bad = await _drive(app, requests, concurrency)
         bare_per, _ = await _drive(bare, requests, concurrency)
+        history_per, history_bad = await _drive(app, history, concurrency)
+        bad += history_bad
     result["order_us"] = round(per * 1e6, 1)
     result["bare_us"] = round(bare_per * 1e6, 1)
+    result["history_us"] = round(history_per * 1e6, 1)
     result["non_200"] = bad
     return result
 
@@ -171,12 +179,16 @@ def _orchestrate(args: argparse.Namespace) -> None:
                 print(f"{code_dir}: {row}", flush=True)
         if bench.stack.dead():
             raise SystemExit(f"processes died: {bench.stack.dead()}")
-    print(f"\n{'code':<40}{'order µs':>10}{'bare µs':>10}{'ratio':>8}")
+    print(f"\n{'code':<40}{'order µs':>10}{'history µs':>12}{'bare µs':>10}{'ratio':>8}")
     for code_dir, measured in rows.items():
         order = sorted(r["order_us"] for r in measured)[len(measured) // 2]
+        history = sorted(r["history_us"] for r in measured)[len(measured) // 2]
         bare = sorted(r["bare_us"] for r in measured)[len(measured) // 2]
         ratios = [round(r["bare_us"] / r["order_us"], 3) for r in measured]
-        print(f"{code_dir:<40}{order:>10}{bare:>10}{bare / order:>8.1%}  per round {ratios}")
+        print(
+            f"{code_dir:<40}{order:>10}{history:>12}{bare:>10}{bare / order:>8.1%}"
+            f"  per round {ratios}"
+        )
 
 
 def main() -> None:
