@@ -109,10 +109,13 @@ async def get_order(request: Req, order_id: FromPath[str], reads: ReadsDep) -> J
 @get(
     "/users/{user_id:str}/orders",
     summary="A rider's orders, newest first",
-    responses=problem_responses(
-        "ListUserOrders",
-        {**SIGNED_IN, 404: [UserNotFound], 422: [InvalidParameter]},
-    ),
+    responses={
+        200: json_answer_spec(OrdersPage),
+        **problem_responses(
+            "ListUserOrders",
+            {**SIGNED_IN, 404: [UserNotFound], 422: [InvalidParameter]},
+        ),
+    },
 )
 async def list_user_orders(
     request: Req,
@@ -120,7 +123,7 @@ async def list_user_orders(
     reads: ReadsDep,
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
-) -> OrdersPage:
+) -> JsonAnswer:
     """The user's orders, newest first; pass ``next_cursor`` back for the next page.
 
     A rider with no rides yet gets an empty page (200), not a 404: the list exists,
@@ -132,10 +135,11 @@ async def list_user_orders(
         raise InvalidParameter(f"cursor: {exc}") from exc
     page = await reads.user_orders(user_id, limit, after)
     now = datetime.now(UTC)
-    return OrdersPage(
+    answer = OrdersPage(
         items=[order_screen(v, now, reads.max_charged_seconds) for v in page.items],
         next_cursor=None if page.next_entry is None else encode_cursor(*page.next_entry),
     )
+    return JsonAnswer(_encode(answer))
 
 
 @get(

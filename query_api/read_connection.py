@@ -1,4 +1,5 @@
-"""One pipelined Redis connection for the query API's hot reads (``HGET`` of a view).
+"""One pipelined Redis connection for the query API's hot reads (``HGET`` of a view,
+``ZREVRANGE`` of a rider's recent orders).
 
 redis-py's asyncio client costs ≈ 50 µs of CPU per ``HGET`` on this box (pool checkout
 and release, a timeout context per call, command packing, observability hooks), most of
@@ -124,7 +125,8 @@ def _command(*parts: bytes) -> bytes:
 
 
 class ReadConnection:
-    """``hget`` over one pipelined connection to the Redis of ``url`` (single Redis).
+    """``hget`` and ``zrevrange_with_scores`` over one pipelined connection to the Redis
+    of ``url`` (single Redis).
 
     Connects on first use and again on the first use after a failure. ``timeout_seconds``
     bounds the connect and every reply; ``max_pending`` the reads waiting at a time.
@@ -163,6 +165,16 @@ class ReadConnection:
         )
         reply: bytes | None = await protocol.request(packed)
         return reply
+
+    async def zrevrange_with_scores(self, key: str) -> list[tuple[bytes, float]]:
+        """``ZREVRANGE key 0 -1 WITHSCORES``: every member with its score, highest first."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connected()
+        flat: list[bytes] = await protocol.request(
+            _command(b"ZREVRANGE", key.encode(), b"0", b"-1", b"WITHSCORES")
+        )
+        return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def _connected(self) -> _RespProtocol:
         if self._connecting is None:  # one connect for every read that finds none

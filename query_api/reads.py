@@ -10,6 +10,7 @@ refill is never older than what a screen already showed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -281,10 +282,22 @@ class Reads:
             await self._reader.aclose()
 
     async def _zmembers(self, key: str) -> list[tuple[bytes, float]]:
+        if self._reader is not None:
+            return await self._reader.zrevrange_with_scores(key)
         raw = await self._redis.zrevrange(key, 0, -1, withscores=True)
         return cast(list[tuple[bytes, float]], raw)
 
     async def _hget_many(self, ids: Sequence[str]) -> list[bytes | None]:
+        if self._reader is not None:  # written together: one pipeline on the connection
+            reader, prefix = self._reader, self._prefix
+            replies = await asyncio.gather(
+                *(reader.hget(order_key(prefix, oid), "d") for oid in ids),
+                return_exceptions=True,
+            )
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            return cast(list[bytes | None], replies)
         pipe = self._redis.pipeline(transaction=False)
         for oid in ids:
             pipe.hget(order_key(self._prefix, oid), "d")

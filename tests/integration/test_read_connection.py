@@ -145,3 +145,19 @@ async def test_a_database_number_and_password_are_sent(redis: Redis) -> None:
         await wrong.aclose()
         await other.delete(key)
         await other.aclose()
+
+
+async def test_a_sorted_set_comes_highest_score_first(redis: Redis) -> None:
+    key = f"test:readconn:{secrets.token_hex(4)}"
+    await redis.zadd(key, {"old": 1_700_000_000_000, "new": 1_800_000_000_000, "mid": 17.5})
+    reader = ReadConnection(REDIS_URL, timeout_seconds=5.0, max_pending=10)
+    try:
+        assert await reader.zrevrange_with_scores(key) == [
+            (b"new", 1_800_000_000_000.0),
+            (b"old", 1_700_000_000_000.0),
+            (b"mid", 17.5),
+        ]
+        assert await reader.zrevrange_with_scores(key + ":absent") == []
+    finally:
+        await reader.aclose()
+        await redis.delete(key)
