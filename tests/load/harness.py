@@ -182,6 +182,31 @@ class CpuMeter:
     )
     database: str | None = None
     redis_port: int | None = None  # count only the redis-server listening there
+    _seen: dict[tuple[int, str], float] = field(default_factory=dict)
+
+    def _by_name_kinds(self) -> list[str]:
+        kinds = list(self.by_name)
+        if self.database is not None and "postgres" in self.by_name:
+            kinds += ["postgres background", "postgres others"]
+        return kinds
+
+    def _by_name_kind(self, pid: int) -> str | None:
+        """Which by-name figure ``pid`` counts in, if any."""
+        comm = _comm(pid)
+        for name, wanted in self.by_name.items():
+            if comm != wanted:
+                continue
+            if name == "postgres" and self.database is not None:
+                return postgres_kind(_cmdline(pid), self.database)
+            # other jobs' Redis servers come and go on a shared machine
+            if (
+                name == "redis"
+                and self.redis_port is not None
+                and not _cmdline(pid).rstrip().endswith(f":{self.redis_port}")
+            ):
+                return None
+            return name
+        return None
 
     def sample(self) -> dict[str, float]:
         stats: dict[int, tuple[int, float]] = {}
@@ -202,22 +227,15 @@ class CpuMeter:
                     # a root's own tree only: the generator's children are the stack
                     todo.extend(c for c in children[pid] if c not in roots)
             usage[name] = total
-        for name, comm in self.by_name.items():
-            usage[name] = sum(cpu for pid, (_, cpu) in stats.items() if _comm(pid) == comm)
-        if self.redis_port is not None and "redis" in self.by_name:
-            # other jobs' Redis servers come and go on a shared machine
-            usage["redis"] = sum(
-                cpu
-                for pid, (_, cpu) in stats.items()
-                if _comm(pid) == self.by_name["redis"]
-                and _cmdline(pid).rstrip().endswith(f":{self.redis_port}")
-            )
-        if self.database is not None and "postgres" in self.by_name:
-            kinds = dict.fromkeys(("postgres", "postgres background", "postgres others"), 0.0)
-            for pid, (_, cpu) in stats.items():
-                if _comm(pid) == self.by_name["postgres"]:
-                    kinds[postgres_kind(_cmdline(pid), self.database)] += cpu
-            usage.update(kinds)
+        for pid, (_, cpu) in stats.items():
+            kind = self._by_name_kind(pid)
+            if kind is not None:
+                # a process that ended keeps its last count: sums never go down
+                self._seen[(pid, kind)] = max(cpu, self._seen.get((pid, kind), 0.0))
+        for name in self._by_name_kinds():
+            usage[name] = 0.0
+        for (_, name), cpu in self._seen.items():
+            usage[name] += cpu
         usage["machine (all)"] = _machine_busy_seconds()
         return usage
 
