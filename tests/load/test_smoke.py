@@ -34,7 +34,7 @@ def test_load_test_runs_clean(side: str, tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,  # the query side also starts a second, two-process query API
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -45,6 +45,18 @@ def test_load_test_runs_clean(side: str, tmp_path: Path) -> None:
         assert report["errors"] == {}, report
         assert report["flows_per_s"] > 0
         assert set(report["cpu"]) >= {"postgres", "redis", "load generator"}
+        if report["side"] in {"command", "query"}:  # issue 13: costs per flow or request
+            assert report["cpu_ms_per"]["ours"] > 0
+            assert report["postgres_per"]["commits"] >= 0
+    if side == "command":
+        command = next(r for r in reports if r["side"] == "command")
+        assert command["postgres_per"]["commits"] > 0
+        assert command["postgres_per"]["row_writes"] > 0
+        assert command["postgres_per"]["wal_bytes"] > 0
+    if side == "query":
+        tops = [r for r in reports if "ratio_to_ceiling" in r]
+        assert sorted(r["query_processes"] for r in tops) == [1, 2]
+        assert all(r["ratio_to_ceiling"] > 0 and r["cpu_ratio_to_ceiling"] for r in tops)
     storage = next(r for r in reports if r["side"] == "storage")
     assert storage["ended_orders"] > 0
     assert storage["db_row_bytes_avg"] > 0
