@@ -319,7 +319,14 @@ async def pg_sample(dsn: str) -> dict[str, float]:
     and before the database is dropped. The sample's own connection adds one commit."""
     import asyncpg
 
-    conn = await asyncpg.connect(dsn)
+    for attempt in range(40):  # a server shared with other jobs may be full for a moment
+        try:
+            conn = await asyncpg.connect(dsn)
+            break
+        except asyncpg.TooManyConnectionsError:
+            if attempt == 39:
+                raise
+            await asyncio.sleep(0.5)
     try:
         row = await conn.fetchrow(_PG_SAMPLE)
     finally:
