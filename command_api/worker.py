@@ -9,6 +9,8 @@
   ``settings.payments.max_attempts`` a positive amount becomes the user's debt. A zero amount
   (a cancelled ride's release) is retried for as long as it takes.
 - ``release`` due: the hold of a rejected start is released, retried until done.
+- ``release_debt_hold`` due: the hold left behind by a charge that became debt is
+  released (``command_api.operator.release_debt_hold``), retried until done.
 - abandoned rides (active past ``settings.rides.abandoned_after_seconds``) are ended as
   of that limit and charged, capped (docs/rides-gone-wrong.md).
 """
@@ -23,7 +25,7 @@ import time
 
 import asyncpg
 
-from command_api import metrics, rides
+from command_api import metrics, operator, rides
 from command_api import repository as repo
 from command_api.composition import open_deps
 from command_api.external import ServiceError
@@ -55,6 +57,18 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
     if kind == OperationKind.HOLD:
         undone = await rides.reject_start(deps.pool, order_id, created_at, release=True)
         metrics.payment_attempts.labels(kind, "undone" if undone else "noop").inc()
+        return
+    if kind == OperationKind.RELEASE_DEBT_HOLD:
+        try:
+            outcome = await operator.release_debt_hold(deps, op)
+        except ServiceError as exc:
+            metrics.payment_attempts.labels(kind, "retry").inc()
+            async with deps.pool.acquire() as conn:
+                await repo.reschedule_operation(
+                    conn, order_id, kind, backoff_seconds(settings, op["attempts"]), str(exc)
+                )
+            return
+        metrics.payment_attempts.labels(kind, outcome).inc()
         return
     try:
         await deps.services.clear(user_id, str(order_id), amount)
