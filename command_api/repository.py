@@ -369,7 +369,7 @@ _WITH_RECEIPT_INPUTS = (
 
 async def order_with_receipt_inputs(
     conn: Connection, order_id: uuid.UUID, created_at: datetime
-) -> tuple[Order, ReceiptInputs] | None:
+) -> tuple[Order, ReceiptInputs | None] | None:
     """The stored order and what its receipt needs (pricing, refunds, released hold)."""
     row = await conn.fetchrow(_WITH_RECEIPT_INPUTS, order_id, created_at)
     if row is None:

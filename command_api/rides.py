@@ -64,7 +64,7 @@ class OrderAnswer(Order, frozen=True, kw_only=True):
     receipt: Receipt | None = None
 
 
-def answer_of(order: Order, inputs: ReceiptInputs) -> OrderAnswer:
+def answer_of(order: Order, inputs: ReceiptInputs | None) -> OrderAnswer:
     """``order`` with its receipt (None while the ride is active)."""
     fields = {name: getattr(order, name) for name in order.__struct_fields__}
     return OrderAnswer(**fields, receipt=receipt_of(order, inputs))

@@ -184,10 +184,11 @@ async def receipt_inputs_of(
     """What the receipts of several orders are built from, by order id (the projector's
     one query per batch of events of ended rides)."""
     rows = await db.fetch(_RECEIPT_INPUTS, list(order_ids), [created_at_of(i) for i in order_ids])
-    return {
+    found = {
         row["id"]: receipt_inputs(row["pricing"], row["refunds"], row["hold_released"])
         for row in rows
     }
+    return {order_id: inputs for order_id, inputs in found.items() if inputs is not None}
 
 
 async def order_track(db: Executor, order_id: uuid.UUID) -> tuple[str, str] | None:

@@ -244,18 +244,27 @@ _inputs_decoder = msgspec.json.Decoder(PricingInputs)
 _refunds_decoder = msgspec.json.Decoder(list[Refund])
 
 
-def receipt_inputs(pricing: str, refunds: str, hold_released_after_debt: bool) -> ReceiptInputs:
+def receipt_inputs(
+    pricing: str, refunds: str, hold_released_after_debt: bool
+) -> ReceiptInputs | None:
     """:class:`ReceiptInputs` from their stored JSON text (``orders.pricing`` and a JSON
-    array of ``{"amount", "reason"}``); raises ``msgspec.DecodeError`` on other shapes."""
-    return ReceiptInputs(
-        pricing=_inputs_decoder.decode(pricing),
-        refunds=_refunds_decoder.decode(refunds),
-        hold_released_after_debt=hold_released_after_debt,
-    )
+    array of ``{"amount", "reason"}``); None when they are not of that shape (an order
+    stored without its pricing inputs has no receipt rather than a broken screen)."""
+    try:
+        return ReceiptInputs(
+            pricing=_inputs_decoder.decode(pricing),
+            refunds=_refunds_decoder.decode(refunds),
+            hold_released_after_debt=hold_released_after_debt,
+        )
+    except msgspec.DecodeError:  # ValidationError is one
+        return None
 
 
-def receipt_of(order: EndedRide, inputs: ReceiptInputs) -> Receipt | None:
-    """The receipt of ``order`` if it has ended (finished or cancelled), else None."""
+def receipt_of(order: EndedRide, inputs: ReceiptInputs | None) -> Receipt | None:
+    """The receipt of ``order`` if it has ended (finished or cancelled) and its inputs
+    are known, else None."""
+    if inputs is None:
+        return None
     try:
         return build_receipt(
             order,
