@@ -28,7 +28,7 @@ from shared.errors import (
     UserNotFound,
 )
 from shared.ids import created_at_of
-from shared.infra.auth import Principal
+from shared.infra.auth import SUPPORT, Principal
 from shared.lifecycle import (
     OperationKind,
     OperationState,
@@ -109,19 +109,7 @@ async def refund(
             await repo.reserve_refund(conn, order, refund_key, amount, reason, actor.sub)
     if earlier is None or earlier.state == "pending":
         await _refund_at_payments(deps, order_id, order.user_id, amount, refund_key)
-        async with deps.pool.acquire() as conn, conn.transaction():
-            if await repo.confirm_refund(conn, order_id, refund_key):
-                await repo.apply_operator_change(
-                    conn,
-                    order_id,
-                    created_at,
-                    ORDER_REFUNDED,
-                    total_charged_delta=-amount,
-                    change_summary=True,
-                )
-                await repo.record_order_action(
-                    conn, order_id, created_at, "refund", actor.sub, actor.roles, reason, amount
-                )
+        await _confirm_refund(deps.pool, order_id, refund_key, amount, reason, actor)
     async with deps.pool.acquire() as conn:
         found = await repo.order_with_receipt_inputs(conn, order_id, created_at)
     assert found is not None
@@ -130,6 +118,51 @@ async def refund(
     return RefundAnswer(
         order_id=str(order_id), amount=amount, refunded_total=receipt.refunded, receipt=receipt
     )
+
+
+async def _confirm_refund(
+    pool: asyncpg.Pool,
+    order_id: uuid.UUID,
+    refund_key: str,
+    amount: int,
+    reason: str,
+    actor: Principal,
+) -> None:
+    """Payments refunded it: confirm, lower ``total_charged``, record, append (once)."""
+    created_at = created_at_of(order_id)
+    async with pool.acquire() as conn, conn.transaction():
+        if await repo.confirm_refund(conn, order_id, refund_key):
+            await repo.apply_operator_change(
+                conn,
+                order_id,
+                created_at,
+                ORDER_REFUNDED,
+                total_charged_delta=-amount,
+                change_summary=True,
+            )
+            await repo.record_order_action(
+                conn, order_id, created_at, "refund", actor.sub, actor.roles, reason, amount
+            )
+
+
+async def retry_pending_refunds(deps: Deps, limit: int = 100) -> int:
+    """The worker's part of refunds: a refund left ``pending`` longer than a payments
+    call can take (its request timed out ambiguously and was never retried, or its
+    process died) is asked of payments again with its refund key, and confirmed once
+    payments answers (payments refunds once per key). Returns how many were tried."""
+    older_than = deps.settings.external.payment_timeout_seconds * 2 + 1
+    async with deps.pool.acquire() as conn:
+        stale = await repo.stale_refunds(conn, older_than, limit)
+    for row in stale:
+        order_id, key = row.order_id, row.refund_key
+        try:
+            await deps.services.refund(row.user_id, str(order_id), row.amount, key)
+        except ServiceError as exc:
+            log.warning("pending refund %s of %s: payments failed again: %s", key, order_id, exc)
+            continue
+        actor = Principal(row.actor, frozenset({SUPPORT}))
+        await _confirm_refund(deps.pool, order_id, key, row.amount, row.reason, actor)
+    return len(stale)
 
 
 async def _refund_at_payments(

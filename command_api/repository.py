@@ -430,6 +430,29 @@ async def reserve_refund(
     )
 
 
+class PendingRefund(msgspec.Struct, frozen=True, kw_only=True):
+    """A refund still ``pending`` (money in currency units) and who asked for it, why."""
+
+    order_id: uuid.UUID
+    refund_key: str
+    user_id: str
+    amount: int
+    reason: str
+    actor: str
+
+
+async def stale_refunds(conn: Connection, older_than: float, limit: int) -> list[PendingRefund]:
+    """Refunds ``pending`` for more than ``older_than`` seconds, oldest first."""
+    rows = await conn.fetch(
+        "SELECT order_id, refund_key, user_id, amount, reason, actor FROM order_refunds"
+        " WHERE state = 'pending' AND created_at <= now() - make_interval(secs => $1)"
+        " ORDER BY created_at LIMIT $2",
+        older_than,
+        limit,
+    )
+    return [PendingRefund(**dict(r.items())) for r in rows]
+
+
 async def forget_refund(conn: Connection, order_id: uuid.UUID, refund_key: str) -> None:
     """Drop a pending refund that payments certainly did not make (refused, or down)."""
     await conn.execute(

@@ -12,7 +12,8 @@
 - ``release_debt_hold`` due: the hold left behind by a charge that became debt is
   released (``command_api.operator.release_debt_hold``), retried until done.
 - abandoned rides (active past ``settings.rides.abandoned_after_seconds``) are ended as
-  of that limit and charged, capped (docs/rides-gone-wrong.md).
+  of that limit and charged, capped (docs/rides-gone-wrong.md); in the same round,
+  refunds left pending by an ambiguous payments failure are asked again.
 """
 
 from __future__ import annotations
@@ -162,6 +163,11 @@ async def _work(deps: rides.Deps, stop: asyncio.Event) -> None:
             except (OSError, asyncpg.PostgresError) as exc:
                 reason = explain_postgres(exc, settings.db.url) or repr(exc)
                 log.error("ending abandoned rides failed, retrying: %s", reason)
+            try:  # refunds left pending by an ambiguous payments failure (operator.py)
+                await operator.retry_pending_refunds(deps)
+            except (OSError, asyncpg.PostgresError) as exc:
+                reason = explain_postgres(exc, settings.db.url) or repr(exc)
+                log.error("retrying pending refunds failed, retrying: %s", reason)
             next_abandoned_check = time.monotonic() + ABANDONED_CHECK_SECONDS
         try:
             tried = await process_due_operations(deps)

@@ -55,3 +55,6 @@ LANGUAGE sql STABLE AS $$
                     WHERE order_id = p_order_id AND kind = 'release_debt_hold'
                       AND state = 'done')
 $$;
+
+-- Refunds left pending (an ambiguous payments failure), for the worker to ask again.
+CREATE INDEX order_refunds_pending ON order_refunds (created_at) WHERE state = 'pending';

@@ -16,6 +16,8 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
+from command_api import operator as operator_commands
+from command_api import rides
 from query_api.app import create_app as create_query_app
 from shared.lifecycle import ride_charge
 from shared.settings import Settings
@@ -362,6 +364,45 @@ async def test_payments_down_answers_503_and_a_retry_refunds_once(
     retried = await refund(api, done["id"], 7, headers, key)
     assert retried.status_code == 201, retried.text
     assert (await ledger(stubs, done["id"]))["refunded"] == 7
+
+
+async def test_an_ambiguous_refund_stays_pending_and_is_completed_once(
+    api: Client,
+    db: asyncpg.Pool,
+    ids: Ids,
+    stubs: str,
+    operator: tuple[str, dict[str, str]],
+    reset_faults: None,
+    worker_deps: rides.Deps,
+) -> None:
+    """Payments refunds but replies too late (each try times out): 503, the refund stays
+    pending and counts against the charge; the worker asks again with the same refund
+    key and confirms it; payments refunded once."""
+    sub, headers = operator
+    done = await charged_ride(api, db, ids)
+    order_id, charged = done["id"], done["total_amount"]
+    await set_fault(stubs, "payments", reply_delay_ms=1_500)
+    late = await refund(api, order_id, 5, headers, f"refund-{uuid.uuid4()}")
+    assert late.status_code == 503, late.text
+    assert (await ledger(stubs, order_id))["refunded"] == 5  # it did happen
+    more = await refund(api, order_id, charged - 4, headers, f"refund-{uuid.uuid4()}")
+    assert more.status_code == 409, more.text  # the pending 5 counts
+    await set_fault(stubs, "payments", reply_delay_ms=0)
+
+    async def retried() -> int:
+        await operator_commands.retry_pending_refunds(worker_deps)
+        state = await db.fetchval(
+            "SELECT state FROM order_refunds WHERE order_id = $1", uuid.UUID(order_id)
+        )
+        return int(state == "done")
+
+    await eventually(retried, timeout=WAIT, interval=0.5)
+    assert (await ledger(stubs, order_id))["refunded"] == 5
+    assert await actions(db, order_id) == [("refund", sub, "brake failed", 5)]
+    summary = await db.fetchval(
+        "SELECT total_charged FROM user_summary WHERE user_id = $1", done["user_id"]
+    )
+    assert summary == charged - 5
 
 
 # --- settling a debt ----------------------------------------------------------------------------
