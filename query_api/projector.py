@@ -180,6 +180,8 @@ class Projector:
                     continue
                 if count:
                     log.debug("projected %d events", count)
+                    # busy: let the next batch gather what arrives meanwhile (issue 13)
+                    await self._pause(settings.read.projector_batch_interval_seconds)
                 await self._sleep(settings.read.projector_poll_seconds)
         finally:
             if self._listener is not None:
@@ -187,6 +189,12 @@ class Projector:
                     await self._listener.close()
             await pool.close()
             await redis.aclose()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` unless stopped (NOTIFYs meanwhile keep the wake-up flag set)."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for a NOTIFY, a stop, or ``seconds``."""
