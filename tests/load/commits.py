@@ -28,7 +28,7 @@ from shared.settings import Settings
 from tests.load import scenarios
 from tests.load.__main__ import STACK, set_stub_configs
 from tests.load.bench import bench_settings, running_stack
-from tests.load.harness import CpuMeter
+from tests.load.harness import CpuMeter, Recorder
 
 _DB = """
 SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted
@@ -77,7 +77,7 @@ async def measure(
         await _drained(conn)
         meter = CpuMeter({**pids, "load generator": os.getpid()})
         before, cpu_before = await _snapshot(conn), meter.sample()
-        ctx.recorder = scenarios.Recorder()
+        ctx.recorder = Recorder()
         started = time.perf_counter()
         remaining = flows
 
