@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import msgspec
 
 from command_api import repository as repo
 from command_api.external import ExternalServices, ServiceError
@@ -27,6 +28,7 @@ from shared.ids import created_at_of, uuid7
 from shared.infra.auth import Principal
 from shared.lifecycle import (
     NEW_ORDER,
+    OperationKind,
     check_no_debt,
     decide_finish,
     decide_settle,
@@ -36,6 +38,8 @@ from shared.lifecycle import (
 )
 from shared.offer_token import OfferSigner
 from shared.pricing import quote, track_distance_meters
+from shared.receipt import Receipt, ReceiptInputs, receipt_of
+from shared.ride_rules import operator_end
 from shared.settings import Settings
 
 log = logging.getLogger("rides")
@@ -45,26 +49,28 @@ class ActivatedRides:
     """The rides this process activated and has not finished yet, by order id: what a
     finish here computes its end from without reading the order back (issue 13).
 
-    The snapshot is the one the activation step returned. The finish step decided from
-    it applies only if the order is still ``active`` and still has the snapshot's terms
-    (``started_at``, prices, ``free_ride_seconds``; ADR 0005), else the ride is read and
-    decided again, so an entry is as good as a fresh read. The rider of an order never
-    changes. A ride another process started, or one pushed out by ``limit`` newer ones,
-    is read as before.
+    The snapshot is the one the activation step returned, with the receipt inputs of an
+    active ride (the offer's pricing inputs it was written with; no refunds, no released
+    hold). The finish step decided from it applies only if the order is still ``active``
+    and still has the snapshot's terms (``started_at``, prices, ``free_ride_seconds``;
+    ADR 0005), else the ride is read and decided again, so an entry is as good as a
+    fresh read. The rider and the pricing inputs of an order never change. A ride
+    another process started, or one pushed out by ``limit`` newer ones, is read as before.
     """
 
     def __init__(self, limit: int = 20_000) -> None:
         self._limit = limit
-        self._orders: OrderedDict[uuid.UUID, Order] = OrderedDict()
+        self._rides: OrderedDict[uuid.UUID, tuple[Order, ReceiptInputs]] = OrderedDict()
 
-    def add(self, order_id: uuid.UUID, order: Order) -> None:
-        self._orders[order_id] = order
-        if len(self._orders) > self._limit:
-            self._orders.popitem(last=False)
+    def add(self, order_id: uuid.UUID, order: Order, pricing: PricingInputs) -> None:
+        self._rides[order_id] = (order, ReceiptInputs(pricing=pricing))
+        if len(self._rides) > self._limit:
+            self._rides.popitem(last=False)
 
-    def take(self, order_id: uuid.UUID) -> Order | None:
-        """The ride's snapshot at activation, forgotten here; None if this process has none."""
-        return self._orders.pop(order_id, None)
+    def take(self, order_id: uuid.UUID) -> tuple[Order, ReceiptInputs] | None:
+        """The ride's snapshot at activation and its receipt inputs, forgotten here; None
+        if this process has none."""
+        return self._rides.pop(order_id, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,18 @@ class Deps:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class OrderAnswer(Order, frozen=True, kw_only=True):
+    """An order as the finish (and an operator's end) answers it: the stored order and,
+    once the ride has ended, its itemised receipt (``shared.receipt``)."""
+
+    receipt: Receipt | None = None
+
+
+def answer_of(order: Order, inputs: ReceiptInputs | None) -> OrderAnswer:
+    """``order`` with its receipt (None while the ride is active)."""
+    return OrderAnswer(**msgspec.structs.asdict(order), receipt=receipt_of(order, inputs))
 
 
 # --- offers -----------------------------------------------------------------------------------
@@ -219,7 +237,7 @@ async def start_ride(deps: Deps, offer: Offer, *, resumed: bool = False) -> Orde
         started = await repo.activate_ride(conn, order_id, created_at, utcnow())
     if started is None:  # the worker undid this start while the hold was slow
         raise DependencyUnavailable("payments", "holding the deposit took too long")
-    deps.activated.add(order_id, started)
+    deps.activated.add(order_id, started, offer.inputs)
     return started
 
 
@@ -263,14 +281,19 @@ async def finish_ride(
     actor: Principal | None = None,
     *,
     ended_at: datetime | None = None,
-) -> Order:
+    reason: str | None = None,
+) -> OrderAnswer:
     """End a ride (idempotent) and charge it, as of now or of ``ended_at`` (an abandoned
-    ride, docs/rides-gone-wrong.md), at most the ride cost cap.
+    ride, or support's end of it, docs/rides-gone-wrong.md), at most the ride cost cap;
+    answers the order with its receipt.
 
     ``actor`` (None: trusted internal caller) must be the ride's rider or ``support``;
     anyone else gets OrderNotFound, as for a ride that does not exist. A support actor
-    ending someone else's ride is a force-end, recorded in ``order_actions`` with who
-    did it, in the same transaction as the end (ADR 0006).
+    ending someone else's ride (or any ride with a ``reason``: ``POST /orders/{id}/end``)
+    is a force-end, recorded in ``order_actions`` with who did it and why, in the same
+    transaction as the end (ADR 0006). An ``ended_at`` an actor gives is refused before
+    the start (EndBeforeStart) or in the future (EndInFuture); a ride already ended
+    answers its stored result whatever ``ended_at`` says.
 
     The end is committed first, with the charge recorded as owed, so the rider can always
     stop; the charge is then tried once here and retried by the worker if it fails.
@@ -286,17 +309,23 @@ async def finish_ride(
     created_at = created_at_of(order_id)
     activated = deps.activated.take(order_id)  # this process started it: no read
     async with deps.pool.acquire() as conn:
-        order = activated or await repo.get_order(conn, order_id, created_at)
-        if order is None or not is_visible(order.status):
+        found = activated or await repo.order_with_receipt_inputs(conn, order_id, created_at)
+        if found is None or not is_visible(found[0].status):
             raise OrderNotFound(f"no ride {order_id}")
+        order, inputs = found
+        terms = order if activated is not None else None
         if actor is not None and not actor.may_read(order.user_id):
             raise OrderNotFound(f"no ride {order_id}")
-        forced_by = actor if actor is not None and actor.sub != order.user_id else None
+        forced = actor is not None and (actor.sub != order.user_id or reason is not None)
+        forced_by = actor if forced else None
         if not is_riding(order.status):
-            return order
+            return answer_of(order, inputs)
+        now = utcnow()
+        if actor is not None and ended_at is not None:
+            operator_end(order.started_at, ended_at, now)  # refuses before start, in future
         decision = decide_finish(
             started_at=order.started_at,
-            finished_at=ended_at or utcnow(),
+            finished_at=ended_at or now,
             price_per_minute=order.price_per_minute,
             price_unlock=order.price_unlock,
             free_ride_seconds=order.free_ride_seconds,
@@ -308,7 +337,7 @@ async def finish_ride(
         track_json = repo.encode_json(track) if track else None
         if forced_by is None:
             ended = await repo.finish_ride(
-                conn, order_id, created_at, decision, distance, track_json, charge_due, activated
+                conn, order_id, created_at, decision, distance, track_json, charge_due, terms
             )
         else:
             async with conn.transaction():
@@ -320,26 +349,32 @@ async def finish_ride(
                     distance,
                     track_json,
                     charge_due,
-                    activated,
+                    terms,
                 )
                 if ended is not None:
                     await repo.record_order_action(
-                        conn, order_id, created_at, "force_end", forced_by.sub, forced_by.roles
+                        conn,
+                        order_id,
+                        created_at,
+                        "force_end",
+                        forced_by.sub,
+                        forced_by.roles,
+                        reason,
                     )
         if ended is None and activated is None:  # a concurrent finish ended it first
-            stored = await repo.get_order(conn, order_id, created_at)
+            stored = await repo.order_with_receipt_inputs(conn, order_id, created_at)
             assert stored is not None
-            return stored
-    if ended is None:  # ended meanwhile, or the row's terms are not the snapshot's
-        return await finish_ride(deps, order_id, track, actor, ended_at=ended_at)  # reads it
+            return answer_of(*stored)
+    if ended is None:  # ended meanwhile, or the row's terms are not the snapshot's: read it
+        return await finish_ride(deps, order_id, track, actor, ended_at=ended_at, reason=reason)
     total = decision.total_amount
     try:
         await deps.services.clear(ended.user_id, ended.id, total)
     except ServiceError as exc:
         log.warning("charge of %s deferred to the worker: %s", order_id, exc)
-        return ended
+        return answer_of(ended, inputs)
     settled = await settle_charge(deps.pool, order_id, created_at, total)
-    return settled or ended
+    return answer_of(settled or ended, inputs)
 
 
 async def settle_charge(
@@ -353,9 +388,24 @@ async def settle_charge(
     """Record a confirmed charge (or, when the retries ``gave_up``, the rider's debt) as
     ``shared.lifecycle.decide_settle`` decides it.
 
+    A charge that became debt leaves the deposit held at payments: in the same
+    transaction its release is recorded as owed (``release_debt_hold``, the whole
+    deposit), and the worker retries it until payments confirms (docs/operator-api.md).
     Returns the settled order, or None if another process settled it first.
     """
+    decision = decide_settle(amount, gave_up=gave_up)
     async with pool.acquire() as conn:
-        return await repo.settle_charge(
-            conn, order_id, created_at, decide_settle(amount, gave_up=gave_up)
-        )
+        if not gave_up:
+            return await repo.settle_charge(conn, order_id, created_at, decision)
+        async with conn.transaction():
+            settled = await repo.settle_charge(conn, order_id, created_at, decision)
+            if settled is not None and settled.deposit > 0:
+                await repo.owe_operation(
+                    conn,
+                    order_id,
+                    OperationKind.RELEASE_DEBT_HOLD,
+                    created_at,
+                    settled.user_id,
+                    settled.deposit,
+                )
+            return settled
