@@ -308,6 +308,8 @@ async def finish_ride(
         raise TrackTooLong(f"a track has at most {settings.rides.track_max_points} points")
     created_at = created_at_of(order_id)
     activated = deps.activated.take(order_id)  # this process started it: no read
+    if ended_at is not None:  # an end as of a given time is checked against the row's start
+        activated = None
     async with deps.pool.acquire() as conn:
         found = activated or await repo.order_with_receipt_inputs(conn, order_id, created_at)
         if found is None or not is_visible(found[0].status):
