@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 from aiocache import SimpleMemoryCache
-from httpx_aiohttp import HttpxAiohttpClient
 
 from command_api import metrics
 from shared.domain import (
@@ -37,6 +36,7 @@ from shared.domain import (
     UserProfile,
 )
 from shared.errors import DependencyUnavailable, ScooterNotFound, UserNotFound
+from shared.infra.http_transport import Http1Transport
 from shared.infra.logs import get_logger
 from shared.settings import Settings
 
@@ -75,16 +75,18 @@ class Sourced(msgspec.Struct, frozen=True):
 def make_http_client(settings: Settings) -> httpx.AsyncClient:
     """The one shared client of a process: pooled connections, a timeout on every call.
 
-    httpx's API over aiohttp's transport: the default transport costs several times more
-    CPU per request, and these calls are on every command's path.
+    httpx's API over ``shared.infra.http_transport.Http1Transport``: httpx's default
+    transport costs about five times more CPU per call, httpx-aiohttp about twice
+    (docs/benchmarks.md, issue 13), and these calls are on every command's path.
     """
-    return HttpxAiohttpClient(
+    limits = httpx.Limits(
+        max_connections=settings.external.http_max_connections,
+        max_keepalive_connections=settings.external.http_max_connections,
+    )
+    return httpx.AsyncClient(
         base_url=settings.external.base_url,
         timeout=httpx.Timeout(settings.external.http_timeout_seconds),
-        limits=httpx.Limits(
-            max_connections=settings.external.http_max_connections,
-            max_keepalive_connections=settings.external.http_max_connections,
-        ),
+        transport=Http1Transport(limits),
     )
 
 
