@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
@@ -95,10 +96,13 @@ class ExternalServices:
 
     def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
         self._client = client
+        self._base_url = str(client.base_url).rstrip("/")
         self._settings = settings
-        self._zones = SimpleMemoryCache()
-        self._users = SimpleMemoryCache()
-        self._configs = SimpleMemoryCache()
+        # no timeout per operation: a dict in memory cannot hang, and aiocache's default
+        # (5 s) runs each get/set as a task under asyncio.wait_for
+        self._zones = SimpleMemoryCache(timeout=None)
+        self._users = SimpleMemoryCache(timeout=None)
+        self._configs = SimpleMemoryCache(timeout=None)
         self._configs_lock = asyncio.Lock()
         self._configs_checked_at = float("-inf")
         self._defaults = PriceCoeffSettings(
@@ -125,9 +129,11 @@ class ExternalServices:
         ``nonsense(value, settings)`` names what is out of bounds in an answer, if anything.
         """
         last: ServiceError | None = None
+        # one absolute URL string: httpx parses it once, not base URL, path and params apart
+        url = f"{self._base_url}{path}?{urlencode(params)}" if params else self._base_url + path
         for _ in range(2):
             try:
-                response = await self._client.get(path, params=params)
+                response = await self._client.get(url)
             except httpx.HTTPError as exc:
                 last = ServiceError(service, type(exc).__name__)
                 continue
