@@ -5,10 +5,7 @@ several projectors share the work, none twice), projected to Redis in one pipeli
 and marked ``published_at`` in the same transaction only after Redis accepted the
 writes. A crash in between leaves the rows unpublished and a later run projects them
 again, which the versioned script makes harmless. Woken by ``NOTIFY outbox``, with a
-polling fallback for a missed notification or a lost LISTEN connection. A wake-up
-gathers for ``projector_gather_seconds`` (or until a batch's worth of notifications
-came) before claiming, so batches grow with the load instead of one per event; runs on
-uvloop.
+polling fallback for a missed notification or a lost LISTEN connection. Runs on uvloop.
 """
 
 from __future__ import annotations
@@ -133,20 +130,11 @@ class Projector:
         self._settings = settings
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
-        self._full = asyncio.Event()  # a batch's worth of notifications since the wake-up
-        self._notified = 0
         self._listener: asyncpg.Connection | None = None
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._full.set()
-
-    def _on_notify(self, *_: object) -> None:
-        self._wake.set()
-        self._notified += 1
-        if self._notified >= self._settings.read.projector_batch_size:
-            self._full.set()
 
     async def run(self) -> None:
         settings = self._settings
@@ -186,25 +174,16 @@ class Projector:
             await redis.aclose()
 
     async def _sleep(self, seconds: float) -> None:
-        """Wait for a NOTIFY, a stop, or ``seconds``; after a NOTIFY, gather more events
-        for ``projector_gather_seconds`` unless a batch's worth is announced sooner."""
+        """Wait for a NOTIFY, a stop, or ``seconds``."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
-        gather = self._settings.read.projector_gather_seconds
-        if gather > 0 and self._wake.is_set() and not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(gather):
-                    await self._full.wait()
-        self._notified = 0
-        self._full.clear()
+            await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def _ensure_listening(self) -> None:
         if self._listener is not None and not self._listener.is_closed():
             return
         try:
             conn = await asyncpg.connect(self._settings.db.url)
-            await conn.add_listener("outbox", self._on_notify)
+            await conn.add_listener("outbox", lambda *_: self._wake.set())
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             log.warning(
                 "cannot LISTEN on outbox; polling every %ss",

@@ -320,9 +320,6 @@ class ReadSideSettings:
     refill_ttl_seconds: int = setting("REFILL_TTL_SECONDS", 300)
     projector_batch_size: int = setting("PROJECTOR_BATCH_SIZE", 500)
     projector_poll_seconds: float = setting("PROJECTOR_POLL_SECONDS", 1.0)  # if a NOTIFY is missed
-    # after a NOTIFY, wait this long (or for a batch's worth of notifications) before
-    # claiming: batches grow with the load (issue 13); adds at most this to the lag
-    projector_gather_seconds: float = setting("PROJECTOR_GATHER_SECONDS", 0.01)
     projector_metrics_port: int = setting("PROJECTOR_METRICS_PORT", 8002)  # 0 = no /metrics
 
 

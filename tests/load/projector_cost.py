@@ -10,7 +10,7 @@ created_at`` of every event, p50/p99/max), read from the outbox itself, and the
 projector's transactions per event (``pg_stat_database`` commits of the run's database
 less the generator's own): its cost falls as its batches grow.
 
-Compare settings with variables, e.g. ``SCOOTERS_PROJECTOR_GATHER_SECONDS=0``; a ride
+Compare settings with their ``SCOOTERS_*`` variables, or two checkouts; a ride
 flow writes three events, so three times the flows/s is the rate of a load test.
 """
 
