@@ -20,7 +20,7 @@
     box.replaceChildren(
       Api.el("code", { "data-testid": "error-code" }, err.code), " ",
       Api.el("span", { "data-testid": "error-detail" }, err.message),
-      err.retryAfter ? ` (try again in ${err.retryAfter} s)` : null);
+      err.retryAfter ? ` (try again in ${err.retryAfter} s)` : "");
   }
   function done(text) { $("done").textContent = text || ""; }
 

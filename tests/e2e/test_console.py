@@ -29,7 +29,7 @@ from shared.views import order_key
 from stubs import StubSettings
 from tests.auth import SUPPORT, tokens_for
 from tests.conftest import ADMIN_TOKEN, ROOT, free_port, start_process, stop_process, wait_http
-from tests.e2e.conftest import backdate, ledger
+from tests.e2e.conftest import backdate, ledger, set_fault
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -320,6 +320,11 @@ async def test_only_the_consoles_origin_may_call_the_command_api(stack: Stack) -
         allowed = await client.options("/offers", headers={"origin": stack.query_url, **preflight})
         assert allowed.status_code in (200, 204)
         assert allowed.headers["access-control-allow-origin"] == stack.query_url
+        # a refusal's Retry-After is readable by the console's script (when to try again)
+        answer = await client.post("/offers", json={}, headers={"origin": stack.query_url})
+        assert answer.status_code == 401
+        assert answer.headers["access-control-allow-origin"] == stack.query_url
+        assert "retry-after" in answer.headers["access-control-expose-headers"].lower()
         refused = await client.options(
             "/offers", headers={"origin": "http://elsewhere.example", **preflight}
         )
@@ -596,3 +601,43 @@ async def test_the_console_shows_what_it_is_sent_as_text(page: Page, stack: Stac
     await page.click("#find button")
     await expect(page.get_by_test_id("error-code")).not_to_be_empty(timeout=WAIT_MS)
     assert await page.locator("#injected").count() == 0
+
+
+async def test_a_refund_retried_after_payments_was_down_refunds_once(
+    page: Page, browser: Browser, stack: Stack, db: Any, used: set[str]
+) -> None:
+    rider, order_id, charged = await rider_with_a_finished_ride(browser, stack, db, used)
+    keys: list[str] = []
+    page.on(
+        "request",
+        lambda r: keys.append(r.headers["idempotency-key"]) if "/refunds" in r.url else None,
+    )
+    await sign_in_support(page, stack)
+    await open_ride(page, rider, order_id)
+    await expect(page.get_by_test_id("receipt-total")).to_have_text(str(charged))
+    await page.fill("#refund input[name=amount]", "1")
+    await page.fill("#refund input[name=reason]", "scooter battery died mid-ride")
+
+    await set_fault(stack.stubs_url, "payments", outage=True)
+    try:  # payments down: 503, shown with when to try again
+        await page.click("#refund button[type=submit]")
+        await answer_dialog(page, "ok")
+        await expect(page.get_by_test_id("error-code")).to_have_text(
+            "dependency_unavailable", timeout=WAIT_MS
+        )
+        await expect(page.get_by_test_id("error")).to_contain_text("try again in")
+    finally:
+        await set_fault(stack.stubs_url, "payments", outage=False)
+
+    # the operator confirms the same refund again: the same key, so at most one refund
+    await page.click("#refund button[type=submit]")
+    text = await answer_dialog(page, "ok")
+    assert "outcome is unknown" in text
+    await expect(page.get_by_test_id("receipt-refunded")).to_have_text("1", timeout=WAIT_MS)
+    await expect(page.get_by_test_id("error")).to_have_text("")
+    assert len(keys) == 2
+    assert keys[0] == keys[1]
+    money = await ledger(stack.stubs_url, order_id)
+    assert [(e["amount"], e.get("key")) for e in money["entries"] if e["kind"] == "refund"] == [
+        (1, keys[0])
+    ]
