@@ -15,7 +15,7 @@ import os
 import random
 import re
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(base_settings: Settings, database: str) -> Iterator[Stack]:
-    """Stubs, command API, projector and query API as processes; the console's origin
-    (the query API) may call the command API and the identity stub."""
+    """Stubs, command API, worker, projector and query API as processes; the console's
+    origin (the query API) may call the command API and the identity stub."""
     stubs_port, command_port, query_port = free_port(), free_port(), free_port()
     query_url = f"http://127.0.0.1:{query_port}"
     stubs_url = f"http://127.0.0.1:{stubs_port}"
@@ -79,6 +79,7 @@ def stack(base_settings: Settings, database: str) -> Iterator[Stack]:
         for module, health, extra in (
             ("stubs", f"{stubs_url}/health/live", stub_env),
             ("command_api", f"{command_url}/health/live", None),
+            ("command_api.worker", None, None),  # payment retries: a charge may become debt
             ("query_api.projector", None, None),
             ("query_api", f"{query_url}/health/live", None),
         ):
@@ -191,8 +192,16 @@ async def receipt_amounts(page: Page) -> tuple[list[tuple[str, int]], int]:
     return lines, total
 
 
-async def play_ride(page: Page, stack: Stack, rider: str, scooter: str, db: Any) -> str:
-    """On the rider page: sign in, offer, start, ride 10 minutes (backdated), finish."""
+async def play_ride(
+    page: Page,
+    stack: Stack,
+    rider: str,
+    scooter: str,
+    db: Any,
+    before_finish: Callable[[], Awaitable[None]] | None = None,
+) -> str:
+    """On the rider page: sign in, offer, start, ride 10 minutes (backdated), finish
+    (``before_finish`` runs just before)."""
     await page.goto(f"{stack.query_url}/console/rider.html")
     await page.fill("#signin input[name=sub]", rider)
     await page.click("#signin button")
@@ -216,6 +225,8 @@ async def play_ride(page: Page, stack: Stack, rider: str, scooter: str, db: Any)
             break
         await page.wait_for_timeout(200)
     assert amount_of(await page.get_by_test_id("cost").inner_text()) >= expected_floor
+    if before_finish is not None:
+        await before_finish()
     await page.click("#finish")
     await expect(page.get_by_test_id("receipt")).to_be_visible(timeout=WAIT_MS)
     return order_id
@@ -641,3 +652,68 @@ async def test_a_refund_retried_after_payments_was_down_refunds_once(
     assert [(e["amount"], e.get("key")) for e in money["entries"] if e["kind"] == "refund"] == [
         (1, keys[0])
     ]
+
+
+async def test_support_settles_a_riders_debt(
+    page: Page, browser: Browser, stack: Stack, db: Any, used: set[str]
+) -> None:
+    rng = random.Random()
+    rider = pick(stack, "user", rng, used)
+
+    async def payments_down() -> None:
+        await set_fault(stack.stubs_url, "payments", outage=True)
+
+    context = await browser.new_context()
+    try:  # the ride ends while payments is down; the worker's retries give up: debt
+        rider_page = await context.new_page()
+        order_id = await play_ride(
+            rider_page, stack, rider, pick(stack, "scooter", rng, used), db, payments_down
+        )
+        await expect(rider_page.locator("[data-testid=receipt]")).to_contain_text("pending")
+    finally:
+        await context.close()
+    try:
+        for _ in range(100):
+            row = await db.fetchrow(
+                "SELECT total_amount, payment_status FROM orders WHERE id = $1::uuid", order_id
+            )
+            if row["payment_status"] == "debt":
+                break
+            await asyncio.sleep(0.1)
+        assert row["payment_status"] == "debt"
+    finally:
+        await set_fault(stack.stubs_url, "payments", outage=False)
+    total = row["total_amount"]
+    assert total > 0
+    assert (await ledger(stack.stubs_url, order_id))["charged"] == 0
+
+    await sign_in_support(page, stack)
+    await page.fill("#find input[name=user]", rider)
+    await page.click("#find button")
+    await expect(page.locator("#summary [data-field='debt']")).to_have_text(
+        str(total), timeout=WAIT_MS
+    )
+    await page.fill("#settle input[name=reason]", "rider called, card updated")
+    await page.click("#settle button[type=submit]")
+    text = await answer_dialog(page, "ok")
+    assert f"Settle the debt of {rider}?" in text
+    await expect(page.get_by_test_id("done")).to_have_text(
+        f"settled 1 ride(s) of {rider}; debt now 0", timeout=WAIT_MS
+    )
+    await expect(page.get_by_test_id("error")).to_have_text("")
+    await expect(page.locator("#summary [data-field='debt']")).to_have_text("0", timeout=WAIT_MS)
+    await expect(page.locator("#summary [data-field='total charged']")).to_have_text(str(total))
+    await expect(page.locator("#settle")).to_be_hidden()
+
+    money = await ledger(stack.stubs_url, order_id)
+    assert money["charged"] == total
+    row = await db.fetchrow("SELECT payment_status FROM orders WHERE id = $1::uuid", order_id)
+    assert row["payment_status"] == "charged"
+    # and the rider may ride again
+    async with httpx.AsyncClient(base_url=stack.command_url) as api:
+        offer = await api.post(
+            "/offers",
+            json={"user_id": rider, "scooter_id": pick(stack, "scooter", rng, used)},
+            headers=tokens_for(stack.settings, ADMIN_TOKEN).headers(rider),
+        )
+    assert offer.status_code == 201, offer.text
