@@ -53,6 +53,7 @@ ALLOWED_PAYMENT = {
     (PS.PENDING, PS.CHARGED),
     (PS.PENDING, PS.RELEASED),
     (PS.PENDING, PS.DEBT),
+    (PS.DEBT, PS.CHARGED),  # support settled the debt (docs/operator-api.md)
 }
 
 
