@@ -103,7 +103,10 @@ const Api = (() => {
     return node;
   }
 
+  // The receipt (docs/rides-gone-wrong.md) as a table: its lines (refunds negative), the
+  // total they add up to, and when anything was refunded, the charge and the refunded total.
   function receiptTable(receipt) {
+    const refunded = receipt.refunded || 0;
     const rows = receipt.lines.map((line) =>
       el("tr", { class: `line-${line.kind}`, "data-kind": line.kind },
         el("td", {}, line.description), el("td", { class: "amount" }, line.amount)));
@@ -112,10 +115,11 @@ const Api = (() => {
       el("tfoot", {},
         el("tr", { class: "total" }, el("th", {}, "Total"),
           el("th", { class: "amount", "data-testid": "receipt-total" }, receipt.total)),
-        receipt.charged === undefined ? null : el("tr", {}, el("td", {}, "Charged"),
-          el("td", { class: "amount", "data-testid": "receipt-charged" }, receipt.charged)),
-        receipt.refunded === undefined ? null : el("tr", {}, el("td", {}, "Refunded"),
-          el("td", { class: "amount", "data-testid": "receipt-refunded" }, receipt.refunded)),
+        // refunds: what was charged, and what of it was given back in all
+        refunded ? el("tr", {}, el("td", {}, "Charged"),
+          el("td", { class: "amount", "data-testid": "receipt-charged" }, receipt.charged)) : null,
+        refunded ? el("tr", {}, el("td", {}, "Refunded"),
+          el("td", { class: "amount", "data-testid": "receipt-refunded" }, refunded)) : null,
         el("tr", {}, el("td", {}, "Deposit held"), el("td", { class: "amount" }, receipt.deposit_held)),
         el("tr", {}, el("td", {}, "Deposit released"),
           el("td", { class: "amount" }, receipt.deposit_released)),

@@ -8,7 +8,7 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const path = (s) => encodeURIComponent(s);
-  let rider = null, ride = null, ticker = null;
+  let rider = null, ride = null, ticker = null, shownSummary = null;
   // a refund whose outcome is unknown (no answer, or a 5xx): confirming the very same
   // refund again resends its idempotency key, so payments refunds it at most once
   let pendingRefund = null;
@@ -59,14 +59,16 @@
       d.append(Api.el("dt", {}, k), Api.el("dd", { "data-field": k }, v));
     }
     $("settle").hidden = !(summary.debt > 0);
+    shownSummary = summary;
     const body = $("rides").tBodies[0];
     body.replaceChildren(...page.items.map((o) => Api.el("tr", {
       class: `selectable${ride && ride.id === o.id ? " selected" : ""}`, "data-order": o.id,
       onclick: () => openRide(o.id),
-    }, Api.el("td", {}, o.started_at.replace("T", " ").slice(0, 19)),
+    }, Api.el("td", { class: "when" }, o.started_at.slice(0, 10), Api.el("br"), o.started_at.slice(11, 19)),
     Api.el("td", {}, Api.el("span", { class: `status ${o.status}` }, o.status)),
     Api.el("td", { class: "amount" }, Api.money(o.current_amount ?? o.total_amount)),
     Api.el("td", {}, Api.el("span", { class: `status ${o.payment_status}` }, o.payment_status)))));
+    return summary;
   }
 
   // the ride's header: status, times and its cost (running while active); the rides
@@ -81,8 +83,13 @@
     $("ride-times").textContent = `started ${screen.started_at.slice(0, 19)} · ` +
       `${screen.elapsed_seconds} s · payment ${screen.payment_status}`;
     const amount = screen.status === "active" ? screen.current_amount : screen.total_amount;
-    $("ride-cost").textContent = screen.status === "active"
-      ? `running: ${Api.money(amount)}` : Api.money(amount);
+    const refunded = (screen.receipt && screen.receipt.refunded) || 0;
+    if (screen.status === "active") $("ride-cost").textContent = `running: ${Api.money(amount)}`;
+    else if (!refunded) $("ride-cost").textContent = Api.money(amount);
+    else {
+      $("ride-cost").replaceChildren(Api.money(amount),
+        Api.el("span", { class: "note" }, ` charged, ${refunded} refunded`));
+    }
     for (const row of $("rides").tBodies[0].rows) {
       if (row.dataset.order === id) row.cells[2].textContent = Api.money(amount);
     }
@@ -146,19 +153,22 @@
   }
 
   // After a command: the ride's header, the summary and the rides from the screens. The
-  // screens are projections and may lag the command's answer by a moment: the ride is
-  // read again (for up to ~5 s) until ``caughtUp(screen)`` says it shows the command.
-  async function afterCommand(caughtUp) {
+  // screens are projections and may lag the command's answer by a moment: they are read
+  // again (for up to ~5 s) until ``rideDone(screen)`` and ``summaryDone(summary)`` say
+  // they show the command.
+  async function afterCommand(rideDone, summaryDone) {
+    const id = ride ? ride.id : null, user = rider;
+    // the operator opened another ride or rider meanwhile: theirs to show now
+    const movedOn = () => (id !== null && (!ride || ride.id !== id)) || rider !== user;
     try {
-      if (ride) {
-        const id = ride.id;
-        for (let i = 0; i < 20; i += 1) {
-          const screen = await refreshRide();
-          if (!ride || ride.id !== id || caughtUp(screen)) break;
-          await new Promise((resolve) => setTimeout(resolve, 250));
-        }
+      for (let i = 0; i < 20; i += 1) {
+        if (i > 0) await new Promise((resolve) => setTimeout(resolve, 250));
+        if (movedOn()) break;
+        const screen = id === null ? null : await refreshRide();
+        if (movedOn()) break;
+        const summary = user === null ? null : await loadRider(user);
+        if ((!screen || rideDone(screen)) && (!summary || summaryDone(summary))) break;
       }
-      if (rider) await loadRider(rider);
     } catch (err) { show(err); }
   }
 
@@ -191,7 +201,7 @@
     if (answer === null) return;
     stopTicker();
     if (ride && ride.id === id && answer.receipt) showReceipt(answer.receipt);
-    await afterCommand((screen) => screen.status !== "active");
+    await afterCommand((screen) => screen.status !== "active", () => true);
     if (!answer.receipt && ride && ride.id === id && ride.status !== "active") {
       await loadReceipt(ride).catch(show);
     }
@@ -224,7 +234,10 @@
     done(`refunded ${answer.amount} of ride ${answer.order_id}; refunded in all ${answer.refunded_total}`);
     if (ride && ride.id === id && answer.receipt) showReceipt(answer.receipt);
     ev.target.reset();
-    await afterCommand((screen) => !screen.receipt || screen.receipt.refunded >= answer.refunded_total);
+    const charged = shownSummary && shownSummary.user_id === rider ? shownSummary.total_charged : null;
+    await afterCommand(
+      (screen) => !screen.receipt || screen.receipt.refunded >= answer.refunded_total,
+      (summary) => charged === null || summary.total_charged <= charged - answer.amount);
   });
 
   $("settle").addEventListener("submit", async (ev) => {
@@ -236,7 +249,9 @@
     if (answer === null) return;
     done(`settled ${answer.settled.length} ride(s) of ${answer.user_id}; debt now ${answer.debt}`);
     ev.target.reset();
-    await afterCommand((screen) => !answer.settled.includes(screen.id) || screen.payment_status === "charged");
+    await afterCommand(
+      (screen) => !answer.settled.includes(screen.id) || screen.payment_status === "charged",
+      (summary) => summary.debt === answer.debt);
     if (ride && ride.status !== "active") await loadReceipt(ride).catch(show);
   });
 
