@@ -33,6 +33,7 @@ from shared.errors import (
     IdempotencyKeyRequired,
     IdempotencyKeyReused,
     InvalidIdempotencyKey,
+    InvalidParameter,
     InvalidRefund,
     InvalidRequest,
     OfferAlreadyUsed,
@@ -411,7 +412,9 @@ async def refund_order(
     "/users/{user_id:str}/debt/settle",
     status_code=200,
     summary="Support: charge a rider's debt through payments and release holds left behind",
-    responses=problem_responses("SettleDebt", _merge(_BODY, {404: [UserNotFound]})),
+    responses=problem_responses(
+        "SettleDebt", _merge(_BODY, {404: [UserNotFound], 422: [InvalidParameter]})
+    ),
 )
 async def settle_debt(
     request: Request[Any, Any, Any],

@@ -18,6 +18,7 @@ from shared.lifecycle import (
     REJECT,
     FinishDecision,
     OperationState,
+    OrderStatus,
     SettleDecision,
 )
 from shared.receipt import ReceiptInputs, receipt_inputs
@@ -360,9 +361,11 @@ SELECT o.id, o.started_at FROM active_rides a
 
 # --- operator commands (docs/operator-api.md; tables of migrations/sql/0008) --------------------
 
+# an active ride (what a finish usually reads) has neither refunds nor a released debt hold
 _WITH_RECEIPT_INPUTS = (
     "SELECT to_jsonb(order_snapshot_of(o))::text AS snapshot, o.pricing::text AS pricing,"
-    " order_refunds_json(o.id) AS refunds, debt_hold_released(o.id) AS hold_released"
+    " CASE WHEN o.status = $3 THEN '[]' ELSE order_refunds_json(o.id) END AS refunds,"
+    " o.status <> $3 AND debt_hold_released(o.id) AS hold_released"
     " FROM orders o WHERE o.id = $1 AND o.created_at = $2"
 )
 
@@ -371,7 +374,7 @@ async def order_with_receipt_inputs(
     conn: Connection, order_id: uuid.UUID, created_at: datetime
 ) -> tuple[Order, ReceiptInputs | None] | None:
     """The stored order and what its receipt needs (pricing, refunds, released hold)."""
-    row = await conn.fetchrow(_WITH_RECEIPT_INPUTS, order_id, created_at)
+    row = await conn.fetchrow(_WITH_RECEIPT_INPUTS, order_id, created_at, OrderStatus.ACTIVE)
     if row is None:
         return None
     order = _order.decode(row["snapshot"])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import msgspec
 
 from command_api import repository as repo
 from command_api.external import ExternalServices, ServiceError
@@ -66,8 +67,7 @@ class OrderAnswer(Order, frozen=True, kw_only=True):
 
 def answer_of(order: Order, inputs: ReceiptInputs | None) -> OrderAnswer:
     """``order`` with its receipt (None while the ride is active)."""
-    fields = {name: getattr(order, name) for name in order.__struct_fields__}
-    return OrderAnswer(**fields, receipt=receipt_of(order, inputs))
+    return OrderAnswer(**msgspec.structs.asdict(order), receipt=receipt_of(order, inputs))
 
 
 # --- offers -----------------------------------------------------------------------------------
