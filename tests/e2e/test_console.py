@@ -124,9 +124,13 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(  # whatever the policy blocked (docs: query_api/ride_details.py, console_csp)
+        "console",
+        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     yield page
     await context.close()
-    assert errors == [], f"the page threw: {errors}"
+    assert errors == [], f"the page threw or broke its policy: {errors}"
 
 
 def screenshot_path(name: str, tmp_path: Path) -> Path:
@@ -327,6 +331,11 @@ async def test_console_files_are_served_by_the_query_api(stack: Stack) -> None:
             assert media in answer.headers["content-type"]
             # nothing is loaded from elsewhere: the console works offline
             assert not re.search(r"(src|href)=\"https?://", answer.text), name
+            # and the browser is told so: our files only, requests to our services only
+            policy = answer.headers["content-security-policy"]
+            assert "script-src 'self';" in policy
+            assert f"connect-src 'self' {stack.command_url} {stack.stubs_url};" in policy
+            assert answer.headers["x-content-type-options"] == "nosniff"
         config = (await client.get("/console-config")).json()
         assert config == {"command_url": stack.command_url, "identity_url": stack.stubs_url}
         assert (await client.get("/console/missing.js")).status_code == 404
