@@ -231,7 +231,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             stores.fill(None)
             verifier.fill(None)
             await jwks_client.aclose()
-            await redis.aclose()
+            try:
+                await redis.aclose()
+            except Exception as exc:  # a busy node: closing can time out; stop anyway
+                if not redis_unavailable(exc):
+                    raise
             await db.close()
             if replica is not None:
                 await replica.close()

@@ -39,7 +39,7 @@ from tests.load.bench import (
     running_stack,
 )
 from tests.load.harness import CpuMeter, print_report
-from tests.load.service_logs import check_run, print_verdict
+from tests.load.service_logs import check_run, print_other_errors, print_verdict
 
 STACK = ("stubs", "command_api", "worker", "projector", "query_api")
 
@@ -313,8 +313,10 @@ def _run(args: argparse.Namespace, settings: Settings, log_path: Path) -> int:
             "unhandled_errors": [
                 {"service": e.service, **e.fields, "exception": e.exception} for e in verdict.errors
             ],
+            "other_errors": dict(verdict.others),
         },
     }
+    print_other_errors(verdict, sys.stdout)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     if verdict.failed:

@@ -91,14 +91,31 @@ def read_events(path: Path) -> Iterator[LogEvent]:
                 yield event
 
 
+def _is_error(event: LogEvent) -> bool:
+    return event.level in {"error", "critical"}
+
+
+def _is_unhandled(event: LogEvent) -> bool:
+    """An answer 500 (``unhandled error``) or an error uvicorn caught in a request."""
+    return _is_error(event) and (
+        event.event == "unhandled error" or event.event.startswith("Exception in ASGI")
+    )
+
+
 def unhandled_errors(events: Iterable[LogEvent]) -> list[LogEvent]:
     """Events that are answers 500 (``unhandled error``) or errors uvicorn caught."""
-    return [
-        e
-        for e in events
-        if e.level in {"error", "critical"}
-        and (e.event == "unhandled error" or e.event.startswith("Exception in ASGI"))
-    ]
+    return [e for e in events if _is_unhandled(e)]
+
+
+def other_errors(events: Iterable[LogEvent]) -> Counter[str]:
+    """Error events that are no answer (a failed shutdown, a projector retry), by
+    service and the event's first line: worth a look, not a failed run."""
+    found: Counter[str] = Counter()
+    for e in events:
+        if _is_error(e) and not _is_unhandled(e):
+            first = e.event.replace(_LINE_BREAK, "\n").split("\n")[0].strip()
+            found[f"{e.service}: {_ADDRESS.sub('0x…', first)[:160]}"] += 1
+    return found
 
 
 def bad_statuses(reports: Iterable[dict[str, Any]]) -> Counter[str]:
@@ -119,6 +136,7 @@ class Verdict:
 
     bad_answers: Counter[str]
     errors: list[LogEvent] = field(default_factory=list)
+    others: Counter[str] = field(default_factory=Counter)  # other error events, by kind
 
     @property
     def failed(self) -> bool:
@@ -127,8 +145,16 @@ class Verdict:
 
 def check_run(reports: Iterable[dict[str, Any]], log_path: Path) -> Verdict:
     """The guard of a load run: 5xx answers other than 503, and the services' 500s."""
-    errors = unhandled_errors(read_events(log_path)) if log_path.exists() else []
-    return Verdict(bad_statuses(reports), errors)
+    events = list(read_events(log_path)) if log_path.exists() else []
+    return Verdict(bad_statuses(reports), unhandled_errors(events), other_errors(events))
+
+
+def print_other_errors(verdict: Verdict, out: IO[str]) -> None:
+    """The error events that fail no run, one line per kind."""
+    if verdict.others:
+        print("\n== other errors the services logged (no answer was affected):", file=out)
+    for kind, count in verdict.others.most_common():
+        print(f"   {count:>6} x {kind}", file=out)
 
 
 def print_verdict(verdict: Verdict, log_path: Path, out: IO[str]) -> None:
