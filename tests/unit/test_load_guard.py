@@ -7,6 +7,7 @@ import subprocess
 import sys
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import ROOT
 from tests.load.service_logs import check_run, parse_line, print_verdict
@@ -78,5 +79,8 @@ def test_a_500_fails_the_run_and_names_the_exception(tmp_path: Path) -> None:
 def test_503s_and_a_clean_log_pass(tmp_path: Path) -> None:
     log = tmp_path / "services.log"
     log.write_text('query_api  | timestamp=t level=warning event="dependency unavailable"\n')
-    reports = [{"errors": {"GET /orders/{id}: HTTP 503 overloaded": 40}}, {"errors": {}}]
+    reports: list[dict[str, Any]] = [
+        {"errors": {"GET /orders/{id}: HTTP 503 overloaded": 40}},
+        {"errors": {}},
+    ]
     assert not check_run(reports, log).failed
