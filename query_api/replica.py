@@ -84,13 +84,16 @@ class ReadRouter:
 
     async def read(self, query: Callable[[asyncpg.Pool], Awaitable[R]]) -> R:
         """Run ``query`` on :meth:`pool`'s choice; a read the replica fails with
-        :data:`REPLICA_FAILED` is run again on the primary. The primary's errors pass."""
+        :data:`REPLICA_FAILED` (a timeout aside) is run again on the primary. The
+        primary's errors pass."""
         pool = await self.pool()
         if pool is self.primary:
             return await query(pool)
         try:
             return await query(pool)
         except REPLICA_FAILED as exc:
+            if isinstance(exc, TimeoutError):  # a slow statement: the primary's would wait
+                raise  # as long again on a busy box (503)
             log.warning("replica read failed (%r): reading the primary", exc)
             REPLICA_READ_FAILURES.inc()
             return await query(self.primary)

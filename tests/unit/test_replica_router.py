@@ -59,6 +59,12 @@ async def test_the_primarys_errors_pass(error: Exception) -> None:
         await read_router.read(failing_on("primary", error))
 
 
+async def test_a_replica_statement_that_timed_out_is_not_run_again() -> None:
+    read_router = router()
+    with pytest.raises(TimeoutError):  # 503: the primary would wait as long on a busy box
+        await read_router.read(failing_on("replica", TimeoutError()))
+
+
 async def test_other_replica_errors_are_bugs_and_pass() -> None:
     read_router = router()
     error = asyncpg.exceptions.UndefinedTableError('relation "orders" does not exist')
