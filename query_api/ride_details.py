@@ -6,28 +6,29 @@ the ride screen, and the projections stay small (no pricing inputs, no track).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
-from litestar import Request, Router, get
+from litestar import Request, Response, Router, get
 from litestar.params import FromPath, SkipValidation
 from litestar.static_files import create_static_files_router
 
 from query_api.reads import Reads
-from shared.domain import PricingInputs, TrackPoint
+from shared.domain import TrackPoint
 from shared.errors import OrderNotEnded, OrderNotFound
 from shared.ids import parse_order_id
 from shared.infra.auth import principal_of
 from shared.infra.openapi import SIGNED_IN, problem_responses
 from shared.pricing import track_distance_meters
-from shared.receipt import NotEnded, Receipt, build_receipt
+from shared.receipt import Receipt
 from shared.settings import Settings
 
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
 
 ReadsDep = SkipValidation[Reads]  # built by the lifespan: not validated per request
-_pricing_decoder = msgspec.json.Decoder(PricingInputs)
 _track_decoder = msgspec.json.Decoder(list[TrackPoint])
 
 
@@ -65,16 +66,12 @@ async def get_receipt(
     Only its rider (or support) sees it; to anyone else the order does not exist (404).
     """
     parsed = parse_order_id(order_id)
-    found = None if parsed is None else await reads.order_with_pricing(parsed)
-    if found is None or not principal_of(request.user).may_read(found[0].user_id):
+    view = None if parsed is None else await reads.order_from_postgres(parsed)
+    if view is None or not principal_of(request.user).may_read(view.user_id):
         raise OrderNotFound(f"no order {order_id}")
-    view, pricing = found
-    try:
-        # refunds join the receipt once the operator commands record them (docs/operator-api.md)
-        receipt = build_receipt(view, _pricing_decoder.decode(pricing))
-    except NotEnded as exc:
-        raise OrderNotEnded(str(exc)) from exc
-    return ReceiptAnswer(order_id=view.id, status=view.status, receipt=receipt)
+    if view.receipt is None:
+        raise OrderNotEnded(f"an order in status {view.status!r} has no receipt yet")
+    return ReceiptAnswer(order_id=view.id, status=view.status, receipt=view.receipt)
 
 
 @get(
@@ -110,7 +107,47 @@ def console_handlers(settings: Settings) -> list[Any]:
     async def console_config() -> ConsoleConfig:
         return ConsoleConfig(command_url=command_url, identity_url=identity_url)
 
+    # the pages may load only our own files and talk only to the query API, the command
+    # API and the identity provider: injected markup could neither run nor phone home
+    csp = console_csp(command_url, identity_url)
+
+    async def console_headers(response: Response[Any]) -> Response[Any]:
+        response.headers["Content-Security-Policy"] = csp
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
     static: Router = create_static_files_router(
-        path="/console", directories=[CONSOLE_DIR], html_mode=True, name="console"
+        path="/console",
+        directories=[CONSOLE_DIR],
+        html_mode=True,
+        name="console",
+        after_request=console_headers,
     )
     return [get_receipt, get_track, console_config, static]
+
+
+def console_csp(*urls: str) -> str:
+    """The console pages' Content-Security-Policy: scripts, styles and images from the
+    query API only, requests to it and to the origins of ``urls`` (http or https; a URL
+    that is not a plain origin is left out)."""
+    origins = []
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme in {"http", "https"} and _NETLOC.fullmatch(parts.netloc):
+            origins.append(f"{parts.scheme}://{parts.netloc}")
+    return "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            " ".join(("connect-src 'self'", *dict.fromkeys(origins))),
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        )
+    )
+
+
+_NETLOC = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
