@@ -77,6 +77,7 @@ from shared.infra.openapi import (
     finish_document,
     problem_responses,
 )
+from shared.infra.outages import redis_unavailable
 from shared.infra.problems import exception_handlers
 from shared.infra.request_metrics import request_metrics
 from shared.infra.serving import cors_config
@@ -485,7 +486,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     rate_limit.fill(None)
         finally:
             await jwks_client.aclose()
-            await redis.aclose()
+            try:
+                await redis.aclose()
+            except Exception as exc:  # a busy node: closing can time out; stop anyway
+                if not redis_unavailable(exc):
+                    raise
             stop_metrics()
 
     configure_logging(settings)

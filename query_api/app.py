@@ -45,6 +45,7 @@ from shared.infra.di import Slot
 from shared.infra.logs import configure_logging, with_request_ids
 from shared.infra.metrics_server import start_metrics_server
 from shared.infra.openapi import SIGNED_IN, Health, problem_responses
+from shared.infra.outages import redis_unavailable
 from shared.infra.problems import exception_handlers
 from shared.infra.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
@@ -181,7 +182,9 @@ async def ready(stores: SkipValidation[Stores]) -> Response[Health]:
 async def _redis_up(redis: RedisClient) -> bool:
     try:
         await redis.ping()
-    except REDIS_DOWN:
+    except Exception as exc:
+        if not redis_unavailable(exc):
+            raise
         return False
     return True
 
@@ -229,7 +232,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             stores.fill(None)
             verifier.fill(None)
             await jwks_client.aclose()
-            await redis.aclose()
+            try:
+                await redis.aclose()
+            except Exception as exc:  # a busy node: closing can time out; stop anyway
+                if not redis_unavailable(exc):
+                    raise
             await db.close()
             if replica is not None:
                 await replica.close()
