@@ -48,6 +48,7 @@ from shared.ids import parse_order_id
 from shared.infra.auth import (
     TokenVerifier,
     bearer_auth,
+    document_public_operations,
     openapi_config,
     principal_of,
     token_verifier,
@@ -363,4 +364,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
             )
         },
     )
+    document_public_operations(app)  # health checks need no bearer token
     return with_request_ids(app)

@@ -35,6 +35,7 @@ from shared.ids import parse_order_id
 from shared.infra.auth import (
     TokenVerifier,
     bearer_auth,
+    document_public_operations,
     openapi_config,
     principal_of,
     token_verifier,
@@ -257,4 +258,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=serving.request_max_body_bytes,
         logging_config=None,  # shared.infra.logs configures logging, off the hot path
     )
+    document_public_operations(app)  # health checks need no bearer token
     return with_request_ids(app)
