@@ -4,7 +4,8 @@ For each ``--in-flight`` value (``*_max_requests_in_flight``; 0 = no limit) a
 fresh stack runs three phases back to back on one endpoint (``query``:
 ``GET /orders/{id}``; ``command``: ``POST /offers``):
 
-1. capacity: closed loop, ``--concurrency`` clients, as fast as the box answers;
+1. capacity: closed loop, ``--concurrency`` clients (no more than the limit in flight,
+   so that none is shed: more would spin on 503s), as fast as the box answers;
 2. overload: open loop at ``--factor`` times that capacity through at most ``--connections``
    client connections (a request waits for a free one, which counts in its latency);
 3. recovery: open loop at half the capacity, right after.
@@ -92,12 +93,13 @@ async def open_loop(rate: float, duration: float, one: Callable[[], Awaitable[No
     return loop.time() - started
 
 
-async def phases(args: argparse.Namespace, port: int, request: Callable[[Any], Any]) -> Any:
+async def phases(
+    args: argparse.Namespace, port: int, request: Callable[[Any], Any], in_flight: int
+) -> Any:
     pool = Pool("127.0.0.1", port, max_connections=args.connections)
     capacity = Phase()
-    seconds = await closed_loop(
-        args.concurrency, args.duration, lambda: capacity.call(request(pool))
-    )
+    clients = min(args.concurrency, in_flight) if in_flight > 0 else args.concurrency
+    seconds = await closed_loop(clients, args.duration, lambda: capacity.call(request(pool)))
     cap = capacity.ok_per_second(seconds)
     overload = Phase()
     over_s = await open_loop(cap * args.factor, args.duration, lambda: overload.call(request(pool)))
@@ -105,7 +107,7 @@ async def phases(args: argparse.Namespace, port: int, request: Callable[[Any], A
     rec_s = await open_loop(cap / 2, args.duration / 2, lambda: recovery.call(request(pool)))
     pool.close()
     return {
-        "capacity": capacity.report(seconds),
+        f"capacity ({clients} clients)": capacity.report(seconds),
         f"overload {args.factor:g}x ({cap * args.factor:.0f}/s offered)": overload.report(over_s),
         f"recovery ({cap / 2:.0f}/s offered)": recovery.report(rec_s),
     }
@@ -212,7 +214,8 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
             body, auth_line = random.choice(offers)
             return pool.request("POST", "/offers", body, auth_line)
 
-    out.update(await phases(args, port, request))
+    in_flight = settings.serving.command_max_requests_in_flight
+    out.update(await phases(args, port, request, in_flight))
     if args.slowloris:
         out["slowloris"] = await slowloris(args, port, request)
     return out
