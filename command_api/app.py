@@ -52,10 +52,10 @@ from shared.errors import (
     UserNotFound,
 )
 from shared.ids import parse_order_id
-from shared.infra.admission import admission_control
 from shared.infra.auth import (
     TokenVerifier,
     bearer_auth,
+    document_public_operations,
     openapi_config,
     principal_of,
     token_verifier,
@@ -508,14 +508,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         dependencies={"deps": deps.provide(), "offer_rate_limit": rate_limit.provide()},
         exception_handlers=exception_handlers(),
-        # outermost first: an overloaded process sheds before any token verification;
-        # health checks pass both admission control and sign-in
+        # an overloaded process sheds before the app is called (shared/infra/admission.py,
+        # served by shared/infra/serving.py); health checks pass sign-in
         middleware=[
-            admission_control(
-                "command_api",
-                settings.serving.command_max_requests_in_flight,
-                settings.serving.retry_after_seconds,
-            ),
             request_metrics("command_api"),
             bearer_auth(verifier),
         ],
@@ -542,4 +537,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
             )
         },
     )
+    document_public_operations(app)  # health checks need no bearer token
     return with_request_ids(app)

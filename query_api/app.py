@@ -32,10 +32,10 @@ from query_api.screens import (
 from query_api.stores import REDIS_DOWN, RedisClient, connect_postgres, connect_redis
 from shared.errors import Forbidden, InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
-from shared.infra.admission import admission_control
 from shared.infra.auth import (
     TokenVerifier,
     bearer_auth,
+    document_public_operations,
     openapi_config,
     principal_of,
     token_verifier,
@@ -252,14 +252,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=handlers,
         exception_handlers=exception_handlers(),
-        # outermost first: an overloaded process sheds before any token verification;
-        # health checks pass both admission control and sign-in
+        # an overloaded process sheds before the app is called (shared/infra/admission.py,
+        # served by shared/infra/serving.py); health checks pass sign-in
         middleware=[
-            admission_control(
-                "query_api",
-                settings.serving.query_max_requests_in_flight,
-                settings.serving.retry_after_seconds,
-            ),
             request_metrics("query_api"),
             bearer_auth(verifier),
         ],
@@ -271,4 +266,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=serving.request_max_body_bytes,
         logging_config=None,  # shared.infra.logs configures logging, off the hot path
     )
+    document_public_operations(app)  # health checks need no bearer token
     return with_request_ids(app)
