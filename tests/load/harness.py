@@ -278,6 +278,7 @@ OURS = (
     "postgres",
     "postgres background",
     "redis",
+    "redis (own)",
 )
 
 
