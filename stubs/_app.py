@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, TypeVar
 
@@ -163,72 +163,77 @@ async def configs(stubs: Stubs) -> ConfigsAnswer:
     return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
 
 
-@post("/hold-money-for-order", opt={"service": "payments"}, status_code=200)
-async def hold_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PaymentOp:
+    """One payments operation: the body it takes, how that body is checked, what it does
+    to the ledger, and whether the "acted, replied late" fault delays its answer."""
+
+    body: type[Any]
+    check: Callable[[Any], None]
+    act: Callable[..., None]  # the Ledger method, called with the body's fields
+    late_reply: bool
+
+
+async def _payment_call(
+    stubs: Stubs, request: Request[Any, Any, Any], op: PaymentOp
+) -> PaymentAnswer:
+    """The steps every payments call shares: strike its faults (before anything is done,
+    so a failed call has no effect), read and check the body, act on the ledger (a
+    contradiction is 409 ``payment_conflict``), then answer, late if the fault says so."""
     await stubs.faults.strike("payments")
-    data = await read_payment(request)
+    data = await decode_body(request, op.body)
+    op.check(data)
     try:
-        stubs.ledger.hold(user_id=data.user_id, order_id=data.order_id, amount=data.amount)
+        op.act(stubs.ledger, **msgspec.structs.asdict(data))
     except PaymentConflict as exc:
         raise Problem(409, "payment_conflict", str(exc)) from exc
-    await stubs.faults.reply("payments")
+    if op.late_reply:
+        await stubs.faults.reply("payments")
     return OK
+
+
+def check_payment(payment: PaymentRequest) -> None:
+    if not payment.user_id or not payment.order_id:
+        raise Problem(422, "invalid_payment", "user_id and order_id must not be empty")
+    if payment.amount < 0:
+        raise Problem(422, "invalid_payment", f"amount must not be negative, got {payment.amount}")
+
+
+def check_refund(refund: RefundRequest) -> None:
+    if not refund.user_id or not refund.order_id or not 1 <= len(refund.refund_key) <= 200:
+        raise Problem(
+            422, "invalid_payment", "user_id, order_id and refund_key (1-200) must be given"
+        )
+    if refund.amount <= 0:
+        raise Problem(422, "invalid_payment", f"a refund must be positive, got {refund.amount}")
+
+
+HOLD = PaymentOp(body=PaymentRequest, check=check_payment, act=Ledger.hold, late_reply=True)
+CLEAR = PaymentOp(body=PaymentRequest, check=check_payment, act=Ledger.clear, late_reply=True)
+RELEASE = PaymentOp(body=PaymentRequest, check=check_payment, act=Ledger.release, late_reply=False)
+REFUND = PaymentOp(body=RefundRequest, check=check_refund, act=Ledger.refund, late_reply=False)
+
+
+@post("/hold-money-for-order", opt={"service": "payments"}, status_code=200)
+async def hold_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
+    return await _payment_call(stubs, request, HOLD)
 
 
 @post("/clear-money-for-order", opt={"service": "payments"}, status_code=200)
 async def clear_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
-    await stubs.faults.strike("payments")
-    data = await read_payment(request)
-    try:
-        stubs.ledger.clear(user_id=data.user_id, order_id=data.order_id, amount=data.amount)
-    except PaymentConflict as exc:
-        raise Problem(409, "payment_conflict", str(exc)) from exc
-    await stubs.faults.reply("payments")
-    return OK
+    return await _payment_call(stubs, request, CLEAR)
 
 
 @post("/release-money-for-order", opt={"service": "payments"}, status_code=200)
 async def release_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
     """Ours: release the whole hold of an order never charged (its charge became debt)."""
-    await stubs.faults.strike("payments")
-    data = await read_payment(request)
-    try:
-        stubs.ledger.release(user_id=data.user_id, order_id=data.order_id, amount=data.amount)
-    except PaymentConflict as exc:
-        raise Problem(409, "payment_conflict", str(exc)) from exc
-    return OK
+    return await _payment_call(stubs, request, RELEASE)
 
 
 @post("/refund-money-for-order", opt={"service": "payments"}, status_code=200)
 async def refund_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
     """Ours: give back part or all of a charge; idempotent per (order, refund key)."""
-    await stubs.faults.strike("payments")
-    data = await decode_body(request, RefundRequest)
-    if not data.user_id or not data.order_id or not 1 <= len(data.refund_key) <= 200:
-        raise Problem(
-            422, "invalid_payment", "user_id, order_id and refund_key (1-200) must be given"
-        )
-    if data.amount <= 0:
-        raise Problem(422, "invalid_payment", f"a refund must be positive, got {data.amount}")
-    try:
-        stubs.ledger.refund(
-            user_id=data.user_id,
-            order_id=data.order_id,
-            amount=data.amount,
-            refund_key=data.refund_key,
-        )
-    except PaymentConflict as exc:
-        raise Problem(409, "payment_conflict", str(exc)) from exc
-    return OK
-
-
-async def read_payment(request: Request[Any, Any, Any]) -> PaymentRequest:
-    payment = await decode_body(request, PaymentRequest)
-    if not payment.user_id or not payment.order_id:
-        raise Problem(422, "invalid_payment", "user_id and order_id must not be empty")
-    if payment.amount < 0:
-        raise Problem(422, "invalid_payment", f"amount must not be negative, got {payment.amount}")
-    return payment
+    return await _payment_call(stubs, request, REFUND)
 
 
 # --- the identity provider (contract of issue 9) ----------------------------------------------
