@@ -26,6 +26,7 @@ from shared.ids import created_at_of, uuid7
 from shared.infra.auth import Principal
 from shared.lifecycle import (
     NEW_ORDER,
+    SettleDecision,
     check_no_debt,
     decide_finish,
     decide_settle,
@@ -296,24 +297,17 @@ async def finish_ride(
     except ServiceError as exc:
         log.warning("charge of %s deferred to the worker: %s", order_id, exc)
         return ended
-    settled = await settle_charge(deps.pool, order_id, created_at, total)
+    settled = await settle_charge(deps.pool, order_id, created_at, decide_settle(total))
     return settled or ended
 
 
 async def settle_charge(
-    pool: asyncpg.Pool,
-    order_id: uuid.UUID,
-    created_at: datetime,
-    amount: int,
-    *,
-    gave_up: bool = False,
+    pool: asyncpg.Pool, order_id: uuid.UUID, created_at: datetime, decision: SettleDecision
 ) -> Order | None:
-    """Record a confirmed charge (or, when the retries ``gave_up``, the rider's debt) as
-    ``shared.lifecycle.decide_settle`` decides it.
+    """Record the outcome of an owed charge as ``shared.lifecycle.decide_settle`` decided
+    it: charged (released for 0) or, when payments declined it, the rider's debt.
 
     Returns the settled order, or None if another process settled it first.
     """
     async with pool.acquire() as conn:
-        return await repo.settle_charge(
-            conn, order_id, created_at, decide_settle(amount, gave_up=gave_up)
-        )
+        return await repo.settle_charge(conn, order_id, created_at, decision)

@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from shared.domain import (
     ConfigsAnswer,
     PaymentAnswer,
+    PaymentOperationAnswer,
     PaymentRequest,
     PriceCoeffSettings,
     RefundRequest,
@@ -42,7 +43,7 @@ from shared.infra.serving import cors_config
 from shared.settings import IdentitySettings, origins
 from stubs._dataset import DataSet
 from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
-from stubs._ledger import Ledger, OrderAccount, PaymentConflict
+from stubs._ledger import Ledger, Operation, OperationInProgress, OrderAccount, PaymentConflict
 from stubs._settings import StubSettings
 from stubs.identity import AdminTokenRequest, IdentityProvider, TokenAnswer, TokenRequest
 
@@ -166,29 +167,46 @@ async def configs(stubs: Stubs) -> ConfigsAnswer:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PaymentOp:
     """One payments operation: the body it takes, how that body is checked, what it does
-    to the ledger, and whether the "acted, replied late" fault delays its answer."""
+    to the ledger, and whether a card can decline it (the ``decline`` fault)."""
 
+    operation: Operation
     body: type[Any]
     check: Callable[[Any], None]
     act: Callable[..., None]  # the Ledger method, called with the body's fields
-    late_reply: bool
+    declinable: bool
 
 
 async def _payment_call(
     stubs: Stubs, request: Request[Any, Any, Any], op: PaymentOp
 ) -> PaymentAnswer:
-    """The steps every payments call shares: strike its faults (before anything is done,
-    so a failed call has no effect), read and check the body, act on the ledger (a
-    contradiction is 409 ``payment_conflict``), then answer, late if the fault says so."""
-    await stubs.faults.strike("payments")
+    """The steps every payments call shares: read and check the body; claim its
+    idempotency key (409 ``operation_in_progress`` while another call with it is being
+    worked on); strike the faults (before anything is done, so a failed call has no
+    effect); decline a new operation if the ``decline`` fault says so (402
+    ``payment_declined``, nothing recorded); act on the ledger (a contradiction is 409
+    ``payment_conflict``); then answer, late if the "acted, replied late" fault says so.
+    """
     data = await decode_body(request, op.body)
     op.check(data)
+    key = getattr(data, "refund_key", "")
     try:
-        op.act(stubs.ledger, **msgspec.structs.asdict(data))
+        with stubs.ledger.calling(data.order_id, op.operation, key):
+            await stubs.faults.strike("payments")
+            if (
+                op.declinable
+                and data.amount > 0
+                and stubs.faults.declines("payments")
+                and stubs.ledger.operation(data.order_id, op.operation, key)[0] != "done"
+            ):
+                raise Problem(
+                    402, "payment_declined", f"the card declined the {op.operation} (fault)"
+                )
+            op.act(stubs.ledger, **msgspec.structs.asdict(data))
+    except OperationInProgress as exc:
+        raise Problem(409, "operation_in_progress", str(exc)) from exc
     except PaymentConflict as exc:
         raise Problem(409, "payment_conflict", str(exc)) from exc
-    if op.late_reply:
-        await stubs.faults.reply("payments")
+    await stubs.faults.reply("payments")
     return OK
 
 
@@ -208,10 +226,22 @@ def check_refund(refund: RefundRequest) -> None:
         raise Problem(422, "invalid_payment", f"a refund must be positive, got {refund.amount}")
 
 
-HOLD = PaymentOp(body=PaymentRequest, check=check_payment, act=Ledger.hold, late_reply=True)
-CLEAR = PaymentOp(body=PaymentRequest, check=check_payment, act=Ledger.clear, late_reply=True)
-RELEASE = PaymentOp(body=PaymentRequest, check=check_payment, act=Ledger.release, late_reply=False)
-REFUND = PaymentOp(body=RefundRequest, check=check_refund, act=Ledger.refund, late_reply=False)
+HOLD = PaymentOp(
+    operation="hold", body=PaymentRequest, check=check_payment, act=Ledger.hold, declinable=True
+)
+CLEAR = PaymentOp(
+    operation="charge", body=PaymentRequest, check=check_payment, act=Ledger.clear, declinable=True
+)
+RELEASE = PaymentOp(
+    operation="release",
+    body=PaymentRequest,
+    check=check_payment,
+    act=Ledger.release,
+    declinable=False,
+)
+REFUND = PaymentOp(
+    operation="refund", body=RefundRequest, check=check_refund, act=Ledger.refund, declinable=False
+)
 
 
 @post("/hold-money-for-order", opt={"service": "payments"}, status_code=200)
@@ -234,6 +264,24 @@ async def release_money(stubs: Stubs, request: Request[Any, Any, Any]) -> Paymen
 async def refund_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
     """Ours: give back part or all of a charge; idempotent per (order, refund key)."""
     return await _payment_call(stubs, request, REFUND)
+
+
+@get("/payment-operation", opt={"service": "payments"})
+async def payment_operation(
+    stubs: Stubs,
+    order_id: IdParam,
+    operation: Operation,
+    refund_key: Annotated[str, QueryParameter(max_length=200)] = "",
+) -> PaymentOperationAnswer:
+    """Ours: what became of one operation, found by its idempotency key (a read: safe to
+    repeat, never acts, never answers late). Faulted like every payments call."""
+    await stubs.faults.strike("payments")
+    if (operation == "refund") != bool(refund_key):
+        raise Problem(422, "invalid_payment", "refund_key is given for a refund, and only then")
+    state, amount = stubs.ledger.operation(order_id, operation, refund_key)
+    return PaymentOperationAnswer(
+        order_id=order_id, operation=operation, state=state, amount=amount
+    )
 
 
 # --- the identity provider (contract of issue 9) ----------------------------------------------
@@ -427,6 +475,7 @@ def create_app(
             clear_money,
             release_money,
             refund_money,
+            payment_operation,
             issue_token,
             jwks,
             issue_any_token,

@@ -16,6 +16,7 @@ from shared.ids import created_at_of, uuid7
 from shared.lifecycle import (
     NEW_ORDER,
     OrderStatus,
+    PaymentOutcome,
     PaymentStatus,
     Refusal,
     decide_finish,
@@ -280,8 +281,11 @@ async def test_finish_of_a_huge_amount_is_64_bit(pool: asyncpg.Pool) -> None:
 
 
 async def settle(pool: asyncpg.Pool, order: Order, amount: int, gave_up: bool) -> Order | None:
+    outcome = PaymentOutcome.DECLINED if gave_up else PaymentOutcome.DONE
+    decision = decide_settle(amount, outcome, attempts=3, max_attempts=3)
+    assert decision is not None
     async with pool.acquire() as conn:
-        return await repo.settle_charge(conn, *key(order), decide_settle(amount, gave_up=gave_up))
+        return await repo.settle_charge(conn, *key(order), decision)
 
 
 @pytest.mark.parametrize(
