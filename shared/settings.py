@@ -288,6 +288,8 @@ class PaymentSettings:
 
     retry_base_seconds: float = setting("PAYMENT_RETRY_BASE_SECONDS", 1.0)
     retry_max_seconds: float = setting("PAYMENT_RETRY_MAX_SECONDS", 300.0)
+    # a charge payments declines on this try or later becomes debt; an unknown outcome is
+    # never debt and is retried past it (ADR 0002)
     max_attempts: int = setting("PAYMENT_MAX_ATTEMPTS", 10)
     # a start that never confirmed its hold is undone after this (by the worker, or by
     # the next start that needs its offer, scooter or ride slot); > 2 payment timeouts

@@ -1,7 +1,12 @@
 """The external services' stubs as one Litestar app: scooters, zones, users, configs, payments.
 
 The wire contract is DOMAIN.md's (kept so the real services could be swapped in); the
-identity provider's is issue 9's (``stubs/identity.py``). The ``/admin``, ``/ledger``,
+identity provider's is issue 9's (``stubs/identity.py``). Payments adds ours: release,
+refund, and ``GET /payment-operation`` (what became of an operation, by its idempotency
+key); it works on one call per idempotency key at a time (409 ``operation_in_progress``)
+and a declined hold or charge is 402 ``payment_declined`` with nothing moved. Like the
+other payments endpoints (the contract has no caller authentication), the lookup needs
+no token. The ``/admin``, ``/ledger``,
 ``/health`` and ``/metrics`` endpoints are ours, for tests and operations, and are
 never faulted; ``/admin/*`` and ``/ledger`` need the admin token
 (``SCOOTERS_STUBS_ADMIN_TOKEN`` as a bearer token; none set = refused).
