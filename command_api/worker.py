@@ -90,7 +90,9 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
         async with deps.pool.acquire() as conn:
             await repo.finish_payment_operation(conn, order_id, kind)
         return
-    metrics.payment_attempts.labels(kind, "retry").inc()
+    # a decline before the last try is retried like an unknown outcome, counted apart
+    retry = "declined" if outcome is PaymentOutcome.DECLINED else "retry"
+    metrics.payment_attempts.labels(kind, retry).inc()
     if attempts >= settings.payments.max_attempts and outcome is PaymentOutcome.UNKNOWN:
         log.warning("%s of %s still unsettled after %d tries: %s", kind, order_id, attempts, reason)
     async with deps.pool.acquire() as conn:
