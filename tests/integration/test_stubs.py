@@ -410,9 +410,9 @@ async def test_a_declined_payment_moves_nothing_and_may_succeed_later(
 @pytest.mark.usefixtures("reset_faults")
 async def test_payments_works_on_one_call_per_key_at_a_time(client: httpx.AsyncClient) -> None:
     order = new_order()
-    await set_fault(client, service="payments", latency_ms=600)
+    await set_fault(client, service="payments", latency_ms=3_000)
     first = asyncio.create_task(pay(client, "clear", order, 48))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.3)
     await set_fault(client, service="payments", latency_ms=0)
 
     assert (await operation(client, order, "charge"))["state"] == "in_progress"
