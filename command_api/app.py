@@ -17,26 +17,33 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
-from litestar.params import FromPath, HeaderParameter, JSONBody, SkipValidation
+from litestar.params import FromPath, HeaderParameter, JSONBody, PathParameter, SkipValidation
 
-from command_api import rides
+from command_api import operator, rides
 from command_api.composition import open_deps
 from command_api.idempotency import MAX_KEY_LENGTH, run_once
 from command_api.rate_limit import OfferRateLimit
 from command_api.rate_limit import connect as connect_redis
-from shared.domain import Order, TrackPoint
+from shared.domain import MAX_AMOUNT, Order, TrackPoint
 from shared.errors import (
     DependencyUnavailable,
+    EndBeforeStart,
+    EndInFuture,
     IdempotencyKeyInFlight,
+    IdempotencyKeyRequired,
     IdempotencyKeyReused,
     InvalidIdempotencyKey,
+    InvalidParameter,
+    InvalidRefund,
     InvalidRequest,
     OfferAlreadyUsed,
     OfferExpired,
     OfferInvalid,
     OfferNotYours,
+    OrderNotCharged,
     OrderNotFound,
     RateLimited,
+    RefundExceedsCharge,
     ScooterBusy,
     ScooterNotFound,
     TooManyActiveRides,
@@ -53,7 +60,12 @@ from shared.infra.auth import (
     principal_of,
     token_verifier,
 )
-from shared.infra.boundary import Identifier, request_class
+from shared.infra.boundary import (
+    IDENTIFIER_MAX_LENGTH,
+    IDENTIFIER_PATTERN,
+    Identifier,
+    request_class,
+)
 from shared.infra.di import Slot
 from shared.infra.logs import configure_logging, with_request_ids
 from shared.infra.metrics_server import start_metrics_server
@@ -110,6 +122,41 @@ class FinishOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 NO_TRACK = FinishOrder()
+
+# why support acted (docs/operator-api.md): 1-500 characters, not only blanks
+Reason = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=500, pattern=r"\S", examples=["app crashed, scooter parked"]
+    ),
+]
+UserId = Annotated[
+    str,
+    PathParameter(
+        min_length=1,
+        max_length=IDENTIFIER_MAX_LENGTH,
+        pattern=IDENTIFIER_PATTERN,
+        description="The rider's id: 1..64 of A-Z a-z 0-9 _ . : -",
+    ),
+]
+
+
+class EndRide(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Support ends a ride as of ``ended_at`` (RFC 3339 with its offset)."""
+
+    ended_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    reason: Reason
+
+
+class RefundOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Support refunds ``amount`` (currency units, > 0) of an order's charge."""
+
+    amount: Annotated[int, msgspec.Meta(ge=-MAX_AMOUNT, le=MAX_AMOUNT, examples=[100])]
+    reason: Reason
+
+
+class SettleDebt(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    reason: Reason
 
 
 _BODY: dict[int, list[Code]] = {
@@ -174,7 +221,7 @@ async def _idempotent(
     deps: rides.Deps,
     scope: str,
     key: str | None,
-    run: Callable[[bool], Awaitable[tuple[int, Order]]],
+    run: Callable[[bool], Awaitable[tuple[int, msgspec.Struct]]],
 ) -> Response[bytes]:
     """Answer ``run(resumed)`` (status, snapshot), once per Idempotency-Key when one is given.
 
@@ -226,7 +273,7 @@ async def start_order(
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
     principal.require_rider(offer.user_id)  # another rider's offer: 403
 
-    async def run(resumed: bool) -> tuple[int, Order]:
+    async def run(resumed: bool) -> tuple[int, msgspec.Struct]:
         return 201, await rides.start_ride(deps, offer, resumed=resumed)
 
     return await _idempotent(request, deps, f"start:{offer.user_id}", idempotency_key, run)
@@ -238,7 +285,9 @@ async def start_order(
     summary="Finish a ride and charge it (no body: no track)",
     responses={
         200: ResponseSpec(
-            Order, description="The ride, ended (or as it ended)", generate_examples=False
+            rides.OrderAnswer,
+            description="The ride, ended (or as it ended), with its receipt",
+            generate_examples=False,
         ),
         **problem_responses(
             "FinishOrder",
@@ -258,7 +307,7 @@ async def finish_order(
         raise OrderNotFound(f"no ride {order_id}")
     actor = principal_of(request.user)  # the ride's rider, or support (a force-end)
 
-    async def run(resumed: bool) -> tuple[int, Order]:
+    async def run(resumed: bool) -> tuple[int, msgspec.Struct]:
         # finishing is idempotent by the order's state: a resumed retry answers it
         track = (data or NO_TRACK).track
         return 200, await rides.finish_ride(deps, parsed, track, actor)
@@ -266,6 +315,116 @@ async def finish_order(
     # the key's scope names the caller: a replay never answers someone else's finish
     scope = f"finish:{actor.sub}:{order_id}"
     return await _idempotent(request, deps, scope, idempotency_key, run)
+
+
+# --- operator commands (role support; docs/operator-api.md) ------------------------------------
+
+
+@post(
+    "/orders/{order_id:str}/end",
+    status_code=200,
+    summary="Support: end a ride on the rider's behalf as of a given time",
+    responses={
+        200: ResponseSpec(
+            rides.OrderAnswer,
+            description="The ride, ended as of ended_at (or as it ended), with its receipt",
+            generate_examples=False,
+        ),
+        **problem_responses(
+            "EndRide",
+            _merge(_BODY, _KEYED, {404: [OrderNotFound], 422: [EndBeforeStart, EndInFuture]}),
+        ),
+    },
+)
+async def end_ride(
+    request: Request[Any, Any, Any],
+    order_id: FromPath[str],
+    data: JSONBody[EndRide],
+    deps: Deps,
+    idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
+) -> Response[bytes]:
+    actor = principal_of(request.user)
+    actor.require_support()
+    parsed = parse_order_id(order_id)
+    if parsed is None:
+        raise OrderNotFound(f"no ride {order_id}")
+
+    async def run(resumed: bool) -> tuple[int, msgspec.Struct]:
+        ended = await rides.finish_ride(
+            deps, parsed, (), actor, ended_at=data.ended_at, reason=data.reason
+        )
+        return 200, ended
+
+    scope = f"end:{actor.sub}:{order_id}"
+    return await _idempotent(request, deps, scope, idempotency_key, run)
+
+
+@post(
+    "/orders/{order_id:str}/refunds",
+    status_code=201,
+    summary="Support: refund all or part of a ride's charge (Idempotency-Key required)",
+    responses={
+        201: ResponseSpec(
+            operator.RefundAnswer,
+            description="The refund, and the receipt with it",
+            generate_examples=False,
+        ),
+        **problem_responses(
+            "RefundOrder",
+            _merge(
+                _BODY,
+                _KEYED,
+                {
+                    400: [IdempotencyKeyRequired],
+                    404: [OrderNotFound],
+                    409: [OrderNotCharged, RefundExceedsCharge],
+                    422: [InvalidRefund],
+                },
+            ),
+        ),
+    },
+)
+async def refund_order(
+    request: Request[Any, Any, Any],
+    order_id: FromPath[str],
+    data: JSONBody[RefundOrder],
+    deps: Deps,
+    idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
+) -> Response[bytes]:
+    actor = principal_of(request.user)
+    actor.require_support()
+    if idempotency_key is None:
+        raise IdempotencyKeyRequired("a refund needs an Idempotency-Key (its refund key)")
+    parsed = parse_order_id(order_id)
+    if parsed is None:
+        raise OrderNotFound(f"no ride {order_id}")
+    key = idempotency_key
+
+    async def run(resumed: bool) -> tuple[int, msgspec.Struct]:
+        answer = await operator.refund(deps, parsed, data.amount, data.reason, key, actor)
+        return 201, answer
+
+    # the key is the refund's key at payments: one per order, whoever sends it
+    return await _idempotent(request, deps, f"refund:{order_id}", key, run)
+
+
+@post(
+    "/users/{user_id:str}/debt/settle",
+    status_code=200,
+    summary="Support: charge a rider's debt through payments and release holds left behind",
+    responses=problem_responses(
+        "SettleDebt", _merge(_BODY, {404: [UserNotFound], 422: [InvalidParameter]})
+    ),
+)
+async def settle_debt(
+    request: Request[Any, Any, Any],
+    user_id: UserId,
+    data: JSONBody[SettleDebt],
+    deps: Deps,
+) -> operator.SettleAnswer:
+    actor = principal_of(request.user)
+    actor.require_support()
+    return await operator.settle_debt(deps, user_id, data.reason, actor)
 
 
 @get("/health/live", summary="The process is up")
@@ -331,7 +490,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     configure_logging(settings)
     app = Litestar(
-        route_handlers=[create_offer, start_order, finish_order, live, ready],
+        route_handlers=[
+            create_offer,
+            start_order,
+            finish_order,
+            end_ride,
+            refund_order,
+            settle_debt,
+            live,
+            ready,
+        ],
         lifespan=[lifespan],
         dependencies={"deps": deps.provide(), "offer_rate_limit": rate_limit.provide()},
         exception_handlers=exception_handlers(),
@@ -355,7 +523,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     finish_document(
         app,
-        closed=[CreateOffer, StartOrder, FinishOrder, TrackPoint],
+        closed=[CreateOffer, StartOrder, FinishOrder, TrackPoint, EndRide, RefundOrder, SettleDebt],
         max_items={("FinishOrder", "track"): settings.rides.track_max_points},
         optional_bodies=["/orders/{order_id}/finish"],
         parameters={

@@ -18,8 +18,10 @@ from shared.lifecycle import (
     REJECT,
     FinishDecision,
     OperationState,
+    OrderStatus,
     SettleDecision,
 )
+from shared.receipt import ReceiptInputs, receipt_inputs
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
@@ -155,16 +157,22 @@ async def record_order_action(
     action: str,
     actor: str,
     roles: Iterable[str],
+    reason: str | None = None,
+    amount: int | None = None,
 ) -> None:
-    """Note that ``actor`` (with ``roles``) did ``action`` to the order (``order_actions``)."""
+    """Note that ``actor`` (with ``roles``) did ``action`` to the order (``order_actions``),
+    why (``reason``) and for how much (``amount``, a refund or a settled debt)."""
     await conn.execute(
-        "INSERT INTO order_actions (order_id, order_created_at, action, actor, actor_roles)"
-        " VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO order_actions"
+        " (order_id, order_created_at, action, actor, actor_roles, reason, amount)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
         order_id,
         created_at,
         action,
         actor,
         sorted(roles),
+        reason,
+        amount,
     )
 
 
@@ -349,3 +357,231 @@ SELECT o.id, o.started_at FROM active_rides a
  ORDER BY o.started_at
  LIMIT $2
 """
+
+
+# --- operator commands (docs/operator-api.md; tables of migrations/sql/0008) --------------------
+
+# an active ride (what a finish usually reads) has neither refunds nor a released debt hold
+_WITH_RECEIPT_INPUTS = (
+    "SELECT to_jsonb(order_snapshot_of(o))::text AS snapshot, o.pricing::text AS pricing,"
+    " CASE WHEN o.status = $3 THEN '[]' ELSE order_refunds_json(o.id) END AS refunds,"
+    " o.status <> $3 AND debt_hold_released(o.id) AS hold_released"
+    " FROM orders o WHERE o.id = $1 AND o.created_at = $2"
+)
+
+
+async def order_with_receipt_inputs(
+    conn: Connection, order_id: uuid.UUID, created_at: datetime
+) -> tuple[Order, ReceiptInputs | None] | None:
+    """The stored order and what its receipt needs (pricing, refunds, released hold)."""
+    row = await conn.fetchrow(_WITH_RECEIPT_INPUTS, order_id, created_at, OrderStatus.ACTIVE)
+    if row is None:
+        return None
+    order = _order.decode(row["snapshot"])
+    return order, receipt_inputs(row["pricing"], row["refunds"], row["hold_released"])
+
+
+class RefundRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A refund of an order (``order_refunds``): money in currency units."""
+
+    refund_key: str
+    amount: int
+    state: str  # 'pending' until payments confirmed it, then 'done'
+
+
+async def lock_order(conn: Connection, order_id: uuid.UUID, created_at: datetime) -> Order | None:
+    """The stored order, its row locked until the transaction ends (refunds of one
+    order are decided one at a time, so together they never exceed its charge)."""
+    return _decode(
+        await conn.fetchval(
+            "SELECT to_jsonb(order_snapshot_of(o))::text FROM orders o"
+            " WHERE id = $1 AND created_at = $2 FOR UPDATE",
+            order_id,
+            created_at,
+        )
+    )
+
+
+async def refunds_of(conn: Connection, order_id: uuid.UUID) -> dict[str, RefundRow]:
+    """The order's refunds, pending or done, by refund key."""
+    rows = await conn.fetch(
+        "SELECT refund_key, amount, state FROM order_refunds WHERE order_id = $1", order_id
+    )
+    return {r["refund_key"]: RefundRow(**dict(r.items())) for r in rows}
+
+
+async def reserve_refund(
+    conn: Connection,
+    order: Order,
+    refund_key: str,
+    amount: int,
+    reason: str,
+    actor: str,
+) -> None:
+    """Record a refund as ``pending`` before payments is asked (it counts against the charge)."""
+    await conn.execute(
+        "INSERT INTO order_refunds"
+        " (order_id, refund_key, order_created_at, user_id, amount, reason, actor)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        uuid.UUID(order.id),
+        refund_key,
+        order.created_at,
+        order.user_id,
+        amount,
+        reason,
+        actor,
+    )
+
+
+class PendingRefund(msgspec.Struct, frozen=True, kw_only=True):
+    """A refund still ``pending`` (money in currency units) and who asked for it, why."""
+
+    order_id: uuid.UUID
+    refund_key: str
+    user_id: str
+    amount: int
+    reason: str
+    actor: str
+
+
+async def stale_refunds(conn: Connection, older_than: float, limit: int) -> list[PendingRefund]:
+    """Refunds ``pending`` for more than ``older_than`` seconds, oldest first."""
+    rows = await conn.fetch(
+        "SELECT order_id, refund_key, user_id, amount, reason, actor FROM order_refunds"
+        " WHERE state = 'pending' AND created_at <= now() - make_interval(secs => $1)"
+        " ORDER BY created_at LIMIT $2",
+        older_than,
+        limit,
+    )
+    return [PendingRefund(**dict(r.items())) for r in rows]
+
+
+async def forget_refund(conn: Connection, order_id: uuid.UUID, refund_key: str) -> None:
+    """Drop a pending refund that payments certainly did not make (refused, or down)."""
+    await conn.execute(
+        "DELETE FROM order_refunds WHERE order_id = $1 AND refund_key = $2 AND state = 'pending'",
+        order_id,
+        refund_key,
+    )
+
+
+async def confirm_refund(conn: Connection, order_id: uuid.UUID, refund_key: str) -> bool:
+    """Mark a pending refund done; False when it was done already (a concurrent retry)."""
+    done = await conn.fetchval(
+        "UPDATE order_refunds SET state = 'done', done_at = now()"
+        " WHERE order_id = $1 AND refund_key = $2 AND state = 'pending' RETURNING true",
+        order_id,
+        refund_key,
+    )
+    return bool(done)
+
+
+# One operator change of an order, applied and projected in one statement: the order's
+# payment status moves payment_from → payment_to (both NULL: unchanged) and its version
+# grows; with change_summary the rider's total_charged and debt grow by the deltas; the
+# event carries both snapshots (a NULL summary when it did not change).
+_OPERATOR_CHANGE = """
+WITH o AS (
+    UPDATE orders SET payment_status = coalesce($4, payment_status), version = version + 1,
+                      updated_at = now()
+     WHERE id = $1 AND created_at = $2 AND payment_status = coalesce($3, payment_status)
+    RETURNING order_snapshot_of(orders) AS snap, user_id
+), s AS (
+    UPDATE user_summary u
+       SET total_charged = u.total_charged + $5, debt = u.debt + $6,
+           last_payment_status = coalesce($4, u.last_payment_status),
+           version = u.version + 1, updated_at = now()
+      FROM o WHERE u.user_id = o.user_id AND $7
+    RETURNING ROW(u.user_id, u.rides_count, u.total_charged, u.debt, u.last_payment_status,
+                  u.version)::summary_snapshot AS snap
+)
+SELECT to_jsonb(o.snap)::text AS snapshot, append_order_event($8, o.snap, s.snap)
+  FROM o LEFT JOIN s ON true
+"""
+
+
+async def apply_operator_change(
+    conn: Connection,
+    order_id: uuid.UUID,
+    created_at: datetime,
+    event: str,
+    *,
+    payment_from: str | None = None,
+    payment_to: str | None = None,
+    total_charged_delta: int = 0,
+    debt_delta: int = 0,
+    change_summary: bool = False,
+) -> Order | None:
+    """Apply one operator change (see ``_OPERATOR_CHANGE``) and append ``event``; None
+    when the order is not ``payment_from`` (someone else changed it first)."""
+    row = await conn.fetchrow(
+        _OPERATOR_CHANGE,
+        order_id,
+        created_at,
+        payment_from,
+        payment_to,
+        total_charged_delta,
+        debt_delta,
+        change_summary,
+        event,
+    )
+    return None if row is None else _order.decode(row["snapshot"])
+
+
+class Debt(msgspec.Struct, frozen=True, kw_only=True):
+    """An order whose charge became the rider's debt: ``amount`` in currency units."""
+
+    order_id: uuid.UUID
+    created_at: datetime
+    amount: int
+
+
+async def debts_of(conn: Connection, user_id: str) -> list[Debt]:
+    """The rider's orders whose charge our retries gave up on, oldest first."""
+    rows = await conn.fetch(
+        "SELECT order_id, order_created_at, amount FROM payment_operations"
+        " WHERE user_id = $1 AND kind = 'charge' AND state = 'gave_up'"
+        " ORDER BY order_created_at",
+        user_id,
+    )
+    return [
+        Debt(order_id=r["order_id"], created_at=r["order_created_at"], amount=r["amount"])
+        for r in rows
+    ]
+
+
+async def close_debt(conn: Connection, order_id: uuid.UUID, kind: str, state: str) -> bool:
+    """Close the gave-up charge of a settled debt as ``state``; False if already closed."""
+    closed = await conn.fetchval(
+        "UPDATE payment_operations SET state = $3, updated_at = now()"
+        " WHERE order_id = $1 AND kind = $2 AND state = 'gave_up' RETURNING true",
+        order_id,
+        kind,
+        state,
+    )
+    return bool(closed)
+
+
+async def has_summary(conn: Connection, user_id: str) -> bool:
+    """Whether the rider ever started a ride here (has a ``user_summary`` row)."""
+    return bool(await conn.fetchval("SELECT true FROM user_summary WHERE user_id = $1", user_id))
+
+
+async def owe_operation(
+    conn: Connection,
+    order_id: uuid.UUID,
+    kind: str,
+    created_at: datetime,
+    user_id: str,
+    amount: int,
+) -> None:
+    """Record a money movement we owe payments (retried by the worker until done)."""
+    await conn.execute(
+        "INSERT INTO payment_operations (order_id, kind, order_created_at, user_id, amount)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id, kind) DO NOTHING",
+        order_id,
+        kind,
+        created_at,
+        user_id,
+        amount,
+    )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import msgspec
 
 from command_api import repository as repo
 from command_api.external import ExternalServices, ServiceError
@@ -26,6 +27,8 @@ from shared.ids import created_at_of, uuid7
 from shared.infra.auth import Principal
 from shared.lifecycle import (
     NEW_ORDER,
+    OperationKind,
+    PaymentStatus,
     SettleDecision,
     check_no_debt,
     decide_finish,
@@ -36,6 +39,8 @@ from shared.lifecycle import (
 )
 from shared.offer_token import OfferSigner
 from shared.pricing import quote, track_distance_meters
+from shared.receipt import Receipt, ReceiptInputs, receipt_of
+from shared.ride_rules import operator_end
 from shared.settings import Settings
 
 log = logging.getLogger("rides")
@@ -53,6 +58,18 @@ class Deps:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class OrderAnswer(Order, frozen=True, kw_only=True):
+    """An order as the finish (and an operator's end) answers it: the stored order and,
+    once the ride has ended, its itemised receipt (``shared.receipt``)."""
+
+    receipt: Receipt | None = None
+
+
+def answer_of(order: Order, inputs: ReceiptInputs | None) -> OrderAnswer:
+    """``order`` with its receipt (None while the ride is active)."""
+    return OrderAnswer(**msgspec.structs.asdict(order), receipt=receipt_of(order, inputs))
 
 
 # --- offers -----------------------------------------------------------------------------------
@@ -235,14 +252,19 @@ async def finish_ride(
     actor: Principal | None = None,
     *,
     ended_at: datetime | None = None,
-) -> Order:
+    reason: str | None = None,
+) -> OrderAnswer:
     """End a ride (idempotent) and charge it, as of now or of ``ended_at`` (an abandoned
-    ride, docs/rides-gone-wrong.md), at most the ride cost cap.
+    ride, or support's end of it, docs/rides-gone-wrong.md), at most the ride cost cap;
+    answers the order with its receipt.
 
     ``actor`` (None: trusted internal caller) must be the ride's rider or ``support``;
     anyone else gets OrderNotFound, as for a ride that does not exist. A support actor
-    ending someone else's ride is a force-end, recorded in ``order_actions`` with who
-    did it, in the same transaction as the end (ADR 0006).
+    ending someone else's ride (or any ride with a ``reason``: ``POST /orders/{id}/end``)
+    is a force-end, recorded in ``order_actions`` with who did it and why, in the same
+    transaction as the end (ADR 0006). An ``ended_at`` an actor gives is refused before
+    the start (EndBeforeStart) or in the future (EndInFuture); a ride already ended
+    answers its stored result whatever ``ended_at`` says.
 
     The end is committed first, with the charge recorded as owed, so the rider can always
     stop; the charge is then tried once here and retried by the worker if it fails.
@@ -254,17 +276,22 @@ async def finish_ride(
         raise TrackTooLong(f"a track has at most {settings.rides.track_max_points} points")
     created_at = created_at_of(order_id)
     async with deps.pool.acquire() as conn:
-        order = await repo.get_order(conn, order_id, created_at)
-        if order is None or not is_visible(order.status):
+        found = await repo.order_with_receipt_inputs(conn, order_id, created_at)
+        if found is None or not is_visible(found[0].status):
             raise OrderNotFound(f"no ride {order_id}")
+        order, inputs = found
         if actor is not None and not actor.may_read(order.user_id):
             raise OrderNotFound(f"no ride {order_id}")
-        forced_by = actor if actor is not None and actor.sub != order.user_id else None
+        forced = actor is not None and (actor.sub != order.user_id or reason is not None)
+        forced_by = actor if forced else None
         if not is_riding(order.status):
-            return order
+            return answer_of(order, inputs)
+        now = utcnow()
+        if actor is not None and ended_at is not None:
+            operator_end(order.started_at, ended_at, now)  # refuses before start, in future
         decision = decide_finish(
             started_at=order.started_at,
-            finished_at=ended_at or utcnow(),
+            finished_at=ended_at or now,
             price_per_minute=order.price_per_minute,
             price_unlock=order.price_unlock,
             free_ride_seconds=order.free_ride_seconds,
@@ -285,20 +312,26 @@ async def finish_ride(
                 )
                 if ended is not None:
                     await repo.record_order_action(
-                        conn, order_id, created_at, "force_end", forced_by.sub, forced_by.roles
+                        conn,
+                        order_id,
+                        created_at,
+                        "force_end",
+                        forced_by.sub,
+                        forced_by.roles,
+                        reason,
                     )
         if ended is None:  # a concurrent finish ended it first: answer its result
-            stored = await repo.get_order(conn, order_id, created_at)
+            stored = await repo.order_with_receipt_inputs(conn, order_id, created_at)
             assert stored is not None
-            return stored
+            return answer_of(*stored)
     total = decision.total_amount
     try:
         await deps.services.clear(ended.user_id, ended.id, total)
     except ServiceError as exc:
         log.warning("charge of %s deferred to the worker: %s", order_id, exc)
-        return ended
+        return answer_of(ended, inputs)
     settled = await settle_charge(deps.pool, order_id, created_at, decide_settle(total))
-    return settled or ended
+    return answer_of(settled or ended, inputs)
 
 
 async def settle_charge(
@@ -307,7 +340,23 @@ async def settle_charge(
     """Record the outcome of an owed charge as ``shared.lifecycle.decide_settle`` decided
     it: charged (released for 0) or, when payments declined it, the rider's debt.
 
+    A charge that became debt leaves the deposit held at payments: in the same
+    transaction its release is recorded as owed (``release_debt_hold``, the whole
+    deposit), and the worker retries it until payments confirms (docs/operator-api.md).
     Returns the settled order, or None if another process settled it first.
     """
     async with pool.acquire() as conn:
-        return await repo.settle_charge(conn, order_id, created_at, decision)
+        if decision.payment_to != PaymentStatus.DEBT:
+            return await repo.settle_charge(conn, order_id, created_at, decision)
+        async with conn.transaction():
+            settled = await repo.settle_charge(conn, order_id, created_at, decision)
+            if settled is not None and settled.deposit > 0:
+                await repo.owe_operation(
+                    conn,
+                    order_id,
+                    OperationKind.RELEASE_DEBT_HOLD,
+                    created_at,
+                    settled.user_id,
+                    settled.deposit,
+                )
+            return settled

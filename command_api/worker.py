@@ -12,8 +12,11 @@
   debt; unknown (late, unreachable, in progress) → still owed, however many tries.
 - ``release`` due: the hold of a rejected start is released (a charge of 0), retried
   until payments confirms it, by its answer or by the lookup.
+- ``release_debt_hold`` due: the hold left behind by a charge that became debt is
+  released (``command_api.operator.release_debt_hold``), retried until done.
 - abandoned rides (active past ``settings.rides.abandoned_after_seconds``) are ended as
-  of that limit and charged, capped (docs/rides-gone-wrong.md).
+  of that limit and charged, capped (docs/rides-gone-wrong.md); in the same round,
+  refunds left pending by an ambiguous payments failure are asked again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 
 import asyncpg
 
-from command_api import metrics, rides
+from command_api import metrics, operator, rides
 from command_api import repository as repo
 from command_api.composition import open_deps
 from command_api.external import ExternalServices, ServiceError
@@ -64,6 +67,18 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
     if kind == OperationKind.HOLD:
         undone = await rides.reject_start(deps.pool, order_id, created_at, release=True)
         metrics.payment_attempts.labels(kind, "undone" if undone else "noop").inc()
+        return
+    if kind == OperationKind.RELEASE_DEBT_HOLD:
+        try:
+            released = await operator.release_debt_hold(deps, op)
+        except ServiceError as exc:
+            metrics.payment_attempts.labels(kind, "retry").inc()
+            async with deps.pool.acquire() as conn:
+                await repo.reschedule_operation(
+                    conn, order_id, kind, backoff_seconds(settings, op["attempts"]), str(exc)
+                )
+            return
+        metrics.payment_attempts.labels(kind, released).inc()
         return
     attempts = op["attempts"]
     outcome, reason = await clear_outcome(deps.services, user_id, str(order_id), amount)
@@ -191,6 +206,11 @@ async def _work(deps: rides.Deps, stop: asyncio.Event) -> None:
             except (OSError, asyncpg.PostgresError) as exc:
                 reason = explain_postgres(exc, settings.db.url) or repr(exc)
                 log.error("ending abandoned rides failed, retrying: %s", reason)
+            try:  # refunds left pending by an ambiguous payments failure (operator.py)
+                await operator.retry_pending_refunds(deps)
+            except (OSError, asyncpg.PostgresError) as exc:
+                reason = explain_postgres(exc, settings.db.url) or repr(exc)
+                log.error("retrying pending refunds failed, retrying: %s", reason)
             next_abandoned_check = time.monotonic() + ABANDONED_CHECK_SECONDS
         try:
             tried = await process_due_operations(deps)

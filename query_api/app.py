@@ -87,7 +87,8 @@ def _may_read(request: Req, user_id: str) -> None:
     responses=problem_responses("GetOrder", {**SIGNED_IN, 404: [OrderNotFound]}),
 )
 async def get_order(request: Req, order_id: FromPath[str], reads: ReadsDep) -> OrderScreen:
-    """The ride screen: status, prices, times, running or final cost, payment status.
+    """The ride screen: status, prices, times, running or final cost, payment status,
+    and the receipt of a finished or cancelled ride (refunds included).
 
     Only its rider (or support) sees it; to anyone else it does not exist (404).
     """
@@ -95,7 +96,7 @@ async def get_order(request: Req, order_id: FromPath[str], reads: ReadsDep) -> O
     view = None if parsed is None else await reads.order(parsed)
     if view is None or not principal_of(request.user).may_read(view.user_id):
         raise OrderNotFound(f"no order {order_id}")
-    return order_screen(view, datetime.now(UTC), reads.max_charged_seconds)
+    return order_screen(view, datetime.now(UTC), reads.max_charged_seconds, reads.max_cost)
 
 
 @get(
@@ -125,7 +126,7 @@ async def list_user_orders(
     page = await reads.user_orders(user_id, limit, after)
     now = datetime.now(UTC)
     return OrdersPage(
-        items=[order_screen(v, now, reads.max_charged_seconds) for v in page.items],
+        items=[order_screen(v, now, reads.max_charged_seconds, reads.max_cost) for v in page.items],
         next_cursor=None if page.next_entry is None else encode_cursor(*page.next_entry),
     )
 

@@ -15,6 +15,8 @@ import contextlib
 import errno
 import logging
 import signal
+import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import asyncpg
@@ -23,7 +25,7 @@ from asyncpg.pool import PoolConnectionProxy
 from prometheus_client import start_http_server
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from query_api import projection
+from query_api import projection, repository
 from query_api.metrics import BAD_EVENTS, EVENT_LAG, PROJECTED, PROJECTOR_ERRORS, PROJECTOR_LAG
 from query_api.projection import Write
 from query_api.stores import RedisClient, connect_redis
@@ -36,7 +38,8 @@ from shared.infra.failures import (
     explained_exit,
     port_in_use_message,
 )
-from shared.lifecycle import is_riding
+from shared.lifecycle import is_ended, is_riding
+from shared.receipt import ReceiptInputs, receipt_of
 from shared.settings import Settings, get_settings
 from shared.views import created_at_ms, order_view_of, summary_view_of
 
@@ -60,10 +63,17 @@ SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox
 _LATE_TTL_FLOOR = 60
 
 
-def writes_for(event: Event, settings: Settings, now: datetime) -> list[Write]:
-    """The projection writes of one event: order view, user's recent list, summary."""
+def writes_for(
+    event: Event,
+    settings: Settings,
+    now: datetime,
+    receipts: Mapping[str, ReceiptInputs] | None = None,
+) -> list[Write]:
+    """The projection writes of one event: order view (with the receipt of an ended
+    ride, built from ``receipts``' inputs of its order), user's recent list, summary."""
     prefix = settings.redis.key_prefix
-    order = order_view_of(event.order)
+    inputs = (receipts or {}).get(event.order.id)
+    order = order_view_of(event.order, None if inputs is None else receipt_of(event.order, inputs))
     ttl = (
         0
         if is_riding(order.status)
@@ -94,16 +104,20 @@ async def project_batch(conn: Connection, redis: RedisClient, settings: Settings
         if not rows:
             return 0
         now = datetime.now(UTC)
-        writes: list[Write] = []
+        events: list[Event] = []
         for row in rows:
             try:
-                event = event_decoder.decode(row["payload"])
+                events.append(event_decoder.decode(row["payload"]))
             except msgspec.DecodeError:
                 # never blocks the outbox; the row stays for inspection, marked published
                 BAD_EVENTS.inc()
                 log.error("outbox row %s has an undecodable payload", row["id"])
-                continue
-            writes += writes_for(event, settings, now)
+        # receipts of ended rides: what they are built from, in one query per batch
+        ended = {uuid.UUID(e.order.id) for e in events if is_ended(e.order.status)}
+        receipts = await repository.receipt_inputs_of(conn, list(ended)) if ended else {}
+        writes: list[Write] = []
+        for event in events:
+            writes += writes_for(event, settings, now, receipts)
         await projection.apply(redis, writes)
         await conn.execute(_MARK, [row["id"] for row in rows])
     done = datetime.now(UTC)

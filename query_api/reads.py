@@ -103,6 +103,7 @@ class Reads:
     ) -> None:
         self._settings = settings
         self.max_charged_seconds = settings.rides.max_charged_seconds
+        self.max_cost = settings.rides.max_cost
         self._prefix = settings.redis.key_prefix
         self._redis = redis
         self.router = ReadRouter(db, replica, settings.db.replica_max_wait_seconds)
@@ -298,9 +299,9 @@ class Reads:
 
     # --- receipt and track: Postgres only (opened once per ride, never projected) ----------
 
-    async def order_with_pricing(self, order_id: uuid.UUID) -> tuple[OrderView, str] | None:
-        """The order's view and its pricing inputs (JSON text); None when not shown."""
-        return await self._query(lambda db: repository.order_with_pricing(db, order_id))
+    async def order_from_postgres(self, order_id: uuid.UUID) -> OrderView | None:
+        """The order's view (with its receipt) as Postgres has it now; None when not shown."""
+        return await self._query(lambda db: repository.order_by_id(db, order_id))
 
     async def order_track(self, order_id: uuid.UUID) -> tuple[str, str] | None:
         """The order's rider and GPS track (JSON text); None when not shown."""

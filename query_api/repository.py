@@ -10,18 +10,28 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
+import msgspec
 
 from shared.ids import created_at_of
 from shared.lifecycle import RIDER_VISIBLE
+from shared.receipt import ReceiptInputs, receipt_inputs, receipt_of
 from shared.views import OrderView, UserSummaryView
 
-Executor = asyncpg.Connection | asyncpg.Pool
+Executor = asyncpg.Connection | asyncpg.Pool | asyncpg.pool.PoolConnectionProxy
 
-# The columns of an OrderView, from its fields (the ids as text, as the view holds them).
+# The columns of an OrderView, from its fields (the ids as text, as the view holds them),
+# and what its receipt is built from (shared.receipt.ReceiptInputs; migrations/sql/0008).
 _VIEW_COLUMNS = ", ".join(
-    f"{name}::text AS {name}" if name == "id" else name
-    for name in OrderView.__struct_fields__
-    if name != "schema"
+    [
+        f"{name}::text AS {name}" if name == "id" else name
+        for name in OrderView.__struct_fields__
+        if name not in ("schema", "receipt")
+    ]
+    + [
+        "pricing::text AS pricing",
+        "order_refunds_json(id) AS refunds",
+        "debt_hold_released(id) AS hold_released",
+    ]
 )
 _VISIBLE = "status = ANY('{" + ",".join(RIDER_VISIBLE) + "}'::text[])"
 
@@ -81,7 +91,12 @@ MIN_UUID = uuid.UUID(int=0)
 
 
 def _view(row: asyncpg.Record) -> OrderView:
-    return OrderView(**dict(row.items()))
+    values = dict(row.items())
+    inputs = receipt_inputs(
+        values.pop("pricing"), values.pop("refunds"), values.pop("hold_released")
+    )
+    view = OrderView(**values)
+    return msgspec.structs.replace(view, receipt=receipt_of(view, inputs))
 
 
 def _summary(row: asyncpg.Record) -> UserSummaryView:
@@ -148,11 +163,13 @@ async def range_page(
     return [_view(row) for row in rows]
 
 
-# --- receipt and track (issue 12): read from Postgres, not projected; viewed rarely ---------
+# --- receipt inputs and track (issue 12): read from Postgres, not projected ---------------
 
-_RECEIPT = f"""
-SELECT {_VIEW_COLUMNS}, pricing::text AS pricing FROM orders
- WHERE id = $1 AND created_at = $2 AND {_VISIBLE}
+_RECEIPT_INPUTS = """
+SELECT id::text AS id, pricing::text AS pricing, order_refunds_json(id) AS refunds,
+       debt_hold_released(id) AS hold_released
+  FROM orders
+ WHERE id = ANY($1::uuid[]) AND created_at = ANY($2::timestamptz[])
 """
 
 _TRACK = f"""
@@ -161,14 +178,17 @@ SELECT user_id, coalesce(track::text, '[]') AS track FROM orders
 """
 
 
-async def order_with_pricing(db: Executor, order_id: uuid.UUID) -> tuple[OrderView, str] | None:
-    """The order's view and its pricing inputs (JSON text), or None when not shown."""
-    row = await db.fetchrow(_RECEIPT, order_id, created_at_of(order_id))
-    if row is None:
-        return None
-    values = dict(row.items())
-    pricing = values.pop("pricing")
-    return OrderView(**values), pricing
+async def receipt_inputs_of(
+    db: Executor, order_ids: Sequence[uuid.UUID]
+) -> dict[str, ReceiptInputs]:
+    """What the receipts of several orders are built from, by order id (the projector's
+    one query per batch of events of ended rides)."""
+    rows = await db.fetch(_RECEIPT_INPUTS, list(order_ids), [created_at_of(i) for i in order_ids])
+    found = {
+        row["id"]: receipt_inputs(row["pricing"], row["refunds"], row["hold_released"])
+        for row in rows
+    }
+    return {order_id: inputs for order_id, inputs in found.items() if inputs is not None}
 
 
 async def order_track(db: Executor, order_id: uuid.UUID) -> tuple[str, str] | None:

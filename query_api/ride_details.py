@@ -15,19 +15,18 @@ from litestar.params import FromPath, SkipValidation
 from litestar.static_files import create_static_files_router
 
 from query_api.reads import Reads
-from shared.domain import PricingInputs, TrackPoint
+from shared.domain import TrackPoint
 from shared.errors import OrderNotEnded, OrderNotFound
 from shared.ids import parse_order_id
 from shared.infra.auth import principal_of
 from shared.infra.openapi import SIGNED_IN, problem_responses
 from shared.pricing import track_distance_meters
-from shared.receipt import NotEnded, Receipt, build_receipt
+from shared.receipt import Receipt
 from shared.settings import Settings
 
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
 
 ReadsDep = SkipValidation[Reads]  # built by the lifespan: not validated per request
-_pricing_decoder = msgspec.json.Decoder(PricingInputs)
 _track_decoder = msgspec.json.Decoder(list[TrackPoint])
 
 
@@ -65,16 +64,12 @@ async def get_receipt(
     Only its rider (or support) sees it; to anyone else the order does not exist (404).
     """
     parsed = parse_order_id(order_id)
-    found = None if parsed is None else await reads.order_with_pricing(parsed)
-    if found is None or not principal_of(request.user).may_read(found[0].user_id):
+    view = None if parsed is None else await reads.order_from_postgres(parsed)
+    if view is None or not principal_of(request.user).may_read(view.user_id):
         raise OrderNotFound(f"no order {order_id}")
-    view, pricing = found
-    try:
-        # refunds join the receipt once the operator commands record them (docs/operator-api.md)
-        receipt = build_receipt(view, _pricing_decoder.decode(pricing))
-    except NotEnded as exc:
-        raise OrderNotEnded(str(exc)) from exc
-    return ReceiptAnswer(order_id=view.id, status=view.status, receipt=receipt)
+    if view.receipt is None:
+        raise OrderNotEnded(f"an order in status {view.status!r} has no receipt yet")
+    return ReceiptAnswer(order_id=view.id, status=view.status, receipt=view.receipt)
 
 
 @get(

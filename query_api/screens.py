@@ -1,7 +1,8 @@
 """What the app's screens receive: views turned into answers at read time.
 
 The running cost of an active ride is computed here, on every read, with the same
-formula the command side charges (``shared.lifecycle.ride_cost``).
+function the command side charges (``shared.lifecycle.ride_charge``: the ride cost,
+capped like the charge).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from datetime import datetime
 import msgspec
 
 from shared.domain import MAX_EPOCH_SECONDS, OrderFields
-from shared.lifecycle import is_riding, ride_cost
+from shared.lifecycle import is_riding, ride_charge
+from shared.receipt import Receipt
 from shared.views import OrderView, UserSummaryView
 
 
@@ -23,7 +25,8 @@ class OrderScreen(OrderFields, frozen=True, kw_only=True):
     ``total_amount`` only once the ride ended) and what the time of the read adds."""
 
     elapsed_seconds: int
-    current_amount: int | None  # active rides: the cost if the ride ended now
+    current_amount: int | None  # active rides: the charge if the ride ended now
+    receipt: Receipt | None = None  # finished or cancelled rides: the itemised receipt
 
 
 class OrdersPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,20 +44,21 @@ class SummaryScreen(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def order_screen(
-    view: OrderView, now: datetime, max_charged_seconds: int | None = None
+    view: OrderView, now: datetime, max_charged_seconds: int | None = None, max_cost: int = 0
 ) -> OrderScreen:
     """The ride screen of ``view`` at ``now``; the running cost stops growing after
-    ``max_charged_seconds`` as the final charge does."""
+    ``max_charged_seconds`` and at the ride cost cap ``max_cost``, as the charge does."""
     fields = msgspec.structs.asdict(view)
     del fields["free_ride_seconds"], fields["schema"]
     if is_riding(view.status):
         elapsed = max(0, int((now - view.started_at).total_seconds()))
-        current: int | None = ride_cost(
+        current: int | None = ride_charge(
             elapsed,
             view.price_per_minute,
             view.price_unlock,
             view.free_ride_seconds,
             max_charged_seconds=max_charged_seconds,
+            max_cost=max_cost,
         )
         fields["total_amount"] = None
     else:

@@ -155,3 +155,19 @@ class RefundExceedsCharge(DomainError):
 
 class OrderNotEnded(DomainError):
     code, status, title = "order_not_ended", 409, "The ride has not ended; it has no receipt yet"
+
+
+class OrderNotCharged(DomainError):
+    code, status, title = (
+        "order_not_charged",
+        409,
+        "The ride has not been charged; there is nothing to refund",
+    )
+
+
+class IdempotencyKeyRequired(DomainError):
+    code, status, title = (
+        "idempotency_key_required",
+        400,
+        "This operation needs an Idempotency-Key header",
+    )

@@ -46,7 +46,20 @@ class PaymentSettled(OrderEvent, frozen=True, kw_only=True, tag="payment_settled
     """A pending charge succeeded or became the user's debt."""
 
 
-Event = OrderStarted | OrderFinished | PaymentSettled
+class OrderRefunded(OrderEvent, frozen=True, kw_only=True, tag="order_refunded"):
+    """Support refunded part or all of the order's charge (docs/operator-api.md); the
+    rider's ``total_charged`` dropped by it."""
+
+
+class DebtSettled(OrderEvent, frozen=True, kw_only=True, tag="debt_settled"):
+    """Support settled the order's debt: charged through payments at last."""
+
+
+class HoldReleased(OrderEvent, frozen=True, kw_only=True, tag="hold_released"):
+    """The hold left behind by the order's debt was released at payments."""
+
+
+Event = OrderStarted | OrderFinished | PaymentSettled | OrderRefunded | DebtSettled | HoldReleased
 
 event_encoder = msgspec.json.Encoder()
 event_decoder = msgspec.json.Decoder(Event)

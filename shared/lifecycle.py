@@ -19,6 +19,9 @@ finish     active → finished |     held → pending             rides_count +1
 settle     (finished | cancelled)  pending → charged |        total_charged or debt grows
                                    released | debt            by the amount
 =========  ======================  =========================  ==============================
+
+Operator commands (docs/operator-api.md) add: a force-end is a finish; a settled debt
+moves ``debt → charged`` (:func:`decide_settle_debt`); a refund changes no status.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ class OperationKind(enum.StrEnum):
     HOLD = "hold"  # hold the deposit (due: the start never confirmed it → undo the start)
     CHARGE = "charge"  # charge the final amount with ``clear`` (0 releases the whole hold)
     RELEASE = "release"  # release the hold of a rejected start
+    # release the whole hold of a ride whose charge became debt (docs/operator-api.md)
+    RELEASE_DEBT_HOLD = "release_debt_hold"
 
 
 class OperationState(enum.StrEnum):
@@ -99,7 +104,7 @@ PAYMENT_TRANSITIONS: Mapping[PaymentStatus, frozenset[PaymentStatus]] = {
     ),
     PaymentStatus.CHARGED: frozenset(),
     PaymentStatus.RELEASED: frozenset(),
-    PaymentStatus.DEBT: frozenset(),
+    PaymentStatus.DEBT: frozenset({PaymentStatus.CHARGED}),  # support settled the debt
     PaymentStatus.FAILED: frozenset(),
 }
 """Allowed ``orders.payment_status`` changes (ADR 0002); every other pair is refused."""
@@ -266,6 +271,33 @@ def ride_cost(
     return seconds * price_per_minute // 60 + price_unlock
 
 
+def ride_charge(
+    seconds: int,
+    price_per_minute: int,
+    price_unlock: int,
+    free_ride_seconds: int,
+    *,
+    max_charged_seconds: int | None = None,
+    max_cost: int = 0,
+) -> int:
+    """What a ride of ``seconds`` is charged, in currency units: :func:`ride_cost`
+    lowered to the ride cost cap ``max_cost`` (0 = no cap; docs/rides-gone-wrong.md).
+
+    The one function of both sides: finish charges it, the ride screen shows it as
+    the running cost of an active ride, so the screen never shows more than the charge.
+    """
+    return capped_cost(
+        ride_cost(
+            seconds,
+            price_per_minute,
+            price_unlock,
+            free_ride_seconds,
+            max_charged_seconds=max_charged_seconds,
+        ),
+        max_cost,
+    )
+
+
 def is_free_ride(seconds: int, free_ride_seconds: int) -> bool:
     """A ride under ``free_ride_seconds`` is cancelled and costs nothing (DOMAIN.md)."""
     return seconds < free_ride_seconds
@@ -318,15 +350,13 @@ def decide_finish(
         ),
         finished_at=finished_at,
         duration_seconds=seconds,
-        total_amount=capped_cost(
-            ride_cost(
-                seconds,
-                price_per_minute,
-                price_unlock,
-                free_ride_seconds,
-                max_charged_seconds=max_charged_seconds,
-            ),
-            max_cost,
+        total_amount=ride_charge(
+            seconds,
+            price_per_minute,
+            price_unlock,
+            free_ride_seconds,
+            max_charged_seconds=max_charged_seconds,
+            max_cost=max_cost,
         ),
         rides_count_delta=0 if cancelled else 1,
     )
@@ -434,4 +464,18 @@ def decide_settle(
         operation_state=OperationState.DONE,
         total_charged_delta=amount,
         debt_delta=0,
+    )
+
+
+def decide_settle_debt(amount: int) -> SettleDecision:
+    """Settle a debt of ``amount`` (currency units, > 0) that support charged through
+    payments (docs/operator-api.md): ``debt → charged``, the debt drops by the amount
+    and ``total_charged`` grows by it; the gave-up charge operation is done at last.
+    """
+    return SettleDecision(
+        payment_from=PaymentStatus.DEBT,
+        payment_to=PaymentStatus.CHARGED,
+        operation_state=OperationState.DONE,
+        total_charged_delta=amount,
+        debt_delta=-amount,
     )

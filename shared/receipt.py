@@ -215,14 +215,62 @@ def deposit_released(
 ) -> int:
     """The part of the deposit hold given back, by payment status (ADR 0002).
 
-    ``charged``: the charge was taken from the hold, the rest released. ``released``
-    (a cancelled ride): all of it. ``debt``: all of it once the left-behind hold was
-    released, else none. Holding, held or pending: none yet.
+    ``hold_released_after_debt``: the charge became debt and the worker released the
+    whole hold (docs/operator-api.md), so all of it, whatever a later settlement
+    charged separately. Else ``charged``: the charge was taken from the hold, the rest
+    released. ``released`` (a cancelled ride): all of it. Debt, holding, held or
+    pending: none yet.
     """
+    if hold_released_after_debt:
+        return deposit
     if payment_status == "charged":
         return max(0, deposit - charged)
     if payment_status == "released":
         return deposit
-    if payment_status == "debt" and hold_released_after_debt:
-        return deposit
     return 0
+
+
+class ReceiptInputs(msgspec.Struct, frozen=True, kw_only=True):
+    """What a receipt needs besides the order's own fields, as stored with it: the
+    offer's ``pricing`` inputs (``orders.pricing``), the confirmed ``refunds`` in the
+    order they were given, and whether the hold left behind by a debt was released."""
+
+    pricing: PricingInputs
+    refunds: list[Refund] = []
+    hold_released_after_debt: bool = False
+
+
+_inputs_decoder = msgspec.json.Decoder(PricingInputs)
+_refunds_decoder = msgspec.json.Decoder(list[Refund])
+
+
+def receipt_inputs(
+    pricing: str, refunds: str, hold_released_after_debt: bool
+) -> ReceiptInputs | None:
+    """:class:`ReceiptInputs` from their stored JSON text (``orders.pricing`` and a JSON
+    array of ``{"amount", "reason"}``); None when they are not of that shape (an order
+    stored without its pricing inputs has no receipt rather than a broken screen)."""
+    try:
+        return ReceiptInputs(
+            pricing=_inputs_decoder.decode(pricing),
+            refunds=_refunds_decoder.decode(refunds),
+            hold_released_after_debt=hold_released_after_debt,
+        )
+    except msgspec.DecodeError:  # ValidationError is one
+        return None
+
+
+def receipt_of(order: EndedRide, inputs: ReceiptInputs | None) -> Receipt | None:
+    """The receipt of ``order`` if it has ended (finished or cancelled) and its inputs
+    are known, else None."""
+    if inputs is None:
+        return None
+    try:
+        return build_receipt(
+            order,
+            inputs.pricing,
+            inputs.refunds,
+            hold_released_after_debt=inputs.hold_released_after_debt,
+        )
+    except NotEnded:
+        return None

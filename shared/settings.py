@@ -271,9 +271,10 @@ class RideSettings:
     track_max_points: int = setting("TRACK_MAX_POINTS", 2_000)
     # rides gone wrong (shared/ride_rules.py, docs/rides-gone-wrong.md)
     abandoned_after_seconds: int = setting("ABANDONED_RIDE_SECONDS", 43_200)  # ended by the worker
-    # one ride, unlock included; 0 = no cap (set it per market: the running cost on the
-    # ride screen is not capped yet, docs/rides-gone-wrong.md)
-    max_cost: int = setting("MAX_RIDE_COST", 0)
+    # the most one ride costs, unlock included, whoever ends it; the ride screen's
+    # running cost stops there too. 0 = no cap. Set it per market; the default is
+    # explained in docs/rides-gone-wrong.md ("The ride cost cap")
+    max_cost: int = setting("MAX_RIDE_COST", 10_000)
     # a GPS segment faster than this is a glitch and adds no distance (DOMAIN.md, "When
     # rides go wrong"; docs/boundaries.md)
     track_max_speed_kmh: float = setting("TRACK_MAX_SPEED_KMH", 150.0)

@@ -18,6 +18,7 @@ import msgspec
 
 from shared.domain import Order, OrderFields
 from shared.events import UserSummarySnapshot
+from shared.receipt import Receipt
 
 VIEW_SCHEMA = 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -31,6 +32,8 @@ class OrderView(OrderFields, frozen=True, kw_only=True):
 
     free_ride_seconds: int
     schema: int = VIEW_SCHEMA
+    # a finished or cancelled ride's receipt (shared.receipt), refunds included
+    receipt: Receipt | None = None
 
 
 # the stored order's fields a view leaves out (the view is derived by name, not spelled)
@@ -54,12 +57,14 @@ order_view_decoder = msgspec.msgpack.Decoder(OrderView)
 summary_view_decoder = msgspec.msgpack.Decoder(UserSummaryView)
 
 
-def order_view_of(order: Order) -> OrderView:
-    """The order view of a stored order (an event's snapshot): its fields, by name."""
+def order_view_of(order: Order, receipt: Receipt | None = None) -> OrderView:
+    """The order view of a stored order (an event's snapshot): its fields, by name, and
+    ``receipt`` (the projector and the read side build it from what is stored with
+    the order, ``shared.receipt.receipt_of``)."""
     fields = msgspec.structs.asdict(order)
     for name in _NOT_IN_VIEW:
         del fields[name]
-    return OrderView(**fields)
+    return OrderView(**fields, receipt=receipt)
 
 
 def summary_view_of(summary: UserSummarySnapshot) -> UserSummaryView:

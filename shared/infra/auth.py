@@ -62,6 +62,11 @@ class Principal(msgspec.Struct, frozen=True):
         """Whether this caller may see ``user_id``'s rides and summary."""
         return self.sub == user_id or self.is_support
 
+    def require_support(self) -> None:
+        """Refuse (Forbidden) unless this caller is an operator (docs/operator-api.md)."""
+        if not self.is_support:
+            raise Forbidden("only support may do this")
+
     def require_rider(self, user_id: str | None = None) -> None:
         """Refuse (Forbidden) unless this caller is a rider acting for itself.
 

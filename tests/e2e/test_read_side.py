@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from command_api import worker
 from query_api.app import create_app as create_query_app
-from shared.lifecycle import ride_cost
+from shared.lifecycle import ride_charge, ride_cost
 from shared.settings import Settings
 from shared.views import COMPLETE_MARK, order_key, user_orders_key, user_summary_key
 from tests.auth import acting_rider, tokens_for
@@ -392,17 +392,29 @@ async def test_running_cost_of_an_active_ride_follows_the_formula(
     redis: Redis,
     prefix: str,
     ids: Ids,
+    read_settings: Settings,
 ) -> None:
-    """At several elapsed times the screen's running cost is ``ride_cost`` with the
-    order's prices. ``backdate`` changes Postgres only, so the order's cached view is
-    evicted before each read: the query API then reads the backdated ride."""
+    """At several elapsed times the screen's running cost is ``ride_charge`` with the
+    order's prices (the ride cost, capped as the charge is). ``backdate`` changes
+    Postgres only, so the order's cached view is evicted before each read: the query
+    API then reads the backdated ride."""
+    rides = read_settings.rides
+
+    def charge(seconds: int, *prices: int) -> int:
+        return ride_charge(
+            seconds,
+            *prices,
+            max_charged_seconds=rides.max_charged_seconds,
+            max_cost=rides.max_cost,
+        )
+
     order = await start(api, ids.rider(), ids.scooter())
     prices = (order["price_per_minute"], order["price_unlock"], order["free_ride_seconds"])
     await projected(redis, prefix, order["id"], order["version"])  # no event is in flight
 
     body = await screen(query, order["id"])
     assert 0 <= body["elapsed_seconds"] <= 2
-    assert body["current_amount"] == ride_cost(body["elapsed_seconds"], *prices) == 0
+    assert body["current_amount"] == charge(body["elapsed_seconds"], *prices) == 0
 
     backdated = 0
     last_amount = 0
@@ -414,7 +426,7 @@ async def test_running_cost_of_an_active_ride_follows_the_formula(
         body = await screen(query, order["id"])
         assert body["status"] == "active"
         assert target <= body["elapsed_seconds"] <= target + 2, (target, body)
-        assert body["current_amount"] == ride_cost(body["elapsed_seconds"], *prices), body
+        assert body["current_amount"] == charge(body["elapsed_seconds"], *prices), body
         assert body["current_amount"] >= last_amount
         last_amount = body["current_amount"]
         if body["elapsed_seconds"] < prices[2]:
@@ -423,7 +435,7 @@ async def test_running_cost_of_an_active_ride_follows_the_formula(
             assert body["current_amount"] >= prices[1]
 
     done = await finish(api, order["id"])
-    assert done["total_amount"] == ride_cost(done["duration_seconds"], *prices)
+    assert done["total_amount"] == charge(done["duration_seconds"], *prices)
     assert done["total_amount"] >= last_amount
     final = await shown(query, order["id"], version=done["version"])
     assert final["total_amount"] == done["total_amount"]

@@ -98,7 +98,11 @@ async def test_summary_snapshot_type_is_its_struct(conn: asyncpg.Connection) -> 
 def test_views_and_screens_are_derived_from_the_order() -> None:
     for cls in (Order, OrderView, OrderScreen):
         assert issubclass(cls, OrderFields)
-    assert set(OrderView.__struct_fields__) - set(Order.__struct_fields__) == {"schema"}
+    # the receipt is built from what is stored with the order (shared/receipt.py)
+    assert set(OrderView.__struct_fields__) - set(Order.__struct_fields__) == {
+        "schema",
+        "receipt",
+    }
 
 
 async def test_status_checks_are_the_lifecycle_names(conn: asyncpg.Connection) -> None:

@@ -20,7 +20,7 @@ from query_api.app import create_app
 from query_api.projector import drain
 from query_api.stores import RedisGate, RedisUnavailable, connect_redis
 from shared.ids import uuid7
-from shared.lifecycle import ride_cost
+from shared.lifecycle import ride_charge, ride_cost
 from shared.settings import Settings
 from shared.views import order_key, user_orders_key
 from tests.auth import acting_rider, tokens_for
@@ -115,7 +115,15 @@ async def test_running_cost_follows_the_formula(
     await project(pool, redis, settings)
     body = (await client.get(f"/orders/{order.id}")).json()
     assert seconds <= body["elapsed_seconds"] <= seconds + 2
-    assert body["current_amount"] == ride_cost(body["elapsed_seconds"], 37, 50, 5)
+    assert body["current_amount"] == ride_charge(
+        body["elapsed_seconds"],
+        37,
+        50,
+        5,
+        max_charged_seconds=settings.rides.max_charged_seconds,
+        max_cost=settings.rides.max_cost,
+    )
+    assert body["current_amount"] <= settings.rides.max_cost
     if seconds < 5:
         assert body["current_amount"] == 0
 

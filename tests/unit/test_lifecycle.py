@@ -31,6 +31,7 @@ from shared.lifecycle import (
     check_no_debt,
     decide_finish,
     decide_settle,
+    decide_settle_debt,
     is_ended,
     is_riding,
     is_visible,
@@ -55,6 +56,7 @@ ALLOWED_PAYMENT = {
     (PS.PENDING, PS.CHARGED),
     (PS.PENDING, PS.RELEASED),
     (PS.PENDING, PS.DEBT),
+    (PS.DEBT, PS.CHARGED),  # support settled the debt (docs/operator-api.md)
 }
 
 
@@ -223,6 +225,14 @@ def test_payment_outcome(
         payment_outcome(declined=declined, found=found, found_amount=found_amount, amount=48)
         == outcome
     )
+
+
+def test_a_settled_debt_is_charged_and_leaves_the_debt() -> None:
+    decision = decide_settle_debt(48)
+    assert (decision.payment_from, decision.payment_to) == (PS.DEBT, PS.CHARGED)
+    assert payment_may_become(decision.payment_from, decision.payment_to)
+    assert decision.operation_state == OperationState.DONE
+    assert (decision.total_charged_delta, decision.debt_delta) == (48, -48)
 
 
 def test_debt_refuses_a_ride() -> None:

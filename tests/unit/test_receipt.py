@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.domain import PriceCoeffSettings, PricingInputs, ScooterData, TariffZone, UserProfile
-from shared.lifecycle import ride_cost
+from shared.lifecycle import ride_charge, ride_cost
 from shared.pricing import quote
-from shared.receipt import NotEnded, ReceiptLine, Refund, build_receipt, deposit_released
+from shared.receipt import (
+    NotEnded,
+    ReceiptLine,
+    Refund,
+    build_receipt,
+    deposit_released,
+    receipt_inputs,
+    receipt_of,
+)
 from shared.ride_rules import capped_cost
 
 
@@ -151,6 +160,7 @@ def test_a_charge_above_the_deposit_releases_nothing() -> None:
     cap=st.none() | st.integers(0, 1_000_000),
     refund_parts=st.lists(st.integers(1, 1_000), max_size=4),
     settled=st.sampled_from(["charged", "pending", "debt"]),
+    hold_released_after_debt=st.booleans(),
 )
 def test_lines_always_add_up_to_the_amount_charged(
     zone_rate: int,
@@ -167,8 +177,12 @@ def test_lines_always_add_up_to_the_amount_charged(
     cap: int | None,
     refund_parts: list[int],
     settled: str,
+    hold_released_after_debt: bool,
 ) -> None:
-    """Priced and charged exactly as the command side does, over many random rides."""
+    """Priced and charged exactly as the command side does, over many random rides,
+    with refunds (never more than the charge, as the refund command refuses), a debt
+    whose hold was released and then maybe settled; the receipt built as both sides
+    build it, from the inputs stored with the order (``receipt_inputs``)."""
     coeffs = PriceCoeffSettings(
         surge=surge,
         low_charge_discount=discount,
@@ -187,7 +201,10 @@ def test_lines_always_add_up_to_the_amount_charged(
         coeffs,
     )
     cost = ride_cost(seconds, price.price_per_minute, price.price_unlock, free_seconds)
-    charged = capped_cost(cost, cap)
+    charged = ride_charge(
+        seconds, price.price_per_minute, price.price_unlock, free_seconds, max_cost=cap or 0
+    )
+    assert charged == capped_cost(cost, cap)
     cancelled = seconds < free_seconds
     # refunds never exceed what was charged (the refund command refuses more)
     refunds, left = [], charged
@@ -216,7 +233,15 @@ def test_lines_always_add_up_to_the_amount_charged(
         trusted=trusted,
         free_ride_seconds=free_seconds,
     )
-    receipt = build_receipt(ride, pricing, refunds)
+    released = hold_released_after_debt and settled != "pending" and not cancelled
+    stored = receipt_inputs(
+        msgspec.json.encode(pricing).decode(),
+        msgspec.json.encode([{"amount": r.amount, "reason": r.reason} for r in refunds]).decode(),
+        released,
+    )
+    receipt = receipt_of(ride, stored)
+    assert receipt is not None
+    assert receipt == build_receipt(ride, pricing, refunds, hold_released_after_debt=released)
 
     assert sum(line.amount for line in receipt.lines) == receipt.total
     assert receipt.total == charged - sum(r.amount for r in refunds)
@@ -227,6 +252,9 @@ def test_lines_always_add_up_to_the_amount_charged(
     assert "adjustment" not in kinds  # only a bookkeeping error would need one
     assert kinds.count("refund") == len(refunds)
     assert 0 <= receipt.deposit_released <= receipt.deposit_held == price.deposit
+    assert receipt.refunded == sum(r.amount for r in refunds) <= receipt.charged
+    if released:  # a debt's hold released: all of the deposit, settled later or not
+        assert receipt.deposit_released == price.deposit
     if not cancelled:
         line = {line.kind: line.amount for line in receipt.lines}
         assert line["riding_time"] == seconds * zone_rate // 60

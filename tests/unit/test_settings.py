@@ -84,7 +84,7 @@ OLD_VARIABLES: dict[str, tuple[str, Any]] = {
     "SCOOTERS_STUB_SEED": ("stub.seed", 42),
     # added with the operations console and the rules for rides gone wrong (issue 12)
     "SCOOTERS_ABANDONED_RIDE_SECONDS": ("rides.abandoned_after_seconds", 43200),
-    "SCOOTERS_MAX_RIDE_COST": ("rides.max_cost", 0),
+    "SCOOTERS_MAX_RIDE_COST": ("rides.max_cost", 10_000),
     "SCOOTERS_CORS_ALLOW_ORIGINS": (
         "console.cors_allow_origins",
         "http://127.0.0.1:8001,http://localhost:8001",

@@ -12,7 +12,7 @@ from query_api import projection
 from query_api.screens import InvalidCursor, decode_cursor, encode_cursor, order_screen
 from query_api.stores import SingleFlight
 from shared.ids import created_at_of, uuid7
-from shared.lifecycle import OrderStatus, PaymentStatus, ride_cost
+from shared.lifecycle import OrderStatus, PaymentStatus, decide_finish, ride_cost
 from shared.views import (
     OrderView,
     created_at_ms,
@@ -94,6 +94,22 @@ def test_running_cost_is_the_charging_formula(seconds: int) -> None:
     assert screen.elapsed_seconds == seconds
     assert screen.current_amount == ride_cost(seconds, 24, 45, 5)
     assert screen.total_amount is None
+
+
+@pytest.mark.parametrize("seconds", [8, 600, 3_600, 86_400, 10 * 86_400])
+def test_running_cost_stops_at_the_cap_as_the_charge_does(seconds: int) -> None:
+    now = STARTED + timedelta(seconds=seconds)
+    screen = order_screen(view(), now, max_charged_seconds=86_400, max_cost=1_000)
+    finish = decide_finish(
+        started_at=STARTED,
+        finished_at=now,
+        price_per_minute=24,
+        price_unlock=45,
+        free_ride_seconds=5,
+        max_cost=1_000,
+        max_charged_seconds=86_400,
+    )
+    assert screen.current_amount == finish.total_amount == min(ride_cost(seconds, 24, 45, 5), 1_000)
 
 
 def test_eight_seconds_at_24_plus_45_costs_48() -> None:
