@@ -229,7 +229,14 @@ async def test_payments_slow_at_start_rejects_and_the_worker_releases_a_late_hol
     assert (release["state"], release["amount"]) == ("pending", 0)
 
     # payments answers again and, as a real provider may, had executed the hold after all
+    # (once the first call, still being worked on there, is done: one call per key)
     await set_fault(stubs, "payments", latency_ms=0)
+
+    async def first_call_done() -> bool:
+        found = await worker_deps.services.payment_operation(str(order["id"]), "hold")
+        return found.state != "in_progress"
+
+    await eventually(first_call_done)
     late = httpx.post(
         f"{stubs}/hold-money-for-order",
         json={"user_id": rider, "order_id": str(order["id"]), "amount": offer["deposit"]},
