@@ -20,11 +20,11 @@ import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
 from aiocache import SimpleMemoryCache
-from httpx_aiohttp import HttpxAiohttpClient
 
 from command_api import metrics
 from shared.domain import (
@@ -38,6 +38,7 @@ from shared.domain import (
     UserProfile,
 )
 from shared.errors import DependencyUnavailable, ScooterNotFound, UserNotFound
+from shared.infra.http_transport import Http1Transport
 from shared.infra.logs import get_logger
 from shared.settings import Settings
 
@@ -82,16 +83,18 @@ class Sourced(msgspec.Struct, frozen=True):
 def make_http_client(settings: Settings) -> httpx.AsyncClient:
     """The one shared client of a process: pooled connections, a timeout on every call.
 
-    httpx's API over aiohttp's transport: the default transport costs several times more
-    CPU per request, and these calls are on every command's path.
+    httpx's API over ``shared.infra.http_transport.Http1Transport``: httpx's default
+    transport costs about five times more CPU per call, httpx-aiohttp about twice
+    (docs/benchmarks.md, issue 13), and these calls are on every command's path.
     """
-    return HttpxAiohttpClient(
+    limits = httpx.Limits(
+        max_connections=settings.external.http_max_connections,
+        max_keepalive_connections=settings.external.http_max_connections,
+    )
+    return httpx.AsyncClient(
         base_url=settings.external.base_url,
         timeout=httpx.Timeout(settings.external.http_timeout_seconds),
-        limits=httpx.Limits(
-            max_connections=settings.external.http_max_connections,
-            max_keepalive_connections=settings.external.http_max_connections,
-        ),
+        transport=Http1Transport(limits),
     )
 
 
@@ -100,10 +103,13 @@ class ExternalServices:
 
     def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
         self._client = client
+        self._base_url = str(client.base_url).rstrip("/")
         self._settings = settings
-        self._zones = SimpleMemoryCache()
-        self._users = SimpleMemoryCache()
-        self._configs = SimpleMemoryCache()
+        # no timeout per operation: a dict in memory cannot hang, and aiocache's default
+        # (5 s) runs each get/set as a task under asyncio.wait_for
+        self._zones = SimpleMemoryCache(timeout=None)
+        self._users = SimpleMemoryCache(timeout=None)
+        self._configs = SimpleMemoryCache(timeout=None)
         self._configs_lock = asyncio.Lock()
         self._configs_checked_at = float("-inf")
         self._defaults = PriceCoeffSettings(
@@ -130,9 +136,11 @@ class ExternalServices:
         ``nonsense(value, settings)`` names what is out of bounds in an answer, if anything.
         """
         last: ServiceError | None = None
+        # one absolute URL string: httpx parses it once, not base URL, path and params apart
+        url = f"{self._base_url}{path}?{urlencode(params)}" if params else self._base_url + path
         for _ in range(2):
             try:
-                response = await self._client.get(path, params=params)
+                response = await self._client.get(url)
             except httpx.HTTPError as exc:
                 last = ServiceError(service, type(exc).__name__)
                 continue

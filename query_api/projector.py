@@ -5,7 +5,7 @@ several projectors share the work, none twice), projected to Redis in one pipeli
 and marked ``published_at`` in the same transaction only after Redis accepted the
 writes. A crash in between leaves the rows unpublished and a later run projects them
 again, which the versioned script makes harmless. Woken by ``NOTIFY outbox``, with a
-polling fallback for a missed notification or a lost LISTEN connection.
+polling fallback for a missed notification or a lost LISTEN connection. Runs on uvloop.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
+import uvloop
 from asyncpg.pool import PoolConnectionProxy
 from prometheus_client import start_http_server
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -236,7 +237,7 @@ def main() -> None:
                         "SCOOTERS_PROJECTOR_METRICS_PORT (0 turns it off)",
                     )
                 ) from None
-        asyncio.run(_main(settings))
+        uvloop.run(_main(settings))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ the ride screen, and the projections stay small (no pricing inputs, no track).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
-from litestar import Request, Router, get
+from litestar import Request, Response, Router, get
 from litestar.params import FromPath, SkipValidation
 from litestar.static_files import create_static_files_router
 
@@ -105,7 +107,47 @@ def console_handlers(settings: Settings) -> list[Any]:
     async def console_config() -> ConsoleConfig:
         return ConsoleConfig(command_url=command_url, identity_url=identity_url)
 
+    # the pages may load only our own files and talk only to the query API, the command
+    # API and the identity provider: injected markup could neither run nor phone home
+    csp = console_csp(command_url, identity_url)
+
+    async def console_headers(response: Response[Any]) -> Response[Any]:
+        response.headers["Content-Security-Policy"] = csp
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
     static: Router = create_static_files_router(
-        path="/console", directories=[CONSOLE_DIR], html_mode=True, name="console"
+        path="/console",
+        directories=[CONSOLE_DIR],
+        html_mode=True,
+        name="console",
+        after_request=console_headers,
     )
     return [get_receipt, get_track, console_config, static]
+
+
+def console_csp(*urls: str) -> str:
+    """The console pages' Content-Security-Policy: scripts, styles and images from the
+    query API only, requests to it and to the origins of ``urls`` (http or https; a URL
+    that is not a plain origin is left out)."""
+    origins = []
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme in {"http", "https"} and _NETLOC.fullmatch(parts.netloc):
+            origins.append(f"{parts.scheme}://{parts.netloc}")
+    return "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            " ".join(("connect-src 'self'", *dict.fromkeys(origins))),
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        )
+    )
+
+
+_NETLOC = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")

@@ -15,12 +15,21 @@ const Api = (() => {
     return config;
   }
 
+  // A refusal or failure as the console shows it: the problem's `code` and `detail`
+  // (docs/operator-api.md), and when to try again (Retry-After, seconds) if the answer said.
   class Problem extends Error {
-    constructor(status, body) {
-      super((body && (body.detail || body.title)) || `HTTP ${status}`);
+    constructor(status, body, retryAfter) {
+      super(String((body && (body.detail || body.title)) || `HTTP ${status}`).slice(0, 1000));
       this.status = status;
-      this.code = (body && body.code) || `http_${status}`;
+      this.code = String((body && body.code) || `http_${status}`).slice(0, 100);
       this.body = body;
+      this.retryAfter = retryAfter || null;
+    }
+
+    // whether the request may have taken effect: no answer, or an overloaded or failing
+    // server (a 4xx refusal is definite: nothing was done)
+    get ambiguous() {
+      return this.status === 0 || this.status >= 500 || this.status === 408 || this.status === 429;
     }
   }
 
@@ -41,8 +50,8 @@ const Api = (() => {
     }
     const text = await answer.text();
     let parsed = null;
-    try { parsed = text ? JSON.parse(text) : null; } catch (err) { parsed = { detail: text }; }
-    if (!answer.ok) throw new Problem(answer.status, parsed);
+    try { parsed = text ? JSON.parse(text) : null; } catch (err) { parsed = { detail: text.slice(0, 300) }; }
+    if (!answer.ok) throw new Problem(answer.status, parsed, answer.headers.get("retry-after"));
     return parsed;
   }
 
@@ -94,7 +103,10 @@ const Api = (() => {
     return node;
   }
 
+  // The receipt (docs/rides-gone-wrong.md) as a table: its lines (refunds negative), the
+  // total they add up to, and when anything was refunded, the charge and the refunded total.
   function receiptTable(receipt) {
+    const refunded = receipt.refunded || 0;
     const rows = receipt.lines.map((line) =>
       el("tr", { class: `line-${line.kind}`, "data-kind": line.kind },
         el("td", {}, line.description), el("td", { class: "amount" }, line.amount)));
@@ -103,6 +115,11 @@ const Api = (() => {
       el("tfoot", {},
         el("tr", { class: "total" }, el("th", {}, "Total"),
           el("th", { class: "amount", "data-testid": "receipt-total" }, receipt.total)),
+        // refunds: what was charged, and what of it was given back in all
+        refunded ? el("tr", {}, el("td", {}, "Charged"),
+          el("td", { class: "amount", "data-testid": "receipt-charged" }, receipt.charged)) : null,
+        refunded ? el("tr", {}, el("td", {}, "Refunded"),
+          el("td", { class: "amount", "data-testid": "receipt-refunded" }, refunded)) : null,
         el("tr", {}, el("td", {}, "Deposit held"), el("td", { class: "amount" }, receipt.deposit_held)),
         el("tr", {}, el("td", {}, "Deposit released"),
           el("td", { class: "amount" }, receipt.deposit_released)),
@@ -143,8 +160,14 @@ const Api = (() => {
     return svg;
   }
 
+  // A fresh idempotency key (a random UUID). crypto.randomUUID needs a secure context
+  // (https or localhost); getRandomValues works on any origin.
   function newKey() {
-    return (crypto.randomUUID && crypto.randomUUID()) || `${Date.now()}-${Math.random()}`;
+    if (crypto.randomUUID) return crypto.randomUUID();
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40; b[8] = (b[8] & 0x3f) | 0x80;
+    const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
 
   return { load, call, query, command, signIn, signOut, who, money, el, receiptTable, trackPlot,

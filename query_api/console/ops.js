@@ -1,14 +1,27 @@
 // The operations console: sign in as support, find a rider, their summary and rides, a
 // ride's running cost, receipt and GPS track, and the operator commands with confirmation
-// (docs/operator-api.md).
+// (docs/operator-api.md). Everything it shows from the services goes in as text
+// (textContent or text nodes, never innerHTML); the bearer token only ever travels in the
+// Authorization header (api.js), never in a URL or a log.
 "use strict";
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  let rider = null, ride = null, ticker = null;
-  let refundKey = null; // kept until the refund succeeds: a retry never refunds twice
+  const path = (s) => encodeURIComponent(s);
+  let rider = null, ride = null, ticker = null, shownSummary = null;
+  // a refund whose outcome is unknown (no answer, or a 5xx): confirming the very same
+  // refund again resends its idempotency key, so payments refunds it at most once
+  let pendingRefund = null;
 
-  function show(err) { $("error").textContent = err ? `${err.code}: ${err.message}` : ""; }
+  // a refusal or failure: the problem's code and detail, and when to try again
+  function show(err) {
+    const box = $("error");
+    if (!err) { box.replaceChildren(); return; }
+    box.replaceChildren(
+      Api.el("code", { "data-testid": "error-code" }, err.code), " ",
+      Api.el("span", { "data-testid": "error-detail" }, err.message),
+      err.retryAfter ? ` (try again in ${err.retryAfter} s)` : "");
+  }
   function done(text) { $("done").textContent = text || ""; }
 
   function showWho() {
@@ -22,17 +35,22 @@
     return new Promise((resolve) => {
       const dialog = $("confirm");
       $("confirm-text").textContent = text;
+      dialog.returnValue = "";
       dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
       dialog.showModal();
     });
   }
 
+  function stopTicker() {
+    if (ticker) { clearInterval(ticker); ticker = null; }
+  }
+
   async function loadRider(userId) {
-    rider = userId;
     const [summary, page] = await Promise.all([
-      Api.query(`/users/${encodeURIComponent(userId)}/summary`),
-      Api.query(`/users/${encodeURIComponent(userId)}/orders?limit=50`),
+      Api.query(`/users/${path(userId)}/summary`),
+      Api.query(`/users/${path(userId)}/orders?limit=50`),
     ]);
+    rider = userId;
     const d = $("summary");
     d.replaceChildren();
     for (const [k, v] of [["rider", summary.user_id], ["rides", summary.rides_count],
@@ -41,70 +59,117 @@
       d.append(Api.el("dt", {}, k), Api.el("dd", { "data-field": k }, v));
     }
     $("settle").hidden = !(summary.debt > 0);
+    shownSummary = summary;
     const body = $("rides").tBodies[0];
     body.replaceChildren(...page.items.map((o) => Api.el("tr", {
       class: `selectable${ride && ride.id === o.id ? " selected" : ""}`, "data-order": o.id,
       onclick: () => openRide(o.id),
-    }, Api.el("td", {}, o.started_at.replace("T", " ").slice(0, 19)),
+    }, Api.el("td", { class: "when" }, o.started_at.slice(0, 10), Api.el("br"), o.started_at.slice(11, 19)),
     Api.el("td", {}, Api.el("span", { class: `status ${o.status}` }, o.status)),
     Api.el("td", { class: "amount" }, Api.money(o.current_amount ?? o.total_amount)),
     Api.el("td", {}, Api.el("span", { class: `status ${o.payment_status}` }, o.payment_status)))));
+    return summary;
   }
 
+  // the ride's header: status, times and its cost (running while active); the rides
+  // table's row follows, so the list shows the same amount
   async function refreshRide() {
-    const screen = await Api.query(`/orders/${ride.id}`);
+    const id = ride.id;
+    const screen = await Api.query(`/orders/${path(id)}`);
+    if (!ride || ride.id !== id) return screen; // another ride was opened meanwhile
     ride = screen;
     $("ride-status").textContent = screen.status;
     $("ride-status").className = `status ${screen.status}`;
     $("ride-times").textContent = `started ${screen.started_at.slice(0, 19)} · ` +
       `${screen.elapsed_seconds} s · payment ${screen.payment_status}`;
-    $("ride-cost").textContent = screen.status === "active"
-      ? `running: ${Api.money(screen.current_amount)}` : Api.money(screen.total_amount);
-    if (screen.status !== "active" && ticker) { clearInterval(ticker); ticker = null; }
+    const amount = screen.status === "active" ? screen.current_amount : screen.total_amount;
+    const refunded = (screen.receipt && screen.receipt.refunded) || 0;
+    if (screen.status === "active") $("ride-cost").textContent = `running: ${Api.money(amount)}`;
+    else if (!refunded) $("ride-cost").textContent = Api.money(amount);
+    else {
+      $("ride-cost").replaceChildren(Api.money(amount),
+        Api.el("span", { class: "note" }, ` charged, ${refunded} refunded`));
+    }
+    for (const row of $("rides").tBodies[0].rows) {
+      if (row.dataset.order === id) row.cells[2].textContent = Api.money(amount);
+    }
+    if (screen.status !== "active") stopTicker();
+    $("end").hidden = screen.status !== "active"; // only a ride still going can be ended
+    $("refund").hidden = screen.status !== "finished"; // only a charge can be refunded
     return screen;
   }
 
+  function showReceipt(receipt) {
+    const box = $("ride-receipt");
+    if (receipt) box.replaceChildren(Api.receiptTable(receipt));
+    else box.replaceChildren(Api.el("p", { class: "note" }, "the receipt comes when the ride ends"));
+  }
+
+  async function loadReceipt(screen) {
+    if (screen.status === "active") { showReceipt(null); return; }
+    // the order screen carries the receipt (issue 12); else the receipt endpoint
+    const receipt = screen.receipt ?? (await Api.query(`/orders/${path(screen.id)}/receipt`)).receipt;
+    if (ride && ride.id === screen.id) showReceipt(receipt);
+  }
+
   async function openRide(orderId) {
-    if (ticker) { clearInterval(ticker); ticker = null; }
+    stopTicker();
     ride = { id: orderId };
     $("ride").hidden = false;
     $("ride-id").textContent = orderId;
+    $("ride-receipt").replaceChildren();
+    $("ride-track").replaceChildren();
     for (const row of $("rides").tBodies[0].rows) {
       row.classList.toggle("selected", row.dataset.order === orderId);
     }
     try {
       const screen = await refreshRide();
-      $("end").hidden = screen.status !== "active"; // only a ride still going can be ended
-      $("refund").hidden = screen.status === "active"; // only a charge can be refunded
-      const receipt = $("ride-receipt"), plot = $("ride-track");
-      receipt.replaceChildren(); plot.replaceChildren();
+      await loadReceipt(screen);
       if (screen.status === "active") {
-        receipt.append(Api.el("p", { class: "note" }, "the receipt comes when the ride ends"));
-        ticker = setInterval(() => refreshRide().catch(show), 1000);
-      } else {
-        const answer = await Api.query(`/orders/${orderId}/receipt`);
-        receipt.append(Api.receiptTable(answer.receipt));
+        ticker = setInterval(() => refreshRide().then((s) => {
+          if (s.status !== "active") return loadReceipt(s);
+          return null;
+        }).catch(show), 1000);
       }
-      const track = await Api.query(`/orders/${orderId}/track`);
-      plot.append(Api.trackPlot(track.points, 360, 240),
+      const track = await Api.query(`/orders/${path(orderId)}/track`);
+      $("ride-track").replaceChildren(Api.trackPlot(track.points, 360, 240),
         Api.el("p", { class: "note" }, `${track.points.length} points · ${track.distance_meters} m`));
-      const now = new Date().toISOString().slice(0, 19);
-      $("end").elements.ended_at.value = now;
+      $("end").elements.ended_at.value = new Date().toISOString().slice(0, 19);
       show(null);
     } catch (err) { show(err); }
   }
 
-  async function operate(text, path, body, headers) {
-    if (!(await confirmDialog(text))) return false;
+  // Ask, then ``send()`` one operator command: its answer, or null when cancelled or
+  // refused (the refusal is shown).
+  async function operate(text, send) {
+    if (!(await confirmDialog(text))) { done("cancelled"); return null; }
+    done(""); show(null);
+    let answer;
     try {
-      await Api.command(path, body, headers);
-    } catch (err) { show(err); done(""); return false; }
-    done(`done: ${text}`); show(null);
+      answer = await send();
+    } catch (err) { show(err); return null; }
+    done(`done: ${text}`);
+    return answer;
+  }
+
+  // After a command: the ride's header, the summary and the rides from the screens. The
+  // screens are projections and may lag the command's answer by a moment: they are read
+  // again (for up to ~5 s) until ``rideDone(screen)`` and ``summaryDone(summary)`` say
+  // they show the command.
+  async function afterCommand(rideDone, summaryDone) {
+    const id = ride ? ride.id : null, user = rider;
+    // the operator opened another ride or rider meanwhile: theirs to show now
+    const movedOn = () => (id !== null && (!ride || ride.id !== id)) || rider !== user;
     try {
-      if (rider) await loadRider(rider);
-      if (ride) await openRide(ride.id);
+      for (let i = 0; i < 20; i += 1) {
+        if (i > 0) await new Promise((resolve) => setTimeout(resolve, 250));
+        if (movedOn()) break;
+        const screen = id === null ? null : await refreshRide();
+        if (movedOn()) break;
+        const summary = user === null ? null : await loadRider(user);
+        if ((!screen || rideDone(screen)) && (!summary || summaryDone(summary))) break;
+      }
     } catch (err) { show(err); }
-    return true;
   }
 
   $("signin").addEventListener("submit", async (ev) => {
@@ -121,32 +186,73 @@
     catch (err) { show(err); }
   });
 
-  $("end").addEventListener("submit", (ev) => {
+  // datetime-local gives "YYYY-MM-DDTHH:MM[:SS]" (no seconds when they are 0); as UTC
+  function utc(local) {
+    return `${local.length === 16 ? `${local}:00` : local.slice(0, 19)}Z`;
+  }
+
+  $("end").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const form = new FormData(ev.target);
-    const endedAt = `${form.get("ended_at")}Z`;
-    operate(`End ride ${ride.id} at ${endedAt}? Reason: ${form.get("reason")}`,
-      `/orders/${ride.id}/end`, { ended_at: endedAt, reason: form.get("reason") });
+    const form = new FormData(ev.target), id = ride.id;
+    const endedAt = utc(String(form.get("ended_at")));
+    const reason = String(form.get("reason"));
+    const answer = await operate(`End ride ${id} at ${endedAt}? Reason: ${reason}`,
+      () => Api.command(`/orders/${path(id)}/end`, { ended_at: endedAt, reason }));
+    if (answer === null) return;
+    stopTicker();
+    if (ride && ride.id === id && answer.receipt) showReceipt(answer.receipt);
+    await afterCommand((screen) => screen.status !== "active", () => true);
+    if (!answer.receipt && ride && ride.id === id && ride.status !== "active") {
+      await loadReceipt(ride).catch(show);
+    }
   });
 
-  $("refund").addEventListener("input", () => { refundKey = null; }); // another refund
   $("refund").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const form = new FormData(ev.target);
-    const amount = Number(form.get("amount"));
-    refundKey = refundKey || Api.newKey();
-    const ok = await operate(
-      `Refund ${amount} of ride ${ride.id} to ${rider}? Reason: ${form.get("reason")}`,
-      `/orders/${ride.id}/refunds`, { amount, reason: form.get("reason") },
-      { "idempotency-key": refundKey });
-    if (ok) refundKey = null;
+    const form = new FormData(ev.target), id = ride.id;
+    const amount = Number(form.get("amount")), reason = String(form.get("reason"));
+    const again = pendingRefund !== null && pendingRefund.order === id &&
+      pendingRefund.amount === amount && pendingRefund.reason === reason;
+    const answer = await operate(
+      `Refund ${amount} of ride ${id} to ${rider}? Reason: ${reason}` +
+        (again ? " (the same refund as the attempt whose outcome is unknown: it is refunded at most once)" : ""),
+      async () => {
+        // one idempotency key per confirmed refund (kept only to retry an unknown outcome)
+        const refund = again ? pendingRefund : { order: id, amount, reason, key: Api.newKey() };
+        pendingRefund = refund;
+        try {
+          const result = await Api.command(`/orders/${path(id)}/refunds`, { amount, reason },
+            { "idempotency-key": refund.key });
+          pendingRefund = null;
+          return result;
+        } catch (err) {
+          if (!err.ambiguous) pendingRefund = null; // refused: nothing was refunded
+          throw err;
+        }
+      });
+    if (answer === null) return;
+    done(`refunded ${answer.amount} of ride ${answer.order_id}; refunded in all ${answer.refunded_total}`);
+    if (ride && ride.id === id && answer.receipt) showReceipt(answer.receipt);
+    ev.target.reset();
+    const charged = shownSummary && shownSummary.user_id === rider ? shownSummary.total_charged : null;
+    await afterCommand(
+      (screen) => !screen.receipt || screen.receipt.refunded >= answer.refunded_total,
+      (summary) => charged === null || summary.total_charged <= charged - answer.amount);
   });
 
-  $("settle").addEventListener("submit", (ev) => {
+  $("settle").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const form = new FormData(ev.target);
-    operate(`Settle the debt of ${rider}? Reason: ${form.get("reason")}`,
-      `/users/${encodeURIComponent(rider)}/debt/settle`, { reason: form.get("reason") });
+    const form = new FormData(ev.target), user = rider;
+    const reason = String(form.get("reason"));
+    const answer = await operate(`Settle the debt of ${user}? Reason: ${reason}`,
+      () => Api.command(`/users/${path(user)}/debt/settle`, { reason }));
+    if (answer === null) return;
+    done(`settled ${answer.settled.length} ride(s) of ${answer.user_id}; debt now ${answer.debt}`);
+    ev.target.reset();
+    await afterCommand(
+      (screen) => !answer.settled.includes(screen.id) || screen.payment_status === "charged",
+      (summary) => summary.debt === answer.debt);
+    if (ride && ride.status !== "active") await loadReceipt(ride).catch(show);
   });
 
   showWho();

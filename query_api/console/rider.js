@@ -29,7 +29,7 @@
 
   async function refresh() {
     try {
-      const screen = await Api.query(`/orders/${order.id}`);
+      const screen = await Api.query(`/orders/${encodeURIComponent(order.id)}`);
       $("status").textContent = screen.status;
       $("status").className = `status ${screen.status}`;
       $("elapsed").textContent = `${screen.elapsed_seconds} s`;
@@ -83,15 +83,17 @@
   $("finish").addEventListener("click", async () => {
     clearInterval(ticker); addPoint();
     try {
-      order = await Api.command(`/orders/${order.id}/finish`, { track }, {
+      order = await Api.command(`/orders/${encodeURIComponent(order.id)}/finish`, { track }, {
         "idempotency-key": Api.newKey(),
       });
       $("finish").disabled = true;
       $("status").textContent = order.status;
       $("status").className = `status ${order.status}`;
       $("cost").textContent = Api.money(order.total_amount);
-      const answer = await Api.query(`/orders/${order.id}/receipt`);
-      $("receipt").replaceChildren(Api.receiptTable(answer.receipt));
+      // the finish answer carries the receipt (issue 12); else the receipt endpoint
+      const receipt = order.receipt ??
+        (await Api.query(`/orders/${encodeURIComponent(order.id)}/receipt`)).receipt;
+      $("receipt").replaceChildren(Api.receiptTable(receipt));
       show(null);
     } catch (err) { show(err); }
   });

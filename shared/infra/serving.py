@@ -102,5 +102,6 @@ def cors_config(origins: Sequence[str]) -> CORSConfig | None:
         allow_origins=list(origins),
         allow_methods=["GET", "POST"],
         allow_headers=["authorization", "content-type", "idempotency-key"],
+        expose_headers=["retry-after"],  # the console tells the operator when to try again
         max_age=600,
     )

@@ -11,6 +11,8 @@ Examples::
     python -m tests.load query --redis cluster --replica       # over a Redis Cluster (3+3
                                                                # nodes) and a Postgres
                                                                # primary + hot standby
+    python -m tests.load command --max --redis own-unix --postgres-socket /var/run/postgresql
+                                                               # Unix sockets (issue 13)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import uvloop
@@ -40,6 +43,7 @@ from tests.load.bench import (
 from tests.load.harness import CpuMeter, print_report
 
 STACK = ("stubs", "command_api", "worker", "projector", "query_api")
+OWN_ENGINES: dict[str, int] = {}  # engines started for the run: name -> pid
 
 
 async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, Any]:
@@ -215,9 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--redis",
-        choices=["single", "cluster"],
+        choices=["single", "cluster", "own-tcp", "own-unix"],
         default="single",
-        help="cluster: start a Redis Cluster of 3 masters + 3 replicas for the run",
+        help="cluster: start a Redis Cluster of 3 masters + 3 replicas for the run; "
+        "own-tcp / own-unix: start a Redis server of the run's own and reach it over TCP "
+        "or its Unix socket (its CPU is reported as 'redis (own)')",
+    )
+    parser.add_argument(
+        "--postgres-socket",
+        metavar="DIR",
+        default="",
+        help="reach Postgres through its Unix socket in DIR (e.g. /var/run/postgresql), "
+        "same server, role and password as SCOOTERS_DATABASE_URL",
     )
     parser.add_argument(
         "--replica",
@@ -242,7 +255,31 @@ def main(argv: list[str] | None = None) -> int:
     uvloop.install()
     with contextlib.ExitStack() as engines:
         settings = start_engines(engines, settings, args.redis == "cluster", args.replica)
+        settings = over_sockets(engines, settings, args.redis, args.postgres_socket)
         return run(args, settings)
+
+
+def over_sockets(
+    engines: contextlib.ExitStack, settings: Settings, redis: str, postgres_dir: str
+) -> Settings:
+    """Point ``settings`` at a Redis server of the run's own (``own-tcp``/``own-unix``)
+    and/or at Postgres's Unix socket in ``postgres_dir`` (issue 13)."""
+    from tests.engines import redis_server
+
+    if redis in ("own-tcp", "own-unix"):
+        server = engines.enter_context(redis_server())
+        OWN_ENGINES["redis (own)"] = server.pid
+        settings = settings.replace(redis={"url": server.url(unix=redis == "own-unix")})
+        print(f"== Redis of the run's own: {settings.redis.url}")
+    if postgres_dir:
+        parts = urlsplit(settings.db.url)
+        login = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        port = f":{parts.port}" if parts.port else ""
+        socket_host = quote(postgres_dir, safe="")
+        url = urlunsplit(parts._replace(netloc=f"{login}{socket_host}{port}"))
+        settings = settings.replace(db={"url": url})
+        print(f"== Postgres over its Unix socket in {postgres_dir}")
+    return settings
 
 
 def start_engines(
@@ -268,6 +305,7 @@ def start_engines(
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     with running_stack(settings, STACK, quiet=not args.verbose) as bench:
+        bench.pids.update(OWN_ENGINES)  # their CPU is measured as the processes' is
         if args.side == "command":
             reports = asyncio.run(run_command(args, settings, bench.pids))
         elif args.side == "soak":
