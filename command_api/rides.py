@@ -79,7 +79,7 @@ async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer
     """Price a personal offer; returns it and its signed token. Writes nothing.
 
     A rider who owes money gets no offer: debt the users service reports, or a charge
-    our own retries gave up on (``user_summary.debt``).
+    payments declined to the last try (``user_summary.debt``).
     """
     services = deps.services
     scooter_task = asyncio.ensure_future(services.scooter(scooter_id))
