@@ -127,27 +127,49 @@ async def finish_ride(
     distance_meters: int,
     track: str | None,
     charge_due_seconds: float,
+    terms: Order | None = None,
 ) -> Order | None:
     """Apply ``decision`` to an active ride and owe its charge; None when it was no longer
-    active (another finish won). ``track`` is the GPS track as JSON text, or None."""
+    active (another finish won). ``track`` is the GPS track as JSON text, or None.
+
+    ``terms``: the snapshot the decision was computed from when it was not read just now
+    (``rides.ActivatedRides``); the step then also returns None if the row's start time,
+    prices or free seconds differ from it (migrations/sql/0009_finish_on_known_terms.sql).
+    """
     step = decision.transition
+    args = (
+        order_id,
+        created_at,
+        step.status_from,
+        step.status_to,
+        step.payment_to,
+        decision.finished_at,
+        decision.duration_seconds,
+        decision.total_amount,
+        distance_meters,
+        track,
+        decision.rides_count_delta,
+        charge_due_seconds,
+    )
+    if terms is None:
+        return _decode(await conn.fetchval(_FINISH, *args))
     return _decode(
         await conn.fetchval(
-            "SELECT to_jsonb(finish_ride($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12))::text",
-            order_id,
-            created_at,
-            step.status_from,
-            step.status_to,
-            step.payment_to,
-            decision.finished_at,
-            decision.duration_seconds,
-            decision.total_amount,
-            distance_meters,
-            track,
-            decision.rides_count_delta,
-            charge_due_seconds,
+            _FINISH_ON_TERMS,
+            *args,
+            terms.started_at,
+            terms.price_per_minute,
+            terms.price_unlock,
+            terms.free_ride_seconds,
         )
     )
+
+
+_FINISH = "SELECT to_jsonb(finish_ride($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12))::text"
+_FINISH_ON_TERMS = (
+    "SELECT to_jsonb(finish_ride($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+    " $13, $14, $15, $16))::text"
+)
 
 
 async def record_order_action(

@@ -54,8 +54,17 @@ SELECT id, created_at, payload::text AS payload FROM outbox
  LIMIT $1
  FOR UPDATE SKIP LOCKED
 """
-# clock_timestamp(), not now(): published_at is when Redis had the writes
-_MARK = "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])"
+# Marks the batch published and answers the age of the oldest row still unpublished
+# (the lag gauge) in the same statement: one round trip and no transaction of its own.
+# clock_timestamp(), not now(): published_at is when Redis had the writes. The SELECT
+# sees the rows as they were before the UPDATE, so it leaves out the batch itself.
+_MARK = """
+WITH marked AS (
+    UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])
+)
+SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox
+ WHERE published_at IS NULL AND id <> ALL($1::bigint[]) ORDER BY id LIMIT 1
+"""
 _OLDEST = """
 SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox
  WHERE published_at IS NULL ORDER BY id LIMIT 1
@@ -99,10 +108,12 @@ def writes_for(
 
 
 async def project_batch(conn: Connection, redis: RedisClient, settings: Settings) -> int:
-    """Claim, project and mark one batch; returns how many events it held."""
+    """Claim, project and mark one batch in one transaction; returns how many events it
+    held. Also sets the lag gauge (age of the oldest event still unpublished)."""
     async with conn.transaction():
         rows = await conn.fetch(_CLAIM, settings.read.projector_batch_size)
-        if not rows:
+        if not rows:  # nothing unclaimed; rows another projector holds still count
+            PROJECTOR_LAG.set(await conn.fetchval(_OLDEST) or 0.0)
             return 0
         now = datetime.now(UTC)
         events: list[Event] = []
@@ -120,7 +131,8 @@ async def project_batch(conn: Connection, redis: RedisClient, settings: Settings
         for event in events:
             writes += writes_for(event, settings, now, receipts)
         await projection.apply(redis, writes)
-        await conn.execute(_MARK, [row["id"] for row in rows])
+        lag = await conn.fetchval(_MARK, [row["id"] for row in rows])
+    PROJECTOR_LAG.set(lag or 0.0)
     done = datetime.now(UTC)
     for row in rows:
         EVENT_LAG.observe(max(0.0, (done - row["created_at"]).total_seconds()))
@@ -129,13 +141,18 @@ async def project_batch(conn: Connection, redis: RedisClient, settings: Settings
 
 
 async def drain(pool: asyncpg.Pool, redis: RedisClient, settings: Settings) -> int:
-    """Project until the outbox has nothing unclaimed; returns the events projected."""
+    """Project until a batch comes back short of ``projector_batch_size`` (everything
+    committed before its claim was in it, or held by another projector); returns the
+    events projected. Rows committed during the last batch are not waited for: their
+    NOTIFY arrives after the wake-up flag was cleared, so the loop runs again (one
+    transaction per batch, none for an empty look when the last batch was short)."""
     total = 0
+    size = settings.read.projector_batch_size
     while True:
         async with pool.acquire() as conn:
             count = await project_batch(conn, redis, settings)
         total += count
-        if count == 0:
+        if count < size:
             return total
 
 
@@ -162,7 +179,6 @@ class Projector:
                 self._wake.clear()  # before claiming: a NOTIFY during the batch re-wakes us
                 try:
                     count = await drain(pool, redis, settings)
-                    PROJECTOR_LAG.set(await pool.fetchval(_OLDEST) or 0.0)
                     failures = 0
                     retry_log.succeeded()
                 except Exception as exc:  # Redis or Postgres down: rows stay unpublished
@@ -179,6 +195,8 @@ class Projector:
                     continue
                 if count:
                     log.debug("projected %d events", count)
+                    # busy: let the next batch gather what arrives meanwhile (issue 13)
+                    await self._pause(settings.read.projector_batch_interval_seconds)
                 await self._sleep(settings.read.projector_poll_seconds)
         finally:
             if self._listener is not None:
@@ -186,6 +204,12 @@ class Projector:
                     await self._listener.close()
             await pool.close()
             await redis.aclose()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` unless stopped (NOTIFYs meanwhile keep the wake-up flag set)."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for a NOTIFY, a stop, or ``seconds``."""

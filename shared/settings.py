@@ -340,6 +340,9 @@ class ReadSideSettings:
     refill_ttl_seconds: int = setting("REFILL_TTL_SECONDS", 300)
     projector_batch_size: int = setting("PROJECTOR_BATCH_SIZE", 500)
     projector_poll_seconds: float = setting("PROJECTOR_POLL_SECONDS", 1.0)  # if a NOTIFY is missed
+    # a busy projector claims at most once per this long, so a batch gathers the events of
+    # the whole interval (one transaction for them all); adds at most this to the lag
+    projector_batch_interval_seconds: float = setting("PROJECTOR_BATCH_INTERVAL_SECONDS", 0.01)
     projector_metrics_port: int = setting("PROJECTOR_METRICS_PORT", 8002)  # 0 = no /metrics
 
 

@@ -373,6 +373,14 @@ class PostgresPair:
     def resume_replay(self) -> None:
         self._psql(self.replica_port, "SELECT pg_wal_replay_resume()")
 
+    def set_replica(self, name: str, value: str | None) -> None:
+        """``ALTER SYSTEM SET name = value`` on the replica (``None``: RESET), reloaded."""
+        if value is None:
+            self._psql(self.replica_port, f"ALTER SYSTEM RESET {name}")
+        else:
+            self._psql(self.replica_port, f"ALTER SYSTEM SET {name} = '{value}'")
+        self._psql(self.replica_port, "SELECT pg_reload_conf()")
+
     def caught_up(self) -> bool:
         """The replica has replayed everything the primary has written so far."""
         wanted = self._psql(self.primary_port, "SELECT pg_current_wal_lsn()")

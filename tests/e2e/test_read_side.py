@@ -32,6 +32,7 @@ from shared.views import COMPLETE_MARK, order_key, user_orders_key, user_summary
 from tests.auth import acting_rider, tokens_for
 from tests.conftest import start_process, stop_process
 from tests.e2e.conftest import Ids, backdate, eventually, ledger, order_row, set_fault, start
+from tests.stores import delete_run_keys, run_keys
 
 Client = AsyncTestClient[Any]
 Json = dict[str, Any]
@@ -90,9 +91,8 @@ async def query(read_settings: Settings, stubs: str) -> AsyncIterator[Client]:
 @pytest.fixture(scope="module")
 async def redis(read_settings: Settings) -> AsyncIterator[Redis]:
     client = Redis.from_url(read_settings.redis.url)
-    yield client
-    await delete_run_keys(client, read_settings.redis.key_prefix)
-    await client.aclose()
+    async with run_keys(client, read_settings.redis.key_prefix):
+        yield client
 
 
 @pytest.fixture
@@ -101,16 +101,6 @@ def prefix(read_settings: Settings) -> str:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-async def delete_run_keys(redis: Redis, prefix: str) -> int:
-    """Delete every key of this run's prefix: a flush of *our* Redis. Never FLUSHDB or
-    FLUSHALL: the Redis is shared with other runs."""
-    assert prefix, "refusing to delete without a prefix"
-    keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
-    for i in range(0, len(keys), 500):
-        await redis.delete(*keys[i : i + 500])
-    return len(keys)
 
 
 @asynccontextmanager
