@@ -1,15 +1,28 @@
 """``python -m command_api``: serve the command API."""
 
+from __future__ import annotations
+
+from shared.infra.admission import Admission
 from shared.infra.logs import configure_logging
 from shared.infra.serving import serve
 from shared.settings import get_settings
 
-settings = get_settings()
-configure_logging(settings)
-serve(
-    "command_api.app:create_app",
-    host=settings.serving.command_host,
-    port=settings.serving.command_port,
-    workers=settings.serving.command_workers,
-    log_level=settings.runtime.log_level,
-)
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings)
+    serving = settings.serving
+    serve(
+        "command_api.app:create_app",
+        host=serving.command_host,
+        port=serving.command_port,
+        workers=serving.command_workers,
+        log_level=settings.runtime.log_level,
+        admission=Admission(
+            "command_api", serving.command_max_requests_in_flight, serving.retry_after_seconds
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -52,10 +52,10 @@ from shared.errors import (
     UserNotFound,
 )
 from shared.ids import parse_order_id
-from shared.infra.admission import admission_control
 from shared.infra.auth import (
     TokenVerifier,
     bearer_auth,
+    document_public_operations,
     openapi_config,
     principal_of,
     token_verifier,
@@ -77,6 +77,7 @@ from shared.infra.openapi import (
     finish_document,
     problem_responses,
 )
+from shared.infra.outages import redis_unavailable
 from shared.infra.problems import exception_handlers
 from shared.infra.request_metrics import request_metrics
 from shared.infra.serving import cors_config
@@ -485,7 +486,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     rate_limit.fill(None)
         finally:
             await jwks_client.aclose()
-            await redis.aclose()
+            try:
+                await redis.aclose()
+            except Exception as exc:  # a busy node: closing can time out; stop anyway
+                if not redis_unavailable(exc):
+                    raise
             stop_metrics()
 
     configure_logging(settings)
@@ -503,14 +508,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         dependencies={"deps": deps.provide(), "offer_rate_limit": rate_limit.provide()},
         exception_handlers=exception_handlers(),
-        # outermost first: an overloaded process sheds before any token verification;
-        # health checks pass both admission control and sign-in
+        # an overloaded process sheds before the app is called (shared/infra/admission.py,
+        # served by shared/infra/serving.py); health checks pass sign-in
         middleware=[
-            admission_control(
-                "command_api",
-                settings.serving.command_max_requests_in_flight,
-                settings.serving.retry_after_seconds,
-            ),
             request_metrics("command_api"),
             bearer_auth(verifier),
         ],
@@ -537,4 +537,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
             )
         },
     )
+    document_public_operations(app)  # health checks need no bearer token
     return with_request_ids(app)

@@ -20,15 +20,16 @@ import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
 from aiocache import SimpleMemoryCache
-from httpx_aiohttp import HttpxAiohttpClient
 
 from command_api import metrics
 from shared.domain import (
     ConfigsAnswer,
+    PaymentOperationAnswer,
     PaymentRequest,
     PriceCoeffSettings,
     RefundRequest,
@@ -37,6 +38,7 @@ from shared.domain import (
     UserProfile,
 )
 from shared.errors import DependencyUnavailable, ScooterNotFound, UserNotFound
+from shared.infra.http_transport import Http1Transport
 from shared.infra.logs import get_logger
 from shared.settings import Settings
 
@@ -47,18 +49,24 @@ _scooter_decoder = msgspec.json.Decoder(ScooterData)
 _zone_decoder = msgspec.json.Decoder(TariffZone)
 _user_decoder = msgspec.json.Decoder(UserProfile)
 _configs_decoder = msgspec.json.Decoder(ConfigsAnswer)
+_operation_decoder = msgspec.json.Decoder(PaymentOperationAnswer)
+_problem_decoder = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
 
 
 class ServiceError(Exception):
     """An external call failed: down, erroring, timed out or answered nonsense."""
 
-    def __init__(self, service: str, reason: str, *, ambiguous: bool = False) -> None:
+    def __init__(
+        self, service: str, reason: str, *, ambiguous: bool = False, declined: bool = False
+    ) -> None:
         super().__init__(f"{service}: {reason}")
         self.service = service
         self.reason = reason
         # the request may have reached the service and taken effect (timeout, reset)
         self.ambiguous = ambiguous
+        # payments declined it for good: nothing moved (402 payment_declined)
+        self.declined = declined
 
 
 class NotFound(Exception):
@@ -75,16 +83,18 @@ class Sourced(msgspec.Struct, frozen=True):
 def make_http_client(settings: Settings) -> httpx.AsyncClient:
     """The one shared client of a process: pooled connections, a timeout on every call.
 
-    httpx's API over aiohttp's transport: the default transport costs several times more
-    CPU per request, and these calls are on every command's path.
+    httpx's API over ``shared.infra.http_transport.Http1Transport``: httpx's default
+    transport costs about five times more CPU per call, httpx-aiohttp about twice
+    (docs/benchmarks.md, issue 13), and these calls are on every command's path.
     """
-    return HttpxAiohttpClient(
+    limits = httpx.Limits(
+        max_connections=settings.external.http_max_connections,
+        max_keepalive_connections=settings.external.http_max_connections,
+    )
+    return httpx.AsyncClient(
         base_url=settings.external.base_url,
         timeout=httpx.Timeout(settings.external.http_timeout_seconds),
-        limits=httpx.Limits(
-            max_connections=settings.external.http_max_connections,
-            max_keepalive_connections=settings.external.http_max_connections,
-        ),
+        transport=Http1Transport(limits),
     )
 
 
@@ -93,10 +103,13 @@ class ExternalServices:
 
     def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
         self._client = client
+        self._base_url = str(client.base_url).rstrip("/")
         self._settings = settings
-        self._zones = SimpleMemoryCache()
-        self._users = SimpleMemoryCache()
-        self._configs = SimpleMemoryCache()
+        # no timeout per operation: a dict in memory cannot hang, and aiocache's default
+        # (5 s) runs each get/set as a task under asyncio.wait_for
+        self._zones = SimpleMemoryCache(timeout=None)
+        self._users = SimpleMemoryCache(timeout=None)
+        self._configs = SimpleMemoryCache(timeout=None)
         self._configs_lock = asyncio.Lock()
         self._configs_checked_at = float("-inf")
         self._defaults = PriceCoeffSettings(
@@ -123,9 +136,11 @@ class ExternalServices:
         ``nonsense(value, settings)`` names what is out of bounds in an answer, if anything.
         """
         last: ServiceError | None = None
+        # one absolute URL string: httpx parses it once, not base URL, path and params apart
+        url = f"{self._base_url}{path}?{urlencode(params)}" if params else self._base_url + path
         for _ in range(2):
             try:
-                response = await self._client.get(path, params=params)
+                response = await self._client.get(url)
             except httpx.HTTPError as exc:
                 last = ServiceError(service, type(exc).__name__)
                 continue
@@ -171,9 +186,15 @@ class ExternalServices:
             raise ServiceError("payments", type(exc).__name__, ambiguous=True) from exc
         if response.status_code != 200:
             metrics.external_calls.labels("payments", "error").inc()
-            # a 500 may come after the money moved; 503 and 4xx say nothing was done
-            ambiguous = response.status_code >= 500 and response.status_code != 503
-            raise ServiceError("payments", f"HTTP {response.status_code}", ambiguous=ambiguous)
+            status = response.status_code
+            # a 500 may come after the money moved; 503 and 4xx say this call did nothing,
+            # but "in progress" says another call with this key may still land
+            ambiguous = (status >= 500 and status != 503) or (
+                status == 409 and _problem_code(response) == "operation_in_progress"
+            )
+            raise ServiceError(
+                "payments", f"HTTP {status}", ambiguous=ambiguous, declined=status == 402
+            )
         metrics.external_calls.labels("payments", "ok").inc()
 
     # --- services --------------------------------------------------------------------------
@@ -305,11 +326,35 @@ class ExternalServices:
         )
         await self._post_payment_twice("/refund-money-for-order", request)
 
+    async def payment_operation(
+        self, order_id: str, operation: str, refund_key: str = ""
+    ) -> PaymentOperationAnswer:
+        """What payments knows of one operation (``hold``, ``charge``, ``release`` or
+        ``refund`` with its ``refund_key``), found by its idempotency key: ``done`` with
+        its amount, ``in_progress`` or ``absent``. A read, retried once; raises
+        :class:`ServiceError` when payments does not answer it."""
+        params = {"id": order_id, "operation": operation}
+        if refund_key:
+            params["refund_key"] = refund_key
+        try:
+            return await self._get("payments", "/payment-operation", _operation_decoder, params)
+        except NotFound:  # no such endpoint: payments cannot tell
+            raise ServiceError("payments", "no operation lookup") from None
+
     async def release(self, user_id: str, order_id: str, amount: int) -> None:
         """Release the whole hold (``amount``) of an order whose charge became debt;
         retried once (idempotent per order)."""
         request = PaymentRequest(user_id=user_id, order_id=order_id, amount=amount)
         await self._post_payment_twice("/release-money-for-order", request)
+
+
+def _problem_code(response: httpx.Response) -> str | None:
+    """The ``code`` of a problem+json answer, if it has one."""
+    try:
+        code = _problem_decoder.decode(response.content).get("code")
+    except msgspec.DecodeError:
+        return None
+    return code if isinstance(code, str) else None
 
 
 # --- sane bounds (settings) of what the services answer: None = sane, else what is wrong ------

@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from shared.errors import RateLimited
+from shared.infra.outages import redis_unavailable
 from shared.settings import Settings
 
 log = logging.getLogger("rate_limit")
@@ -65,7 +66,10 @@ class OfferRateLimit:
                 pipe.incr(key)
                 pipe.expire(key, self._window + 1)
                 count, _ = await pipe.execute()
-        except _REDIS_DOWN as exc:
+        except Exception as exc:
+            # any Redis error, a cluster in flux, a connection closed under the command
+            if not isinstance(exc, _REDIS_DOWN) and not redis_unavailable(exc):
+                raise
             log.warning("offer rate limit skipped, Redis did not answer: %r", exc)
             return
         if int(count) > self._limit:

@@ -127,27 +127,49 @@ async def finish_ride(
     distance_meters: int,
     track: str | None,
     charge_due_seconds: float,
+    terms: Order | None = None,
 ) -> Order | None:
     """Apply ``decision`` to an active ride and owe its charge; None when it was no longer
-    active (another finish won). ``track`` is the GPS track as JSON text, or None."""
+    active (another finish won). ``track`` is the GPS track as JSON text, or None.
+
+    ``terms``: the snapshot the decision was computed from when it was not read just now
+    (``rides.ActivatedRides``); the step then also returns None if the row's start time,
+    prices or free seconds differ from it (migrations/sql/0009_finish_on_known_terms.sql).
+    """
     step = decision.transition
+    args = (
+        order_id,
+        created_at,
+        step.status_from,
+        step.status_to,
+        step.payment_to,
+        decision.finished_at,
+        decision.duration_seconds,
+        decision.total_amount,
+        distance_meters,
+        track,
+        decision.rides_count_delta,
+        charge_due_seconds,
+    )
+    if terms is None:
+        return _decode(await conn.fetchval(_FINISH, *args))
     return _decode(
         await conn.fetchval(
-            "SELECT to_jsonb(finish_ride($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12))::text",
-            order_id,
-            created_at,
-            step.status_from,
-            step.status_to,
-            step.payment_to,
-            decision.finished_at,
-            decision.duration_seconds,
-            decision.total_amount,
-            distance_meters,
-            track,
-            decision.rides_count_delta,
-            charge_due_seconds,
+            _FINISH_ON_TERMS,
+            *args,
+            terms.started_at,
+            terms.price_per_minute,
+            terms.price_unlock,
+            terms.free_ride_seconds,
         )
     )
+
+
+_FINISH = "SELECT to_jsonb(finish_ride($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12))::text"
+_FINISH_ON_TERMS = (
+    "SELECT to_jsonb(finish_ride($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+    " $13, $14, $15, $16))::text"
+)
 
 
 async def record_order_action(
@@ -195,7 +217,7 @@ async def settle_charge(
 
 
 async def recorded_debt(conn: Connection, user_id: str) -> int:
-    """What the rider owes us for charges our retries gave up on (0 if nothing)."""
+    """What the rider owes us for charges payments declined (debt, ADR 0002) (0 if nothing)."""
     debt = await conn.fetchval("SELECT debt FROM user_summary WHERE user_id = $1", user_id)
     return int(debt or 0)
 
@@ -537,7 +559,7 @@ class Debt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def debts_of(conn: Connection, user_id: str) -> list[Debt]:
-    """The rider's orders whose charge our retries gave up on, oldest first."""
+    """The rider's orders whose charge became debt (payments declined it), oldest first."""
     rows = await conn.fetch(
         "SELECT order_id, order_created_at, amount FROM payment_operations"
         " WHERE user_id = $1 AND kind = 'charge' AND state = 'gave_up'"

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -28,6 +29,8 @@ from shared.infra.auth import Principal
 from shared.lifecycle import (
     NEW_ORDER,
     OperationKind,
+    PaymentStatus,
+    SettleDecision,
     check_no_debt,
     decide_finish,
     decide_settle,
@@ -44,6 +47,34 @@ from shared.settings import Settings
 log = logging.getLogger("rides")
 
 
+class ActivatedRides:
+    """The rides this process activated and has not finished yet, by order id: what a
+    finish here computes its end from without reading the order back (issue 13).
+
+    The snapshot is the one the activation step returned, with the receipt inputs of an
+    active ride (the offer's pricing inputs it was written with; no refunds, no released
+    hold). The finish step decided from it applies only if the order is still ``active``
+    and still has the snapshot's terms (``started_at``, prices, ``free_ride_seconds``;
+    ADR 0005), else the ride is read and decided again, so an entry is as good as a
+    fresh read. The rider and the pricing inputs of an order never change. A ride
+    another process started, or one pushed out by ``limit`` newer ones, is read as before.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self._limit = limit
+        self._rides: OrderedDict[uuid.UUID, tuple[Order, ReceiptInputs]] = OrderedDict()
+
+    def add(self, order_id: uuid.UUID, order: Order, pricing: PricingInputs) -> None:
+        self._rides[order_id] = (order, ReceiptInputs(pricing=pricing))
+        if len(self._rides) > self._limit:
+            self._rides.popitem(last=False)
+
+    def take(self, order_id: uuid.UUID) -> tuple[Order, ReceiptInputs] | None:
+        """The ride's snapshot at activation and its receipt inputs, forgotten here; None
+        if this process has none."""
+        return self._rides.pop(order_id, None)
+
+
 @dataclass(frozen=True, slots=True)
 class Deps:
     """What the commands need; built once by the app's lifespan (or by a test)."""
@@ -52,6 +83,7 @@ class Deps:
     services: ExternalServices
     signer: OfferSigner
     settings: Settings
+    activated: ActivatedRides = field(default_factory=ActivatedRides)
 
 
 def utcnow() -> datetime:
@@ -77,7 +109,7 @@ async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer
     """Price a personal offer; returns it and its signed token. Writes nothing.
 
     A rider who owes money gets no offer: debt the users service reports, or a charge
-    our own retries gave up on (``user_summary.debt``).
+    payments declined to the last try (``user_summary.debt``).
     """
     services = deps.services
     scooter_task = asyncio.ensure_future(services.scooter(scooter_id))
@@ -207,6 +239,7 @@ async def start_ride(deps: Deps, offer: Offer, *, resumed: bool = False) -> Orde
         started = await repo.activate_ride(conn, order_id, created_at, utcnow())
     if started is None:  # the worker undid this start while the hold was slow
         raise DependencyUnavailable("payments", "holding the deposit took too long")
+    deps.activated.add(order_id, started, offer.inputs)
     return started
 
 
@@ -267,17 +300,24 @@ async def finish_ride(
     The end is committed first, with the charge recorded as owed, so the rider can always
     stop; the charge is then tried once here and retried by the worker if it fails.
     The end only applies to an ``active`` ride, so of concurrent finishes exactly one
-    ends it and charges; the others return the stored result.
+    ends it and charges; the others return the stored result. A ride this process
+    activated is decided from its activation snapshot without a read (``ActivatedRides``);
+    the end then also requires the row to still have that snapshot's terms, else the ride
+    is read and decided again.
     """
     settings = deps.settings
     if len(track) > settings.rides.track_max_points:
         raise TrackTooLong(f"a track has at most {settings.rides.track_max_points} points")
     created_at = created_at_of(order_id)
+    activated = deps.activated.take(order_id)  # this process started it: no read
+    if ended_at is not None:  # an end as of a given time is checked against the row's start
+        activated = None
     async with deps.pool.acquire() as conn:
-        found = await repo.order_with_receipt_inputs(conn, order_id, created_at)
+        found = activated or await repo.order_with_receipt_inputs(conn, order_id, created_at)
         if found is None or not is_visible(found[0].status):
             raise OrderNotFound(f"no ride {order_id}")
         order, inputs = found
+        terms = order if activated is not None else None
         if actor is not None and not actor.may_read(order.user_id):
             raise OrderNotFound(f"no ride {order_id}")
         forced = actor is not None and (actor.sub != order.user_id or reason is not None)
@@ -301,12 +341,19 @@ async def finish_ride(
         track_json = repo.encode_json(track) if track else None
         if forced_by is None:
             ended = await repo.finish_ride(
-                conn, order_id, created_at, decision, distance, track_json, charge_due
+                conn, order_id, created_at, decision, distance, track_json, charge_due, terms
             )
         else:
             async with conn.transaction():
                 ended = await repo.finish_ride(
-                    conn, order_id, created_at, decision, distance, track_json, charge_due
+                    conn,
+                    order_id,
+                    created_at,
+                    decision,
+                    distance,
+                    track_json,
+                    charge_due,
+                    terms,
                 )
                 if ended is not None:
                     await repo.record_order_action(
@@ -318,39 +365,35 @@ async def finish_ride(
                         forced_by.roles,
                         reason,
                     )
-        if ended is None:  # a concurrent finish ended it first: answer its result
+        if ended is None and activated is None:  # a concurrent finish ended it first
             stored = await repo.order_with_receipt_inputs(conn, order_id, created_at)
             assert stored is not None
             return answer_of(*stored)
+    if ended is None:  # ended meanwhile, or the row's terms are not the snapshot's: read it
+        return await finish_ride(deps, order_id, track, actor, ended_at=ended_at, reason=reason)
     total = decision.total_amount
     try:
         await deps.services.clear(ended.user_id, ended.id, total)
     except ServiceError as exc:
         log.warning("charge of %s deferred to the worker: %s", order_id, exc)
         return answer_of(ended, inputs)
-    settled = await settle_charge(deps.pool, order_id, created_at, total)
+    settled = await settle_charge(deps.pool, order_id, created_at, decide_settle(total))
     return answer_of(settled or ended, inputs)
 
 
 async def settle_charge(
-    pool: asyncpg.Pool,
-    order_id: uuid.UUID,
-    created_at: datetime,
-    amount: int,
-    *,
-    gave_up: bool = False,
+    pool: asyncpg.Pool, order_id: uuid.UUID, created_at: datetime, decision: SettleDecision
 ) -> Order | None:
-    """Record a confirmed charge (or, when the retries ``gave_up``, the rider's debt) as
-    ``shared.lifecycle.decide_settle`` decides it.
+    """Record the outcome of an owed charge as ``shared.lifecycle.decide_settle`` decided
+    it: charged (released for 0) or, when payments declined it, the rider's debt.
 
     A charge that became debt leaves the deposit held at payments: in the same
     transaction its release is recorded as owed (``release_debt_hold``, the whole
     deposit), and the worker retries it until payments confirms (docs/operator-api.md).
     Returns the settled order, or None if another process settled it first.
     """
-    decision = decide_settle(amount, gave_up=gave_up)
     async with pool.acquire() as conn:
-        if not gave_up:
+        if decision.payment_to != PaymentStatus.DEBT:
             return await repo.settle_charge(conn, order_id, created_at, decision)
         async with conn.transaction():
             settled = await repo.settle_charge(conn, order_id, created_at, decision)

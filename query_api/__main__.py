@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared.infra.admission import Admission
 from shared.infra.logs import configure_logging
 from shared.infra.serving import serve
 from shared.settings import get_settings
@@ -10,12 +11,16 @@ from shared.settings import get_settings
 def main() -> None:
     settings = get_settings()
     configure_logging(settings)
+    serving = settings.serving
     serve(
         "query_api.app:create_app",
-        host=settings.serving.query_host,
-        port=settings.serving.query_port,
-        workers=settings.serving.query_workers,
+        host=serving.query_host,
+        port=serving.query_port,
+        workers=serving.query_workers,
         log_level=settings.runtime.log_level,
+        admission=Admission(
+            "query_api", serving.query_max_requests_in_flight, serving.retry_after_seconds
+        ),
     )
 
 

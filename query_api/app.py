@@ -32,10 +32,10 @@ from query_api.screens import (
 from query_api.stores import REDIS_DOWN, RedisClient, connect_postgres, connect_redis
 from shared.errors import Forbidden, InvalidParameter, OrderNotFound, UserNotFound
 from shared.ids import parse_order_id
-from shared.infra.admission import admission_control
 from shared.infra.auth import (
     TokenVerifier,
     bearer_auth,
+    document_public_operations,
     openapi_config,
     principal_of,
     token_verifier,
@@ -45,6 +45,7 @@ from shared.infra.di import Slot
 from shared.infra.logs import configure_logging, with_request_ids
 from shared.infra.metrics_server import start_metrics_server
 from shared.infra.openapi import SIGNED_IN, Health, problem_responses
+from shared.infra.outages import redis_unavailable
 from shared.infra.problems import exception_handlers
 from shared.infra.request_metrics import request_metrics
 from shared.settings import Settings, get_settings
@@ -181,7 +182,9 @@ async def ready(stores: SkipValidation[Stores]) -> Response[Health]:
 async def _redis_up(redis: RedisClient) -> bool:
     try:
         await redis.ping()
-    except REDIS_DOWN:
+    except Exception as exc:
+        if not redis_unavailable(exc):
+            raise
         return False
     return True
 
@@ -229,7 +232,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             stores.fill(None)
             verifier.fill(None)
             await jwks_client.aclose()
-            await redis.aclose()
+            try:
+                await redis.aclose()
+            except Exception as exc:  # a busy node: closing can time out; stop anyway
+                if not redis_unavailable(exc):
+                    raise
             await db.close()
             if replica is not None:
                 await replica.close()
@@ -245,14 +252,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=handlers,
         exception_handlers=exception_handlers(),
-        # outermost first: an overloaded process sheds before any token verification;
-        # health checks pass both admission control and sign-in
+        # an overloaded process sheds before the app is called (shared/infra/admission.py,
+        # served by shared/infra/serving.py); health checks pass sign-in
         middleware=[
-            admission_control(
-                "query_api",
-                settings.serving.query_max_requests_in_flight,
-                settings.serving.retry_after_seconds,
-            ),
             request_metrics("query_api"),
             bearer_auth(verifier),
         ],
@@ -264,4 +266,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=serving.request_max_body_bytes,
         logging_config=None,  # shared.infra.logs configures logging, off the hot path
     )
+    document_public_operations(app)  # health checks need no bearer token
     return with_request_ids(app)

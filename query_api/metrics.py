@@ -40,3 +40,8 @@ REPLICA_CHECKS = Counter(
     "Checks of whether the replica had replayed the primary's position, by outcome",
     ["outcome"],
 )
+REPLICA_READ_FAILURES = Counter(
+    "query_replica_read_failures_total",
+    "Fallback reads the replica failed (cancelled by a recovery conflict, or gone) and the"
+    " primary answered",
+)

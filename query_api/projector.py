@@ -5,7 +5,7 @@ several projectors share the work, none twice), projected to Redis in one pipeli
 and marked ``published_at`` in the same transaction only after Redis accepted the
 writes. A crash in between leaves the rows unpublished and a later run projects them
 again, which the versioned script makes harmless. Woken by ``NOTIFY outbox``, with a
-polling fallback for a missed notification or a lost LISTEN connection.
+polling fallback for a missed notification or a lost LISTEN connection. Runs on uvloop.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
+import uvloop
 from asyncpg.pool import PoolConnectionProxy
 from prometheus_client import start_http_server
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -53,8 +54,17 @@ SELECT id, created_at, payload::text AS payload FROM outbox
  LIMIT $1
  FOR UPDATE SKIP LOCKED
 """
-# clock_timestamp(), not now(): published_at is when Redis had the writes
-_MARK = "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])"
+# Marks the batch published and answers the age of the oldest row still unpublished
+# (the lag gauge) in the same statement: one round trip and no transaction of its own.
+# clock_timestamp(), not now(): published_at is when Redis had the writes. The SELECT
+# sees the rows as they were before the UPDATE, so it leaves out the batch itself.
+_MARK = """
+WITH marked AS (
+    UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])
+)
+SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox
+ WHERE published_at IS NULL AND id <> ALL($1::bigint[]) ORDER BY id LIMIT 1
+"""
 _OLDEST = """
 SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox
  WHERE published_at IS NULL ORDER BY id LIMIT 1
@@ -98,10 +108,12 @@ def writes_for(
 
 
 async def project_batch(conn: Connection, redis: RedisClient, settings: Settings) -> int:
-    """Claim, project and mark one batch; returns how many events it held."""
+    """Claim, project and mark one batch in one transaction; returns how many events it
+    held. Also sets the lag gauge (age of the oldest event still unpublished)."""
     async with conn.transaction():
         rows = await conn.fetch(_CLAIM, settings.read.projector_batch_size)
-        if not rows:
+        if not rows:  # nothing unclaimed; rows another projector holds still count
+            PROJECTOR_LAG.set(await conn.fetchval(_OLDEST) or 0.0)
             return 0
         now = datetime.now(UTC)
         events: list[Event] = []
@@ -119,7 +131,8 @@ async def project_batch(conn: Connection, redis: RedisClient, settings: Settings
         for event in events:
             writes += writes_for(event, settings, now, receipts)
         await projection.apply(redis, writes)
-        await conn.execute(_MARK, [row["id"] for row in rows])
+        lag = await conn.fetchval(_MARK, [row["id"] for row in rows])
+    PROJECTOR_LAG.set(lag or 0.0)
     done = datetime.now(UTC)
     for row in rows:
         EVENT_LAG.observe(max(0.0, (done - row["created_at"]).total_seconds()))
@@ -128,13 +141,18 @@ async def project_batch(conn: Connection, redis: RedisClient, settings: Settings
 
 
 async def drain(pool: asyncpg.Pool, redis: RedisClient, settings: Settings) -> int:
-    """Project until the outbox has nothing unclaimed; returns the events projected."""
+    """Project until a batch comes back short of ``projector_batch_size`` (everything
+    committed before its claim was in it, or held by another projector); returns the
+    events projected. Rows committed during the last batch are not waited for: their
+    NOTIFY arrives after the wake-up flag was cleared, so the loop runs again (one
+    transaction per batch, none for an empty look when the last batch was short)."""
     total = 0
+    size = settings.read.projector_batch_size
     while True:
         async with pool.acquire() as conn:
             count = await project_batch(conn, redis, settings)
         total += count
-        if count == 0:
+        if count < size:
             return total
 
 
@@ -161,7 +179,6 @@ class Projector:
                 self._wake.clear()  # before claiming: a NOTIFY during the batch re-wakes us
                 try:
                     count = await drain(pool, redis, settings)
-                    PROJECTOR_LAG.set(await pool.fetchval(_OLDEST) or 0.0)
                     failures = 0
                     retry_log.succeeded()
                 except Exception as exc:  # Redis or Postgres down: rows stay unpublished
@@ -178,6 +195,8 @@ class Projector:
                     continue
                 if count:
                     log.debug("projected %d events", count)
+                    # busy: let the next batch gather what arrives meanwhile (issue 13)
+                    await self._pause(settings.read.projector_batch_interval_seconds)
                 await self._sleep(settings.read.projector_poll_seconds)
         finally:
             if self._listener is not None:
@@ -185,6 +204,12 @@ class Projector:
                     await self._listener.close()
             await pool.close()
             await redis.aclose()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` unless stopped (NOTIFYs meanwhile keep the wake-up flag set)."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for a NOTIFY, a stop, or ``seconds``."""
@@ -236,7 +261,7 @@ def main() -> None:
                         "SCOOTERS_PROJECTOR_METRICS_PORT (0 turns it off)",
                     )
                 ) from None
-        asyncio.run(_main(settings))
+        uvloop.run(_main(settings))
 
 
 if __name__ == "__main__":

@@ -309,7 +309,7 @@ class Reads:
 
     async def _query(self, query: Callable[[asyncpg.Pool], Awaitable[R]]) -> R:
         try:
-            return await query(await self.router.pool())
+            return await self.router.read(query)
         except POSTGRES_DOWN as exc:
             raise DependencyUnavailable("postgres") from exc
 

@@ -4,7 +4,9 @@ older than one already shown (docs/adr/0007-read-replica-consistency.md).
 The rule: a read may be answered by the replica only when the replica has replayed all
 the WAL the primary had written when the read began. Every change a screen (or a
 command's answer) could have shown before that moment is then visible on the replica.
-Otherwise the read goes to the primary.
+Otherwise the read goes to the primary. A read the replica fails after it was chosen
+(cancelled by a recovery conflict, the replica gone) is read again on the primary
+(:meth:`ReadRouter.read`), so a hot standby never turns an answerable read into an error.
 
 The check costs two trivial statements that touch no table (``pg_current_wal_insert_lsn()``
 on the primary, ``pg_last_wal_replay_lsn()`` on the replica) and is shared: a check that
@@ -18,12 +20,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 
-from query_api.metrics import REPLICA_CHECKS, REPLICA_READS
+from query_api.metrics import REPLICA_CHECKS, REPLICA_READ_FAILURES, REPLICA_READS
+from shared.infra.outages import POSTGRES_DOWN
 
 log = logging.getLogger("query_api.replica")
+R = TypeVar("R")
+
+# What a read on the replica can fail with that the primary would answer: a hot standby
+# cancels a query that holds what the replay of the primary's WAL needs ("canceling
+# statement due to conflict with recovery": 40001, or 40P01 for a buffer-pin deadlock)
+# once ``max_standby_streaming_delay`` has passed, at once when replay is already that
+# far behind; or the replica went away after the router chose it.
+REPLICA_FAILED: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    *POSTGRES_DOWN,
+)
 
 # insert, not write/flush LSN: with synchronous_commit = off a commit is acknowledged
 # once inserted, before it is written
@@ -64,6 +81,22 @@ class ReadRouter:
             return self.replica
         _ON_PRIMARY.inc()
         return self.primary
+
+    async def read(self, query: Callable[[asyncpg.Pool], Awaitable[R]]) -> R:
+        """Run ``query`` on :meth:`pool`'s choice; a read the replica fails with
+        :data:`REPLICA_FAILED` (a timeout aside) is run again on the primary. The
+        primary's errors pass."""
+        pool = await self.pool()
+        if pool is self.primary:
+            return await query(pool)
+        try:
+            return await query(pool)
+        except REPLICA_FAILED as exc:
+            if isinstance(exc, TimeoutError):  # a slow statement: the primary's would wait
+                raise  # as long again on a busy box (503)
+            log.warning("replica read failed (%r): reading the primary", exc)
+            REPLICA_READ_FAILURES.inc()
+            return await query(self.primary)
 
     async def _replica_current(self, began: float) -> bool:
         """Join the check in flight when it started after ``began``, else start one."""

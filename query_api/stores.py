@@ -22,13 +22,15 @@ from redis.backoff import NoBackoff
 
 from query_api.metrics import REDIS_FAILURES, REDIS_TIMEOUTS
 from shared.infra.db import create_pool
+from shared.infra.outages import redis_connection_broken, redis_unavailable
 from shared.settings import Settings
 
 T = TypeVar("T")
 RedisClient = Redis | RedisCluster  # what every reader and writer of projections holds
 log = logging.getLogger("query_api.redis")
 
-# what "Redis is down" looks like to a client
+# what "Redis is down" looks like to a client (for ``except``; the gate also counts a
+# connection closed under a command, shared.infra.outages.redis_unavailable)
 REDIS_DOWN = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
@@ -42,8 +44,11 @@ REDIS_SLOW = (redis_errors.TimeoutError, TimeoutError)
 
 
 def _slow(exc: BaseException) -> bool:
-    """A timeout, or every pooled connection busy: this process is busy, Redis not down."""
-    return isinstance(exc, (*REDIS_SLOW, redis_errors.MaxConnectionsError))
+    """A timeout, every pooled connection busy, or a connection the client closed under
+    the command after another one timed out: this process is busy, Redis not down."""
+    return isinstance(
+        exc, (*REDIS_SLOW, redis_errors.MaxConnectionsError)
+    ) or redis_connection_broken(exc)
 
 
 def connect_redis(settings: Settings, timeout: float | None = None) -> RedisClient:
@@ -109,7 +114,10 @@ class RedisGate:
     process a reply can be read late by the event loop, and sending *every* read to
     Postgres for a while would only add load where it already hurts (a slow-down then
     feeds itself). A timed-out read falls back on its own; only ``trip_after_timeouts``
-    timeouts in a row, with no success between, count as Redis being down.
+    timeouts in a row, with no success between, count as Redis being down. A command
+    on a connection the client itself closed after such a timeout counts as one too
+    (``shared.infra.outages.redis_connection_broken``). Any other error is a bug and
+    passes through (500).
     """
 
     def __init__(self, retry_seconds: float, trip_after_timeouts: int = 20) -> None:
@@ -125,7 +133,9 @@ class RedisGate:
             raise RedisUnavailable
         try:
             result = await op()
-        except REDIS_DOWN as exc:
+        except Exception as exc:
+            if not redis_unavailable(exc):
+                raise  # a bug: 500
             if _slow(exc):
                 REDIS_TIMEOUTS.inc()
                 self._timeouts_in_a_row += 1

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import hypothesis
 import pytest
 
 from migrations.runner import migrate
@@ -26,6 +27,11 @@ from stubs import StubSettings
 from tests.auth import Tokens, tokens_for
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests assert outcomes, never speed (speed is measured by the load tests): no
+# per-example deadline, which a busy CI machine would otherwise turn into a flaky failure.
+hypothesis.settings.register_profile("scooters", deadline=None)
+hypothesis.settings.load_profile("scooters")
 # Tests create and drop their own databases through this role; by default the project's
 # development role (a superuser of the local server, made by bin/up / bin/test) on the
 # server of SCOOTERS_DATABASE_URL, connected to its maintenance database.
@@ -170,6 +176,7 @@ def reset_faults(stubs: str) -> Iterator[None]:
                     "latency_ms": 0,
                     "error_rate": 0.0,
                     "reply_delay_ms": 0,
+                    "decline": False,
                 },
                 headers=ADMIN,
                 timeout=5,

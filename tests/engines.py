@@ -246,6 +246,67 @@ def redis_cluster(
         shutil.rmtree(base, ignore_errors=True)
 
 
+# --- one Redis server with a Unix socket ------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    """One Redis server listening on a loopback port and on a Unix socket."""
+
+    port: int
+    socket: Path
+    pid: int
+
+    def url(self, unix: bool) -> str:
+        """Its address over the Unix socket (``unix``) or over TCP."""
+        return f"unix://{self.socket}?db=0" if unix else f"redis://127.0.0.1:{self.port}/0"
+
+
+@contextlib.contextmanager
+def redis_server(timeout: float = 10.0) -> Iterator[RedisServer]:
+    """A Redis server of its own (no persistence) on a free port and a Unix socket in a
+    temporary directory (the machine's Redis may have no socket); stopped and its
+    directory removed on exit. The load tests use it to compare TCP with the socket
+    (issue 13) on the same server."""
+    base = Path(tempfile.mkdtemp(prefix="scooters-redis-"))
+    port = free_ports(1)[0]
+    path = base / "redis.sock"
+    args = [
+        REDIS_SERVER,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--unixsocket", str(path),
+        "--unixsocketperm", "700",
+        "--dir", str(base),
+        "--save", "",
+        "--appendonly", "no",
+        "--daemonize", "no",
+        "--logfile", str(base / "redis.log"),
+        "--maxclients", "10000",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait(
+            lambda: (
+                subprocess.run(
+                    [REDIS_CLI, "-s", str(path), "ping"], capture_output=True, text=True, timeout=2
+                ).stdout.strip()
+                == "PONG"
+            ),
+            f"redis {port}",
+            timeout,
+        )
+        yield RedisServer(port, path, proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # --- Postgres primary + hot standby -----------------------------------------------------------
 
 
@@ -311,6 +372,14 @@ class PostgresPair:
 
     def resume_replay(self) -> None:
         self._psql(self.replica_port, "SELECT pg_wal_replay_resume()")
+
+    def set_replica(self, name: str, value: str | None) -> None:
+        """``ALTER SYSTEM SET name = value`` on the replica (``None``: RESET), reloaded."""
+        if value is None:
+            self._psql(self.replica_port, f"ALTER SYSTEM RESET {name}")
+        else:
+            self._psql(self.replica_port, f"ALTER SYSTEM SET {name} = '{value}'")
+        self._psql(self.replica_port, "SELECT pg_reload_conf()")
 
     def caught_up(self) -> bool:
         """The replica has replayed everything the primary has written so far."""

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import jwt
 import msgspec
-from litestar import Request
+from litestar import Litestar, Request
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -299,6 +299,22 @@ def openapi_config(title: str) -> OpenAPIConfig:
         ),
         security=[{"bearer": []}],
     )
+
+
+def document_public_operations(app: Litestar) -> None:
+    """Give the operations :func:`bearer_auth` serves without a token (health checks, the
+    console's configuration) ``security: []`` in ``app``'s OpenAPI document; otherwise
+    they inherit the document's bearer requirement (:func:`openapi_config`).
+
+    Call before the app serves its first request (the document is built once).
+    """
+    for path, item in (app.openapi_schema.paths or {}).items():
+        if not path.startswith(_PUBLIC_PREFIX):
+            continue
+        for method in ("get", "put", "post", "delete", "options", "head", "patch", "trace"):
+            operation = getattr(item, method)
+            if operation is not None:
+                operation.security = []
 
 
 def principal_of(user: Any) -> Principal:

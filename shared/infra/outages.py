@@ -34,6 +34,49 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (
     OSError,
 )
 
+# What a command on a redis-py asyncio connection that was closed under it raises instead
+# of a ConnectionError (see :func:`redis_connection_broken`).
+_BROKEN_CONNECTION = (RuntimeError, AttributeError, TypeError)
+# where redis-py writes to and reads from the socket
+_REDIS_SOCKET_MODULES = ("redis.asyncio.connection", "redis._parsers")
+
+
+def redis_connection_broken(exc: BaseException) -> bool:
+    """Whether ``exc`` is a redis-py connection closed under the command that used it.
+
+    redis-py's asyncio cluster client, after a command on a node times out or fails,
+    disconnects that node's idle connections while other tasks may take them from the
+    pool (``ClusterNode.disconnect_free_connections``, redis-py 8.1). The command sent
+    on such a connection does not raise ``ConnectionError`` but, from the socket
+    write, ``RuntimeError: unable to perform operation on <TCPTransport closed=True>;
+    the handler is closed`` (uvloop) or ``AttributeError: 'NoneType' object has no
+    attribute 'writelines'`` (the writer already dropped); CPython 3.12's transports
+    raise ``TypeError`` the same way (redis-py issue #4287). Under overload, when Redis
+    replies come late, this answered HTTP 500 (docs/scaling.md). It is the connection
+    that is gone, not a bug of ours: such an error counts as one when the last redis-py
+    frame it passed through is the connection's socket code.
+    """
+    if not isinstance(exc, _BROKEN_CONNECTION):
+        return False
+    last_redis_module = None
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module == "redis" or module.startswith("redis."):
+            last_redis_module = module
+        tb = tb.tb_next
+    return last_redis_module is not None and last_redis_module.startswith(_REDIS_SOCKET_MODULES)
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a Redis (or Redis Cluster) client, means that Redis
+    cannot answer now: down, too slow, a cluster moving slots or without a master for
+    one (``RedisClusterException``, not a ``RedisError``), or a connection closed under
+    the command (:func:`redis_connection_broken`). Anything else is a bug (500)."""
+    return isinstance(
+        exc, (*REDIS_DOWN, redis_errors.RedisClusterException)
+    ) or redis_connection_broken(exc)
+
 
 def unavailable_dependency(exc: BaseException) -> str | None:
     """``"postgres"`` or ``"redis"`` when ``exc`` (or what caused it) means that store
@@ -46,8 +89,10 @@ def unavailable_dependency(exc: BaseException) -> str | None:
             current, asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.InternalClientError
         ):
             return "postgres" if isinstance(current, POSTGRES_DOWN) else None
-        if isinstance(current, redis_errors.RedisError):
-            return "redis" if isinstance(current, REDIS_DOWN) else None
+        if isinstance(current, redis_errors.RedisError | redis_errors.RedisClusterException):
+            return "redis" if redis_unavailable(current) else None
+        if redis_connection_broken(current):
+            return "redis"
         if isinstance(current, POSTGRES_DOWN):  # OSError/TimeoutError: whose is unknown
             return _named_by_traceback(current)
         current = current.__cause__ or current.__context__

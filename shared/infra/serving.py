@@ -16,6 +16,7 @@ in-memory registry, which is cheaper per request (docs/scaling.md, "Metrics").
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
 import shutil
@@ -26,7 +27,7 @@ from pathlib import Path
 import uvicorn
 from litestar.config.cors import CORSConfig
 
-from shared.infra.admission import GuardedHttpToolsProtocol
+from shared.infra.admission import Admission, GuardedHttpToolsProtocol
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -65,13 +66,28 @@ def metrics_directory(workers: int) -> Iterator[Path | None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def serve(factory: str, *, host: str, port: int, workers: int, log_level: str) -> None:
+def serve(
+    factory: str,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    admission: Admission | None = None,
+) -> None:
     """Serve the Litestar app built by ``factory`` ("module:function") in the foreground,
     in ``workers`` processes sharing the port and one ``/metrics`` view.
 
-    httptools with a request read timeout and a connection cap (shared/infra/admission.py).
+    httptools with admission control (``admission``: each worker process admits
+    ``admission.limit`` requests at a time and sheds the rest before the app; None: no
+    limit), a request read timeout and a connection cap (shared/infra/admission.py).
+    No WebSocket upgrades: none of our services speaks WebSocket.
     """
     _raise_open_files_limit()
+    http = GuardedHttpToolsProtocol
+    if admission is not None:
+        # a partial pickles (uvicorn's worker processes); each worker gets its own count
+        http = functools.partial(GuardedHttpToolsProtocol, admission=admission)  # type: ignore[assignment]
     with metrics_directory(workers):
         uvicorn.run(
             factory,
@@ -80,7 +96,8 @@ def serve(factory: str, *, host: str, port: int, workers: int, log_level: str) -
             port=port,
             workers=workers,
             loop="uvloop",
-            http=GuardedHttpToolsProtocol,
+            http=http,
+            ws="none",
             access_log=False,
             proxy_headers=False,  # no proxy in front here; saves a middleware per request
             server_header=False,

@@ -23,6 +23,7 @@ from shared.ids import created_at_of, parse_order_id
 from shared.settings import Settings
 from tests.auth import Tokens, acting_rider, tokens_for
 from tests.conftest import ADMIN
+from tests.stores import postgres_pool
 
 T = TypeVar("T")
 
@@ -79,9 +80,8 @@ def command_client(settings: Settings) -> AsyncTestClient[Any]:
 
 @pytest.fixture(scope="session")
 async def db(database: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(database, min_size=1, max_size=5)
-    yield pool
-    await pool.close()
+    async with postgres_pool(database) as pool:
+        yield pool
 
 
 @pytest.fixture

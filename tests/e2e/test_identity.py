@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -488,3 +489,30 @@ async def test_openapi_documents_the_bearer_scheme(
         document = schema.json()
         assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
         assert document["security"] == [{"bearer": []}]
+
+
+async def test_openapi_security_is_what_sign_in_does(
+    stack: Stack, http: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    """Every operation lists bearer security and refuses a caller without a token (401),
+    except the health checks (and the console's configuration), which list none
+    (``security: []``) and answer without one."""
+    for base in (stack.command_a, stack.query):
+        schema = await http.get(f"{base}/schema/openapi.json", headers=tokens.headers("user-1"))
+        document = schema.json()
+        public = []
+        for path, item in document["paths"].items():
+            url = base + re.sub(r"\{[^}]+\}", "x", path)
+            for method in ("get", "post", "put", "patch", "delete"):
+                if method not in item:
+                    continue
+                security = item[method].get("security", document["security"])
+                answer = await http.request(method.upper(), url)
+                if path.startswith(("/health/", "/console-config")):
+                    assert item[method]["security"] == [], (base, method, path)
+                    assert answer.status_code != 401, (base, method, path)
+                    public.append(path)
+                else:
+                    assert security == [{"bearer": []}], (base, method, path)
+                    assert answer.status_code == 401, (base, method, path, answer.text)
+        assert {"/health/live", "/health/ready"} <= set(public), public

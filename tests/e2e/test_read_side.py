@@ -32,6 +32,7 @@ from shared.views import COMPLETE_MARK, order_key, user_orders_key, user_summary
 from tests.auth import acting_rider, tokens_for
 from tests.conftest import start_process, stop_process
 from tests.e2e.conftest import Ids, backdate, eventually, ledger, order_row, set_fault, start
+from tests.stores import delete_run_keys, run_keys
 
 Client = AsyncTestClient[Any]
 Json = dict[str, Any]
@@ -90,9 +91,8 @@ async def query(read_settings: Settings, stubs: str) -> AsyncIterator[Client]:
 @pytest.fixture(scope="module")
 async def redis(read_settings: Settings) -> AsyncIterator[Redis]:
     client = Redis.from_url(read_settings.redis.url)
-    yield client
-    await delete_run_keys(client, read_settings.redis.key_prefix)
-    await client.aclose()
+    async with run_keys(client, read_settings.redis.key_prefix):
+        yield client
 
 
 @pytest.fixture
@@ -101,16 +101,6 @@ def prefix(read_settings: Settings) -> str:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-async def delete_run_keys(redis: Redis, prefix: str) -> int:
-    """Delete every key of this run's prefix: a flush of *our* Redis. Never FLUSHDB or
-    FLUSHALL: the Redis is shared with other runs."""
-    assert prefix, "refusing to delete without a prefix"
-    keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
-    for i in range(0, len(keys), 500):
-        await redis.delete(*keys[i : i + 500])
-    return len(keys)
 
 
 @asynccontextmanager
@@ -349,7 +339,7 @@ async def test_charge_retried_by_the_worker_shows_pending_then_charged(
     assert (await ledger(stubs, order["id"]))["charged"] == amount
 
 
-async def test_charge_the_worker_gives_up_on_shows_as_debt(
+async def test_charge_payments_declines_shows_as_debt(
     api: Client,
     query: Client,
     projector: ProjectorProcess,
@@ -362,13 +352,13 @@ async def test_charge_the_worker_gives_up_on_shows_as_debt(
     rider = ids.rider()
     order = await start(api, rider, ids.scooter())
     await backdate(db, order["id"], 200)
-    await set_fault(stubs, "payments", outage=True)
+    await set_fault(stubs, "payments", decline=True)
     done = await finish(api, order["id"])
     assert done["payment_status"] == "pending"
     amount = done["total_amount"]
     await shown(query, order["id"], version=done["version"], payment_status="pending")
 
-    async with worker_running(read_settings):  # payments stay down: retries run out
+    async with worker_running(read_settings):  # payments declines it to the last try
         debt = await shown(query, order["id"], payment_status="debt")
     assert debt["status"] == "finished"
     assert debt["total_amount"] == amount

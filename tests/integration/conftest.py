@@ -1,4 +1,5 @@
-"""Fixtures of the read-side integration tests: a pool and a Redis client for a module.
+"""Fixtures of the read-side integration tests: a pool and a Redis client for a module
+(their shape is shared with the e2e and scale tests: ``tests/stores.py``).
 
 Each module may override ``settings``; these fixtures follow the override.
 """
@@ -12,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.settings import Settings
+from tests.stores import postgres_pool, run_keys
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +23,11 @@ def settings(base_settings: Settings, database: str) -> Settings:
 
 @pytest.fixture(scope="module")
 async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    db = await asyncpg.create_pool(settings.db.url, min_size=1, max_size=5)
-    assert db is not None
-    yield db
-    await db.close()
+    async with postgres_pool(settings.db.url) as db:
+        yield db
 
 
 @pytest.fixture(scope="module")
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis.url)
-    yield client
-    keys = [k async for k in client.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+    async with run_keys(Redis.from_url(settings.redis.url), settings.redis.key_prefix) as client:
+        yield client

@@ -16,6 +16,7 @@ from shared.ids import created_at_of, uuid7
 from shared.lifecycle import (
     NEW_ORDER,
     OrderStatus,
+    PaymentOutcome,
     PaymentStatus,
     Refusal,
     decide_finish,
@@ -279,9 +280,56 @@ async def test_finish_of_a_huge_amount_is_64_bit(pool: asyncpg.Pool) -> None:
     assert ended.total_amount > 2**31
 
 
-async def settle(pool: asyncpg.Pool, order: Order, amount: int, gave_up: bool) -> Order | None:
+async def finish_on_terms(pool: asyncpg.Pool, order: Order, terms: Order) -> Order | None:
+    """The finish of a ride decided from ``terms`` (an activation snapshot kept by the
+    process, issue 13) instead of a fresh read."""
+    decision = decide_finish(
+        started_at=terms.started_at,
+        finished_at=terms.started_at + timedelta(seconds=8),
+        price_per_minute=terms.price_per_minute,
+        price_unlock=terms.price_unlock,
+        free_ride_seconds=terms.free_ride_seconds,
+    )
     async with pool.acquire() as conn:
-        return await repo.settle_charge(conn, *key(order), decide_settle(amount, gave_up=gave_up))
+        return await repo.finish_ride(conn, *key(order), decision, 1, None, 60.0, terms)
+
+
+@pytest.mark.parametrize(
+    "name", ["started_at", "price_per_minute", "price_unlock", "free_ride_seconds"]
+)
+async def test_finish_on_a_snapshot_refuses_terms_the_row_no_longer_has(
+    pool: asyncpg.Pool, name: str
+) -> None:
+    user, order = await active_ride(pool)
+    other = {
+        "started_at": order.started_at - timedelta(seconds=1),  # e.g. a backdated ride
+        "price_per_minute": order.price_per_minute + 1,
+        "price_unlock": 0,
+        "free_ride_seconds": order.free_ride_seconds + 4,
+    }[name]
+    stale = msgspec.structs.replace(order, **{name: other})
+    assert await finish_on_terms(pool, order, stale) is None  # nothing written
+    async with pool.acquire() as conn:
+        stored = await repo.get_order(conn, *key(order))
+    assert stored is not None
+    assert (stored.status, stored.version) == ("active", order.version)
+    assert await operation(pool, order, "charge") is None
+    assert (await summary(pool, user))["active_rides"] == 1
+    assert await events(pool, order) == ["order_started"]
+
+    ended = await finish_on_terms(pool, order, order)  # the row's own terms: applies once
+    assert ended is not None
+    assert (ended.status, ended.total_amount) == ("finished", 48)
+    assert await finish_on_terms(pool, order, order) is None
+    assert await events(pool, order) == ["order_started", "order_finished"]
+
+
+async def settle(pool: asyncpg.Pool, order: Order, amount: int, gave_up: bool) -> Order | None:
+    outcome = PaymentOutcome.DECLINED if gave_up else PaymentOutcome.DONE
+    decision = decide_settle(amount, outcome, attempts=3, max_attempts=3)
+    assert decision is not None
+    async with pool.acquire() as conn:
+        return await repo.settle_charge(conn, *key(order), decision)
 
 
 @pytest.mark.parametrize(

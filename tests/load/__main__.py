@@ -11,6 +11,8 @@ Examples::
     python -m tests.load query --redis cluster --replica       # over a Redis Cluster (3+3
                                                                # nodes) and a Postgres
                                                                # primary + hot standby
+    python -m tests.load command --max --redis own-unix --postgres-socket /var/run/postgresql
+                                                               # Unix sockets (issue 13)
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import uvloop
@@ -38,8 +42,10 @@ from tests.load.bench import (
     running_stack,
 )
 from tests.load.harness import CpuMeter, print_report
+from tests.load.service_logs import check_run, print_other_errors, print_verdict
 
 STACK = ("stubs", "command_api", "worker", "projector", "query_api")
+OWN_ENGINES: dict[str, int] = {}  # engines started for the run: name -> pid
 
 
 async def storage_per_order(settings: Settings, orders: list[str]) -> dict[str, Any]:
@@ -215,9 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--redis",
-        choices=["single", "cluster"],
+        choices=["single", "cluster", "own-tcp", "own-unix"],
         default="single",
-        help="cluster: start a Redis Cluster of 3 masters + 3 replicas for the run",
+        help="cluster: start a Redis Cluster of 3 masters + 3 replicas for the run; "
+        "own-tcp / own-unix: start a Redis server of the run's own and reach it over TCP "
+        "or its Unix socket (its CPU is reported as 'redis (own)')",
+    )
+    parser.add_argument(
+        "--postgres-socket",
+        metavar="DIR",
+        default="",
+        help="reach Postgres through its Unix socket in DIR (e.g. /var/run/postgresql), "
+        "same server, role and password as SCOOTERS_DATABASE_URL",
     )
     parser.add_argument(
         "--replica",
@@ -228,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few seconds at a low rate (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="show the services' output")
+    parser.add_argument(
+        "--logs",
+        type=Path,
+        help="keep the services' logs here (default: a temporary file, kept and named "
+        "only when the run fails); any 5xx answer but 503 fails the run and prints the "
+        "exception each service logged",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.duration, args.concurrency, args.orders, args.riders = 2.0, 4, 60, 100
@@ -242,7 +264,31 @@ def main(argv: list[str] | None = None) -> int:
     uvloop.install()
     with contextlib.ExitStack() as engines:
         settings = start_engines(engines, settings, args.redis == "cluster", args.replica)
+        settings = over_sockets(engines, settings, args.redis, args.postgres_socket)
         return run(args, settings)
+
+
+def over_sockets(
+    engines: contextlib.ExitStack, settings: Settings, redis: str, postgres_dir: str
+) -> Settings:
+    """Point ``settings`` at a Redis server of the run's own (``own-tcp``/``own-unix``)
+    and/or at Postgres's Unix socket in ``postgres_dir`` (issue 13)."""
+    from tests.engines import redis_server
+
+    if redis in ("own-tcp", "own-unix"):
+        server = engines.enter_context(redis_server())
+        OWN_ENGINES["redis (own)"] = server.pid
+        settings = settings.replace(redis={"url": server.url(unix=redis == "own-unix")})
+        print(f"== Redis of the run's own: {settings.redis.url}")
+    if postgres_dir:
+        parts = urlsplit(settings.db.url)
+        login = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        port = f":{parts.port}" if parts.port else ""
+        socket_host = quote(postgres_dir, safe="")
+        url = urlunsplit(parts._replace(netloc=f"{login}{socket_host}{port}"))
+        settings = settings.replace(db={"url": url})
+        print(f"== Postgres over its Unix socket in {postgres_dir}")
+    return settings
 
 
 def start_engines(
@@ -267,7 +313,27 @@ def start_engines(
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    with running_stack(settings, STACK, quiet=not args.verbose) as bench:
+    """Run the side, then the guard: a 5xx answer other than 503, or an unhandled error
+    in the services' logs, fails the run (exit code 1) and prints each logged exception."""
+    log_path = args.logs
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix="scooters-load-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    code = 1
+    try:
+        code = _run(args, settings, log_path)
+    finally:
+        if args.logs is None and code == 0:
+            log_path.unlink(missing_ok=True)
+        else:
+            print(f"== services' logs: {log_path}")
+    return code
+
+
+def _run(args: argparse.Namespace, settings: Settings, log_path: Path) -> int:
+    with running_stack(settings, STACK, quiet=not args.verbose, log_path=log_path) as bench:
+        bench.pids.update(OWN_ENGINES)  # their CPU is measured as the processes' is
         if args.side == "command":
             reports = asyncio.run(run_command(args, settings, bench.pids))
         elif args.side == "soak":
@@ -275,12 +341,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         else:
             with ceiling_server(settings, args.ceiling_port) as ceiling_pid:
                 reports = asyncio.run(run_query(args, settings, bench.pids, ceiling_pid))
-        if dead := bench.stack.dead():
-            print(f"processes died during the run: {dead}", file=sys.stderr)
-            return 1
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "reports": reports}
+        dead = bench.stack.dead()
+    verdict = check_run(reports, log_path)
+    result = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "reports": reports,
+        "guard": {
+            "bad_answers": dict(verdict.bad_answers),
+            "unhandled_errors": [
+                {"service": e.service, **e.fields, "exception": e.exception} for e in verdict.errors
+            ],
+            "other_errors": dict(verdict.others),
+        },
+    }
+    print_other_errors(verdict, sys.stdout)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    if verdict.failed:
+        print_verdict(verdict, log_path, sys.stderr)
+    if dead:
+        print(f"processes died during the run: {dead} (logs: {log_path})", file=sys.stderr)
+    if verdict.failed or dead:
+        return 1
     errors = sum(sum(r.get("errors", {}).values()) for r in reports)
     return 1 if args.smoke and errors else 0
 

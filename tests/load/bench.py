@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, cast
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -20,6 +21,7 @@ from migrations.runner import migrate
 from scripts.stack import Stack, start_stack
 from shared.settings import Settings
 from stubs import StubSettings
+from tests.load.service_logs import Tee
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,6 +32,7 @@ class Bench:
     env: dict[str, str]
     stack: Stack
     pids: dict[str, int]
+    log_path: Path | None = None  # the services' output, when kept
 
 
 def free_port() -> int:
@@ -95,19 +98,32 @@ async def _drop_database(dsn: str) -> None:
 
 @contextmanager
 def running_stack(
-    settings: Settings, names: tuple[str, ...], quiet: bool = True
+    settings: Settings, names: tuple[str, ...], quiet: bool = True, log_path: Path | None = None
 ) -> Iterator[Bench]:
-    """Migrate a fresh database, start ``names``, and clean everything up afterwards."""
+    """Migrate a fresh database, start ``names``, and clean everything up afterwards.
+
+    The services' output (one line per log event, prefixed with the process's name) goes
+    to ``log_path`` when given, and to the terminal unless ``quiet``; it is complete
+    once the context has exited (``tests/load/service_logs.py`` reads it then).
+    """
     asyncio.run(migrate(settings))
     env = settings_env(settings)
-    out = open(os.devnull, "w") if quiet else None  # noqa: SIM115 - closed below
+    # closed below
+    log_file = open(log_path, "w") if log_path is not None else None  # noqa: SIM115
+    sinks: list[IO[str]] = [] if log_file is None else [log_file]
+    if not quiet:
+        sinks.append(sys.stdout)
+    if not sinks:
+        sinks.append(open(os.devnull, "w"))  # noqa: SIM115 - closed below
+    out = sinks[0] if len(sinks) == 1 else cast(IO[str], Tee(*sinks))
     stack = start_stack(names, env, output=out)
     try:
-        yield Bench(settings, env, stack, {n: p.pid for n, p in stack.procs.items()})
+        yield Bench(settings, env, stack, {n: p.pid for n, p in stack.procs.items()}, log_path)
     finally:
         stack.stop()
-        if out is not None:
-            out.close()
+        for sink in sinks:
+            if sink is not sys.stdout:
+                sink.close()
         asyncio.run(_drop_database(settings.db.url))
         if not settings.redis.cluster:  # a cluster of the run's own goes away with it
             subprocess.run(

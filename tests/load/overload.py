@@ -4,14 +4,16 @@ For each ``--in-flight`` value (``*_max_requests_in_flight``; 0 = no limit) a
 fresh stack runs three phases back to back on one endpoint (``query``:
 ``GET /orders/{id}``; ``command``: ``POST /offers``):
 
-1. capacity: closed loop, ``--concurrency`` clients, as fast as the box answers;
+1. capacity: closed loop, ``--concurrency`` clients (no more than the limit in flight,
+   so that none is shed: more would spin on 503s), as fast as the box answers;
 2. overload: open loop at ``--factor`` times that capacity through at most ``--connections``
    client connections (a request waits for a free one, which counts in its latency);
 3. recovery: open loop at half the capacity, right after.
 
 Reported per phase: answers/s by status, p50/p99 of the admitted (2xx) answers and of
-the shed ones (503). ``--slowloris N`` then opens N connections that send one header
-line every ``--drip`` seconds and measures normal requests while they are open.
+the shed ones (503), and the CPU the API process and the generator used (cores, from ``/proc``).
+``--slowloris N`` then opens N connections that send one header line every ``--drip``
+seconds and measures normal requests while they are open.
 
     uv run python -m tests.load.overload query --in-flight 0 --in-flight 64
     uv run python -m tests.load.overload command --in-flight 64 --slowloris 19000
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import resource
 import sys
@@ -37,7 +40,7 @@ from shared.settings import Settings
 from tests.load import scenarios
 from tests.load.bench import bench_settings, bench_stub_settings, running_stack
 from tests.load.client import Connection, HttpError, Pool
-from tests.load.harness import closed_loop, percentile
+from tests.load.harness import _stat, closed_loop, percentile
 
 STACKS = {
     "query": ("stubs", "command_api", "worker", "projector", "query_api"),
@@ -46,10 +49,17 @@ STACKS = {
 
 
 class Phase:
-    """Latencies by status of one phase."""
+    """Latencies by status of one phase, and the CPU seconds of the API process ``pid``."""
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int) -> None:
         self.latencies: defaultdict[str, list[float]] = defaultdict(list)
+        self.pid = pid
+        self.cpu_started = self._cpu()
+
+    def _cpu(self) -> tuple[float, float]:
+        """CPU seconds of the API process and of this generator."""
+        api, generator = _stat(self.pid), _stat(os.getpid())
+        return (0.0 if api is None else api[1], 0.0 if generator is None else generator[1])
 
     async def call(self, request: Awaitable[tuple[int, bytes]]) -> None:
         started = time.perf_counter()
@@ -61,7 +71,12 @@ class Phase:
         self.latencies[kind].append(time.perf_counter() - started)
 
     def report(self, seconds: float) -> dict[str, Any]:
-        out: dict[str, Any] = {"seconds": round(seconds, 1)}
+        (api, generator), (api_0, generator_0) = self._cpu(), self.cpu_started
+        out: dict[str, Any] = {
+            "seconds": round(seconds, 1),
+            "api_cpu_cores": round((api - api_0) / seconds, 2),
+            "generator_cpu_cores": round((generator - generator_0) / seconds, 2),
+        }
         for kind, values in sorted(self.latencies.items()):
             values.sort()
             out[kind] = {
@@ -92,26 +107,33 @@ async def open_loop(rate: float, duration: float, one: Callable[[], Awaitable[No
     return loop.time() - started
 
 
-async def phases(args: argparse.Namespace, port: int, request: Callable[[Any], Any]) -> Any:
+async def phases(
+    args: argparse.Namespace,
+    port: int,
+    request: Callable[[Any], Any],
+    in_flight: int,
+    pid: int,
+) -> Any:
     pool = Pool("127.0.0.1", port, max_connections=args.connections)
-    capacity = Phase()
-    seconds = await closed_loop(
-        args.concurrency, args.duration, lambda: capacity.call(request(pool))
-    )
+    capacity = Phase(pid)
+    clients = min(args.concurrency, in_flight) if in_flight > 0 else args.concurrency
+    seconds = await closed_loop(clients, args.duration, lambda: capacity.call(request(pool)))
     cap = capacity.ok_per_second(seconds)
-    overload = Phase()
+    overload = Phase(pid)
     over_s = await open_loop(cap * args.factor, args.duration, lambda: overload.call(request(pool)))
-    recovery = Phase()
+    recovery = Phase(pid)
     rec_s = await open_loop(cap / 2, args.duration / 2, lambda: recovery.call(request(pool)))
     pool.close()
     return {
-        "capacity": capacity.report(seconds),
+        f"capacity ({clients} clients)": capacity.report(seconds),
         f"overload {args.factor:g}x ({cap * args.factor:.0f}/s offered)": overload.report(over_s),
         f"recovery ({cap / 2:.0f}/s offered)": recovery.report(rec_s),
     }
 
 
-async def slowloris(args: argparse.Namespace, port: int, request: Callable[[Any], Any]) -> Any:
+async def slowloris(
+    args: argparse.Namespace, port: int, request: Callable[[Any], Any], pid: int
+) -> Any:
     """N connections dripping header lines; normal requests meanwhile."""
     stop = asyncio.Event()
     closed_by_server = 0
@@ -146,7 +168,7 @@ async def slowloris(args: argparse.Namespace, port: int, request: Callable[[Any]
         if len(drips) % 500 == 0:
             await asyncio.sleep(0.05)  # let them connect
     await asyncio.sleep(2)
-    normal = Phase()
+    normal = Phase(pid)
     started = time.perf_counter()
     for _ in range(200):
         conn = Connection("127.0.0.1", port)  # a new client: a new connection each
@@ -175,11 +197,11 @@ def run(args: argparse.Namespace, in_flight: int) -> dict[str, Any]:
         # not the per-rider offer rate limit (429)
         offers={"rate_limit": 1_000_000},
     )
-    with running_stack(settings, STACKS[args.side]):
-        return asyncio.run(measure(args, settings))
+    with running_stack(settings, STACKS[args.side]) as bench:
+        return asyncio.run(measure(args, settings, bench.pids[f"{args.side}_api"]))
 
 
-async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, settings: Settings, pid: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "max_requests_in_flight": settings.serving.command_max_requests_in_flight,
         "request_read_timeout_seconds": settings.serving.request_read_timeout_seconds,
@@ -212,9 +234,10 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
             body, auth_line = random.choice(offers)
             return pool.request("POST", "/offers", body, auth_line)
 
-    out.update(await phases(args, port, request))
+    in_flight = settings.serving.command_max_requests_in_flight
+    out.update(await phases(args, port, request, in_flight, pid))
     if args.slowloris:
-        out["slowloris"] = await slowloris(args, port, request)
+        out["slowloris"] = await slowloris(args, port, request, pid)
     return out
 
 

@@ -9,7 +9,8 @@ replica (ADR 0007). The stubs and the run's key prefix are shared with the other
 
 The fixtures the read-side e2e tests take (``read_settings``, ``api``, ``db``, ``redis``,
 and through them ``projector`` and ``query``) are redefined here over the engines, so
-those tests run unchanged in this directory.
+those tests run unchanged in this directory; the pools and the Redis client have the
+shape of every other test's (``tests/stores.py``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from tests.e2e.conftest import (
     command_client,
     ids,  # noqa: F401 - the same fixture, visible here
 )
-from tests.e2e.test_read_side import delete_run_keys, prefix, projector, query  # noqa: F401
+from tests.e2e.test_read_side import prefix, projector, query  # noqa: F401
 from tests.engines import PostgresPair, RedisClusterEngine, postgres_pair, redis_cluster
+from tests.stores import postgres_pool, run_keys
 
 
 @pytest.fixture(scope="session")
@@ -73,25 +75,14 @@ async def scaled_api(
 @pytest.fixture(scope="session")
 async def scaled_db(scaled_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """A pool to the pair's primary (what the tests check against)."""
-    pool = await asyncpg.create_pool(scaled_settings.db.url, min_size=1, max_size=5)
-    assert pool is not None
-    yield pool
-    await pool.close()
+    async with postgres_pool(scaled_settings.db.url) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="session")
 async def replica_db(scaled_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(scaled_settings.db.replica_url, min_size=1, max_size=2)
-    assert pool is not None
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture(scope="session")
-async def cluster_client(scaled_settings: Settings) -> AsyncIterator[RedisCluster]:
-    client = RedisCluster.from_url(scaled_settings.redis.url)
-    yield client
-    await client.aclose()
+    async with postgres_pool(scaled_settings.db.replica_url, max_size=2) as pool:
+        yield pool
 
 
 # --- the read-side e2e fixtures, over the engines --------------------------------------------
@@ -116,8 +107,7 @@ def db(scaled_db: asyncpg.Pool) -> asyncpg.Pool:
 
 
 @pytest.fixture(scope="module")
-async def redis(
-    read_settings: Settings, cluster_client: RedisCluster
-) -> AsyncIterator[RedisCluster]:
-    yield cluster_client
-    await delete_run_keys(cluster_client, read_settings.redis.key_prefix)  # type: ignore[arg-type]
+async def redis(read_settings: Settings) -> AsyncIterator[RedisCluster]:
+    client = RedisCluster.from_url(read_settings.redis.url)
+    async with run_keys(client, read_settings.redis.key_prefix):
+        yield client

@@ -24,7 +24,6 @@ from tests.conftest import start_process
 from tests.e2e.conftest import Ids, backdate, eventually, start
 from tests.e2e.test_read_side import (
     ProjectorProcess,
-    delete_run_keys,
     finish,
     pg_version,
     redis_version,
@@ -32,6 +31,7 @@ from tests.e2e.test_read_side import (
     unpublished,
 )
 from tests.engines import RedisClusterEngine
+from tests.stores import delete_run_keys
 
 Client = AsyncTestClient[Any]
 
@@ -164,7 +164,7 @@ async def test_rebuild_fills_the_cluster(
     await finish(api, orders[0]["id"])
     order_ids = [o["id"] for o in orders]
     await wait_published(db, order_ids)
-    assert await delete_run_keys(redis, prefix) > 0  # type: ignore[arg-type]
+    assert await delete_run_keys(redis, prefix) > 0
 
     proc = start_process("query_api.rebuild", read_settings)
     assert await asyncio.to_thread(proc.wait, 60) == 0

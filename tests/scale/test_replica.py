@@ -16,6 +16,8 @@ from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 from redis.asyncio import RedisCluster
 
+from query_api.reads import Reads
+from query_api.stores import connect_postgres, connect_redis
 from shared.settings import Settings
 from shared.views import order_key, user_summary_key
 from tests.e2e.conftest import Ids, backdate, eventually, order_row, start
@@ -126,3 +128,54 @@ async def test_screens_are_current_while_writes_go_on(
         f" {on_primary:.0f} from the primary"
     )
     assert on_replica + on_primary == len(orders)
+
+
+async def test_a_replica_read_cancelled_by_recovery_is_answered_by_the_primary(
+    db: asyncpg.Pool, pg_pair: PostgresPair, read_settings: Settings
+) -> None:
+    """A hot standby cancels a query that holds a lock the replay of the primary's WAL
+    needs ("canceling statement due to conflict with recovery", SQLSTATE 40001): at once
+    here (``max_standby_streaming_delay = 0``), after that delay (30 s) or at once when
+    replay is already that far behind in production. The read is answered by the primary
+    instead of a 500."""
+    await db.execute("CREATE TABLE recovery_probe (n int); INSERT INTO recovery_probe VALUES (1)")
+    redis = connect_redis(read_settings)
+    primary = await connect_postgres(read_settings, max_size=2)
+    replica = await connect_postgres(read_settings, max_size=2, replica=True)
+    assert replica is not None
+    reads = Reads(read_settings, redis, primary, replica)
+    pg_pair.set_replica("max_standby_streaming_delay", "0")
+    try:
+        await eventually(lambda: asyncio.to_thread(pg_pair.caught_up), timeout=10)
+        failed, on_replica = replica_read_failures(), routed("replica")
+
+        async def slow_read(pool: asyncpg.Pool) -> int:
+            return int(await pool.fetchval("SELECT n FROM recovery_probe, pg_sleep(1.5)"))
+
+        # the read holds its lock on the replica when the primary's exclusive lock on the
+        # same table is replayed there
+        read = asyncio.create_task(reads._query(slow_read))
+        await eventually(lambda: replica_query_running(replica), timeout=5, interval=0.02)
+        async with db.acquire() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE recovery_probe IN ACCESS EXCLUSIVE MODE")
+        assert await read == 1
+        assert routed("replica") == on_replica + 1  # the replica was chosen
+        assert replica_read_failures() == failed + 1  # and failed; the primary answered
+    finally:
+        pg_pair.set_replica("max_standby_streaming_delay", None)
+        await db.execute("DROP TABLE recovery_probe")
+        await redis.aclose()
+        await primary.close()
+        await replica.close()
+
+
+def replica_read_failures() -> float:
+    return REGISTRY.get_sample_value("query_replica_read_failures_total") or 0.0
+
+
+async def replica_query_running(replica: asyncpg.Pool) -> bool:
+    running = await replica.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%FROM recovery_probe, pg_sleep%'"
+        " AND state = 'active' AND pid <> pg_backend_pid()"
+    )
+    return bool(running)

@@ -77,6 +77,7 @@ OLD_VARIABLES: dict[str, tuple[str, Any]] = {
     "SCOOTERS_REFILL_TTL_SECONDS": ("read.refill_ttl_seconds", 300),
     "SCOOTERS_PROJECTOR_BATCH_SIZE": ("read.projector_batch_size", 500),
     "SCOOTERS_PROJECTOR_POLL_SECONDS": ("read.projector_poll_seconds", 1.0),
+    "SCOOTERS_PROJECTOR_BATCH_INTERVAL_SECONDS": ("read.projector_batch_interval_seconds", 0.01),
     "SCOOTERS_PROJECTOR_METRICS_PORT": ("read.projector_metrics_port", 8002),
     "SCOOTERS_STUB_SCOOTERS": ("stub.scooters", 10000),
     "SCOOTERS_STUB_ZONES": ("stub.zones", 10),
@@ -173,8 +174,9 @@ def test_removed_variables_are_refused_with_their_replacement() -> None:
 def test_old_variable_sets_the_same_field(var: str, path: str, default: Any) -> None:
     assert _field(path)(_build({}, path)) == default
     env = {var: _sample(default)}
-    if var == "SCOOTERS_ENVIRONMENT":  # production needs offer keys to start
+    if var == "SCOOTERS_ENVIRONMENT":  # production needs offer keys and its own DB password
         env["SCOOTERS_OFFER_KEYS"] = "k" * 43  # 32 bytes in base64url
+        env["SCOOTERS_DATABASE_URL"] = "postgresql://app:own-password@db/scooters"
     if var == "SCOOTERS_OFFER_KEYS":
         env[var] = "k" * 43
     value = _field(path)(_build(env, path))

@@ -1,0 +1,328 @@
+"""The protocol's shedding path (issue 8, item 6): at the limit of requests in flight the
+HTTP protocol answers ``503 overloaded`` itself, without calling the app, and the count
+of requests in flight stays right through answers, disconnects, failures and pipelining.
+
+A real uvicorn server on a free port, over real connections, in front of a small ASGI
+app whose ``/slow`` requests are held until the test releases them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import pickle
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import pytest
+import uvicorn
+from prometheus_client import REGISTRY
+
+from shared.infra.admission import Admission, GuardedHttpToolsProtocol, overloaded_response
+from tests.conftest import free_port
+
+RETRY_AFTER = 7
+
+
+@dataclass
+class App:
+    """``/slow`` waits for ``release`` (or the client leaving); ``/fail`` raises; the
+    rest answer 200 at once. ``calls`` lists every path the app was called with."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: list[str] = field(default_factory=list)
+    disconnected: int = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.calls.append(scope["path"])
+        if scope["path"] == "/fail":
+            raise RuntimeError("the handler failed")
+        if scope["path"] == "/slow":
+            released = asyncio.ensure_future(self.release.wait())
+            gone = asyncio.ensure_future(self._until_disconnect(receive))
+            await asyncio.wait({released, gone}, return_when=asyncio.FIRST_COMPLETED)
+            released.cancel()
+            gone.cancel()
+            if gone.done() and not gone.cancelled():
+                self.disconnected += 1
+                return
+        body = b"ok " + scope["path"].encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"%d" % len(body))],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _until_disconnect(receive: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+
+@dataclass
+class Served:
+    app: App
+    admission: Admission
+    port: int
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def until_in_flight(self, n: int) -> None:
+        for _ in range(200):
+            if self.admission.in_flight == n:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"in flight: {self.admission.in_flight}, expected {n}")
+
+    async def until_calls(self, n: int) -> None:
+        for _ in range(200):
+            if len(self.app.calls) >= n:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"app calls: {self.app.calls}, expected {n}")
+
+
+async def _serve(limit: int, name: str) -> AsyncIterator[Served]:
+    app = App()
+    admission = Admission(name, limit, RETRY_AFTER)
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http=functools.partial(GuardedHttpToolsProtocol, admission=admission),  # type: ignore[arg-type]
+        ws="none",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,  # as shared.infra.serving.serve
+        date_header=False,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield Served(app, admission, port)
+    finally:
+        app.release.set()
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def served(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
+    """The app behind a limit of 2 requests in flight."""
+    async for served in _serve(2, f"unit_{request.node.name}"[:60]):
+        yield served
+
+
+def _request(
+    method: str, path: str, body: bytes = b"", extra: bytes = b"", version: bytes = b"1.1"
+) -> bytes:
+    head = b"%s %s HTTP/%s\r\nHost: t\r\n%s" % (method.encode(), path.encode(), version, extra)
+    if body or method == "POST":
+        head += b"Content-Length: %d\r\n" % len(body)
+    return head + b"\r\n" + body
+
+
+async def _answer(reader: asyncio.StreamReader, *, head_only: bool = False) -> bytes:
+    """One whole answer (a Content-Length one) from ``reader``."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    if head_only:
+        return head
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    return head + await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def _hold(served: Served, n: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """``n`` connections, each with a ``/slow`` request in flight."""
+    held = []
+    for _ in range(n):
+        reader, writer = await served.connect()
+        writer.write(_request("GET", "/slow"))
+        held.append((reader, writer))
+    await served.until_calls(n)
+    return held
+
+
+async def test_at_the_limit_the_protocol_answers_503_itself_and_the_count_recovers(
+    served: Served,
+) -> None:
+    held = await _hold(served, 2)
+    assert served.admission.in_flight == 2
+
+    reader, writer = await served.connect()
+    writer.write(_request("POST", "/offers", b'{"scooter_id": "s-1"}'))
+    shed = await _answer(reader)
+    # the canned answer, byte for byte: the app was not called for it
+    assert shed == overloaded_response(RETRY_AFTER)
+    assert served.app.calls == ["/slow", "/slow"]
+    assert REGISTRY.get_sample_value(
+        "http_requests_in_flight", {"app": served.admission.app_name}
+    ) == pytest.approx(2)
+    # the connection stays open and usable; health checks are never shed
+    writer.write(_request("GET", "/health/live"))
+    assert (await _answer(reader)).endswith(b"ok /health/live")
+    assert served.admission.in_flight == 2
+
+    served.app.release.set()
+    for held_reader, _ in held:
+        assert (await _answer(held_reader)).endswith(b"ok /slow")
+    await served.until_in_flight(0)
+    served.app.release.clear()
+    writer.write(_request("GET", "/slow"))  # admitted again on the same connection
+    await served.until_calls(4)
+    assert served.admission.in_flight == 1
+    served.app.release.set()
+    assert (await _answer(reader)).endswith(b"ok /slow")
+    await served.until_in_flight(0)
+    assert REGISTRY.get_sample_value(
+        "http_requests_shed_total", {"app": served.admission.app_name}
+    ) == pytest.approx(1)
+
+
+async def test_shed_answer_waits_for_the_whole_body_then_keeps_the_connection(
+    served: Served,
+) -> None:
+    await _hold(served, 2)
+    reader, writer = await served.connect()
+    writer.write(_request("POST", "/offers", b"0123456789")[:-5])  # 5 of 10 body bytes
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.3)
+    writer.write(b"56789")
+    assert await _answer(reader) == overloaded_response(RETRY_AFTER)
+    # the body was consumed, not taken for the next request
+    writer.write(_request("GET", "/health/live"))
+    assert (await _answer(reader)).endswith(b"ok /health/live")
+
+
+@pytest.mark.parametrize(
+    ("extra", "version"),
+    [(b"Connection: close\r\n", b"1.1"), (b"", b"1.0")],
+    ids=["connection-close", "http-1.0"],
+)
+async def test_shed_answer_closes_when_the_client_does_not_keep_alive(
+    served: Served, extra: bytes, version: bytes
+) -> None:
+    await _hold(served, 2)
+    reader, writer = await served.connect()
+    writer.write(_request("GET", "/orders/o-1", extra=extra, version=version))
+    assert await _answer(reader) == overloaded_response(RETRY_AFTER, close=True)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+
+
+async def test_shed_answer_comes_before_the_body_of_an_expect_100_request(
+    served: Served,
+) -> None:
+    await _hold(served, 2)
+    reader, writer = await served.connect()
+    writer.write(
+        b"POST /offers HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert await _answer(reader) == overloaded_response(RETRY_AFTER, close=True)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert served.app.calls == ["/slow", "/slow"]
+
+
+async def test_shed_head_request_gets_the_head_only(served: Served) -> None:
+    await _hold(served, 2)
+    reader, writer = await served.connect()
+    writer.write(_request("HEAD", "/orders/o-1"))
+    head = await _answer(reader, head_only=True)
+    assert head == overloaded_response(RETRY_AFTER).split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    writer.write(_request("GET", "/health/live"))  # no body bytes were left in between
+    assert (await _answer(reader)).endswith(b"ok /health/live")
+
+
+async def test_a_client_gone_or_a_failed_handler_releases_its_place(served: Served) -> None:
+    (_, first), (_, second) = await _hold(served, 2)
+    first.close()  # the app sees the disconnect and returns
+    second.close()
+    await served.until_in_flight(0)
+    assert served.app.disconnected == 2
+
+    reader, writer = await served.connect()
+    writer.write(_request("GET", "/fail"))
+    assert (await _answer(reader)).startswith(b"HTTP/1.1 500")  # uvicorn's answer
+    await served.until_in_flight(0)
+
+
+async def test_a_pipelined_request_at_the_limit_is_answered_503_in_order(
+    request: pytest.FixtureRequest,
+) -> None:
+    async for served in _serve(1, f"unit_{request.node.name}"[:60]):
+        reader, writer = await served.connect()
+        writer.write(_request("GET", "/slow") + _request("GET", "/orders/o-1"))
+        await served.until_calls(1)
+        assert served.admission.in_flight == 2  # the second is queued behind the first
+        served.app.release.set()
+        assert (await _answer(reader)).endswith(b"ok /slow")
+        assert await _answer(reader) == overloaded_response(RETRY_AFTER)
+        await served.until_in_flight(0)
+        assert served.app.calls == ["/slow"]
+
+
+async def test_a_pipelined_request_never_started_is_released_with_its_connection(
+    served: Served,
+) -> None:
+    _, writer = await served.connect()
+    writer.write(_request("GET", "/slow") + _request("GET", "/slow"))  # limit 2: both admitted
+    await served.until_calls(1)
+    assert served.admission.in_flight == 2
+    writer.close()
+    # the queued one is released at once; the first still runs (uvicorn tells only the
+    # connection's latest request of the disconnect) and is released when it returns
+    await served.until_in_flight(1)
+    served.app.release.set()
+    await served.until_in_flight(0)
+    assert served.app.calls == ["/slow"]
+
+
+async def test_no_limit_counts_and_sheds_nothing(request: pytest.FixtureRequest) -> None:
+    async for served in _serve(0, f"unit_{request.node.name}"[:60]):
+        await _hold(served, 5)
+        assert served.admission.in_flight == 0
+
+
+def test_each_worker_process_gets_its_own_empty_count() -> None:
+    admission = Admission("unit_pickle", 16, RETRY_AFTER)
+    admission.in_flight = 5
+    copy = pickle.loads(pickle.dumps(admission))  # what a uvicorn worker receives
+    assert (copy.app_name, copy.limit, copy.retry_after_seconds) == ("unit_pickle", 16, 7)
+    assert copy.in_flight == 0
+
+
+def test_the_overloaded_answer_is_a_problem_with_retry_after() -> None:
+    answer = overloaded_response(3)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = dict(line.split(b": ", 1) for line in lines)
+    assert status == b"HTTP/1.1 503 Service Unavailable"
+    assert headers == {
+        b"content-type": b"application/problem+json",
+        b"content-length": b"%d" % len(body),
+        b"retry-after": b"3",
+    }
+    assert msgspec.json.decode(body) == {
+        "type": "https://superscooters.dev/problems/overloaded",
+        "title": "Overloaded",
+        "status": 503,
+        "detail": "too many requests in progress; retry in 3 s",
+        "code": "overloaded",
+    }
+    assert overloaded_response(3, close=True) == answer.replace(
+        b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1
+    )
