@@ -29,6 +29,7 @@ from aiocache import SimpleMemoryCache
 from command_api import metrics
 from shared.domain import (
     ConfigsAnswer,
+    PaymentOperationAnswer,
     PaymentRequest,
     PriceCoeffSettings,
     RefundRequest,
@@ -48,18 +49,24 @@ _scooter_decoder = msgspec.json.Decoder(ScooterData)
 _zone_decoder = msgspec.json.Decoder(TariffZone)
 _user_decoder = msgspec.json.Decoder(UserProfile)
 _configs_decoder = msgspec.json.Decoder(ConfigsAnswer)
+_operation_decoder = msgspec.json.Decoder(PaymentOperationAnswer)
+_problem_decoder = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
 
 
 class ServiceError(Exception):
     """An external call failed: down, erroring, timed out or answered nonsense."""
 
-    def __init__(self, service: str, reason: str, *, ambiguous: bool = False) -> None:
+    def __init__(
+        self, service: str, reason: str, *, ambiguous: bool = False, declined: bool = False
+    ) -> None:
         super().__init__(f"{service}: {reason}")
         self.service = service
         self.reason = reason
         # the request may have reached the service and taken effect (timeout, reset)
         self.ambiguous = ambiguous
+        # payments declined it for good: nothing moved (402 payment_declined)
+        self.declined = declined
 
 
 class NotFound(Exception):
@@ -179,9 +186,15 @@ class ExternalServices:
             raise ServiceError("payments", type(exc).__name__, ambiguous=True) from exc
         if response.status_code != 200:
             metrics.external_calls.labels("payments", "error").inc()
-            # a 500 may come after the money moved; 503 and 4xx say nothing was done
-            ambiguous = response.status_code >= 500 and response.status_code != 503
-            raise ServiceError("payments", f"HTTP {response.status_code}", ambiguous=ambiguous)
+            status = response.status_code
+            # a 500 may come after the money moved; 503 and 4xx say this call did nothing,
+            # but "in progress" says another call with this key may still land
+            ambiguous = (status >= 500 and status != 503) or (
+                status == 409 and _problem_code(response) == "operation_in_progress"
+            )
+            raise ServiceError(
+                "payments", f"HTTP {status}", ambiguous=ambiguous, declined=status == 402
+            )
         metrics.external_calls.labels("payments", "ok").inc()
 
     # --- services --------------------------------------------------------------------------
@@ -313,11 +326,35 @@ class ExternalServices:
         )
         await self._post_payment_twice("/refund-money-for-order", request)
 
+    async def payment_operation(
+        self, order_id: str, operation: str, refund_key: str = ""
+    ) -> PaymentOperationAnswer:
+        """What payments knows of one operation (``hold``, ``charge``, ``release`` or
+        ``refund`` with its ``refund_key``), found by its idempotency key: ``done`` with
+        its amount, ``in_progress`` or ``absent``. A read, retried once; raises
+        :class:`ServiceError` when payments does not answer it."""
+        params = {"id": order_id, "operation": operation}
+        if refund_key:
+            params["refund_key"] = refund_key
+        try:
+            return await self._get("payments", "/payment-operation", _operation_decoder, params)
+        except NotFound:  # no such endpoint: payments cannot tell
+            raise ServiceError("payments", "no operation lookup") from None
+
     async def release(self, user_id: str, order_id: str, amount: int) -> None:
         """Release the whole hold (``amount``) of an order whose charge became debt;
         retried once (idempotent per order)."""
         request = PaymentRequest(user_id=user_id, order_id=order_id, amount=amount)
         await self._post_payment_twice("/release-money-for-order", request)
+
+
+def _problem_code(response: httpx.Response) -> str | None:
+    """The ``code`` of a problem+json answer, if it has one."""
+    try:
+        code = _problem_decoder.decode(response.content).get("code")
+    except msgspec.DecodeError:
+        return None
+    return code if isinstance(code, str) else None
 
 
 # --- sane bounds (settings) of what the services answer: None = sane, else what is wrong ------

@@ -174,7 +174,8 @@ async def _refund_at_payments(
         if not exc.ambiguous:  # payments certainly did not refund: the reservation goes
             async with deps.pool.acquire() as conn:
                 await repo.forget_refund(conn, order_id, refund_key)
-        if exc.reason.startswith("HTTP 4"):  # payments' ledger disagrees with ours
+        # payments' ledger disagrees with ours (not: another call with this key in progress)
+        if exc.reason.startswith("HTTP 4") and not exc.ambiguous:
             log.error("payments refused refund %s of %s: %s", refund_key, order_id, exc)
             raise RefundExceedsCharge(f"payments refused the refund: {exc.reason}") from exc
         raise DependencyUnavailable(
@@ -282,7 +283,7 @@ async def release_debt_hold(deps: Deps, op: asyncpg.Record) -> str:
     try:
         await deps.services.release(op["user_id"], str(order_id), op["amount"])
     except ServiceError as exc:
-        if exc.reason != "HTTP 409":
+        if exc.reason != "HTTP 409" or exc.ambiguous:  # ambiguous: a call still in progress
             raise
         log.warning("release of the hold of %s refused: %s", order_id, exc)
         async with deps.pool.acquire() as conn:

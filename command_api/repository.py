@@ -217,7 +217,7 @@ async def settle_charge(
 
 
 async def recorded_debt(conn: Connection, user_id: str) -> int:
-    """What the rider owes us for charges our retries gave up on (0 if nothing)."""
+    """What the rider owes us for charges payments declined (debt, ADR 0002) (0 if nothing)."""
     debt = await conn.fetchval("SELECT debt FROM user_summary WHERE user_id = $1", user_id)
     return int(debt or 0)
 
@@ -559,7 +559,7 @@ class Debt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def debts_of(conn: Connection, user_id: str) -> list[Debt]:
-    """The rider's orders whose charge our retries gave up on, oldest first."""
+    """The rider's orders whose charge became debt (payments declined it), oldest first."""
     rows = await conn.fetch(
         "SELECT order_id, order_created_at, amount FROM payment_operations"
         " WHERE user_id = $1 AND kind = 'charge' AND state = 'gave_up'"

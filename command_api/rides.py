@@ -29,6 +29,8 @@ from shared.infra.auth import Principal
 from shared.lifecycle import (
     NEW_ORDER,
     OperationKind,
+    PaymentStatus,
+    SettleDecision,
     check_no_debt,
     decide_finish,
     decide_settle,
@@ -107,7 +109,7 @@ async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer
     """Price a personal offer; returns it and its signed token. Writes nothing.
 
     A rider who owes money gets no offer: debt the users service reports, or a charge
-    our own retries gave up on (``user_summary.debt``).
+    payments declined to the last try (``user_summary.debt``).
     """
     services = deps.services
     scooter_task = asyncio.ensure_future(services.scooter(scooter_id))
@@ -375,29 +377,23 @@ async def finish_ride(
     except ServiceError as exc:
         log.warning("charge of %s deferred to the worker: %s", order_id, exc)
         return answer_of(ended, inputs)
-    settled = await settle_charge(deps.pool, order_id, created_at, total)
+    settled = await settle_charge(deps.pool, order_id, created_at, decide_settle(total))
     return answer_of(settled or ended, inputs)
 
 
 async def settle_charge(
-    pool: asyncpg.Pool,
-    order_id: uuid.UUID,
-    created_at: datetime,
-    amount: int,
-    *,
-    gave_up: bool = False,
+    pool: asyncpg.Pool, order_id: uuid.UUID, created_at: datetime, decision: SettleDecision
 ) -> Order | None:
-    """Record a confirmed charge (or, when the retries ``gave_up``, the rider's debt) as
-    ``shared.lifecycle.decide_settle`` decides it.
+    """Record the outcome of an owed charge as ``shared.lifecycle.decide_settle`` decided
+    it: charged (released for 0) or, when payments declined it, the rider's debt.
 
     A charge that became debt leaves the deposit held at payments: in the same
     transaction its release is recorded as owed (``release_debt_hold``, the whole
     deposit), and the worker retries it until payments confirms (docs/operator-api.md).
     Returns the settled order, or None if another process settled it first.
     """
-    decision = decide_settle(amount, gave_up=gave_up)
     async with pool.acquire() as conn:
-        if not gave_up:
+        if decision.payment_to != PaymentStatus.DEBT:
             return await repo.settle_charge(conn, order_id, created_at, decision)
         async with conn.transaction():
             settled = await repo.settle_charge(conn, order_id, created_at, decision)

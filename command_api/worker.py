@@ -5,10 +5,13 @@
 
 - ``hold`` due: a start never confirmed its hold in time → the start is undone and
   the hold released.
-- ``charge`` due: the charge is retried with exponential backoff; after
-  ``settings.payments.max_attempts`` a positive amount becomes the user's debt. A zero amount
-  (a cancelled ride's release) is retried for as long as it takes.
-- ``release`` due: the hold of a rejected start is released, retried until done.
+- ``charge`` due: the charge is retried with exponential backoff. When a call does not
+  answer ok, payments is asked what became of the operation (by its idempotency key), and
+  only a definite outcome is recorded (``shared.lifecycle.decide_settle``): done →
+  charged; declined on try ``settings.payments.max_attempts`` or later → the rider's
+  debt; unknown (late, unreachable, in progress) → still owed, however many tries.
+- ``release`` due: the hold of a rejected start is released (a charge of 0), retried
+  until payments confirms it, by its answer or by the lookup.
 - ``release_debt_hold`` due: the hold left behind by a charge that became debt is
   released (``command_api.operator.release_debt_hold``), retried until done.
 - abandoned rides (active past ``settings.rides.abandoned_after_seconds``) are ended as
@@ -29,11 +32,17 @@ import asyncpg
 from command_api import metrics, operator, rides
 from command_api import repository as repo
 from command_api.composition import open_deps
-from command_api.external import ServiceError
+from command_api.external import ExternalServices, ServiceError
 from migrations.maintenance import prune, run_partition_maintenance
 from shared.infra.failures import RetryLog, explain_postgres, explained_exit
 from shared.infra.logs import configure_logging
-from shared.lifecycle import OperationKind
+from shared.lifecycle import (
+    OperationKind,
+    PaymentOutcome,
+    PaymentStatus,
+    decide_settle,
+    payment_outcome,
+)
 from shared.ride_rules import abandoned_cutoff, abandoned_end
 from shared.settings import Settings, get_settings
 
@@ -61,7 +70,7 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
         return
     if kind == OperationKind.RELEASE_DEBT_HOLD:
         try:
-            outcome = await operator.release_debt_hold(deps, op)
+            released = await operator.release_debt_hold(deps, op)
         except ServiceError as exc:
             metrics.payment_attempts.labels(kind, "retry").inc()
             async with deps.pool.acquire() as conn:
@@ -69,39 +78,73 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
                     conn, order_id, kind, backoff_seconds(settings, op["attempts"]), str(exc)
                 )
             return
-        metrics.payment_attempts.labels(kind, outcome).inc()
+        metrics.payment_attempts.labels(kind, released).inc()
         return
-    try:
-        await deps.services.clear(user_id, str(order_id), amount)
-    except ServiceError as exc:
-        if (
-            kind == OperationKind.CHARGE
-            and amount > 0
-            and op["attempts"] >= settings.payments.max_attempts
-        ):
-            await rides.settle_charge(deps.pool, order_id, created_at, amount, gave_up=True)
-            metrics.payment_attempts.labels(kind, "debt").inc()
-            log.warning(
-                "charge of %s gave up after %d tries: debt %d", order_id, op["attempts"], amount
-            )
-            return
-        metrics.payment_attempts.labels(kind, "retry").inc()
-        async with deps.pool.acquire() as conn:
-            await repo.reschedule_operation(
-                conn, order_id, kind, backoff_seconds(settings, op["attempts"]), str(exc)
-            )
-        return
-    metrics.payment_attempts.labels(kind, "ok").inc()
+    attempts = op["attempts"]
+    outcome, reason = await clear_outcome(deps.services, user_id, str(order_id), amount)
     if kind == OperationKind.CHARGE:
-        await rides.settle_charge(deps.pool, order_id, created_at, amount)
-    else:
+        decision = decide_settle(
+            amount, outcome, attempts=attempts, max_attempts=settings.payments.max_attempts
+        )
+        if decision is not None:
+            await rides.settle_charge(deps.pool, order_id, created_at, decision)
+            if decision.payment_to == PaymentStatus.DEBT:
+                metrics.payment_attempts.labels(kind, "debt").inc()
+                log.warning(
+                    "charge of %s declined on try %d: debt %d (%s)",
+                    order_id,
+                    attempts,
+                    amount,
+                    reason,
+                )
+            else:
+                metrics.payment_attempts.labels(kind, "ok").inc()
+            return
+    elif outcome is PaymentOutcome.DONE:
+        metrics.payment_attempts.labels(kind, "ok").inc()
         async with deps.pool.acquire() as conn:
             await repo.finish_payment_operation(conn, order_id, kind)
+        return
+    # a decline before the last try is retried like an unknown outcome, counted apart
+    retry = "declined" if outcome is PaymentOutcome.DECLINED else "retry"
+    metrics.payment_attempts.labels(kind, retry).inc()
+    if attempts >= settings.payments.max_attempts and outcome is PaymentOutcome.UNKNOWN:
+        log.warning("%s of %s still unsettled after %d tries: %s", kind, order_id, attempts, reason)
+    async with deps.pool.acquire() as conn:
+        await repo.reschedule_operation(
+            conn, order_id, kind, backoff_seconds(settings, attempts), reason
+        )
+
+
+async def clear_outcome(
+    services: ExternalServices, user_id: str, order_id: str, amount: int
+) -> tuple[PaymentOutcome, str]:
+    """Charge ``amount`` of the order (0 releases its hold) and tell what became of it,
+    with the reason when it is not done. A call that does not answer ok is followed by a
+    lookup of the operation at payments (by its idempotency key), so a charge that landed
+    while its answer was lost or late is known as done, and a decline is only believed
+    when nothing landed (``shared.lifecycle.payment_outcome``)."""
+    try:
+        await services.clear(user_id, order_id, amount)
+    except ServiceError as exc:
+        failure = exc
+    else:
+        return PaymentOutcome.DONE, "ok"
+    try:
+        found = await services.payment_operation(order_id, "charge")
+    except ServiceError as exc:
+        return PaymentOutcome.UNKNOWN, f"{failure}; lookup failed: {exc.reason}"
+    outcome = payment_outcome(
+        declined=failure.declined, found=found.state, found_amount=found.amount, amount=amount
+    )
+    return outcome, f"{failure}; payments has it {found.state} ({found.amount})"
 
 
 async def process_due_operations(deps: rides.Deps) -> int:
     """Lease and try every due operation (up to a batch); returns how many were tried."""
-    lease = deps.settings.external.payment_timeout_seconds * 2 + 1
+    external = deps.settings.external
+    # one try: the call, then the lookup (a GET, retried once), with room to record it
+    lease = external.payment_timeout_seconds + 2 * external.http_timeout_seconds + 1
     async with deps.pool.acquire() as conn:
         due = await repo.claim_due_operations(conn, BATCH, lease)
     results = await asyncio.gather(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -64,6 +64,19 @@ class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 class PaymentAnswer(msgspec.Struct, frozen=True, kw_only=True):
     status: str
+
+
+class PaymentOperationAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /payment-operation?id=&operation=[&refund_key=]`` (our payments contract):
+    what became of one operation, found by its idempotency key (order, operation, and a
+    refund's refund key). ``state``: ``done`` (it took effect; ``amount`` in currency
+    units), ``in_progress`` (a call with that key is being worked on and may still land)
+    or ``absent`` (it never took effect: not asked, failed, or declined)."""
+
+    order_id: str
+    operation: Literal["hold", "charge", "release", "refund"]
+    state: Literal["done", "in_progress", "absent"]
+    amount: Annotated[int, msgspec.Meta(ge=0, le=MAX_AMOUNT)] = 0
 
 
 class RefundRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from datetime import datetime
+from typing import overload
 
 import msgspec
 
@@ -62,7 +63,7 @@ class PaymentStatus(enum.StrEnum):
     PENDING = "pending"  # ride ended, charge owed and not yet confirmed (retried)
     CHARGED = "charged"  # final amount charged, the rest of the hold released
     RELEASED = "released"  # a cancelled (free) ride: the whole hold was released
-    DEBT = "debt"  # the retries gave up: the amount is the rider's debt
+    DEBT = "debt"  # payments declined the charge to the end: the amount is the rider's debt
     FAILED = "failed"  # the hold failed (order rejected)
 
 
@@ -81,7 +82,7 @@ class OperationState(enum.StrEnum):
 
     PENDING = "pending"
     DONE = "done"
-    GAVE_UP = "gave_up"
+    GAVE_UP = "gave_up"  # a charge that became debt, a start undone
 
 
 # --- transitions --------------------------------------------------------------------------
@@ -195,8 +196,8 @@ rule 4 and "When rides go wrong": a settled debt lets the rider ride again)."""
 def check_no_debt(user_id: str, debt: int, *, source: str = "") -> None:
     """Refuse a rider who owes more than :data:`DEBT_ALLOWED` (money in currency units).
 
-    ``debt`` is what the users service reports (``current_debt``) or what our retries
-    gave up on (``user_summary.debt``); ``source`` words the refusal's detail.
+    ``debt`` is what the users service reports (``current_debt``) or the charges payments
+    declined (``user_summary.debt``, :func:`decide_settle`); ``source`` words the refusal's detail.
     Raises :class:`~shared.errors.UserHasDebt` (402 ``user_has_debt``).
     """
     if debt > DEBT_ALLOWED:
@@ -376,14 +377,78 @@ class SettleDecision(msgspec.Struct, frozen=True, kw_only=True):
     debt_delta: int
 
 
-def decide_settle(amount: int, *, gave_up: bool = False) -> SettleDecision:
-    """Settle a charge of ``amount`` (currency units, ≥ 0).
+class PaymentOutcome(enum.StrEnum):
+    """What became of one owed money movement, as far as payments has told us (ADR 0002).
 
-    Confirmed: ``charged`` (or ``released`` for 0, a cancelled ride), the amount counts
-    towards ``total_charged``. ``gave_up`` (the retries ran out, ``payment_max_attempts``):
-    ``debt``, the amount becomes the rider's debt (DOMAIN.md "When rides go wrong").
+    Only a definite answer about the operation's idempotency key is ``done`` or
+    ``declined``; everything else is ``unknown`` and is never recorded as an outcome.
     """
-    if gave_up:
+
+    DONE = "done"  # it took effect: payments answered ok, or its lookup says done
+    DECLINED = "declined"  # payments declined a call, and the lookup confirms it is absent
+    UNKNOWN = "unknown"  # no definite answer: the money may or may not have moved
+
+
+def payment_outcome(
+    *, declined: bool, found: str | None, found_amount: int, amount: int
+) -> PaymentOutcome:
+    """The outcome of an owed operation of ``amount`` (currency units) whose call did not
+    answer ok: ``declined`` whether payments answered that call with a definite decline
+    (402 ``payment_declined``); ``found`` / ``found_amount`` what payments' lookup of the
+    operation's idempotency key says (``done``, ``in_progress``, ``absent``; None when the
+    lookup itself failed).
+
+    - ``done`` with our amount → DONE (it landed; the answer was lost or late);
+    - ``absent`` after a decline → DECLINED (payments works on one call per key at a
+      time, so no earlier call of ours can still land);
+    - anything else → UNKNOWN: no lookup, ``in_progress``, ``absent`` after a failure
+      that was not a decline (an earlier call may still be on its way), or ``done`` with
+      another amount (a contradiction for a person to look at, never settled by us).
+    """
+    if found == "done":
+        return PaymentOutcome.DONE if found_amount == amount else PaymentOutcome.UNKNOWN
+    if found == "absent" and declined:
+        return PaymentOutcome.DECLINED
+    return PaymentOutcome.UNKNOWN
+
+
+@overload
+def decide_settle(amount: int) -> SettleDecision: ...
+
+
+@overload
+def decide_settle(
+    amount: int, outcome: PaymentOutcome, *, attempts: int, max_attempts: int
+) -> SettleDecision | None: ...
+
+
+def decide_settle(
+    amount: int,
+    outcome: PaymentOutcome = PaymentOutcome.DONE,
+    *,
+    attempts: int = 1,
+    max_attempts: int = 1,
+) -> SettleDecision | None:
+    """Settle an owed charge of ``amount`` (currency units, ≥ 0) whose try number
+    ``attempts`` (the worker's, ``payment_operations.attempts``) had ``outcome``; None
+    when nothing is to be recorded yet: the charge stays owed and is retried with backoff.
+
+    The rule (ADR 0002 "Worker"): **an ambiguous outcome never becomes debt.**
+
+    - DONE: ``charged`` (``released`` for 0, a cancelled ride); the amount counts towards
+      ``total_charged``.
+    - DECLINED (payments definitely declined it, and its lookup by idempotency key found
+      nothing landed or in flight; :func:`payment_outcome`) on try ``max_attempts``
+      (``payments.max_attempts``) or later, of a positive amount: ``debt``, the amount
+      becomes the rider's debt (DOMAIN.md "When rides go wrong"). An earlier decline is
+      retried (the card may be topped up); 0 is never declined nor debt.
+    - UNKNOWN (timeout, reset, 5xx, payments unreachable, a call still in progress,
+      nothing found after a failure that was not a decline): None, however many tries
+      it took. A charge that landed while every answer came late is found by the lookup
+      and recorded ``charged``; one that payments never took stays owed until payments
+      takes it or declines it.
+    """
+    if outcome is PaymentOutcome.DECLINED and amount > 0 and attempts >= max_attempts:
         return SettleDecision(
             payment_from=PaymentStatus.PENDING,
             payment_to=PaymentStatus.DEBT,
@@ -391,6 +456,8 @@ def decide_settle(amount: int, *, gave_up: bool = False) -> SettleDecision:
             total_charged_delta=0,
             debt_delta=amount,
         )
+    if outcome is not PaymentOutcome.DONE:
+        return None
     return SettleDecision(
         payment_from=PaymentStatus.PENDING,
         payment_to=PaymentStatus.RELEASED if amount == 0 else PaymentStatus.CHARGED,

@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any, TypeVar, get_type_hints
+from urllib.parse import parse_qs, unquote, urlsplit
 
 PREFIX = "SCOOTERS_"
 OFFER_KEY_BYTES = 32  # AES-256-GCM keys of the offer token (ADR 0006)
@@ -113,12 +114,28 @@ class RuntimeSettings:
     log_level: str = setting("LOG_LEVEL", "WARNING")
 
 
+def database_password(url: str) -> str | None:
+    """The password a libpq/asyncpg DSN carries, in its userinfo or as ``?password=``;
+    None when it names none (it may then come from ``PGPASSWORD`` or a password file)."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        return unquote(parts.password)
+    given = parse_qs(parts.query).get("password")
+    return given[-1] if given else None
+
+
+# the development role bin/up creates; its well-known password is never for production
+DEVELOPMENT_DATABASE_URL = "postgresql://scooters:scooters@127.0.0.1:5432/scooters"
+DEVELOPMENT_DATABASE_PASSWORD = database_password(DEVELOPMENT_DATABASE_URL)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DatabaseSettings:
     """Postgres: where it is and the pool of each process."""
 
-    # the development role and password bin/up creates (bin/_install); set your own
-    url: str = setting("DATABASE_URL", "postgresql://scooters:scooters@127.0.0.1:5432/scooters")
+    # the development role and password bin/up creates (bin/_install); set your own (a
+    # production start refuses the development password, Settings.check)
+    url: str = setting("DATABASE_URL", DEVELOPMENT_DATABASE_URL)
     # the read side's fallback reads here when it is current (ADR 0007)
     replica_url: str = setting("DATABASE_REPLICA_URL", "")
     # a replica further behind than this: read the primary (ADR 0007)
@@ -289,6 +306,8 @@ class PaymentSettings:
 
     retry_base_seconds: float = setting("PAYMENT_RETRY_BASE_SECONDS", 1.0)
     retry_max_seconds: float = setting("PAYMENT_RETRY_MAX_SECONDS", 300.0)
+    # a charge payments declines on this try or later becomes debt; an unknown outcome is
+    # never debt and is retried past it (ADR 0002)
     max_attempts: int = setting("PAYMENT_MAX_ATTEMPTS", 10)
     # a start that never confirmed its hold is undone after this (by the worker, or by
     # the next start that needs its offer, scooter or ride slot); > 2 payment timeouts
@@ -403,6 +422,18 @@ class Settings:
                 "refusing to start in production without offer keys: set SCOOTERS_OFFER_KEYS "
                 "to one or more base64url keys of 32 random bytes, newest first"
             )
+        if self.runtime.environment == "production":
+            for var, url in (
+                ("SCOOTERS_DATABASE_URL", self.db.url),
+                ("SCOOTERS_DATABASE_REPLICA_URL", self.db.replica_url),
+            ):
+                if url and database_password(url) == DEVELOPMENT_DATABASE_PASSWORD:
+                    raise SettingsError(
+                        f"refusing to start in production with the development database "
+                        f"password: set {var} to a DSN with the production role's own "
+                        "credentials (or leave the password out of it and give it by "
+                        "PGPASSWORD or a password file)"
+                    )
         if self.offers.rate_limit < 1 or self.offers.rate_window_seconds < 1:
             raise SettingsError("SCOOTERS_OFFER_RATE_LIMIT and _WINDOW_SECONDS must be positive")
 

@@ -1,7 +1,12 @@
 """The external services' stubs as one Litestar app: scooters, zones, users, configs, payments.
 
 The wire contract is DOMAIN.md's (kept so the real services could be swapped in); the
-identity provider's is issue 9's (``stubs/identity.py``). The ``/admin``, ``/ledger``,
+identity provider's is issue 9's (``stubs/identity.py``). Payments adds ours: release,
+refund, and ``GET /payment-operation`` (what became of an operation, by its idempotency
+key); it works on one call per idempotency key at a time (409 ``operation_in_progress``)
+and a declined hold or charge is 402 ``payment_declined`` with nothing moved. Like the
+other payments endpoints (the contract has no caller authentication), the lookup needs
+no token. The ``/admin``, ``/ledger``,
 ``/health`` and ``/metrics`` endpoints are ours, for tests and operations, and are
 never faulted; ``/admin/*`` and ``/ledger`` need the admin token
 (``SCOOTERS_STUBS_ADMIN_TOKEN`` as a bearer token; none set = refused).
@@ -11,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, TypeVar
 
@@ -28,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from shared.domain import (
     ConfigsAnswer,
     PaymentAnswer,
+    PaymentOperationAnswer,
     PaymentRequest,
     PriceCoeffSettings,
     RefundRequest,
@@ -42,7 +48,7 @@ from shared.infra.serving import cors_config
 from shared.settings import IdentitySettings, origins
 from stubs._dataset import DataSet
 from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
-from stubs._ledger import Ledger, OrderAccount, PaymentConflict
+from stubs._ledger import Ledger, Operation, OperationInProgress, OrderAccount, PaymentConflict
 from stubs._settings import StubSettings
 from stubs.identity import AdminTokenRequest, IdentityProvider, TokenAnswer, TokenRequest
 
@@ -163,73 +169,124 @@ async def configs(stubs: Stubs) -> ConfigsAnswer:
     return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
 
 
-@post("/hold-money-for-order", opt={"service": "payments"}, status_code=200)
-async def hold_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
-    await stubs.faults.strike("payments")
-    data = await read_payment(request)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PaymentOp:
+    """One payments operation: the body it takes, how that body is checked, what it does
+    to the ledger, and whether a card can decline it (the ``decline`` fault)."""
+
+    operation: Operation
+    body: type[Any]
+    check: Callable[[Any], None]
+    act: Callable[..., None]  # the Ledger method, called with the body's fields
+    declinable: bool
+
+
+async def _payment_call(
+    stubs: Stubs, request: Request[Any, Any, Any], op: PaymentOp
+) -> PaymentAnswer:
+    """The steps every payments call shares: read and check the body; claim its
+    idempotency key (409 ``operation_in_progress`` while another call with it is being
+    worked on); strike the faults (before anything is done, so a failed call has no
+    effect); decline a new operation if the ``decline`` fault says so (402
+    ``payment_declined``, nothing recorded); act on the ledger (a contradiction is 409
+    ``payment_conflict``); then answer, late if the "acted, replied late" fault says so.
+    """
+    data = await decode_body(request, op.body)
+    op.check(data)
+    key = getattr(data, "refund_key", "")
     try:
-        stubs.ledger.hold(user_id=data.user_id, order_id=data.order_id, amount=data.amount)
+        with stubs.ledger.calling(data.order_id, op.operation, key):
+            await stubs.faults.strike("payments")
+            if (
+                op.declinable
+                and data.amount > 0
+                and stubs.faults.declines("payments")
+                and stubs.ledger.operation(data.order_id, op.operation, key)[0] != "done"
+            ):
+                raise Problem(
+                    402, "payment_declined", f"the card declined the {op.operation} (fault)"
+                )
+            op.act(stubs.ledger, **msgspec.structs.asdict(data))
+    except OperationInProgress as exc:
+        raise Problem(409, "operation_in_progress", str(exc)) from exc
     except PaymentConflict as exc:
         raise Problem(409, "payment_conflict", str(exc)) from exc
     await stubs.faults.reply("payments")
     return OK
+
+
+def check_payment(payment: PaymentRequest) -> None:
+    if not payment.user_id or not payment.order_id:
+        raise Problem(422, "invalid_payment", "user_id and order_id must not be empty")
+    if payment.amount < 0:
+        raise Problem(422, "invalid_payment", f"amount must not be negative, got {payment.amount}")
+
+
+def check_refund(refund: RefundRequest) -> None:
+    if not refund.user_id or not refund.order_id or not 1 <= len(refund.refund_key) <= 200:
+        raise Problem(
+            422, "invalid_payment", "user_id, order_id and refund_key (1-200) must be given"
+        )
+    if refund.amount <= 0:
+        raise Problem(422, "invalid_payment", f"a refund must be positive, got {refund.amount}")
+
+
+HOLD = PaymentOp(
+    operation="hold", body=PaymentRequest, check=check_payment, act=Ledger.hold, declinable=True
+)
+CLEAR = PaymentOp(
+    operation="charge", body=PaymentRequest, check=check_payment, act=Ledger.clear, declinable=True
+)
+RELEASE = PaymentOp(
+    operation="release",
+    body=PaymentRequest,
+    check=check_payment,
+    act=Ledger.release,
+    declinable=False,
+)
+REFUND = PaymentOp(
+    operation="refund", body=RefundRequest, check=check_refund, act=Ledger.refund, declinable=False
+)
+
+
+@post("/hold-money-for-order", opt={"service": "payments"}, status_code=200)
+async def hold_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
+    return await _payment_call(stubs, request, HOLD)
 
 
 @post("/clear-money-for-order", opt={"service": "payments"}, status_code=200)
 async def clear_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
-    await stubs.faults.strike("payments")
-    data = await read_payment(request)
-    try:
-        stubs.ledger.clear(user_id=data.user_id, order_id=data.order_id, amount=data.amount)
-    except PaymentConflict as exc:
-        raise Problem(409, "payment_conflict", str(exc)) from exc
-    await stubs.faults.reply("payments")
-    return OK
+    return await _payment_call(stubs, request, CLEAR)
 
 
 @post("/release-money-for-order", opt={"service": "payments"}, status_code=200)
 async def release_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
     """Ours: release the whole hold of an order never charged (its charge became debt)."""
-    await stubs.faults.strike("payments")
-    data = await read_payment(request)
-    try:
-        stubs.ledger.release(user_id=data.user_id, order_id=data.order_id, amount=data.amount)
-    except PaymentConflict as exc:
-        raise Problem(409, "payment_conflict", str(exc)) from exc
-    return OK
+    return await _payment_call(stubs, request, RELEASE)
 
 
 @post("/refund-money-for-order", opt={"service": "payments"}, status_code=200)
 async def refund_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
     """Ours: give back part or all of a charge; idempotent per (order, refund key)."""
+    return await _payment_call(stubs, request, REFUND)
+
+
+@get("/payment-operation", opt={"service": "payments"})
+async def payment_operation(
+    stubs: Stubs,
+    order_id: IdParam,
+    operation: Operation,
+    refund_key: Annotated[str, QueryParameter(max_length=200)] = "",
+) -> PaymentOperationAnswer:
+    """Ours: what became of one operation, found by its idempotency key (a read: safe to
+    repeat, never acts, never answers late). Faulted like every payments call."""
     await stubs.faults.strike("payments")
-    data = await decode_body(request, RefundRequest)
-    if not data.user_id or not data.order_id or not 1 <= len(data.refund_key) <= 200:
-        raise Problem(
-            422, "invalid_payment", "user_id, order_id and refund_key (1-200) must be given"
-        )
-    if data.amount <= 0:
-        raise Problem(422, "invalid_payment", f"a refund must be positive, got {data.amount}")
-    try:
-        stubs.ledger.refund(
-            user_id=data.user_id,
-            order_id=data.order_id,
-            amount=data.amount,
-            refund_key=data.refund_key,
-        )
-    except PaymentConflict as exc:
-        raise Problem(409, "payment_conflict", str(exc)) from exc
-    await stubs.faults.reply("payments")  # a late reply: refunded, but the caller timed out
-    return OK
-
-
-async def read_payment(request: Request[Any, Any, Any]) -> PaymentRequest:
-    payment = await decode_body(request, PaymentRequest)
-    if not payment.user_id or not payment.order_id:
-        raise Problem(422, "invalid_payment", "user_id and order_id must not be empty")
-    if payment.amount < 0:
-        raise Problem(422, "invalid_payment", f"amount must not be negative, got {payment.amount}")
-    return payment
+    if (operation == "refund") != bool(refund_key):
+        raise Problem(422, "invalid_payment", "refund_key is given for a refund, and only then")
+    state, amount = stubs.ledger.operation(order_id, operation, refund_key)
+    return PaymentOperationAnswer(
+        order_id=order_id, operation=operation, state=state, amount=amount
+    )
 
 
 # --- the identity provider (contract of issue 9) ----------------------------------------------
@@ -423,6 +480,7 @@ def create_app(
             clear_money,
             release_money,
             refund_money,
+            payment_operation,
             issue_token,
             jwks,
             issue_any_token,

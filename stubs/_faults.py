@@ -21,6 +21,10 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
     # "acted, replied late": the operation takes effect, then the answer waits this long
     # (longer than the caller's timeout makes an ambiguous failure that did happen)
     reply_delay_ms: int = 0
+    # payments only: every new hold or charge of a positive amount is declined (402
+    # payment_declined), nothing moves and nothing is recorded, so the same idempotency
+    # key may succeed later (the card was updated); a done operation still answers ok
+    decline: bool = False
 
 
 class FaultUpdate(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,6 +35,7 @@ class FaultUpdate(msgspec.Struct, frozen=True, kw_only=True):
     latency_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] | None = None
     error_rate: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
     reply_delay_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] | None = None
+    decline: bool | None = None
 
 
 class UnknownService(ValueError):
@@ -64,7 +69,7 @@ class Faults:
             raise UnknownService(change.service)
         given = {
             name: value
-            for name in ("outage", "latency_ms", "error_rate", "reply_delay_ms")
+            for name in ("outage", "latency_ms", "error_rate", "reply_delay_ms", "decline")
             if (value := getattr(change, name)) is not None
         }
         self._faults[change.service] = msgspec.structs.replace(current, **given)
@@ -83,6 +88,10 @@ class Faults:
             raise ServiceFailed(service, 503, "service is down")
         if fault.error_rate and self._dice.random() < fault.error_rate:
             raise ServiceFailed(service, 500, "random failure")
+
+    def declines(self, service: str) -> bool:
+        """Whether ``service`` (payments) declines new holds and charges now."""
+        return self._faults[service].decline
 
     async def reply(self, service: str) -> None:
         """Play ``service``'s "acted, replied late" fault: called after the work is done,

@@ -176,6 +176,7 @@ def reset_faults(stubs: str) -> Iterator[None]:
                     "latency_ms": 0,
                     "error_rate": 0.0,
                     "reply_delay_ms": 0,
+                    "decline": False,
                 },
                 headers=ADMIN,
                 timeout=5,

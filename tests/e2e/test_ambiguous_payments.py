@@ -1,8 +1,9 @@
 """The ambiguous money paths (issue 8, items 8 and 9 of the degradation policy).
 
 The payments stub's "acted, replied late" fault: the hold or charge takes effect, but
-the answer comes after our timeout. We cannot tell it from "nothing happened", so the
-hold is released and the charge is confirmed once, never repeated with another amount.
+the answer comes after our timeout. The answer alone cannot tell it from "nothing
+happened", so the hold is released, and the charge is looked up at payments by its
+idempotency key: recorded once as charged, never turned into debt (ADR 0002).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.e2e.conftest import (
     ledger,
     new_offer,
     order_row,
+    payment_op,
     set_fault,
     start,
     summary_row,
@@ -106,6 +108,73 @@ async def test_charge_that_landed_but_was_not_recorded_is_recorded_once(
     assert money["charged"] == total
     assert money["released"] == max(ride["deposit"] - total, 0)
     assert (await summary_row(db, rider))["total_charged"] == charged_before + total
+
+
+async def test_charge_that_lands_while_every_reply_is_late_is_charged_not_debt(
+    api: AsyncTestClient[Any],
+    db: asyncpg.Pool,
+    stubs: str,
+    ids: Ids,
+    running_worker: None,
+) -> None:
+    """Issue 8: payments takes the charge but every answer, of every retry, comes after
+    our timeout. The lookup finds it done: charged, the ledger agrees with our rows."""
+    rider = ids.rider(trusted=False)
+    ride = await start(api, rider, ids.scooter())
+    await backdate(db, ride["id"], 90)
+    charged_before = (await summary_row(db, rider))["total_charged"]
+    await set_fault(stubs, "payments", reply_delay_ms=LATE_MS)
+
+    finished = await api.post(f"/orders/{ride['id']}/finish", json={})
+
+    assert finished.status_code == 200, finished.text
+    assert finished.json()["payment_status"] == "pending"
+    total = 90 * ride["price_per_minute"] // 60 + ride["price_unlock"]
+
+    async def settled() -> str | None:
+        status = str((await order_row(db, ride["id"]))["payment_status"])
+        return None if status == "pending" else status
+
+    assert await eventually(settled, timeout=20) == "charged"  # replies still late
+    order = await order_row(db, ride["id"])
+    op = await payment_op(db, ride["id"], "charge")
+    assert op["state"] == "done"
+    summary = await summary_row(db, rider)
+    assert (summary["total_charged"], summary["debt"]) == (charged_before + total, 0)
+    money = await ledger(stubs, ride["id"])
+    assert money["charged"] == order["total_amount"] == total
+    assert [e["kind"] for e in money["entries"]].count("charge") == 1
+    assert money["released"] == max(ride["deposit"] - total, 0)
+    # no debt: the rider is offered the next ride
+    assert (await new_offer(api, rider, ids.scooter()))["user_id"] == rider
+
+
+async def test_hold_that_landed_is_released_while_every_reply_is_late(
+    api: AsyncTestClient[Any],
+    db: asyncpg.Pool,
+    stubs: str,
+    ids: Ids,
+    running_worker: None,
+) -> None:
+    rider = ids.rider(trusted=False)
+    offer = await new_offer(api, rider, ids.scooter())
+    await set_fault(stubs, "payments", reply_delay_ms=LATE_MS)
+
+    response = await api.post("/orders", json={"offer_token": offer["token"]})
+
+    assert response.status_code == 503, response.text
+    (order,) = await db.fetch(
+        "SELECT id, status FROM orders WHERE offer_id = $1::uuid", offer["id"]
+    )
+    assert order["status"] == "rejected"
+
+    async def release_done() -> bool:
+        return bool((await payment_op(db, order["id"], "release"))["state"] == "done")
+
+    await eventually(release_done, timeout=20)  # the replies are still late
+    money = await ledger(stubs, str(order["id"]))
+    assert money["held"] == money["released"] == offer["deposit"]
+    assert money["charged"] == 0
 
 
 async def test_unknown_rider_while_users_is_down_gets_the_raised_deposit(

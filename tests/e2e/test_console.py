@@ -679,14 +679,14 @@ async def test_support_settles_a_riders_debt(
     rng = random.Random()
     rider = pick(stack, "user", rng, used)
 
-    async def payments_down() -> None:
-        await set_fault(stack.stubs_url, "payments", outage=True)
+    async def card_declines() -> None:
+        await set_fault(stack.stubs_url, "payments", decline=True)
 
     context = await browser.new_context()
-    try:  # the ride ends while payments is down; the worker's retries give up: debt
+    try:  # the ride ends while the card declines the charge, to the last try: debt
         rider_page = await context.new_page()
         order_id = await play_ride(
-            rider_page, stack, rider, pick(stack, "scooter", rng, used), db, payments_down
+            rider_page, stack, rider, pick(stack, "scooter", rng, used), db, card_declines
         )
         await expect(rider_page.locator("[data-testid=receipt]")).to_contain_text("pending")
     finally:
@@ -701,7 +701,7 @@ async def test_support_settles_a_riders_debt(
             await asyncio.sleep(0.1)
         assert row["payment_status"] == "debt"
     finally:
-        await set_fault(stack.stubs_url, "payments", outage=False)
+        await set_fault(stack.stubs_url, "payments", decline=False)
     total = row["total_amount"]
     assert total > 0
     assert (await ledger(stack.stubs_url, order_id))["charged"] == 0

@@ -11,19 +11,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import pytest
 
 from shared.settings import Settings
 from tests.auth import Tokens
-from tests.conftest import ROOT, free_port, stop_process, wait_http
+from tests.conftest import ADMIN_DSN, ROOT, free_port, stop_process, wait_http
 
 MAX_EXAMPLES = int(os.environ.get("SCOOTERS_TEST_SCHEMATHESIS_EXAMPLES", "15"))
 CHECKS = ",".join(
@@ -51,8 +54,32 @@ def _spawn(module: str, settings: Settings, log: IO[bytes]) -> subprocess.Popen[
 
 
 @pytest.fixture(scope="module")
-def production(base_settings: Settings, database: str, stubs: str) -> Settings:
+async def production_dsn(base_settings: Settings, database: str) -> AsyncIterator[str]:
+    """The test database through a login role of its own with a random password, as in
+    production (which refuses the development password): not a superuser, a member of
+    the role that owns the database's objects."""
+    dsn = urlsplit(database)
+    name, password = f"scooters_prod_{secrets.token_hex(4)}", secrets.token_urlsafe(18)
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(
+            f'CREATE ROLE "{name}" LOGIN NOSUPERUSER PASSWORD {quote_literal(password)}'
+            f' IN ROLE "{dsn.username}"'
+        )
+        yield dsn._replace(netloc=f"{name}:{password}@{dsn.hostname}:{dsn.port or 5432}").geturl()
+    finally:
+        await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+        await admin.close()
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@pytest.fixture(scope="module")
+def production(base_settings: Settings, production_dsn: str, stubs: str) -> Settings:
     return base_settings.replace(
+        db={"url": production_dsn},
         runtime={"environment": "production", "log_level": "INFO"},
         serving={"command_port": free_port(), "query_port": free_port()},
     )

@@ -229,7 +229,14 @@ async def test_payments_slow_at_start_rejects_and_the_worker_releases_a_late_hol
     assert (release["state"], release["amount"]) == ("pending", 0)
 
     # payments answers again and, as a real provider may, had executed the hold after all
+    # (once the first call, still being worked on there, is done: one call per key)
     await set_fault(stubs, "payments", latency_ms=0)
+
+    async def first_call_done() -> bool:
+        found = await worker_deps.services.payment_operation(str(order["id"]), "hold")
+        return found.state != "in_progress"
+
+    await eventually(first_call_done)
     late = httpx.post(
         f"{stubs}/hold-money-for-order",
         json={"user_id": rider, "order_id": str(order["id"]), "amount": offer["deposit"]},
@@ -367,7 +374,51 @@ async def test_payments_down_at_finish_ends_the_ride_and_charges_later(
     assert (await ledger(stubs, order["id"]))["charged"] == total
 
 
-async def test_payments_staying_down_at_finish_becomes_the_users_debt(
+async def test_payments_staying_down_past_the_attempt_limit_is_still_charged_when_back(
+    api: AsyncTestClient[Any],
+    db: asyncpg.Pool,
+    stubs: str,
+    ids: Ids,
+    base_settings: Settings,
+    running_worker: None,
+) -> None:
+    """Issue 8: payments down for the whole retry window says nothing about the rider's
+    card, so the charge stays owed (not debt) and is taken when payments is back."""
+    rider = ids.rider()
+    order = await start(api, rider, ids.scooter())
+    await backdate(db, order["id"], 60)
+    await set_fault(stubs, "payments", outage=True)
+    response = await api.post(f"/orders/{order['id']}/finish", json={})
+    assert response.json()["payment_status"] == "pending"
+    total = response.json()["total_amount"]
+    assert total > 0
+
+    async def retried_past_limit() -> bool:
+        op = await payment_op(db, order["id"], "charge")
+        return bool(op["attempts"] > base_settings.payments.max_attempts + 1)
+
+    await eventually(retried_past_limit)
+    op = await payment_op(db, order["id"], "charge")
+    assert op["state"] == "pending"
+    assert (await order_row(db, order["id"]))["payment_status"] == "pending"
+    assert (await db.fetchval("SELECT debt FROM user_summary WHERE user_id = $1", rider)) == 0
+    assert (await new_offer(api, rider, ids.scooter()))["deposit"] >= 0  # not refused
+
+    await set_fault(stubs, "payments", outage=False)
+
+    async def charged() -> bool:
+        return bool((await order_row(db, order["id"]))["payment_status"] == "charged")
+
+    await eventually(charged)
+    assert (await payment_op(db, order["id"], "charge"))["state"] == "done"
+    summary = await summary_row(db, rider)
+    assert (summary["debt"], summary["total_charged"]) == (0, total)
+    money = await ledger(stubs, order["id"])
+    assert money["charged"] == total
+    assert [e["kind"] for e in money["entries"]].count("charge") == 1
+
+
+async def test_payments_declining_at_finish_becomes_the_users_debt(
     api: AsyncTestClient[Any],
     db: asyncpg.Pool,
     stubs: str,
@@ -378,7 +429,7 @@ async def test_payments_staying_down_at_finish_becomes_the_users_debt(
     rider = ids.rider()
     order = await start(api, rider, ids.scooter())
     await backdate(db, order["id"], 60)
-    await set_fault(stubs, "payments", outage=True)
+    await set_fault(stubs, "payments", decline=True)
     response = await api.post(f"/orders/{order['id']}/finish", json={})
     assert response.json()["payment_status"] == "pending"
     total = response.json()["total_amount"]
@@ -398,8 +449,8 @@ async def test_payments_staying_down_at_finish_becomes_the_users_debt(
     assert summary["last_payment_status"] == "debt"
     assert (await ledger(stubs, order["id"]))["charged"] == 0
 
-    # payments is back, but the rider owes us: no new offer, no ride, nothing reserved
-    await set_fault(stubs, "payments", outage=False)
+    # the card works again, but the rider owes us: no new offer, no ride, nothing reserved
+    await set_fault(stubs, "payments", decline=False)
     no_offer = await api.post("/offers", json={"user_id": rider, "scooter_id": scooter})
     assert no_offer.status_code == 402
     assert no_offer.json()["code"] == "user_has_debt"

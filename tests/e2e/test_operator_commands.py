@@ -423,7 +423,7 @@ async def test_a_debt_releases_its_hold_and_settling_it_lets_the_rider_ride_agai
     rider = ids.rider(trusted=False)
     order = await start(api, rider, ids.scooter())
     await backdate(db, order["id"], 600)
-    await set_fault(stubs, "payments", outage=True)
+    await set_fault(stubs, "payments", decline=True)  # the card declines: debt (ADR 0002)
     done = (await api.post(f"/orders/{order['id']}/finish", json={})).json()
     assert done["payment_status"] == "pending"
     amount, deposit = done["total_amount"], order["deposit"]
@@ -436,9 +436,9 @@ async def test_a_debt_releases_its_hold_and_settling_it_lets_the_rider_ride_agai
     await eventually(debt, timeout=WAIT)
     refused = await api.post("/offers", json={"user_id": rider, "scooter_id": ids.scooter()})
     assert refused.status_code == 402, refused.text
-    assert (await ledger(stubs, order["id"]))["released"] == 0  # payments still down
+    assert (await ledger(stubs, order["id"]))["charged"] == 0
 
-    await set_fault(stubs, "payments", outage=False)
+    await set_fault(stubs, "payments", decline=False)  # the card was updated
 
     async def released() -> Json:
         money = await ledger(stubs, order["id"])

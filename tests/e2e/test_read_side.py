@@ -339,7 +339,7 @@ async def test_charge_retried_by_the_worker_shows_pending_then_charged(
     assert (await ledger(stubs, order["id"]))["charged"] == amount
 
 
-async def test_charge_the_worker_gives_up_on_shows_as_debt(
+async def test_charge_payments_declines_shows_as_debt(
     api: Client,
     query: Client,
     projector: ProjectorProcess,
@@ -352,13 +352,13 @@ async def test_charge_the_worker_gives_up_on_shows_as_debt(
     rider = ids.rider()
     order = await start(api, rider, ids.scooter())
     await backdate(db, order["id"], 200)
-    await set_fault(stubs, "payments", outage=True)
+    await set_fault(stubs, "payments", decline=True)
     done = await finish(api, order["id"])
     assert done["payment_status"] == "pending"
     amount = done["total_amount"]
     await shown(query, order["id"], version=done["version"], payment_status="pending")
 
-    async with worker_running(read_settings):  # payments stay down: retries run out
+    async with worker_running(read_settings):  # payments declines it to the last try
         debt = await shown(query, order["id"], payment_status="debt")
     assert debt["status"] == "finished"
     assert debt["total_amount"] == amount

@@ -16,6 +16,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from command_api import rides, worker
+from command_api.external import ServiceError
 from shared.settings import Settings
 from tests.e2e.conftest import (
     Ids,
@@ -144,7 +145,7 @@ def test_backoff_doubles_up_to_its_cap(base_settings: Settings) -> None:
     assert max(delays) == cap
 
 
-async def test_charge_becomes_debt_on_the_last_attempt_only(
+async def test_a_declined_charge_becomes_debt_on_the_last_attempt_only(
     api: AsyncTestClient[Any],
     db: asyncpg.Pool,
     stubs: str,
@@ -155,6 +156,7 @@ async def test_charge_becomes_debt_on_the_last_attempt_only(
     rider = ids.rider()
     order = await finished_unpaid(api, db, stubs, rider, ids.scooter(), 30)
     total = order["total_amount"]
+    await set_fault(stubs, "payments", outage=False, decline=True)
     for attempt in range(1, base_settings.payments.max_attempts + 1):
         await make_due(db, order["id"], "charge")
         await worker.process_due_operations(worker_deps)
@@ -164,13 +166,17 @@ async def test_charge_becomes_debt_on_the_last_attempt_only(
         assert op["state"] == ("gave_up" if last else "pending")
         status = (await order_row(db, order["id"]))["payment_status"]
         assert status == ("debt" if last else "pending")
+        if not last:
+            assert "402" in op["last_error"]
+            assert "absent" in op["last_error"]  # looked up before anything is decided
 
     summary = await summary_row(db, rider)
     assert (summary["debt"], summary["total_charged"]) == (total, 0)
     assert summary["last_payment_status"] == "debt"
     assert await settled_events(db, order["id"]) == 1
-    # payments back: a given-up charge is not tried again (the debt is collected elsewhere)
-    await set_fault(stubs, "payments", outage=False)
+    # the card works again: a charge that became debt is not tried again (settling the
+    # debt is the operator's act)
+    await set_fault(stubs, "payments", decline=False)
     await make_due(db, order["id"], "charge")
     await worker.process_due_operations(worker_deps)
     assert (await ledger(stubs, order["id"]))["charged"] == 0
@@ -179,6 +185,58 @@ async def test_charge_becomes_debt_on_the_last_attempt_only(
     refused = await api.post("/offers", json={"user_id": rider, "scooter_id": ids.scooter()})
     assert refused.status_code == 402
     assert refused.json()["code"] == "user_has_debt"
+
+
+async def test_an_unknown_outcome_is_never_debt_however_many_attempts(
+    api: AsyncTestClient[Any],
+    db: asyncpg.Pool,
+    stubs: str,
+    ids: Ids,
+    base_settings: Settings,
+    worker_deps: rides.Deps,
+) -> None:
+    """Payments down (503), failing (500) or still working on an earlier call of ours:
+    none of it is a definite decline, so the charge stays owed, past the attempt limit."""
+    rider = ids.rider()
+    order = await finished_unpaid(api, db, stubs, rider, ids.scooter(), 30)
+    total = order["total_amount"]
+    limit = base_settings.payments.max_attempts
+    for attempt in range(1, limit + 3):
+        if attempt == limit + 1:
+            await set_fault(stubs, "payments", outage=False, error_rate=1.0)
+        await make_due(db, order["id"], "charge")
+        await worker.process_due_operations(worker_deps)
+        op = await payment_op(db, order["id"], "charge")
+        assert (op["state"], op["attempts"]) == ("pending", attempt)
+        assert (await order_row(db, order["id"]))["payment_status"] == "pending"
+    assert "lookup failed" in op["last_error"]
+    assert (await summary_row(db, rider))["debt"] == 0
+    assert (await ledger(stubs, order["id"]))["charged"] == 0
+
+    # an earlier call still being worked on at payments may land: nothing is decided
+    await set_fault(stubs, "payments", error_rate=0.0, latency_ms=1_500)
+    earlier = asyncio.create_task(worker_deps.services.clear(rider, order["id"], total))
+    await asyncio.sleep(0.2)
+    await set_fault(stubs, "payments", latency_ms=0)
+    await make_due(db, order["id"], "charge")
+    await worker.process_due_operations(worker_deps)
+    op = await payment_op(db, order["id"], "charge")
+    assert op["state"] == "pending"
+    assert "in_progress" in op["last_error"]
+    with contextlib.suppress(ServiceError):
+        await earlier  # our side timed out; payments goes on
+
+    async def landed() -> bool:
+        return bool((await ledger(stubs, order["id"]))["charged"] == total)
+
+    await eventually(landed)
+    await make_due(db, order["id"], "charge")
+    await worker.process_due_operations(worker_deps)
+    assert (await order_row(db, order["id"]))["payment_status"] == "charged"
+    summary = await summary_row(db, rider)
+    assert (summary["debt"], summary["total_charged"]) == (0, total)
+    money = await ledger(stubs, order["id"])
+    assert [e["kind"] for e in money["entries"]].count("charge") == 1
 
 
 # --- releases (cancelled rides, rejected starts) -----------------------------------------------

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -205,3 +206,43 @@ async def test_client_refund_on_500_is_ambiguous_and_safe_to_repeat(
     await services.refund("user-1", order, 10, "k")  # the retry with the same key
     await services.refund("user-1", order, 10, "k")
     assert (await ledger(client, order))["refunded"] == 10
+
+
+@pytest.mark.usefixtures("reset_faults")
+async def test_client_tells_a_decline_from_a_call_in_progress(
+    client: httpx.AsyncClient, services: ExternalServices
+) -> None:
+    order = new_order()
+    await set_fault(client, service="payments", decline=True)
+    with pytest.raises(ServiceError) as declined:
+        await services.clear("user-1", order, 48)
+    assert (declined.value.declined, declined.value.ambiguous) == (True, False)
+    absent = await services.payment_operation(order, "charge")
+    assert (absent.state, absent.amount) == ("absent", 0)
+
+    # the first call outlives our timeout at payments; the retry finds it still there
+    await set_fault(client, service="payments", decline=False, latency_ms=1_500)
+    with pytest.raises(ServiceError) as late:
+        await services.clear("user-1", order, 48)
+    assert late.value.ambiguous
+    await set_fault(client, service="payments", latency_ms=0)
+    with pytest.raises(ServiceError) as busy:
+        await services.clear("user-1", order, 48)
+    assert busy.value.reason == "HTTP 409"
+    assert (busy.value.ambiguous, busy.value.declined) == (True, False)
+    assert (await services.payment_operation(order, "charge")).state == "in_progress"
+    await asyncio.sleep(1.2)
+    done = await services.payment_operation(order, "charge")
+    assert (done.state, done.amount) == ("done", 48)
+    await services.clear("user-1", order, 48)  # and the key replays ok
+    assert [e["kind"] for e in (await ledger(client, order))["entries"]] == ["charge"]
+
+
+async def test_client_looks_up_refunds_by_their_key(
+    client: httpx.AsyncClient, services: ExternalServices
+) -> None:
+    order = await charged(client, 100)
+    await services.refund("user-1", order, 30, "k1")
+    found = await services.payment_operation(order, "refund", "k1")
+    assert (found.operation, found.state, found.amount) == ("refund", "done", 30)
+    assert (await services.payment_operation(order, "refund", "k2")).state == "absent"

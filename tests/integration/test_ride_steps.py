@@ -16,6 +16,7 @@ from shared.ids import created_at_of, uuid7
 from shared.lifecycle import (
     NEW_ORDER,
     OrderStatus,
+    PaymentOutcome,
     PaymentStatus,
     Refusal,
     decide_finish,
@@ -324,8 +325,11 @@ async def test_finish_on_a_snapshot_refuses_terms_the_row_no_longer_has(
 
 
 async def settle(pool: asyncpg.Pool, order: Order, amount: int, gave_up: bool) -> Order | None:
+    outcome = PaymentOutcome.DECLINED if gave_up else PaymentOutcome.DONE
+    decision = decide_settle(amount, outcome, attempts=3, max_attempts=3)
+    assert decision is not None
     async with pool.acquire() as conn:
-        return await repo.settle_charge(conn, *key(order), decide_settle(amount, gave_up=gave_up))
+        return await repo.settle_charge(conn, *key(order), decision)
 
 
 @pytest.mark.parametrize(

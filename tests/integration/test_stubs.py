@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -295,6 +296,161 @@ async def test_malformed_requests_are_4xx(client: httpx.AsyncClient) -> None:
     assert too_flaky.status_code == 400
 
 
+# --- payments: operations by idempotency key, declines, one call per key at a time --------------
+
+
+async def operation(
+    client: httpx.AsyncClient, order_id: str, name: str, refund_key: str | None = None
+) -> dict[str, Any]:
+    params = {"id": order_id, "operation": name}
+    if refund_key is not None:
+        params["refund_key"] = refund_key
+    async with httpx.AsyncClient(base_url=client.base_url) as anyone:  # no admin token
+        answer = await anyone.get("/payment-operation", params=params)
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def test_an_operation_is_found_by_its_idempotency_key(client: httpx.AsyncClient) -> None:
+    order = new_order()
+    for name in ("hold", "charge", "release"):
+        assert (await operation(client, order, name)) == {
+            "order_id": order,
+            "operation": name,
+            "state": "absent",
+            "amount": 0,
+        }
+    await pay(client, "hold", order, 300)
+    assert (await operation(client, order, "hold"))["state"] == "done"
+    assert (await operation(client, order, "charge"))["state"] == "absent"
+    await pay(client, "clear", order, 48)
+    found = await operation(client, order, "charge")
+    assert (found["state"], found["amount"]) == ("done", 48)
+    # the rest of the hold that the charge gave back is not the release operation
+    assert (await operation(client, order, "release"))["state"] == "absent"
+    refund = await client.post(
+        "/refund-money-for-order",
+        json={"user_id": "user-1", "order_id": order, "amount": 8, "refund_key": "r1"},
+    )
+    assert refund.status_code == 200
+    assert (await operation(client, order, "refund", "r1"))["amount"] == 8
+    assert (await operation(client, order, "refund", "r2"))["state"] == "absent"
+
+    released = new_order()
+    await pay(client, "hold", released, 300)
+    await pay(client, "release", released, 300)
+    found = await operation(client, released, "release")
+    assert (found["state"], found["amount"]) == ("done", 300)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"operation": "charge"},
+        {"id": "o"},
+        {"id": "o", "operation": "clear"},
+        {"id": "o", "operation": "refund"},
+        {"id": "o", "operation": "charge", "refund_key": "k"},
+        {"id": "o" * 257, "operation": "charge"},
+        {"id": "o", "operation": "refund", "refund_key": "k" * 201},
+    ],
+)
+async def test_malformed_operation_lookup_is_4xx(
+    client: httpx.AsyncClient, params: dict[str, str]
+) -> None:
+    answer = await client.get("/payment-operation", params=params)
+    assert 400 <= answer.status_code < 500, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.usefixtures("reset_faults")
+async def test_operation_lookup_is_faulted_like_payments(client: httpx.AsyncClient) -> None:
+    await set_fault(client, service="payments", outage=True)
+    answer = await client.get("/payment-operation", params={"id": "o", "operation": "charge"})
+    assert answer.status_code == 503
+    await set_fault(client, service="payments", outage=False, reply_delay_ms=5_000)
+    started = time.perf_counter()
+    assert (await operation(client, "o", "charge"))["state"] == "absent"
+    assert time.perf_counter() - started < 2  # a read never acts, so it never answers late
+
+
+@pytest.mark.usefixtures("reset_faults")
+async def test_a_declined_payment_moves_nothing_and_may_succeed_later(
+    client: httpx.AsyncClient,
+) -> None:
+    done, order = new_order(), new_order()
+    await pay(client, "hold", done, 300)
+    await pay(client, "clear", done, 48)
+    await pay(client, "hold", order, 300)
+    await set_fault(client, service="payments", decline=True)
+
+    declined = await pay(client, "clear", order, 48)
+    assert declined.status_code == 402
+    assert declined.headers["content-type"] == "application/problem+json"
+    assert declined.json()["code"] == "payment_declined"
+    assert (await pay(client, "hold", new_order(), 300)).status_code == 402
+    assert (await operation(client, order, "charge"))["state"] == "absent"
+    # what is done stays done, and giving money back is never declined
+    assert (await pay(client, "clear", done, 48)).status_code == 200
+    assert (await pay(client, "release", order, 300)).status_code == 200
+    other = new_order()
+    assert (await pay(client, "clear", other, 0)).status_code == 200
+
+    await set_fault(client, service="payments", decline=False)
+    later = new_order()
+    await set_fault(client, service="payments", decline=True)
+    assert (await pay(client, "clear", later, 48)).status_code == 402
+    await set_fault(client, service="payments", decline=False)
+    assert (await pay(client, "clear", later, 48)).status_code == 200  # the card was updated
+    ledger = (await client.get("/ledger", params={"order_id": later})).json()
+    assert [(e["kind"], e["amount"]) for e in ledger["entries"]] == [("charge", 48)]
+
+
+@pytest.mark.usefixtures("reset_faults")
+async def test_payments_works_on_one_call_per_key_at_a_time(client: httpx.AsyncClient) -> None:
+    order = new_order()
+    await set_fault(client, service="payments", latency_ms=3_000)
+    first = asyncio.create_task(pay(client, "clear", order, 48))
+    await asyncio.sleep(0.3)
+    await set_fault(client, service="payments", latency_ms=0)
+
+    assert (await operation(client, order, "charge"))["state"] == "in_progress"
+    second = await pay(client, "clear", order, 48)
+    assert second.status_code == 409
+    assert second.json()["code"] == "operation_in_progress"
+    # another key of the same order is not in the way
+    assert (await pay(client, "hold", order, 300)).status_code == 200
+    assert (await first).status_code == 200
+    found = await operation(client, order, "charge")
+    assert (found["state"], found["amount"]) == ("done", 48)
+    ledger = (await client.get("/ledger", params={"order_id": order})).json()
+    assert [e["kind"] for e in ledger["entries"]].count("charge") == 1
+
+
+@pytest.mark.usefixtures("reset_faults")
+async def test_every_payments_call_can_reply_late(client: httpx.AsyncClient) -> None:
+    """ "Acted, replied late" holds for releases and refunds too."""
+    held, charged = new_order(), new_order()
+    await pay(client, "hold", held, 300)
+    await pay(client, "clear", charged, 48)
+    await set_fault(client, service="payments", reply_delay_ms=2_000)
+    with pytest.raises(httpx.TimeoutException):
+        await client.post(
+            "/release-money-for-order",
+            json={"user_id": "user-1", "order_id": held, "amount": 300},
+            timeout=0.3,
+        )
+    with pytest.raises(httpx.TimeoutException):
+        await client.post(
+            "/refund-money-for-order",
+            json={"user_id": "user-1", "order_id": charged, "amount": 8, "refund_key": "k"},
+            timeout=0.3,
+        )
+    assert (await operation(client, held, "release"))["state"] == "done"
+    assert (await operation(client, charged, "refund", "k"))["amount"] == 8
+
+
 # --- configs -------------------------------------------------------------------------------------
 
 
@@ -420,6 +576,7 @@ async def test_fault_switches_are_partial_and_listed(client: httpx.AsyncClient) 
         "latency_ms": 5,
         "error_rate": 0.1,
         "reply_delay_ms": 0,
+        "decline": False,
     }
     listed = (await client.get("/admin/faults")).json()
     assert {f["service"] for f in listed} == {"scooters", "zones", "users", "configs", "payments"}

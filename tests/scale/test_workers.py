@@ -57,8 +57,20 @@ def two_workers(scaled_settings: Settings, stubs: str) -> Iterator[Settings]:
     try:
         for module in ("query_api.projector", "command_api", "query_api"):
             procs.append(start_process(module, settings))
-        wait_http(f"http://127.0.0.1:{settings.serving.command_port}/health/live", 120, procs[1])
-        wait_http(f"http://127.0.0.1:{settings.serving.query_port}/health/live", 120, procs[2])
+        serving = settings.serving
+        wait_http(f"http://127.0.0.1:{serving.command_port}/health/live", 120, procs[1])
+        wait_http(f"http://127.0.0.1:{serving.query_port}/health/live", 120, procs[2])
+        # One answer on the shared public port means one worker is up, not both: each
+        # worker is a spawned process that re-imports the app, and on a loaded machine
+        # uvicorn's supervisor even replaces a worker that takes over 5 s to answer its
+        # health ping while starting. A worker opens its metrics port during its lifespan,
+        # so both ports of an API answering means both of its workers are there to scrape.
+        for port, proc in (
+            (serving.command_metrics_port, procs[1]),
+            (serving.query_metrics_port, procs[2]),
+        ):
+            for worker in range(2):
+                wait_http(f"http://127.0.0.1:{port + worker}/metrics", 120, proc)
         yield settings
     finally:
         for proc in reversed(procs):

@@ -24,6 +24,7 @@ from shared.lifecycle import (
     RIDER_VISIBLE,
     OperationState,
     OrderStatus,
+    PaymentOutcome,
     PaymentStatus,
     Refusal,
     Transition,
@@ -36,6 +37,7 @@ from shared.lifecycle import (
     is_visible,
     order_may_become,
     payment_may_become,
+    payment_outcome,
     refusal_error,
 )
 
@@ -159,21 +161,70 @@ def test_finish_of_a_very_long_ride_is_64_bit() -> None:
 
 
 @pytest.mark.parametrize(
-    ("amount", "gave_up", "status", "state", "charged", "debt"),
+    ("amount", "outcome", "status", "state", "charged", "debt"),
     [
-        (48, False, PS.CHARGED, OperationState.DONE, 48, 0),
-        (0, False, PS.RELEASED, OperationState.DONE, 0, 0),
-        (48, True, PS.DEBT, OperationState.GAVE_UP, 0, 48),
+        (48, PaymentOutcome.DONE, PS.CHARGED, OperationState.DONE, 48, 0),
+        (0, PaymentOutcome.DONE, PS.RELEASED, OperationState.DONE, 0, 0),
+        (48, PaymentOutcome.DECLINED, PS.DEBT, OperationState.GAVE_UP, 0, 48),
     ],
 )
 def test_settle(
-    amount: int, gave_up: bool, status: PaymentStatus, state: str, charged: int, debt: int
+    amount: int,
+    outcome: PaymentOutcome,
+    status: PaymentStatus,
+    state: str,
+    charged: int,
+    debt: int,
 ) -> None:
-    decision = decide_settle(amount, gave_up=gave_up)
+    decision = decide_settle(amount, outcome, attempts=3, max_attempts=3)
+    assert decision is not None
     assert (decision.payment_from, decision.payment_to) == (PS.PENDING, status)
     assert payment_may_become(decision.payment_from, decision.payment_to)
     assert decision.operation_state == state
     assert (decision.total_charged_delta, decision.debt_delta) == (charged, debt)
+
+
+def test_a_confirmed_charge_settles_on_any_try() -> None:
+    assert decide_settle(48) == decide_settle(48, PaymentOutcome.DONE, attempts=1, max_attempts=9)
+
+
+@pytest.mark.parametrize("attempts", [1, 3, 4, 50, 10_000])
+def test_an_unknown_outcome_never_becomes_debt(attempts: int) -> None:
+    """Issue 8: late, lost or unreachable answers leave the charge owed, however long."""
+    assert decide_settle(48, PaymentOutcome.UNKNOWN, attempts=attempts, max_attempts=3) is None
+
+
+def test_a_decline_becomes_debt_from_the_last_attempt_on() -> None:
+    assert decide_settle(48, PaymentOutcome.DECLINED, attempts=2, max_attempts=3) is None
+    for attempts in (3, 4, 100):
+        decision = decide_settle(48, PaymentOutcome.DECLINED, attempts=attempts, max_attempts=3)
+        assert decision is not None
+        assert (decision.payment_to, decision.debt_delta) == (PS.DEBT, 48)
+    # a release (a charge of 0) is never debt
+    assert decide_settle(0, PaymentOutcome.DECLINED, attempts=9, max_attempts=3) is None
+
+
+@pytest.mark.parametrize(
+    ("declined", "found", "found_amount", "outcome"),
+    [
+        (False, "done", 48, PaymentOutcome.DONE),  # landed, its answer late or lost
+        (True, "done", 48, PaymentOutcome.DONE),  # an earlier call landed
+        (False, "done", 47, PaymentOutcome.UNKNOWN),  # another amount: a person looks
+        (True, "absent", 0, PaymentOutcome.DECLINED),
+        (False, "absent", 0, PaymentOutcome.UNKNOWN),  # an earlier call may still land
+        (True, "in_progress", 0, PaymentOutcome.UNKNOWN),
+        (False, "in_progress", 0, PaymentOutcome.UNKNOWN),
+        (True, None, 0, PaymentOutcome.UNKNOWN),  # a decline is believed once looked up
+        (False, None, 0, PaymentOutcome.UNKNOWN),
+    ],
+)
+def test_payment_outcome(
+    declined: bool, found: str | None, found_amount: int, outcome: PaymentOutcome
+) -> None:
+    assert (
+        payment_outcome(declined=declined, found=found, found_amount=found_amount, amount=48)
+        == outcome
+    )
 
 
 def test_a_settled_debt_is_charged_and_leaves_the_debt() -> None:

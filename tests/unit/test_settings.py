@@ -174,8 +174,9 @@ def test_removed_variables_are_refused_with_their_replacement() -> None:
 def test_old_variable_sets_the_same_field(var: str, path: str, default: Any) -> None:
     assert _field(path)(_build({}, path)) == default
     env = {var: _sample(default)}
-    if var == "SCOOTERS_ENVIRONMENT":  # production needs offer keys to start
+    if var == "SCOOTERS_ENVIRONMENT":  # production needs offer keys and its own DB password
         env["SCOOTERS_OFFER_KEYS"] = "k" * 43  # 32 bytes in base64url
+        env["SCOOTERS_DATABASE_URL"] = "postgresql://app:own-password@db/scooters"
     if var == "SCOOTERS_OFFER_KEYS":
         env[var] = "k" * 43
     value = _field(path)(_build(env, path))
