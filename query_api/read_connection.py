@@ -7,7 +7,7 @@ a screen's own work. Here every read of a process shares one connection: the rea
 issued in one turn of the event loop are written together (one system call), their
 replies come back in order and are parsed by hiredis (the parser redis-py itself uses),
 ≈ 7 µs per read, and Redis reads and writes fewer, larger packets too
-(docs/benchmarks.md, "issue 13").
+(docs/benchmarks.md, "Issue 13 — read path and reporting").
 
 Failures look as they did with redis-py, so :class:`~query_api.stores.RedisGate` treats
 them the same: a refused or lost connection raises ``redis.exceptions.ConnectionError``
@@ -16,6 +16,8 @@ them the same: a refused or lost connection raises ``redis.exceptions.Connection
 the ones behind it are failed too); more than ``max_pending`` reads waiting raise
 ``MaxConnectionsError`` (busy, not down). The next read after a failure connects again.
 Single Redis only (``redis://``, ``unix://``); a cluster keeps redis-py's client.
+Why we own this, what it does not do (TLS, RESP3, ...) and when to drop it:
+docs/adr/0008-own-redis-read-connection.md.
 """
 
 from __future__ import annotations
