@@ -28,6 +28,7 @@ from typing import Any
 
 import hiredis
 from redis import exceptions as redis_errors
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import parse_url
 
 _Waiting = tuple["asyncio.Future[Any]", float]  # a read's future and its deadline (loop time)
@@ -115,10 +116,11 @@ class _RespProtocol(asyncio.Protocol):
 
 
 def _reply_error(reply: hiredis.ReplyError) -> redis_errors.RedisError:
-    message = str(reply)
-    if message.startswith("LOADING"):  # as redis-py: a restarting Redis is down for now
-        return redis_errors.BusyLoadingError(message)
-    return redis_errors.ResponseError(message)
+    """The exception redis-py raises for this error reply (its own table: ``LOADING`` is
+    busy loading, ``max number of clients reached`` a connection error, ``NOAUTH`` and
+    ``WRONGPASS`` authentication errors...), so the Redis gate judges both clients alike."""
+    error: redis_errors.RedisError = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
+    return error
 
 
 def _command(*parts: bytes) -> bytes:
