@@ -196,8 +196,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if self._closed:
             raise httpx.ConnectError("the transport is closed")
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        body = request.content if isinstance(request.stream, httpx.ByteStream) else None
-        if body is None:
+        try:
+            body = request.content  # read already (a client request)
+        except httpx.RequestNotRead:  # a redirect's request, or a streamed body
             body = await request.aread()
         origin = (url.raw_host, url.port or 80)
         head = _head(request, len(body))
