@@ -85,7 +85,7 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
 
     httpx's API over ``shared.infra.http_transport.Http1Transport``: httpx's default
     transport costs about five times more CPU per call, httpx-aiohttp about twice
-    (docs/benchmarks.md, issue 13), and these calls are on every command's path.
+    (docs/benchmarks.md, issue 13), and these calls are on every command's path (ADR 0009).
     """
     limits = httpx.Limits(
         max_connections=settings.external.http_max_connections,

@@ -5,6 +5,8 @@ replaces only what moves the bytes. httpx's default transport (httpcore, h11 in 
 Python) and httpx-aiohttp (a whole aiohttp client session under httpx's) cost several
 times more CPU per call than the call itself needs (docs/benchmarks.md, issue 13,
 ``python -m tests.load.transport_cost``); the external calls are on every command's path.
+Why our own code here, what it leaves out (TLS, HTTP/2, proxies) and when to go back to a
+library: docs/adr/0009-own-http-transport.md.
 
 What it does, and the httpx errors it raises (so callers map failures as with any
 transport):
@@ -196,8 +198,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if self._closed:
             raise httpx.ConnectError("the transport is closed")
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        body = request.content if isinstance(request.stream, httpx.ByteStream) else None
-        if body is None:
+        try:
+            body = request.content  # read already (a client request)
+        except httpx.RequestNotRead:  # a redirect's request, or a streamed body
             body = await request.aread()
         origin = (url.raw_host, url.port or 80)
         head = _head(request, len(body))

@@ -112,6 +112,19 @@ async def test_chunked_and_close_delimited_bodies_are_read_whole() -> None:
     assert len(accepted) == 2
 
 
+async def test_a_followed_redirect_is_sent_like_any_request() -> None:
+    async def redirect_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 302 Found\r\nLocation: /there\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await echo(reader, writer)
+
+    async with server(redirect_once) as (base, accepted), client(base) as http:
+        moved = await http.get("/here", follow_redirects=True)
+    assert moved.content == b"GET /there HTTP/1.1|"
+    assert len(accepted) == 1
+
+
 async def test_a_refused_connection_is_a_connect_error() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
