@@ -22,24 +22,11 @@ from shared.lifecycle import (
     decide_finish,
     decide_settle,
 )
+from tests.vectors import DOMAIN_PRICING
 
 MAX_RIDES = 1
 HOLD_DUE = 60.0
-PRICING = PricingInputs(
-    charge=57,
-    zone_price_per_minute=12,
-    zone_price_unlock=45,
-    zone_default_deposit=300,
-    surge=2.0,
-    low_charge_discount=0.75,
-    has_subscription=False,
-    trusted=False,
-    total_debt=0,
-    free_ride_seconds=5,
-    zone_source="live",
-    user_source="live",
-    configs_source="live",
-)
+PRICING = DOMAIN_PRICING
 
 
 def new_order(user_id: str, scooter_id: str, *, offer_id: uuid.UUID | None = None) -> NewOrder:

@@ -6,8 +6,9 @@ import uuid
 from datetime import UTC, datetime
 
 from command_api.rides import ActivatedRides
-from shared.domain import Order, PricingInputs
+from shared.domain import Order
 from shared.lifecycle import OrderStatus, PaymentStatus
+from tests.vectors import DOMAIN_PRICING
 
 
 def order(order_id: uuid.UUID) -> Order:
@@ -34,21 +35,7 @@ def order(order_id: uuid.UUID) -> Order:
     )
 
 
-PRICING = PricingInputs(
-    charge=57,
-    zone_price_per_minute=12,
-    zone_price_unlock=45,
-    zone_default_deposit=300,
-    surge=2.0,
-    low_charge_discount=0.75,
-    has_subscription=False,
-    trusted=False,
-    total_debt=0,
-    free_ride_seconds=5,
-    zone_source="live",
-    user_source="live",
-    configs_source="live",
-)
+PRICING = DOMAIN_PRICING
 
 
 def test_a_snapshot_is_taken_once() -> None:

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from shared.domain import Offer, PricingInputs
+from shared.domain import Offer
 from shared.errors import OfferExpired, OfferInvalid
 from shared.ids import uuid7
 from shared.offer_token import OfferSigner, key_id
+from tests.vectors import DOMAIN_PRICING
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -27,21 +28,7 @@ def offer() -> Offer:
         deposit=300,
         created_at=NOW,
         expires_at=NOW + timedelta(minutes=5),
-        inputs=PricingInputs(
-            charge=57,
-            zone_price_per_minute=12,
-            zone_price_unlock=45,
-            zone_default_deposit=300,
-            surge=2.0,
-            low_charge_discount=0.75,
-            has_subscription=False,
-            trusted=False,
-            total_debt=0,
-            free_ride_seconds=5,
-            zone_source="live",
-            user_source="live",
-            configs_source="live",
-        ),
+        inputs=DOMAIN_PRICING,
     )
 
 
