@@ -27,6 +27,7 @@ from shared.errors import (
     RefundExceedsCharge,
     UserNotFound,
 )
+from shared.events import DEBT_SETTLED, HOLD_RELEASED, ORDER_REFUNDED
 from shared.ids import created_at_of
 from shared.infra.auth import SUPPORT, Principal
 from shared.lifecycle import (
@@ -40,11 +41,6 @@ from shared.receipt import Receipt, receipt_of
 from shared.ride_rules import check_refund
 
 log = logging.getLogger("operator")
-
-# events of operator changes (shared/events.py)
-ORDER_REFUNDED = "order_refunded"
-DEBT_SETTLED = "debt_settled"
-HOLD_RELEASED = "hold_released"
 
 
 class RefundAnswer(msgspec.Struct, frozen=True, kw_only=True):

@@ -46,16 +46,22 @@ class PaymentSettled(OrderEvent, frozen=True, kw_only=True, tag="payment_settled
     """A pending charge succeeded or became the user's debt."""
 
 
-class OrderRefunded(OrderEvent, frozen=True, kw_only=True, tag="order_refunded"):
+# the operator commands' event types, as the command side appends them (command_api/operator.py)
+ORDER_REFUNDED = "order_refunded"
+DEBT_SETTLED = "debt_settled"
+HOLD_RELEASED = "hold_released"
+
+
+class OrderRefunded(OrderEvent, frozen=True, kw_only=True, tag=ORDER_REFUNDED):
     """Support refunded part or all of the order's charge (docs/operator-api.md); the
     rider's ``total_charged`` dropped by it."""
 
 
-class DebtSettled(OrderEvent, frozen=True, kw_only=True, tag="debt_settled"):
+class DebtSettled(OrderEvent, frozen=True, kw_only=True, tag=DEBT_SETTLED):
     """Support settled the order's debt: charged through payments at last."""
 
 
-class HoldReleased(OrderEvent, frozen=True, kw_only=True, tag="hold_released"):
+class HoldReleased(OrderEvent, frozen=True, kw_only=True, tag=HOLD_RELEASED):
     """The hold left behind by the order's debt was released at payments."""
 
 
