@@ -6,6 +6,7 @@ the handlers through Litestar's dependency injection (``deps: Deps``).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -217,6 +218,14 @@ async def create_offer(
     )
 
 
+def _order_id(text: str) -> uuid.UUID:
+    """The order id in a path; anything that is not one of ours is an unknown order (404)."""
+    parsed = parse_order_id(text)
+    if parsed is None:
+        raise OrderNotFound(f"no ride {text}")
+    return parsed
+
+
 async def _idempotent(
     request: Request[Any, Any, Any],
     deps: rides.Deps,
@@ -303,9 +312,7 @@ async def finish_order(
     data: JSONBody[FinishOrder | None] = None,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
-    parsed = parse_order_id(order_id)
-    if parsed is None:
-        raise OrderNotFound(f"no ride {order_id}")
+    parsed = _order_id(order_id)
     actor = principal_of(request.user)  # the ride's rider, or support (a force-end)
 
     async def run(resumed: bool) -> tuple[int, msgspec.Struct]:
@@ -346,9 +353,7 @@ async def end_ride(
 ) -> Response[bytes]:
     actor = principal_of(request.user)
     actor.require_support()
-    parsed = parse_order_id(order_id)
-    if parsed is None:
-        raise OrderNotFound(f"no ride {order_id}")
+    parsed = _order_id(order_id)
 
     async def run(resumed: bool) -> tuple[int, msgspec.Struct]:
         ended = await rides.finish_ride(
@@ -396,9 +401,7 @@ async def refund_order(
     actor.require_support()
     if idempotency_key is None:
         raise IdempotencyKeyRequired("a refund needs an Idempotency-Key (its refund key)")
-    parsed = parse_order_id(order_id)
-    if parsed is None:
-        raise OrderNotFound(f"no ride {order_id}")
+    parsed = _order_id(order_id)
     key = idempotency_key
 
     async def run(resumed: bool) -> tuple[int, msgspec.Struct]:
