@@ -259,9 +259,7 @@ async def run(args: argparse.Namespace) -> None:
             dsn = base.db.url.rsplit("/", 1)[0] + f"/scooters_pgsteps_{tag}_{label}"
             dsns[label] = dsn
             await migrate_upto(
-                base.replace(
-                    db={"url": dsn}, maintenance={"partition_premake_days": args.premake}
-                ),
+                base.replace(db={"url": dsn}, maintenance={"partition_premake_days": args.premake}),
                 last,
             )
         for _ in range(args.reps):
