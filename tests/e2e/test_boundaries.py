@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from shared.ride_rules import capped_cost
 from shared.settings import Settings
+from tests.auth import SUPPORT, Tokens
 from tests.conftest import ADMIN
 from tests.e2e.conftest import (
     Ids,
@@ -212,6 +213,26 @@ async def test_ids_of_every_shape_are_400(api: AsyncTestClient[Any], user_id: st
 )
 async def test_order_ids_of_every_shape_are_404(api: AsyncTestClient[Any], order_id: str) -> None:
     response = await api.post(f"/orders/{order_id}/finish", json={})
+    assert_problem(response, 404, "order_not_found")
+
+
+# a UUIDv7 whose time is past 9999-12-31 has no creation time (the partition key): 500
+PAST_9999 = "ffffffff-ffff-7fff-bfff-ffffffffffff"
+
+
+@pytest.mark.parametrize(
+    ("action", "body"),
+    [
+        ("finish", {}),
+        ("end", {"ended_at": "2026-11-30T12:00:00Z", "reason": "app crashed"}),
+        ("refunds", {"amount": 1, "reason": "brake failed"}),
+    ],
+)
+async def test_order_ids_past_the_year_9999_are_404(
+    api: AsyncTestClient[Any], tokens: Tokens, action: str, body: dict[str, Any]
+) -> None:
+    headers = {**tokens.headers("support-1", SUPPORT), "Idempotency-Key": "k-9999"}
+    response = await api.post(f"/orders/{PAST_9999}/{action}", json=body, headers=headers)
     assert_problem(response, 404, "order_not_found")
 
 
