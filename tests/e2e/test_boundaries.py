@@ -236,6 +236,34 @@ async def test_order_ids_past_the_year_9999_are_404(
     assert_problem(response, 404, "order_not_found")
 
 
+# --- control characters in the operator's free text ---------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["a\x00b", "a\nforged", "ok\n", "\tok", "a\x1b[31m", "a\x85b"])
+async def test_operator_reasons_with_control_characters_are_400_and_change_nothing(
+    api: AsyncTestClient[Any], db: asyncpg.Pool, stubs: str, ids: Ids, tokens: Tokens, reason: str
+) -> None:
+    """A reason is stored with the act (``order_actions``): NUL there was Postgres's
+    CharacterNotInRepertoireError, a 500 (for settle, after payments had charged)."""
+    rider = ids.rider()
+    order = await start(api, rider, ids.scooter())
+    support = tokens.headers("support-1", SUPPORT)
+    ended_at = (await order_row(db, order["id"]))["started_at"].isoformat()
+    requests = [
+        (f"/orders/{order['id']}/end", {"ended_at": ended_at, "reason": reason}),
+        (f"/orders/{order['id']}/refunds", {"amount": 1, "reason": reason}),
+        (f"/users/{rider}/debt/settle", {"reason": reason}),
+    ]
+    for path, body in requests:
+        response = await api.post(path, json=body, headers={**support, "Idempotency-Key": "k-r"})
+        assert_problem(response, 400, "invalid_request")
+    row = await order_row(db, order["id"])
+    assert row["status"] == "active"
+    acts = await db.fetchval("SELECT count(*) FROM order_actions WHERE order_id = $1", row["id"])
+    assert acts == 0
+    assert [e["kind"] for e in (await ledger(stubs, order["id"]))["entries"]] == ["hold"]
+
+
 # --- unclear error ------------------------------------------------------------------------------
 
 
