@@ -317,6 +317,15 @@ async def test_stubs_answer_undecodable_bodies_with_400(stubs: str, path: str, b
     assert_problem(response, 400, "malformed_body")
 
 
+async def test_the_identity_stub_issues_no_sub_with_a_line_break(stubs: str) -> None:
+    """Python's "$" also matches before a final line break: "user-1\\n" passed the
+    stub's pattern and was signed into a token's sub."""
+    async with httpx.AsyncClient(base_url=stubs) as client:
+        for sub in ("user-1\n", "a\nb", "a\x00b"):
+            response = await client.post("/auth/token", json={"sub": sub})
+            assert_problem(response, 400, "malformed_body")
+
+
 async def test_stubs_answer_ids_of_every_shape_without_a_500(stubs: str) -> None:
     async with httpx.AsyncClient(base_url=stubs) as client:
         for raw in ("a%00b", "%FF", "a%0Ab"):
