@@ -306,6 +306,11 @@ async def test_the_console_opens_at_its_readme_address_without_a_token(
         assert page.status_code == 200, (path, page.text)
         assert page.headers["content-type"].startswith("text/html")
         assert "operations console" in page.text
+    # names no console file has are 404 before the file system sees them: NUL was
+    # ValueError, a name past the file system's limit OSError, both a 500 without a token
+    for name in ("%00", "index.html%00.js", "a" * 5000, "..%2Fapp.py", "%2E%2E", "x%0Ay"):
+        answer = await http.get(f"{stack.query}/console/{name}")
+        assert_problem(answer, 404, "not_found")
     # the rest still needs a token: the slash is no way around sign-in
     for path in ("/users/user-1/summary/", f"/orders/{uuid7()}/"):
         assert_problem(await http.get(f"{stack.query}{path}"), 401, "unauthenticated")
