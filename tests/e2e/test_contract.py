@@ -226,6 +226,39 @@ def test_every_log_line_is_one_json_event_with_a_request_id_when_serving(
                 assert event["request_id"], event
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /offers HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 30\r\n\r\n{}",
+        b"POST /offers HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        b"POST /offers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n",
+        b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+        b"FOO /health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /health/live HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    ],
+    ids=["two-content-lengths", "content-length-and-chunked", "bad-chunk", "nul", "method", "cl"],
+)
+@pytest.mark.parametrize("name", ["command", "query"])
+def test_bytes_that_are_no_http_request_are_a_400_problem(
+    live_apis: dict[str, Live], name: str, request_bytes: bytes
+) -> None:
+    """httptools refuses them before any app runs; uvicorn answered a text/plain line."""
+    port = urlsplit(live_apis[name].url).port
+    assert port is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(request_bytes)
+        answer = b""
+        while chunk := raw.recv(65536):  # the server closes the connection after it
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"content-type: application/problem+json" in head.lower(), answer
+    problem = json.loads(body)
+    assert problem["status"] == 400
+    assert problem["code"] == "invalid_request"
+
+
 def test_the_stubs_log_one_json_event_per_line_too(
     production: Settings, stub_settings: StubSettings, tmp_path: Path
 ) -> None:
