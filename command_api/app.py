@@ -125,11 +125,17 @@ class FinishOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 NO_TRACK = FinishOrder()
 
-# why support acted (docs/operator-api.md): 1-500 characters, not only blanks
+# why support acted (docs/operator-api.md): 1-500 characters, not only blanks, one line
+# without control characters (Postgres refuses NUL; a reason is text for people and logs).
+# (?!\n): Python's "$" also matches before a final line break (see IDENTIFIER_PATTERN)
+REASON_PATTERN = r"^[^\S\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*(?!\n)$"
 Reason = Annotated[
     str,
     msgspec.Meta(
-        min_length=1, max_length=500, pattern=r"\S", examples=["app crashed, scooter parked"]
+        min_length=1,
+        max_length=500,
+        pattern=REASON_PATTERN,
+        examples=["app crashed, scooter parked"],
     ),
 ]
 UserId = Annotated[

@@ -90,6 +90,22 @@ def overloaded_response(retry_after_seconds: int, *, close: bool = False) -> byt
     return b"\r\n".join(lines) + b"\r\n\r\n" + overloaded_body(retry_after_seconds)
 
 
+def malformed_response(detail: str) -> bytes:
+    """The whole ``400 invalid_request`` answer to bytes httptools cannot parse as HTTP
+    (the same problem shape as every other refusal; the connection is closed after it)."""
+    body = msgspec.json.encode(
+        {
+            "type": "https://superscooters.dev/problems/invalid_request",
+            "title": "Invalid request",
+            "status": 400,
+            "detail": detail,
+            "code": "invalid_request",
+        }
+    )
+    head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\n"
+    return head + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+
+
 class Admission:
     """How many requests one process handles at a time, and what the rest are answered.
 
@@ -195,6 +211,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
             return
         self._arm()
+
+    def send_400_response(self, msg: str) -> None:
+        """Bytes that are no HTTP request (two Content-Length headers, a bad chunk size, a
+        NUL in a header, an unknown method) are answered 400 problem+json
+        (``invalid_request``) like every other refusal, not uvicorn's text/plain line."""
+        self.transport.write(malformed_response(msg))
+        self.transport.close()
 
     # --- admission control --------------------------------------------------------------
 
