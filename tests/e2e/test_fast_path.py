@@ -16,6 +16,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 
+import command_api.app as command_app
 from shared.settings import Settings
 from tests.auth import Tokens
 from tests.e2e.conftest import Ids, command_client
@@ -145,3 +146,23 @@ async def test_cors_chunked_and_oversized_requests_go_to_litestar(
     fast, slow = await _both(api, litestar_only, f"/orders/{UNKNOWN_ORDER}/finish", huge, auth)
     assert fast.status_code == slow.status_code == 413
     assert fast.content == slow.content
+
+
+async def test_plain_requests_never_reach_litestars_handlers(
+    api: AsyncTestClient[Any], ids: Ids, tokens: Tokens, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Litestar handlers are the only callers of principal_of: broken, they answer
+    500, while the fast path still answers; a CORS request still goes to them."""
+
+    def broken(user: Any) -> Any:
+        raise RuntimeError("a Litestar handler was called")
+
+    monkeypatch.setattr(command_app, "principal_of", broken)
+    auth = {**JSON, "authorization": f"Bearer {await tokens.aget(ids.rider(), ['rider'])}"}
+    body = b'{"scooter_id":"no-such-scooter"}'
+
+    plain = await api.post("/offers", content=body, headers=auth)
+    cors = await api.post("/offers", content=body, headers={**auth, "origin": "https://x"})
+
+    assert plain.status_code == 404, plain.text  # scooter_not_found, from the fast path
+    assert cors.status_code == 500, cors.text
