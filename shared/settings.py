@@ -206,6 +206,9 @@ class ServingSettings:
     # typed bodies are bounded by their type (docs/boundaries.md)
     json_max_depth: int = setting("JSON_MAX_DEPTH", 32)
     request_max_body_bytes: int = setting("REQUEST_MAX_BODY_BYTES", 2 * 1024 * 1024)
+    # the command API answers plain offer/start/finish requests without Litestar's
+    # request cycle (ADR 0012); false: every request goes through Litestar
+    command_fast_path: bool = setting("COMMAND_FAST_PATH", True)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

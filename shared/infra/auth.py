@@ -272,7 +272,7 @@ def bearer_auth(verifier: Slot[TokenVerifier]) -> Callable[[ASGIApp], ASGIApp]:
                 path.startswith(_PUBLIC_PREFIX) or path == _CONSOLE_INDEX
             ):
                 try:
-                    scope["user"] = await verifier.get().verify(_bearer(scope))
+                    scope["user"] = await verifier.get().verify(bearer_token(scope))
                 except DomainError as exc:
                     request: Request[Any, Any, Any] = Request(scope, receive, send)
                     answer = domain_error_answer(request, exc).to_asgi_response(None, request)
@@ -285,7 +285,12 @@ def bearer_auth(verifier: Slot[TokenVerifier]) -> Callable[[ASGIApp], ASGIApp]:
     return middleware
 
 
-def _bearer(scope: Scope) -> str:
+def bearer_token(scope: Scope) -> str:
+    """The token of the request's (first) ``Authorization: Bearer`` header.
+
+    Raises:
+        Unauthenticated: no Authorization header, or not a bearer token.
+    """
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
