@@ -30,12 +30,11 @@ from typing import Any, NamedTuple
 
 import msgspec
 from litestar import Litestar, Request
-from litestar._asgi.utils import is_valid_host
 from litestar.enums import ScopeType
 from litestar.types import Message, Receive, Scope, Send
 
 from shared.infra.auth import Principal, TokenVerifier, bearer_token
-from shared.infra.boundary import decode_as
+from shared.infra.boundary import decode_as, is_valid_host
 from shared.infra.di import Slot
 from shared.infra.logs import REQUEST_ID_HEADER, bind_request_id, unbind_request_id
 from shared.infra.problems import error_answer

@@ -27,7 +27,6 @@ outermost layer), admission control before the app (``shared.infra.admission``).
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +40,7 @@ from query_api.screens import order_screen
 from shared.errors import OrderNotFound
 from shared.ids import parse_order_id
 from shared.infra.auth import TokenVerifier, bearer_auth, principal_of
+from shared.infra.boundary import is_valid_host
 from shared.infra.di import Slot
 from shared.infra.problems import exception_handlers
 from shared.infra.request_metrics import request_metrics
@@ -49,8 +49,6 @@ ROUTE = "/orders/{order_id}"  # the template Litestar gives the route (metrics l
 _PREFIX = "/orders/"
 _START = len(_PREFIX)
 _JSON = (b"content-type", b"application/json")
-# Litestar's own check (litestar._asgi.utils.is_valid_host): other hosts go to Litestar
-_HOST = re.compile(rb"\A[0-9A-Za-z!$&'()*+,;=\-._~:\[\]@%]*\Z")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -130,5 +128,5 @@ def screen_lane(app: ASGIApp, reads: Slot[Reads], verifier: Slot[TokenVerifier])
 def _valid_host(scope: Scope) -> bool:
     for name, value in scope["headers"]:
         if name == b"host":
-            return _HOST.match(value) is not None
+            return is_valid_host(value)
     return True
