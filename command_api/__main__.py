@@ -19,7 +19,10 @@ def main() -> None:
         workers=serving.command_workers,
         log_level=settings.runtime.log_level,
         admission=Admission(
-            "command_api", serving.command_max_requests_in_flight, serving.retry_after_seconds
+            "command_api",
+            serving.command_max_requests_in_flight,
+            serving.retry_after_seconds,
+            serving.admission_lag_target_ms / 1000,
         ),
     )
 

@@ -19,7 +19,10 @@ def main() -> None:
         workers=serving.query_workers,
         log_level=settings.runtime.log_level,
         admission=Admission(
-            "query_api", serving.query_max_requests_in_flight, serving.retry_after_seconds
+            "query_api",
+            serving.query_max_requests_in_flight,
+            serving.retry_after_seconds,
+            serving.admission_lag_target_ms / 1000,
         ),
     )
 
