@@ -196,7 +196,9 @@ class _Wire(asyncio.Protocol):
             total = end + 4 + int(buffer[at + 17 : line_end if line_end < end else end])
             if len(buffer) < total:
                 break
-            status = int(buffer[9:12])
+            status: int | str = int(buffer[9:12])
+            if status == 503 and buffer.find(b'"code":"overloaded"', end, total) < 0:
+                status = "503 other"  # not shed: e.g. dependency_unavailable
             buffer = buffer[total:]
             self.buffer = buffer
             self.blaster._answered(self, status)
@@ -215,7 +217,8 @@ class Blaster:
     in protocol callbacks and one timer: no task or future per request.
 
     Latencies (seconds) are recorded per status code (int) or failure (str) in
-    ``latencies``, measured from when each request was *due* (open loop: the schedule,
+    ``latencies`` (``"503 other"``: a 503 that is not ``overloaded``), measured from
+    when each request was *due* (open loop: the schedule,
     so a late generator or a full pool counts against the answer); ``server_latencies``
     from when it was written, for the same answers. Connections closed by the server
     are opened again for the next request.
@@ -375,7 +378,7 @@ class Blaster:
         self._outstanding -= 1
         self._check_done()
 
-    def _answered(self, wire: _Wire, status: int) -> None:
+    def _answered(self, wire: _Wire, status: int | str) -> None:
         if not wire.scheduled:  # nothing was asked on this wire: not an answer of ours
             self._failed(wire, "UnaskedAnswer")
             return

@@ -6,16 +6,24 @@ fresh stack runs three phases back to back on one endpoint (``query``:
 
 1. capacity: closed loop, ``--concurrency`` clients (no more than the limit in flight,
    so that none is shed: more would spin on 503s), as fast as the box answers;
-2. overload: open loop at ``--factor`` times that capacity through at most ``--connections``
-   client connections (a request waits for a free one, which counts in its latency);
+2. overload: open loop at ``--factor`` times that capacity (or ``--rate``) through
+   ``--connections`` client connections, opened before it starts (a request waits for
+   a free one, which counts in its latency);
 3. recovery: open loop at half the capacity, right after.
 
-Reported per phase: answers/s by status, p50/p99 of the admitted (2xx) answers and of
-the shed ones (503), and the CPU the API process and the generator used (cores, from ``/proc``).
-``--slowloris N`` then opens N connections that send one header line every ``--drip``
-seconds and measures normal requests while they are open.
+The requests come from :class:`tests.load.client.Blaster`: callbacks only, requests
+made once as bytes, a few microseconds of the generator's CPU each (on a 2-core box the
+generator shares the cores with the API, so it must cost far less than an answer).
+Reported per phase: answers/s by status, p50/p99 from when each request was due and
+from when it was written (``server_``: without the wait for a free connection), and
+the CPU of the API process and of the generator, in cores and in µs per answer.
+``--compare-code DIR`` runs the same API from another checkout beside this one's, on
+the same stack, and measures both alternately (``--rounds`` times each) with the same
+generator. ``--slowloris N`` then opens N connections that send one header line every
+``--drip`` seconds and measures normal requests while they are open.
 
-    uv run python -m tests.load.overload query --in-flight 0 --in-flight 64
+    uv run python -m tests.load.overload query --in-flight 128 --duration 10
+    uv run python -m tests.load.overload query --in-flight 128 --compare-code ../ref
     uv run python -m tests.load.overload command --in-flight 64 --slowloris 19000
 """
 
