@@ -22,7 +22,7 @@ def main() -> None:
             "query_api",
             serving.query_max_requests_in_flight,
             serving.retry_after_seconds,
-            serving.admission_lag_target_ms / 1000,
+            serving.query_admission_lag_target_ms / 1000,
         ),
     )
 

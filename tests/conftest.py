@@ -109,7 +109,7 @@ def base_settings(run_id: str, stubs_port: int) -> Settings:
             "query_max_requests_in_flight": 256,
             # a busy test machine must not shed them either: the adaptive limit has its
             # own tests (tests/unit/test_admission.py)
-            "admission_lag_target_ms": 0,
+            "query_admission_lag_target_ms": 0,
         },
     )
 

@@ -218,7 +218,11 @@ async def slowloris(
 
 def run(args: argparse.Namespace, in_flight: int) -> dict[str, Any]:
     lag = args.lag_target_ms
-    lag_target = {} if lag is None else {"admission_lag_target_ms": lag}
+    lag_target = (
+        {}
+        if lag is None
+        else {"command_admission_lag_target_ms": lag, "query_admission_lag_target_ms": lag}
+    )
     settings = bench_settings(1, 1).replace(
         serving={
             "command_max_requests_in_flight": in_flight,
@@ -245,7 +249,9 @@ async def measure(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "max_requests_in_flight": settings.serving.command_max_requests_in_flight,
-        "admission_lag_target_ms": settings.serving.admission_lag_target_ms,
+        "admission_lag_target_ms": getattr(
+            settings.serving, f"{args.side}_admission_lag_target_ms"
+        ),
         "request_read_timeout_seconds": settings.serving.request_read_timeout_seconds,
         "max_connections": settings.serving.max_connections,
     }
@@ -328,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "--lag-target-ms",
         type=float,
         default=None,
-        help="admission_lag_target_ms of the APIs (default: the setting's default)",
+        help="*_admission_lag_target_ms of both APIs (default: the settings' defaults)",
     )
     defaults = Settings().serving
     parser.add_argument("--read-timeout", type=float, default=defaults.request_read_timeout_seconds)
