@@ -4,18 +4,21 @@ Both guards live in :class:`GuardedHttpToolsProtocol`, uvicorn's httptools proto
 with what uvicorn lacks, per API process:
 
 - **Admission control** (:class:`Admission`): at most ``max_requests_in_flight``
-  requests are handled at a time. The next one is answered by the protocol itself,
-  before the ASGI app (Litestar) is called: a canned, complete ``503`` problem+json
-  with ``Retry-After`` and code ``overloaded`` (:func:`overloaded_response`), written
-  once the request has been read, on a connection that stays open. It costs the
-  parsing of the request and one write, a fraction of what reaching Litestar costs
-  (docs/benchmarks.md, "Overload"), so a process at several times its capacity
-  still sheds the excess quickly instead of queueing it in its event loop.
+  requests are handled at a time, fewer while the event loop falls behind (the
+  adaptive limit, ``*_admission_lag_target_ms``). The next one is answered by the
+  protocol itself, before the ASGI app (Litestar) is called: a canned, complete
+  ``503`` problem+json with ``Retry-After`` and code ``overloaded``
+  (:func:`overloaded_response`), written once the request has been read, on a
+  connection that stays open. A read of whole requests without a body costs one
+  write, no parsing; the rest cost the parsing and one write: a fraction of what
+  reaching Litestar costs (docs/benchmarks.md, "Overload" and "i8edge"), so a process
+  at several times its capacity still sheds the excess quickly instead of queueing it.
 - **Slow clients**: a request (headers and body) must arrive within
   ``request_read_timeout_seconds`` of the connection opening or of the previous answer
-  (slowloris), and at most ``max_connections`` are open; past that the connection that
-  has been *waiting for its request* longest is closed to make room (a slow or idle one;
-  the new one is refused 503 only when every open connection is in a request).
+  (slowloris), an idle one is closed after uvicorn's ``timeout_keep_alive``, and at most
+  ``max_connections`` are open; past that the connection that has been *waiting for
+  its request* longest is closed to make room (a slow or idle one; the new one is
+  refused 503 only when every open connection is in a request).
 
 Health checks (``/health/``) and ``/metrics`` are never shed: an orchestrator must see
 the process.
