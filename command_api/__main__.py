@@ -17,6 +17,7 @@ def main() -> None:
         host=serving.command_host,
         port=serving.command_port,
         workers=serving.command_workers,
+        healthcheck_seconds=serving.worker_healthcheck_seconds,
         log_level=settings.runtime.log_level,
         admission=Admission(
             "command_api",

@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 
 from command_api import repository as repo
-from command_api.external import ServiceError
+from command_api.external import ExternalServices, ServiceError
 from command_api.rides import Deps
 from shared.errors import (
     DependencyUnavailable,
@@ -33,9 +33,11 @@ from shared.infra.auth import SUPPORT, Principal
 from shared.lifecycle import (
     OperationKind,
     OperationState,
+    PaymentOutcome,
     PaymentStatus,
     decide_settle_debt,
     is_visible,
+    payment_outcome,
 )
 from shared.receipt import Receipt, receipt_of
 from shared.ride_rules import check_refund
@@ -83,7 +85,10 @@ async def refund(
     3. One transaction confirms it, lowers the rider's ``total_charged``, records the
        act and appends ``order_refunded``.
     Payments down: DependencyUnavailable; the pending refund is dropped unless the
-    call may have taken effect (then a retry with the same key completes it).
+    call may have taken effect (then a retry with the same key, or the worker, completes
+    it). A call that may have taken effect (timeout, reset, 5xx) is followed by a lookup
+    of the refund at payments by its key (:func:`looked_up`): found done with this
+    amount, it is confirmed as if payments had answered ok.
     """
     if amount <= 0:  # refused before anything is read
         raise InvalidRefund(f"a refund must be positive, got {amount}")
@@ -104,7 +109,9 @@ async def refund(
             check_refund(order.total_amount or 0, sum(r.amount for r in refunds.values()), amount)
             await repo.reserve_refund(conn, order, refund_key, amount, reason, actor.sub)
     if earlier is None or earlier.state == "pending":
-        await _refund_at_payments(deps, order_id, order.user_id, amount, refund_key)
+        await _refund_at_payments(
+            deps, order_id, order.user_id, amount, refund_key, first_try=earlier is None
+        )
         await _confirm_refund(deps.pool, order_id, refund_key, amount, reason, actor)
     async with deps.pool.acquire() as conn:
         found = await repo.order_with_receipt_inputs(conn, order_id, created_at)
@@ -154,29 +161,77 @@ async def retry_pending_refunds(deps: Deps, limit: int = 100) -> int:
         try:
             await deps.services.refund(row.user_id, str(order_id), row.amount, key)
         except ServiceError as exc:
-            log.warning("pending refund %s of %s: payments failed again: %s", key, order_id, exc)
-            continue
+            outcome, why = await looked_up(
+                deps.services, exc, str(order_id), "refund", row.amount, key
+            )
+            if outcome is not PaymentOutcome.DONE:
+                log.warning("pending refund %s of %s: not settled yet: %s", key, order_id, why)
+                continue
+            log.warning("pending refund %s of %s: %s", key, order_id, why)
         actor = Principal(row.actor, frozenset({SUPPORT}))
         await _confirm_refund(deps.pool, order_id, key, row.amount, row.reason, actor)
     return len(stale)
 
 
 async def _refund_at_payments(
-    deps: Deps, order_id: uuid.UUID, user_id: str, amount: int, refund_key: str
+    deps: Deps,
+    order_id: uuid.UUID,
+    user_id: str,
+    amount: int,
+    refund_key: str,
+    *,
+    first_try: bool,
 ) -> None:
+    """Refund at payments; returns once payments refunded it (answered ok, or its lookup
+    finds the refund done). ``first_try``: no earlier call with this key was made (a
+    retry of a pending refund keeps its reservation while payments is down: the earlier
+    call may have landed)."""
     try:
         await deps.services.refund(user_id, str(order_id), amount, refund_key)
     except ServiceError as exc:
-        if not exc.ambiguous:  # payments certainly did not refund: the reservation goes
+        # payments' ledger disagrees with ours (not: another call with this key in progress)
+        refused = exc.reason.startswith("HTTP 4") and not exc.ambiguous
+        if exc.ambiguous:
+            outcome, why = await looked_up(
+                deps.services, exc, str(order_id), "refund", amount, refund_key
+            )
+            if outcome is PaymentOutcome.DONE:  # it landed; the answer was late or lost
+                log.warning("refund %s of %s: %s", refund_key, order_id, why)
+                return
+        elif first_try or refused:  # payments certainly did not refund: the reservation goes
             async with deps.pool.acquire() as conn:
                 await repo.forget_refund(conn, order_id, refund_key)
-        # payments' ledger disagrees with ours (not: another call with this key in progress)
-        if exc.reason.startswith("HTTP 4") and not exc.ambiguous:
+        if refused:
             log.error("payments refused refund %s of %s: %s", refund_key, order_id, exc)
             raise RefundExceedsCharge(f"payments refused the refund: {exc.reason}") from exc
         raise DependencyUnavailable(
             "payments", f"could not refund: {exc.reason}; retry with the same Idempotency-Key"
         ) from exc
+
+
+async def looked_up(
+    services: ExternalServices,
+    failure: ServiceError,
+    order_id: str,
+    operation: str,
+    amount: int,
+    refund_key: str = "",
+) -> tuple[PaymentOutcome, str]:
+    """What became of a payments call of ``operation`` (``refund`` with ``refund_key``,
+    ``release``) for ``amount`` (currency units) that failed with ``failure``: payments'
+    lookup by its idempotency key (``GET /payment-operation``) decides, as for the charge
+    (``shared.lifecycle.payment_outcome``, ADR 0002): DONE when payments has it done with
+    ``amount``; otherwise UNKNOWN (the lookup failed, ``in_progress``, ``absent``: an
+    earlier call may still land, or ``done`` with another amount). Never DECLINED: refunds
+    and releases are not declined. Returns the outcome and a one-line reason."""
+    try:
+        found = await services.payment_operation(order_id, operation, refund_key)
+    except ServiceError as exc:
+        return PaymentOutcome.UNKNOWN, f"{failure}; lookup failed: {exc.reason}"
+    outcome = payment_outcome(
+        declined=False, found=found.state, found_amount=found.amount, amount=amount
+    )
+    return outcome, f"{failure}; payments has it {found.state} ({found.amount})"
 
 
 # --- settling a debt --------------------------------------------------------------------------
@@ -273,20 +328,29 @@ async def release_debt_hold(deps: Deps, op: asyncpg.Record) -> str:
     Confirmed: the operation is done, the order's version grows and ``hold_released``
     is appended (its receipt now shows the deposit released). Payments refusing it
     (409: the order was charged meanwhile, its clear released the hold) closes it as
-    given up. Any other failure: retried by the worker, raised as ServiceError.
+    given up. A call that may have taken effect (timeout, reset, 5xx, a call with its key
+    in progress) is followed by a lookup of the release at payments by its key
+    (:func:`looked_up`): found done with the held amount, it is confirmed. Any other
+    failure: retried by the worker, raised as ServiceError.
     """
-    order_id, created_at = op["order_id"], op["order_created_at"]
+    order_id, created_at, amount = op["order_id"], op["order_created_at"], op["amount"]
     try:
-        await deps.services.release(op["user_id"], str(order_id), op["amount"])
+        await deps.services.release(op["user_id"], str(order_id), amount)
     except ServiceError as exc:
-        if exc.reason != "HTTP 409" or exc.ambiguous:  # ambiguous: a call still in progress
+        if exc.ambiguous:
+            outcome, why = await looked_up(deps.services, exc, str(order_id), "release", amount)
+            if outcome is not PaymentOutcome.DONE:
+                raise ServiceError("payments", why, ambiguous=True) from exc
+            log.warning("release of the hold of %s: %s", order_id, why)
+        elif exc.reason != "HTTP 409":
             raise
-        log.warning("release of the hold of %s refused: %s", order_id, exc)
-        async with deps.pool.acquire() as conn:
-            await repo.finish_payment_operation(
-                conn, order_id, OperationKind.RELEASE_DEBT_HOLD, OperationState.GAVE_UP
-            )
-        return "refused"
+        else:
+            log.warning("release of the hold of %s refused: %s", order_id, exc)
+            async with deps.pool.acquire() as conn:
+                await repo.finish_payment_operation(
+                    conn, order_id, OperationKind.RELEASE_DEBT_HOLD, OperationState.GAVE_UP
+                )
+            return "refused"
     async with deps.pool.acquire() as conn, conn.transaction():
         if await repo.finish_payment_operation(conn, order_id, OperationKind.RELEASE_DEBT_HOLD):
             await repo.apply_operator_change(conn, order_id, created_at, HOLD_RELEASED)

@@ -17,6 +17,7 @@ def main() -> None:
         host=serving.query_host,
         port=serving.query_port,
         workers=serving.query_workers,
+        healthcheck_seconds=serving.worker_healthcheck_seconds,
         log_level=settings.runtime.log_level,
         admission=Admission(
             "query_api",

@@ -22,7 +22,9 @@ PROJECTED = Counter("projector_events_total", "Outbox events projected by this p
 BAD_EVENTS = Counter("projector_bad_events_total", "Outbox payloads that could not be decoded")
 PROJECTOR_ERRORS = Counter("projector_errors_total", "Batches that failed and will be retried")
 PROJECTOR_LAG = Gauge(
-    "projector_lag_seconds", "Age of the oldest outbox event not yet projected (0 when none)"
+    "projector_lag_seconds",
+    "Age of the oldest outbox event not yet projected (0 when none)",
+    multiprocess_mode="liveall",  # per live process; a dead worker's is dropped
 )
 EVENT_LAG = Histogram(
     "projector_event_lag_seconds",

@@ -118,7 +118,12 @@ class Reads:
                 max_pending=settings.redis.max_connections,
             )
         )
-        self.router = ReadRouter(db, replica, settings.db.replica_max_wait_seconds)
+        self.router = ReadRouter(
+            db,
+            replica,
+            settings.db.replica_max_wait_seconds,
+            primary_deadline_seconds=settings.db.command_timeout_seconds,
+        )
         self.gate = RedisGate(settings.redis.retry_seconds)
         self._flights = SingleFlight()
         self._served = ServedVersions()

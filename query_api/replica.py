@@ -8,6 +8,16 @@ Otherwise the read goes to the primary. A read the replica fails after it was ch
 (cancelled by a recovery conflict, the replica gone) is read again on the primary
 (:meth:`ReadRouter.read`), so a hot standby never turns an answerable read into an error.
 
+A primary that is *down* (it refuses or drops the connection, is shutting down or starting
+up) has no new writes for the replica to miss: the replica answers as it is. A primary that
+is only *slow* (the check's statement or the wait for one of its pooled connections
+outlasts ``check_timeout_seconds``, or it refuses more connections) is busy, not down: it
+goes on committing, so the replica may be behind what a screen already showed. Such a read
+is answered by the primary within ``primary_deadline_seconds`` (pool wait included), else
+the read fails with :class:`TimeoutError` (the caller's 503 ``dependency_unavailable``).
+A primary that never answers at all (a black-holed host) looks busy, not down: its reads
+are answered 503 rather than from a replica that may be behind (ADR 0015).
+
 The check costs two trivial statements that touch no table (``pg_current_wal_insert_lsn()``
 on the primary, ``pg_last_wal_replay_lsn()`` on the replica) and is shared: a check that
 *started* after a read began answers for that read, so under load one check in flight
@@ -18,6 +28,7 @@ for, up to ``replica_max_wait_seconds``, before giving up on it.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -52,10 +63,65 @@ _ON_REPLICA, _ON_PRIMARY = REPLICA_READS.labels("replica"), REPLICA_READS.labels
 _CURRENT, _BEHIND = REPLICA_CHECKS.labels("current"), REPLICA_CHECKS.labels("behind")
 _REPLICA_DOWN = REPLICA_CHECKS.labels("replica_down")
 _PRIMARY_DOWN = REPLICA_CHECKS.labels("primary_down")
+_PRIMARY_BUSY = REPLICA_CHECKS.labels("primary_busy")
+
+# The primary is gone (ADR 0007's "primary down"): refused, reset or unreachable, the
+# connection closed under us, SQLSTATE class 08, shutting down, crashed or starting up
+# (57P01-57P03). Everything else the check can meet, a timeout first (TimeoutError is an
+# OSError), a cancelled statement (57014), "too many connections" (53300: it is serving
+# others) and any other error, means the primary is up and may be committing: busy
+# (ADR 0015).
+PRIMARY_GONE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.InternalClientError,
+)
+
+
+def primary_gone(exc: BaseException) -> bool:
+    """Whether the primary check's failure ``exc`` says the primary is down (not busy)."""
+    return isinstance(exc, PRIMARY_GONE) and not isinstance(exc, TimeoutError)
+
+
+class _Choice(enum.Enum):
+    """What a check decided for the reads that share it."""
+
+    REPLICA = "replica"  # current, or the primary is down
+    PRIMARY = "primary"  # the replica is behind or down
+    PRIMARY_BUSY = "primary_busy"  # the primary did not tell its position in time
+
+
+class _Warnings:
+    """A warning per kind at most once per ``interval_seconds``, with how many were
+    left out since: under overload a check fails many times a second (docs/scaling.md)."""
+
+    def __init__(self, interval_seconds: float = 10.0) -> None:
+        self._interval = interval_seconds
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, float("-inf")) < self._interval:
+            self._skipped[kind] = self._skipped.get(kind, 0) + 1
+            return
+        skipped, self._skipped[kind], self._last[kind] = self._skipped.get(kind, 0), 0, now
+        log.warning("%s (%r; %d more like it not logged)", message, exc, skipped)
 
 
 class ReadRouter:
-    """Chooses the pool of each fallback read: ``primary`` alone when no replica is set."""
+    """Chooses the pool of each fallback read: ``primary`` alone when no replica is set.
+
+    ``max_wait_seconds``: how long a read waits for a replica a little behind;
+    ``check_timeout_seconds``: how long each of the check's statements may take (pool
+    wait included) before the primary counts as busy or the replica as down;
+    ``primary_deadline_seconds``: how long a read sent to a busy primary may take, pool
+    wait included, before it fails with :class:`TimeoutError`.
+    """
 
     def __init__(
         self,
@@ -63,30 +129,42 @@ class ReadRouter:
         replica: asyncpg.Pool | None,
         max_wait_seconds: float = 0.05,
         check_timeout_seconds: float = 0.5,
+        primary_deadline_seconds: float = 5.0,
     ) -> None:
         self.primary = primary
         self.replica = replica
         self._max_wait = max_wait_seconds
         self._timeout = check_timeout_seconds
+        self._primary_deadline = primary_deadline_seconds
         self._fresh_as_of = float("-inf")  # the replica had replayed the primary as of then
-        self._check: tuple[float, asyncio.Future[bool]] | None = None
+        self._check: tuple[float, asyncio.Future[_Choice]] | None = None
+        self._warnings = _Warnings()
 
     async def pool(self) -> asyncpg.Pool:
         """The pool a read that begins now must use (see the module's rule)."""
+        return (await self._choose())[0]
+
+    async def _choose(self) -> tuple[asyncpg.Pool, bool]:
+        """The pool, and whether it is a primary found busy (the read gets a deadline)."""
         if self.replica is None:
-            return self.primary
+            return self.primary, False
         began = time.monotonic()
-        if self._fresh_as_of >= began or await self._replica_current(began):
+        choice = _Choice.REPLICA if self._fresh_as_of >= began else await self._shared(began)
+        if choice is _Choice.REPLICA:
             _ON_REPLICA.inc()
-            return self.replica
+            return self.replica, False
         _ON_PRIMARY.inc()
-        return self.primary
+        return self.primary, choice is _Choice.PRIMARY_BUSY
 
     async def read(self, query: Callable[[asyncpg.Pool], Awaitable[R]]) -> R:
         """Run ``query`` on :meth:`pool`'s choice; a read the replica fails with
         :data:`REPLICA_FAILED` (a timeout aside) is run again on the primary. The
-        primary's errors pass."""
-        pool = await self.pool()
+        primary's errors pass; a read sent to a busy primary raises
+        :class:`TimeoutError` after ``primary_deadline_seconds``."""
+        pool, busy = await self._choose()
+        if busy:
+            async with asyncio.timeout(self._primary_deadline):
+                return await query(pool)
         if pool is self.primary:
             return await query(pool)
         try:
@@ -98,7 +176,7 @@ class ReadRouter:
             REPLICA_READ_FAILURES.inc()
             return await query(self.primary)
 
-    async def _replica_current(self, began: float) -> bool:
+    async def _shared(self, began: float) -> _Choice:
         """Join the check in flight when it started after ``began``, else start one."""
         check = self._check
         if check is None or check[0] < began:
@@ -107,16 +185,21 @@ class ReadRouter:
             check = self._check = (started, future)
         return await asyncio.shield(check[1])
 
-    async def _probe(self, started: float) -> bool:
+    async def _probe(self, started: float) -> _Choice:
         """Has the replica replayed what the primary had written at ``started``?"""
         assert self.replica is not None
         try:
             async with asyncio.timeout(self._timeout):
                 target = await self.primary.fetchval(_PRIMARY_POSITION)
-        except Exception as exc:  # primary down: the replica is all there is (ADR 0007)
-            log.warning("primary unreachable (%r): reading the replica as it is", exc)
-            _PRIMARY_DOWN.inc()
-            return True
+        except Exception as exc:
+            if primary_gone(exc):  # the replica is all there is (ADR 0007)
+                self._warnings.warn("down", "primary unreachable: reading the replica", exc)
+                _PRIMARY_DOWN.inc()
+                return _Choice.REPLICA
+            # slow, not down: it may be committing what the replica has not (ADR 0015)
+            self._warnings.warn("busy", "primary busy: reading the primary", exc)
+            _PRIMARY_BUSY.inc()
+            return _Choice.PRIMARY_BUSY
         deadline = started + self._max_wait
         pause = 0.001
         try:
@@ -124,13 +207,13 @@ class ReadRouter:
                 while not await self.replica.fetchval(_REPLAYED, target):
                     if time.monotonic() + pause > deadline:
                         _BEHIND.inc()
-                        return False
+                        return _Choice.PRIMARY
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 0.01)
         except Exception as exc:  # replica down or slow: the primary answers
-            log.warning("replica unusable (%r): reading the primary", exc)
+            self._warnings.warn("replica", "replica unusable: reading the primary", exc)
             _REPLICA_DOWN.inc()
-            return False
+            return _Choice.PRIMARY
         self._fresh_as_of = max(self._fresh_as_of, started)
         _CURRENT.inc()
-        return True
+        return _Choice.REPLICA

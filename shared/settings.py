@@ -182,6 +182,11 @@ class ServingSettings:
     query_port: int = setting("QUERY_PORT", 8001)
     command_workers: int = setting("COMMAND_WORKERS", 1)  # uvicorn worker processes
     query_workers: int = setting("QUERY_WORKERS", 1)  # uvicorn worker processes
+    # with several workers, uvicorn's supervisor kills and replaces a worker that does not
+    # answer its ping within this; a spawned worker answers only once it has imported the
+    # app again, which on a loaded box took 9-10 s (uvicorn's default, 5 s, killed workers
+    # that were only starting; shared/infra/serving.py)
+    worker_healthcheck_seconds: int = setting("WORKER_HEALTHCHECK_SECONDS", 60)
     retry_after_seconds: int = setting("RETRY_AFTER_SECONDS", 2)  # Retry-After on 503
     # /metrics of each API process, on an internal port (never the API's); several
     # uvicorn workers take consecutive ports; 0 = no /metrics

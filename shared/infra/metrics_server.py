@@ -6,6 +6,13 @@ several uvicorn workers of one API, each takes the first free port from ``port``
 set, as ``shared/infra/serving.py`` does for more than one worker) every one of those
 ports answers with the sum over all workers' files, so scraping ``port`` alone covers the
 whole service (docs/scaling.md, "Metrics"); otherwise each answers for its own process.
+
+A worker that died (killed by uvicorn's supervisor, crashed) leaves its files behind.
+Its counters and histograms must stay (the service's totals never go down), but a
+gauge of a process that is gone is a series that lies: gauges are kept per live process
+(``multiprocess_mode="liveall"``) and every scrape first removes the files of gauges whose
+process is gone (:func:`forget_dead_workers`, prometheus-client's ``mark_process_dead``,
+which uvicorn has no hook to call).
 """
 
 from __future__ import annotations
@@ -14,11 +21,14 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("metrics")
 
@@ -50,11 +60,50 @@ def registry() -> CollectorRegistry:
     """What ``/metrics`` answers with: in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``
     set) a registry collecting every worker's files, as prometheus-client's documentation
     requires; else this process's default registry."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
         return REGISTRY
     collected = CollectorRegistry()
-    MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
+    collected.register(_LiveWorkers(path))
     return collected
+
+
+class _LiveWorkers(Collector):
+    """Every worker's files, less the gauges of workers that are gone."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._files = MultiProcessCollector(None, path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        forget_dead_workers(self._path)
+        metrics: Iterable[Metric] = self._files.collect()  # type: ignore[no-untyped-call]
+        return metrics
+
+
+def forget_dead_workers(path: str) -> list[int]:
+    """Remove, in the multiprocess directory ``path``, the files of the live-mode gauges
+    (``gauge_live*_<pid>.db``) of processes that no longer run; returns their pids."""
+    dead: list[int] = []
+    for file in Path(path).glob("gauge_live*_*.db"):
+        try:
+            pid = int(file.stem.rsplit("_", 1)[1])
+        except ValueError:
+            continue
+        if pid not in dead and not _running(pid):
+            mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+            dead.append(pid)
+    return dead
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: running
+        return True
+    return True
 
 
 def _stop(server: WSGIServer, thread: threading.Thread) -> None:

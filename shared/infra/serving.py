@@ -74,9 +74,16 @@ def serve(
     workers: int,
     log_level: str,
     admission: Admission | None = None,
+    healthcheck_seconds: int = 60,
 ) -> None:
     """Serve the Litestar app built by ``factory`` ("module:function") in the foreground,
     in ``workers`` processes sharing the port and one ``/metrics`` view.
+
+    ``healthcheck_seconds``: with several workers, how long uvicorn's supervisor waits
+    for a worker's answer to its ping (every 0.5 s) before it kills and replaces it. A
+    worker is a spawned process that imports the ``__main__`` module again before it can
+    answer; on a loaded box that takes longer than uvicorn's default of 5 s, so a worker
+    that is only starting would be killed, again and again.
 
     httptools with admission control (``admission``: each worker process admits
     ``admission.limit`` requests at a time and sheds the rest before the app; None: no
@@ -95,6 +102,7 @@ def serve(
             host=host,
             port=port,
             workers=workers,
+            timeout_worker_healthcheck=healthcheck_seconds,
             loop="uvloop",
             http=http,
             ws="none",

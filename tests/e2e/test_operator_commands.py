@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import asyncpg
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -30,6 +31,7 @@ from tests.e2e.conftest import (
     ledger,
     new_offer,
     order_row,
+    payment_op,
     set_fault,
     start,
 )
@@ -366,7 +368,121 @@ async def test_payments_down_answers_503_and_a_retry_refunds_once(
     assert (await ledger(stubs, done["id"]))["refunded"] == 7
 
 
-async def test_an_ambiguous_refund_stays_pending_and_is_completed_once(
+async def ledger_agrees(
+    db: asyncpg.Pool, stubs: str, order_id: str, refunded: int, sub: str, charged: int
+) -> None:
+    """Payments refunded ``refunded`` once per key, and our rows say the same: the done
+    refunds add up to it, nothing is pending, one act per refund, the summary lowered
+    once."""
+    money = await ledger(stubs, order_id)
+    refunds = [e for e in money["entries"] if e["kind"] == "refund"]
+    rows = await db.fetch(
+        "SELECT refund_key, amount, state FROM order_refunds WHERE order_id = $1",
+        uuid.UUID(order_id),
+    )
+    assert money["refunded"] == refunded
+    assert sorted((e["key"], e["amount"]) for e in refunds) == sorted(
+        (r["refund_key"], r["amount"]) for r in rows
+    )
+    assert {r["state"] for r in rows} == {"done"}
+    assert await actions(db, order_id) == [("refund", sub, "brake failed", refunded)]
+    user_id = await db.fetchval(
+        "SELECT user_id FROM order_refunds WHERE order_id = $1", uuid.UUID(order_id)
+    )
+    summary = await db.fetchval(
+        "SELECT total_charged FROM user_summary WHERE user_id = $1", user_id
+    )
+    assert summary == charged - refunded
+
+
+async def test_a_refund_answered_late_is_found_by_its_key_and_recorded_once(
+    api: Client,
+    db: asyncpg.Pool,
+    ids: Ids,
+    stubs: str,
+    operator: tuple[str, dict[str, str]],
+    reset_faults: None,
+) -> None:
+    """Payments refunds but replies too late (each try times out): the lookup by the
+    refund key finds it done, so the request answers 201 and records it once; a repeat
+    with the key replays it."""
+    sub, headers = operator
+    done = await charged_ride(api, db, ids)
+    order_id, charged = done["id"], done["total_amount"]
+    key = f"refund-{uuid.uuid4()}"
+    await set_fault(stubs, "payments", reply_delay_ms=1_500)
+    late = await refund(api, order_id, 5, headers, key)
+    assert late.status_code == 201, late.text
+    assert (late.json()["amount"], late.json()["refunded_total"]) == (5, 5)
+    await ledger_agrees(db, stubs, order_id, 5, sub, charged)
+
+    again = await refund(api, order_id, 5, headers, key)
+    assert again.status_code == 201, again.text
+    assert again.json()["refunded_total"] == 5
+    await ledger_agrees(db, stubs, order_id, 5, sub, charged)
+
+
+async def landed_but_pending(
+    db: asyncpg.Pool, stubs: str, order: Json, amount: int, actor: str
+) -> str:
+    """A refund of ``amount`` that payments made but we never confirmed (the process
+    died in between): in payments' ledger, and a pending row (as ``refund`` reserves it)
+    a minute old. Returns its refund key."""
+    key = f"refund-{uuid.uuid4()}"
+    async with httpx.AsyncClient() as client:
+        landed = await client.post(
+            f"{stubs}/refund-money-for-order",
+            json={
+                "user_id": order["user_id"],
+                "order_id": order["id"],
+                "amount": amount,
+                "refund_key": key,
+            },
+        )
+    assert landed.status_code == 200, landed.text
+    await db.execute(
+        "INSERT INTO order_refunds (order_id, refund_key, order_created_at, user_id, amount,"
+        " reason, actor, created_at)"
+        " SELECT id, $2, created_at, user_id, $3, 'brake failed', $4, now() - interval '1 minute'"
+        " FROM orders WHERE id = $1",
+        uuid.UUID(order["id"]),
+        key,
+        amount,
+        actor,
+    )
+    return key
+
+
+async def test_a_pending_refund_retried_while_payments_is_down_stays_pending(
+    api: Client,
+    db: asyncpg.Pool,
+    ids: Ids,
+    stubs: str,
+    operator: tuple[str, dict[str, str]],
+    reset_faults: None,
+) -> None:
+    """A retry of a refund whose first call may have landed, made while payments is down
+    (503: this call did nothing), must not drop the pending refund: the first call did
+    land. Once payments is back the retry confirms it, once."""
+    sub, headers = operator
+    done = await charged_ride(api, db, ids)
+    key = await landed_but_pending(db, stubs, done, 5, sub)
+    await set_fault(stubs, "payments", outage=True)
+    down = await refund(api, done["id"], 5, headers, key)
+    assert down.status_code == 503, down.text
+    state = await db.fetchval(
+        "SELECT state FROM order_refunds WHERE order_id = $1 AND refund_key = $2",
+        uuid.UUID(done["id"]),
+        key,
+    )
+    assert state == "pending"  # kept: it counts against the charge
+    await set_fault(stubs, "payments", outage=False)
+    retried = await refund(api, done["id"], 5, headers, key)
+    assert retried.status_code == 201, retried.text
+    await ledger_agrees(db, stubs, done["id"], 5, sub, done["total_amount"])
+
+
+async def test_a_pending_refund_that_landed_is_completed_once_while_replies_are_late(
     api: Client,
     db: asyncpg.Pool,
     ids: Ids,
@@ -375,19 +491,17 @@ async def test_an_ambiguous_refund_stays_pending_and_is_completed_once(
     reset_faults: None,
     worker_deps: rides.Deps,
 ) -> None:
-    """Payments refunds but replies too late (each try times out): 503, the refund stays
-    pending and counts against the charge; the worker asks again with the same refund
-    key and confirms it; payments refunded once."""
-    sub, headers = operator
+    """The process died after payments refunded and before the refund was confirmed: a
+    pending row (as ``refund`` reserves it) and the refund in payments' ledger. It
+    counts against the charge; the worker asks payments again with the same key while
+    every reply still comes late, and the lookup lets it confirm the refund, once."""
+    sub, _headers = operator
     done = await charged_ride(api, db, ids)
     order_id, charged = done["id"], done["total_amount"]
-    await set_fault(stubs, "payments", reply_delay_ms=1_500)
-    late = await refund(api, order_id, 5, headers, f"refund-{uuid.uuid4()}")
-    assert late.status_code == 503, late.text
-    assert (await ledger(stubs, order_id))["refunded"] == 5  # it did happen
-    more = await refund(api, order_id, charged - 4, headers, f"refund-{uuid.uuid4()}")
+    await landed_but_pending(db, stubs, done, 5, sub)
+    more = await refund(api, order_id, charged - 4, _headers, f"refund-{uuid.uuid4()}")
     assert more.status_code == 409, more.text  # the pending 5 counts
-    await set_fault(stubs, "payments", reply_delay_ms=0)
+    await set_fault(stubs, "payments", reply_delay_ms=1_500)
 
     async def retried() -> int:
         await operator_commands.retry_pending_refunds(worker_deps)
@@ -396,13 +510,9 @@ async def test_an_ambiguous_refund_stays_pending_and_is_completed_once(
         )
         return int(state == "done")
 
-    await eventually(retried, timeout=WAIT, interval=0.5)
-    assert (await ledger(stubs, order_id))["refunded"] == 5
-    assert await actions(db, order_id) == [("refund", sub, "brake failed", 5)]
-    summary = await db.fetchval(
-        "SELECT total_charged FROM user_summary WHERE user_id = $1", done["user_id"]
-    )
-    assert summary == charged - 5
+    await eventually(retried, timeout=WAIT, interval=0.5)  # replies still late
+    await operator_commands.retry_pending_refunds(worker_deps)  # nothing more to do
+    await ledger_agrees(db, stubs, order_id, 5, sub, charged)
 
 
 # --- settling a debt ----------------------------------------------------------------------------
@@ -479,6 +589,51 @@ async def test_a_debt_releases_its_hold_and_settling_it_lets_the_rider_ride_agai
     assert screen["payment_status"] == "charged"
     assert screen["receipt"]["deposit_released"] == deposit
     lines_add_up(screen["receipt"])
+
+
+async def test_the_hold_of_a_debt_released_while_replies_are_late_is_released_once(
+    api: Client,
+    db: asyncpg.Pool,
+    ids: Ids,
+    stubs: str,
+    reset_faults: None,
+    running_worker: None,
+) -> None:
+    """Payments releases the hold left behind by a debt but every reply comes after our
+    timeout: the lookup of the release by its key finds it done, so the worker records it
+    (operation done, one ``hold_released``) instead of retrying it for as long as the
+    replies are late; payments released once."""
+    rider = ids.rider(trusted=False)
+    order = await start(api, rider, ids.scooter())
+    await backdate(db, order["id"], 600)
+    # the card declines (debt, ADR 0002; a decline answers at once), and whatever
+    # payments does take effect on is answered after our timeout
+    await set_fault(stubs, "payments", decline=True, reply_delay_ms=1_500)
+    done = (await api.post(f"/orders/{order['id']}/finish", json={})).json()
+    assert done["payment_status"] == "pending"
+    deposit = order["deposit"]
+    assert deposit > 0
+
+    async def debt() -> asyncpg.Record | None:
+        row = await order_row(db, order["id"])
+        return row if row["payment_status"] == "debt" else None
+
+    await eventually(debt, timeout=WAIT)
+
+    async def release_done() -> bool:
+        op = await payment_op(db, order["id"], "release_debt_hold")
+        return bool(op["state"] == "done")
+
+    await eventually(release_done, timeout=WAIT)  # the replies are still late
+    money = await ledger(stubs, order["id"])
+    assert (money["held"], money["released"], money["charged"]) == (deposit, deposit, 0)
+    assert [e["kind"] for e in money["entries"]].count("release") == 1
+    released_events = await db.fetchval(
+        "SELECT count(*) FROM outbox WHERE order_id = $1 AND event_type = 'hold_released'",
+        uuid.UUID(order["id"]),
+    )
+    assert released_events == 1
+    assert (await order_row(db, order["id"]))["payment_status"] == "debt"  # still owed
 
 
 async def test_settling_refusals(

@@ -9,15 +9,22 @@ through the read router.
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
+import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 from redis.asyncio import RedisCluster
 
+from query_api import repository
 from query_api.reads import Reads
+from query_api.replica import ReadRouter, primary_gone
 from query_api.stores import connect_postgres, connect_redis
+from shared.errors import DependencyUnavailable
 from shared.settings import Settings
 from shared.views import order_key, user_summary_key
 from tests.e2e.conftest import Ids, backdate, eventually, order_row, start
@@ -179,3 +186,143 @@ async def replica_query_running(replica: asyncpg.Pool) -> bool:
         " AND state = 'active' AND pid <> pg_backend_pid()"
     )
     return bool(running)
+
+
+# --- a busy primary is not a down one (ADR 0015) -----------------------------------------------
+
+
+def checks(outcome: str) -> float:
+    return REGISTRY.get_sample_value("query_replica_checks_total", {"outcome": outcome}) or 0.0
+
+
+async def take_every_connection(
+    pool: asyncpg.Pool, size: int, seconds: float, observer: asyncpg.Pool
+) -> list[asyncio.Task[Any]]:
+    """Keep all ``size`` connections of ``pool`` busy for ``seconds`` (``pg_sleep`` on
+    the primary), as the primary's pool is under overload; returns once all sleep
+    (seen through ``observer``, another pool to the same primary)."""
+    tag = uuid.uuid4().hex
+    held = [
+        asyncio.create_task(pool.fetchval(f"SELECT pg_sleep({seconds}) /* {tag} */"))
+        for _ in range(size)
+    ]
+
+    async def all_asleep() -> bool:
+        running = await observer.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1",
+            f"%pg_sleep({seconds}) /* {tag} */%",
+        )
+        return int(running) == size
+
+    await eventually(all_asleep, timeout=5, interval=0.02)
+    return held
+
+
+async def test_a_busy_primary_is_read_not_the_replica_behind_it(
+    api: Client,
+    db: asyncpg.Pool,
+    pg_pair: PostgresPair,
+    read_settings: Settings,
+    ids: Ids,
+) -> None:
+    """The primary check waits past its timeout for a connection of the primary's pool
+    (all taken, as under overload). Before ADR 0015 that counted as the primary being
+    down and the read went to the replica "as it is": here the replica's replay is
+    paused with the ride still active, so the screen went back from the finish already
+    shown to the active ride. Now the busy primary answers, within its deadline, and
+    past the deadline the read is a 503 (``dependency_unavailable``), never the past."""
+    order = await start(api, ids.rider(), ids.scooter())
+    await eventually(lambda: asyncio.to_thread(pg_pair.caught_up), timeout=10)
+    redis = connect_redis(read_settings)
+    primary = await connect_postgres(read_settings, max_size=2)
+    replica = await connect_postgres(read_settings, max_size=2, replica=True)
+    assert replica is not None
+    reads = Reads(read_settings, redis, primary, replica)
+    reads.router = ReadRouter(
+        primary, replica, check_timeout_seconds=0.2, primary_deadline_seconds=3.0
+    )
+    order_id = uuid.UUID(order["id"])
+    pg_pair.pause_replay()
+    try:
+        await backdate(db, order["id"], 90)
+        done = await finish(api, order["id"])
+        assert await replica_status(replica, order["id"]) == "active"  # behind
+        shown = await reads.order_from_postgres(order_id)  # the replica is behind: primary
+        assert shown is not None
+        assert (shown.status, shown.version) == ("finished", done["version"])
+
+        busy, down = checks("primary_busy"), checks("primary_down")
+        held = await take_every_connection(primary, 2, 1.0, db)
+        began = time.monotonic()
+        again = await reads.order_from_postgres(order_id)
+        waited = time.monotonic() - began
+        await asyncio.gather(*held)
+        assert again is not None
+        assert (again.status, again.version) == ("finished", done["version"])  # not the past
+        assert checks("primary_busy") == busy + 1
+        assert checks("primary_down") == down
+        assert waited >= 0.5  # it waited for the primary (a connection freed after ~1 s)
+
+        # a primary busy past the read's deadline: 503, not the replica's older answer
+        reads.router = ReadRouter(
+            primary, replica, check_timeout_seconds=0.2, primary_deadline_seconds=0.3
+        )
+        held = await take_every_connection(primary, 2, 1.5, db)
+        with pytest.raises(DependencyUnavailable):
+            await reads.order_from_postgres(order_id)
+        await asyncio.gather(*held)
+        assert checks("primary_busy") == busy + 2
+    finally:
+        pg_pair.resume_replay()
+        await redis.aclose()
+        await primary.close()
+        await replica.close()
+
+
+async def test_a_primary_that_is_down_still_leaves_the_replica_to_answer(
+    api: Client, pg_pair: PostgresPair, read_settings: Settings, ids: Ids
+) -> None:
+    """ADR 0007's rule for a primary that is down, unchanged: nothing listens where the
+    primary was (connection refused), so the replica answers as it is."""
+    order = await start(api, ids.rider(), ids.scooter())
+    await eventually(lambda: asyncio.to_thread(pg_pair.caught_up), timeout=10)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    name = read_settings.db.url.rsplit("/", 1)[1]
+    gone = await asyncpg.create_pool(
+        f"postgresql://postgres@127.0.0.1:{dead_port}/{name}", min_size=0, max_size=1
+    )
+    replica = await connect_postgres(read_settings, max_size=2, replica=True)
+    assert replica is not None
+    router = ReadRouter(gone, replica, check_timeout_seconds=0.5)
+    try:
+        down, busy, on_replica = checks("primary_down"), checks("primary_busy"), routed("replica")
+        view = await router.read(lambda pool: repository.order_by_id(pool, uuid.UUID(order["id"])))
+        assert view is not None
+        assert (view.status, view.version) == ("active", order["version"])
+        assert checks("primary_down") == down + 1
+        assert checks("primary_busy") == busy
+        assert routed("replica") == on_replica + 1
+    finally:
+        await gone.close()
+        await replica.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "gone"),
+    [
+        (ConnectionRefusedError(111, "refused"), True),
+        (ConnectionResetError(104, "reset"), True),
+        (asyncpg.exceptions.ConnectionDoesNotExistError("closed"), True),
+        (asyncpg.exceptions.AdminShutdownError("shutting down"), True),
+        (asyncpg.exceptions.CannotConnectNowError("starting up"), True),
+        (TimeoutError(), False),
+        (asyncpg.exceptions.TooManyConnectionsError("too many clients"), False),
+        (asyncpg.exceptions.QueryCanceledError("statement timeout"), False),
+    ],
+)
+def test_only_a_lost_connection_counts_as_the_primary_down(
+    error: BaseException, gone: bool
+) -> None:
+    assert primary_gone(error) is gone

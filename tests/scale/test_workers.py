@@ -61,10 +61,11 @@ def two_workers(scaled_settings: Settings, stubs: str) -> Iterator[Settings]:
         wait_http(f"http://127.0.0.1:{serving.command_port}/health/live", 120, procs[1])
         wait_http(f"http://127.0.0.1:{serving.query_port}/health/live", 120, procs[2])
         # One answer on the shared public port means one worker is up, not both: each
-        # worker is a spawned process that re-imports the app, and on a loaded machine
-        # uvicorn's supervisor even replaces a worker that takes over 5 s to answer its
-        # health ping while starting. A worker opens its metrics port during its lifespan,
-        # so both ports of an API answering means both of its workers are there to scrape.
+        # worker is a spawned process that re-imports the app (seconds on a loaded
+        # machine; SCOOTERS_WORKER_HEALTHCHECK_SECONDS keeps uvicorn's supervisor from
+        # replacing it meanwhile, tests/scale/test_worker_start.py). A worker opens its
+        # metrics port during its lifespan, so both ports of an API answering means both
+        # of its workers are there to scrape.
         for port, proc in (
             (serving.command_metrics_port, procs[1]),
             (serving.query_metrics_port, procs[2]),

@@ -119,6 +119,7 @@ REMOVED_VARIABLES = {"SCOOTERS_OFFER_SIGNING_KEY": "SCOOTERS_OFFER_KEYS"}
 
 # Variables added after the grouping, with their field and default.
 NEW_VARIABLES: dict[str, tuple[str, Any]] = {
+    "SCOOTERS_WORKER_HEALTHCHECK_SECONDS": ("serving.worker_healthcheck_seconds", 60),
     "SCOOTERS_OFFER_KEYS": ("offers.keys", ""),
     "SCOOTERS_OFFER_RATE_LIMIT": ("offers.rate_limit", 30),
     "SCOOTERS_OFFER_RATE_WINDOW_SECONDS": ("offers.rate_window_seconds", 60),
