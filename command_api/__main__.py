@@ -20,7 +20,10 @@ def main() -> None:
         healthcheck_seconds=serving.worker_healthcheck_seconds,
         log_level=settings.runtime.log_level,
         admission=Admission(
-            "command_api", serving.command_max_requests_in_flight, serving.retry_after_seconds
+            "command_api",
+            serving.command_max_requests_in_flight,
+            serving.retry_after_seconds,
+            serving.command_admission_lag_target_ms / 1000,
         ),
     )
 

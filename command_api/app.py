@@ -22,6 +22,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, PathParameter, 
 
 from command_api import operator, rides
 from command_api.composition import open_deps
+from command_api.fast_path import FastRoute, serve_ride_commands
 from command_api.idempotency import MAX_KEY_LENGTH, run_once
 from command_api.rate_limit import OfferRateLimit
 from command_api.rate_limit import connect as connect_redis
@@ -54,6 +55,7 @@ from shared.errors import (
 )
 from shared.ids import parse_order_id
 from shared.infra.auth import (
+    Principal,
     TokenVerifier,
     bearer_auth,
     document_public_operations,
@@ -125,11 +127,17 @@ class FinishOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 NO_TRACK = FinishOrder()
 
-# why support acted (docs/operator-api.md): 1-500 characters, not only blanks
+# why support acted (docs/operator-api.md): 1-500 characters, not only blanks, one line
+# without control characters (Postgres refuses NUL; a reason is text for people and logs).
+# (?!\n): Python's "$" also matches before a final line break (see IDENTIFIER_PATTERN)
+REASON_PATTERN = r"^[^\S\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*(?!\n)$"
 Reason = Annotated[
     str,
     msgspec.Meta(
-        min_length=1, max_length=500, pattern=r"\S", examples=["app crashed, scooter parked"]
+        min_length=1,
+        max_length=500,
+        pattern=REASON_PATTERN,
+        examples=["app crashed, scooter parked"],
     ),
 ]
 UserId = Annotated[
@@ -200,7 +208,12 @@ async def create_offer(
     deps: Deps,
     offer_rate_limit: RateLimit,
 ) -> OfferAnswer:
-    principal = principal_of(request.user)
+    return await _offer(principal_of(request.user), data, deps, offer_rate_limit)
+
+
+async def _offer(
+    principal: Principal, data: CreateOffer, deps: rides.Deps, offer_rate_limit: OfferRateLimit
+) -> OfferAnswer:
     principal.require_rider(data.user_id)
     owes_nothing = await offer_rate_limit.check_and_read_debt_mark(principal.sub)
     offer, token = await rides.create_offer(
@@ -220,6 +233,13 @@ async def create_offer(
     )
 
 
+async def _offered(
+    principal: Principal, data: CreateOffer, deps: rides.Deps, offer_rate_limit: OfferRateLimit
+) -> tuple[int, bytes]:
+    """:func:`_offer` as the fast path answers it (command_api/fast_path.py)."""
+    return 201, _encoder.encode(await _offer(principal, data, deps, offer_rate_limit))
+
+
 def _order_id(text: str) -> uuid.UUID:
     """The order id in a path; anything that is not one of ours is an unknown order (404)."""
     parsed = parse_order_id(text)
@@ -229,13 +249,14 @@ def _order_id(text: str) -> uuid.UUID:
 
 
 async def _idempotent(
-    request: Request[Any, Any, Any],
     deps: rides.Deps,
     scope: str,
     key: str | None,
+    body: bytes,
     run: Callable[[bool], Awaitable[tuple[int, msgspec.Struct]]],
-) -> Response[bytes]:
-    """Answer ``run(resumed)`` (status, snapshot), once per Idempotency-Key when one is given.
+) -> tuple[int, bytes]:
+    """(status, JSON) of ``run(resumed)`` (status, snapshot), once per Idempotency-Key
+    when one is given (``body``: the request's bytes, which the key is bound to).
 
     ``resumed``: this retry took over the claim of a request that died mid-way.
     """
@@ -245,11 +266,22 @@ async def _idempotent(
         return status, _encoder.encode(snapshot)
 
     if key is None:
-        status, body = await execute(False)
-    else:
-        pool, lease = deps.pool, deps.settings.payments.idempotency_lease_seconds
-        status, body = await run_once(pool, scope, key, await request.body(), execute, lease)
-    return Response(body, status_code=status, media_type=JSON)
+        return await execute(False)
+    pool, lease = deps.pool, deps.settings.payments.idempotency_lease_seconds
+    return await run_once(pool, scope, key, body, execute, lease)
+
+
+async def _answer(
+    request: Request[Any, Any, Any],
+    deps: rides.Deps,
+    scope: str,
+    key: str | None,
+    run: Callable[[bool], Awaitable[tuple[int, msgspec.Struct]]],
+) -> Response[bytes]:
+    """:func:`_idempotent` as a Litestar response."""
+    body = b"" if key is None else await request.body()
+    status, content = await _idempotent(deps, scope, key, body, run)
+    return Response(content, status_code=status, media_type=JSON)
 
 
 @post(
@@ -280,7 +312,14 @@ async def start_order(
     deps: Deps,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
-    principal = principal_of(request.user)
+    body = b"" if idempotency_key is None else await request.body()
+    status, content = await _start(principal_of(request.user), data, deps, body, idempotency_key)
+    return Response(content, status_code=status, media_type=JSON)
+
+
+async def _start(
+    principal: Principal, data: StartOrder, deps: rides.Deps, body: bytes, key: str | None
+) -> tuple[int, bytes]:
     principal.require_rider()
     offer = deps.signer.verify(data.offer_token, rides.utcnow())
     principal.require_rider(offer.user_id)  # another rider's offer: 403
@@ -288,7 +327,7 @@ async def start_order(
     async def run(resumed: bool) -> tuple[int, msgspec.Struct]:
         return 201, await rides.start_ride(deps, offer, resumed=resumed)
 
-    return await _idempotent(request, deps, f"start:{offer.user_id}", idempotency_key, run)
+    return await _idempotent(deps, f"start:{offer.user_id}", key, body, run)
 
 
 @post(
@@ -314,8 +353,22 @@ async def finish_order(
     data: JSONBody[FinishOrder | None] = None,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
+    body = b"" if idempotency_key is None else await request.body()
+    status, content = await _finish(
+        principal_of(request.user), data, order_id, deps, body, idempotency_key
+    )
+    return Response(content, status_code=status, media_type=JSON)
+
+
+async def _finish(
+    actor: Principal,  # the ride's rider, or support (a force-end)
+    data: FinishOrder | None,
+    order_id: str,
+    deps: rides.Deps,
+    body: bytes,
+    key: str | None,
+) -> tuple[int, bytes]:
     parsed = _order_id(order_id)
-    actor = principal_of(request.user)  # the ride's rider, or support (a force-end)
 
     async def run(resumed: bool) -> tuple[int, msgspec.Struct]:
         # finishing is idempotent by the order's state: a resumed retry answers it
@@ -324,7 +377,7 @@ async def finish_order(
 
     # the key's scope names the caller: a replay never answers someone else's finish
     scope = f"finish:{actor.sub}:{order_id}"
-    return await _idempotent(request, deps, scope, idempotency_key, run)
+    return await _idempotent(deps, scope, key, body, run)
 
 
 # --- operator commands (role support; docs/operator-api.md) ------------------------------------
@@ -364,7 +417,7 @@ async def end_ride(
         return 200, ended
 
     scope = f"end:{actor.sub}:{order_id}"
-    return await _idempotent(request, deps, scope, idempotency_key, run)
+    return await _answer(request, deps, scope, idempotency_key, run)
 
 
 @post(
@@ -411,7 +464,7 @@ async def refund_order(
         return 201, answer
 
     # the key is the refund's key at payments: one per order, whoever sends it
-    return await _idempotent(request, deps, f"refund:{order_id}", key, run)
+    return await _answer(request, deps, f"refund:{order_id}", key, run)
 
 
 @post(
@@ -544,4 +597,30 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
     )
     document_public_operations(app)  # health checks need no bearer token
-    return with_request_ids(app)
+    app = with_request_ids(app)
+    if serving.command_fast_path:  # the ride commands without Litestar's cycle (ADR 0012)
+        serve_ride_commands(
+            app,
+            verifier,
+            offers=FastRoute(
+                "/offers",
+                CreateOffer,
+                lambda who, data, _, __, ___: _offered(who, data, deps.get(), rate_limit.get()),
+            ),
+            start=FastRoute(
+                "/orders",
+                StartOrder,
+                lambda who, data, _, body, key: _start(who, data, deps.get(), body, key),
+            ),
+            finish=FastRoute(
+                "/orders/{order_id:str}/finish",
+                FinishOrder | None,
+                lambda who, data, order_id, body, key: _finish(
+                    who, data, order_id, deps.get(), body, key
+                ),
+                optional_body=True,
+            ),
+            app_name="command_api",
+            max_body_bytes=serving.request_max_body_bytes,
+        )
+    return app

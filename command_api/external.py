@@ -98,6 +98,9 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+_JSON_CONTENT = {"content-type": "application/json"}
+
+
 class ExternalServices:
     """Typed calls to the external services with their caches and fallbacks."""
 
@@ -112,6 +115,9 @@ class ExternalServices:
         self._configs = SimpleMemoryCache(timeout=None)
         self._configs_lock = asyncio.Lock()
         self._configs_checked_at = float("-inf")
+        # parsed once: httpx then neither parses nor merges a URL per payments call
+        self._payment_urls: dict[str, httpx.URL] = {}
+        self._payment_timeout = httpx.Timeout(settings.external.payment_timeout_seconds)
         self._defaults = PriceCoeffSettings(
             surge=settings.pricing.surge_default,
             low_charge_discount=settings.pricing.low_charge_discount_default,
@@ -171,12 +177,15 @@ class ExternalServices:
 
     async def _post_payment(self, path: str, request: PaymentRequest | RefundRequest) -> None:
         """One payments call; ``ambiguous`` failures may have taken effect."""
+        url = self._payment_urls.get(path)
+        if url is None:
+            url = self._payment_urls[path] = httpx.URL(self._base_url + path)
         try:
             response = await self._client.post(
-                path,
+                url,
                 content=_encoder.encode(request),
-                headers={"content-type": "application/json"},
-                timeout=self._settings.external.payment_timeout_seconds,
+                headers=_JSON_CONTENT,
+                timeout=self._payment_timeout,
             )
         except httpx.ConnectError as exc:  # refused: the request never left
             metrics.external_calls.labels("payments", "error").inc()

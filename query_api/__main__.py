@@ -20,7 +20,10 @@ def main() -> None:
         healthcheck_seconds=serving.worker_healthcheck_seconds,
         log_level=settings.runtime.log_level,
         admission=Admission(
-            "query_api", serving.query_max_requests_in_flight, serving.retry_after_seconds
+            "query_api",
+            serving.query_max_requests_in_flight,
+            serving.retry_after_seconds,
+            serving.query_admission_lag_target_ms / 1000,
         ),
     )
 

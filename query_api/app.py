@@ -20,6 +20,7 @@ from litestar.params import FromPath, PathParameter, QueryParameter, SkipValidat
 from query_api import projection
 from query_api.reads import Reads
 from query_api.ride_details import console_handlers
+from query_api.screen_lane import order_screen_json, screen_lane
 from query_api.screens import (
     InvalidCursor,
     OrderScreen,
@@ -32,7 +33,6 @@ from query_api.screens import (
 )
 from query_api.stores import REDIS_DOWN, RedisClient, connect_postgres, connect_redis
 from shared.errors import Forbidden, InvalidParameter, OrderNotFound, UserNotFound
-from shared.ids import parse_order_id
 from shared.infra.answers import JsonAnswer, json_answer_spec
 from shared.infra.auth import (
     TokenVerifier,
@@ -100,12 +100,8 @@ async def get_order(request: Req, order_id: FromPath[str], reads: ReadsDep) -> J
 
     Only its rider (or support) sees it; to anyone else it does not exist (404).
     """
-    parsed = parse_order_id(order_id)
-    view = None if parsed is None else await reads.order(parsed)
-    if view is None or not principal_of(request.user).may_read(view.user_id):
-        raise OrderNotFound(f"no order {order_id}")
-    screen = order_screen(view, datetime.now(UTC), reads.max_charged_seconds, reads.max_cost)
-    return JsonAnswer(_encode(screen))  # the hot read: no Response machinery (issue 13)
+    # served by query_api.screen_lane before routing; here for other spellings of the path
+    return JsonAnswer(await order_screen_json(reads, request.user, order_id))
 
 
 @get(
@@ -266,7 +262,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=handlers,
         exception_handlers=exception_handlers(),
         # an overloaded process sheds before the app is called (shared/infra/admission.py,
-        # served by shared/infra/serving.py); health checks pass sign-in
+        # served by shared/infra/serving.py); health checks pass sign-in. The ride
+        # screen's lane (query_api/screen_lane.py) runs these two itself: a middleware
+        # added here must be added there too (ADR 0011)
         middleware=[
             request_metrics("query_api"),
             bearer_auth(verifier),
@@ -280,4 +278,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,  # shared.infra.logs configures logging, off the hot path
     )
     document_public_operations(app)  # health checks need no bearer token
+    # the ride screen, most of the traffic, answered before routing (ADR 0011)
+    app.asgi_handler = screen_lane(app.asgi_handler, reads, verifier)
     return with_request_ids(app)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Request, Response, Router, get
+from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, SkipValidation
 from litestar.static_files import create_static_files_router
 
@@ -122,9 +123,23 @@ def console_handlers(settings: Settings) -> list[Any]:
         directories=[CONSOLE_DIR],
         html_mode=True,
         name="console",
+        before_request=only_console_file_names,
         after_request=console_headers,
     )
     return [get_receipt, get_track, console_config, static]
+
+
+# the console is one flat directory of a few files with plain names
+_CONSOLE_FILE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+async def only_console_file_names(request: Request[Any, Any, Any]) -> None:
+    """Refuse (404) a name no console file can have before the file system sees it: the
+    static files app answered 500 to a NUL (``ValueError: embedded null byte``) and to a
+    name longer than the file system allows (``OSError: File name too long``)."""
+    name = request.scope["path"].removeprefix("/console").lstrip("/")
+    if name and not _CONSOLE_FILE.fullmatch(name):
+        raise NotFoundException(f"the console has no file {name[:100]!r}")
 
 
 def console_csp(*urls: str) -> str:

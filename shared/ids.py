@@ -11,6 +11,9 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+# 9999-12-31T23:59:59.999Z: a UUIDv7 naming a later time has no creation time a datetime holds
+MAX_MS = 253_402_300_799_999
+
 
 def uuid7(now_ms: int | None = None) -> uuid.UUID:
     """A new RFC 9562 version-7 UUID for the given (or current) Unix time in ms."""
@@ -33,9 +36,10 @@ def created_at_of(order_id: uuid.UUID) -> datetime:
 
 
 def parse_order_id(text: str) -> uuid.UUID | None:
-    """The UUIDv7 in ``text``, or None when it is not one (so callers answer 404)."""
+    """The UUIDv7 in ``text``, or None when it is not one (so callers answer 404); also
+    None for one whose time is past :data:`MAX_MS` (:func:`created_at_of` would raise)."""
     try:
         value = uuid.UUID(text)
     except ValueError:
         return None
-    return value if value.version == 7 else None
+    return value if value.version == 7 and value.int >> 80 <= MAX_MS else None

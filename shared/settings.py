@@ -198,6 +198,12 @@ class ServingSettings:
     # concurrency at which each API reaches its throughput (docs/benchmarks.md)
     command_max_requests_in_flight: int = setting("COMMAND_MAX_REQUESTS_IN_FLIGHT", 16)
     query_max_requests_in_flight: int = setting("QUERY_MAX_REQUESTS_IN_FLIGHT", 128)
+    # fewer are admitted while the turns of the process's event loop take more CPU time
+    # than this (an adaptive limit, so that shedding the excess keeps up; see
+    # shared/infra/admission.py); 0 = always the limit above. Off on the command API:
+    # its capacity is bound by Postgres and the external services, not by its loop
+    command_admission_lag_target_ms: float = setting("COMMAND_ADMISSION_LAG_TARGET_MS", 0.0)
+    query_admission_lag_target_ms: float = setting("QUERY_ADMISSION_LAG_TARGET_MS", 5.0)
     # open connections; past it the one waiting longest for its request is closed
     max_connections: int = setting("MAX_CONNECTIONS", 4_096)
     # a request (headers and body) must arrive within this (slowloris)
@@ -206,6 +212,9 @@ class ServingSettings:
     # typed bodies are bounded by their type (docs/boundaries.md)
     json_max_depth: int = setting("JSON_MAX_DEPTH", 32)
     request_max_body_bytes: int = setting("REQUEST_MAX_BODY_BYTES", 2 * 1024 * 1024)
+    # the command API answers plain offer/start/finish requests without Litestar's
+    # request cycle (ADR 0012); false: every request goes through Litestar
+    command_fast_path: bool = setting("COMMAND_FAST_PATH", True)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -502,6 +502,9 @@ def create_app(
         before_send=[count_request],
         guards=[admin_guard(settings.admin_token)],
         openapi_config=None,
+        # shared.infra.logs configures logging (stubs/__main__.py): Litestar's default
+        # config would replace its renderer, so lines would lose request ids and escaping
+        logging_config=None,
         # the console's browser asks the identity provider for tokens
         cors_config=cors_config(origins(settings.cors_allow_origins)),
     )

@@ -26,7 +26,8 @@ from jwt.algorithms import RSAAlgorithm
 
 BEARER = "Bearer"  # RFC 6750 token type, not a secret
 Role = Literal["rider", "support"]
-Sub = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\w.:@-]+$")]
+# (?!\n): Python's "$" also matches before a final line break (shared.infra.boundary)
+Sub = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\w.:@-]+(?!\n)$")]
 Roles = Annotated[list[Role], msgspec.Meta(max_length=2)]
 
 

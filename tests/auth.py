@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from shared.infra.boundary import is_identifier
 from shared.settings import Settings
 
 DEFAULT_RIDER = "user-1"
@@ -95,8 +96,8 @@ def _json(request: httpx.Request) -> Any:
 
 
 def _rider_id(value: Any) -> str:
-    ok = isinstance(value, str) and 0 < len(value) <= 64 and value.replace("-", "").isalnum()
-    return value if ok else DEFAULT_RIDER
+    # only a rider id (shared.infra.boundary.Identifier) can be a token's sub: "ü" cannot
+    return value if isinstance(value, str) and is_identifier(value) else DEFAULT_RIDER
 
 
 def acting_rider(client: httpx.AsyncClient, tokens: Tokens) -> None:

@@ -107,6 +107,9 @@ def base_settings(run_id: str, stubs_port: int) -> Settings:
             # concurrency tests fire dozens of requests at once; test_overload sets small limits
             "command_max_requests_in_flight": 256,
             "query_max_requests_in_flight": 256,
+            # a busy test machine must not shed them either: the adaptive limit has its
+            # own tests (tests/unit/test_admission.py)
+            "query_admission_lag_target_ms": 0,
         },
     )
 

@@ -4,18 +4,21 @@ Both guards live in :class:`GuardedHttpToolsProtocol`, uvicorn's httptools proto
 with what uvicorn lacks, per API process:
 
 - **Admission control** (:class:`Admission`): at most ``max_requests_in_flight``
-  requests are handled at a time. The next one is answered by the protocol itself,
-  before the ASGI app (Litestar) is called: a canned, complete ``503`` problem+json
-  with ``Retry-After`` and code ``overloaded`` (:func:`overloaded_response`), written
-  once the request has been read, on a connection that stays open. It costs the
-  parsing of the request and one write, a fraction of what reaching Litestar costs
-  (docs/benchmarks.md, "Overload"), so a process at several times its capacity
-  still sheds the excess quickly instead of queueing it in its event loop.
+  requests are handled at a time, fewer while the event loop falls behind (the
+  adaptive limit, ``*_admission_lag_target_ms``). The next one is answered by the
+  protocol itself, before the ASGI app (Litestar) is called: a canned, complete
+  ``503`` problem+json with ``Retry-After`` and code ``overloaded``
+  (:func:`overloaded_response`), written once the request has been read, on a
+  connection that stays open. A read of whole requests without a body costs one
+  write, no parsing; the rest cost the parsing and one write: a fraction of what
+  reaching Litestar costs (docs/benchmarks.md, "Overload" and "i8edge"), so a process
+  at several times its capacity still sheds the excess quickly instead of queueing it.
 - **Slow clients**: a request (headers and body) must arrive within
   ``request_read_timeout_seconds`` of the connection opening or of the previous answer
-  (slowloris), and at most ``max_connections`` are open; past that the connection that
-  has been *waiting for its request* longest is closed to make room (a slow or idle one;
-  the new one is refused 503 only when every open connection is in a request).
+  (slowloris), an idle one is closed after uvicorn's ``timeout_keep_alive``, and at most
+  ``max_connections`` are open; past that the connection that has been *waiting for
+  its request* longest is closed to make room (a slow or idle one; the new one is
+  refused 503 only when every open connection is in a request).
 
 Health checks (``/health/``) and ``/metrics`` are never shed: an orchestrator must see
 the process.
@@ -24,7 +27,9 @@ the process.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import time
 from typing import Any, ClassVar
 
 import msgspec
@@ -37,6 +42,7 @@ from uvicorn.server import ServerState
 from shared.settings import get_settings
 
 EXEMPT_PREFIXES = (b"/health/", b"/metrics")
+WINDOW_SECONDS = 0.02  # the adaptive limit's step (Admission.adapt)
 
 SHED = Counter(
     "http_requests_shed_total",
@@ -48,9 +54,14 @@ IN_FLIGHT = Gauge(
     "Requests this process is handling now (admission control); one process only",
     ["app"],
 )
+ADMITTED_LIMIT = Gauge(
+    "http_requests_admitted_limit",
+    "Requests this process admits at most now (adaptive limit, <= the setting); one process",
+    ["app"],
+)
 CONNECTIONS_CLOSED = Counter(
     "http_connections_closed_total",
-    "Connections closed by the server's guards: read_timeout, evicted, refused",
+    "Connections closed by the server's guards: read_timeout, idle, evicted, refused",
     ["reason"],
 )
 
@@ -90,38 +101,123 @@ def overloaded_response(retry_after_seconds: int, *, close: bool = False) -> byt
     return b"\r\n".join(lines) + b"\r\n\r\n" + overloaded_body(retry_after_seconds)
 
 
+def malformed_response(detail: str) -> bytes:
+    """The whole ``400 invalid_request`` answer to bytes httptools cannot parse as HTTP
+    (the same problem shape as every other refusal; the connection is closed after it)."""
+    body = msgspec.json.encode(
+        {
+            "type": "https://superscooters.dev/problems/invalid_request",
+            "title": "Invalid request",
+            "status": 400,
+            "detail": detail,
+            "code": "invalid_request",
+        }
+    )
+    head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\n"
+    return head + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+
+
 class Admission:
     """How many requests one process handles at a time, and what the rest are answered.
 
-    ``limit`` requests in flight (0: no limit, nothing is counted); the next is shed by
-    :class:`GuardedHttpToolsProtocol` with :func:`overloaded_response`. A request is in
-    flight from the moment its headers are read (admitted) until the app's call for it
-    returns: answered, failed, cancelled, or the client gone (Litestar then finishes
-    the handler anyway, so its work is still counted); a pipelined request that never
-    started is released when its connection is lost.
+    ``limit`` requests in flight at most (0: no limit, nothing is counted); the next is
+    shed by :class:`GuardedHttpToolsProtocol` with :func:`overloaded_response`. A request
+    is in flight from the moment its headers are read (admitted) until the app's call
+    for it returns: answered, failed, cancelled, or the client gone (Litestar then
+    finishes the handler anyway, so its work is still counted); a pipelined request
+    that never started is released when its connection is lost.
+
+    **Adaptive limit** (``lag_target_seconds`` > 0). A process offered several times
+    what it can serve cannot also read and shed the excess while it keeps ``limit``
+    requests in flight: serving them takes the whole core, the event loop falls behind,
+    and every request, admitted or shed, waits in socket buffers and client queues. So
+    the number admitted, :attr:`allowed`, follows the event loop's lag: the CPU time of
+    one turn of the loop (the admitted requests' steps, then reading and shedding what
+    has arrived), which is how long a request that arrives now waits before it is read
+    on a core of its own. CPU time, not wall time: on a shared machine a turn also
+    waits for the core, and shedding more does not shorten that wait, it only serves
+    less. Turns are timed while requests arrive (:meth:`note_read`, two callbacks and
+    two CPU-clock reads per timed turn); every :data:`WINDOW_SECONDS` (and at least two
+    turns), if even the shortest turn of the window took longer than
+    ``lag_target_seconds`` (a standing queue, not one slow turn: CoDel's test),
+    :attr:`allowed` halves, down to 1, else it grows by a quarter (at least 2) back to
+    ``limit``: AIMD, as adaptive concurrency limiters do. A loop that keeps up admits
+    ``limit``; one that falls behind admits fewer and sheds more, which costs it a
+    fifth of serving.
 
     One instance per process: pickling (uvicorn's worker processes) gives each worker a
-    fresh one with nothing in flight. ``http_requests_in_flight`` is exported in a
-    single-process server; prometheus-client's multiprocess mode cannot read a value
-    computed at scrape time, so several workers export only ``http_requests_shed_total``.
+    fresh one with nothing in flight. ``http_requests_in_flight`` and
+    ``http_requests_admitted_limit`` are exported in a single-process server;
+    prometheus-client's multiprocess mode cannot read a value computed at scrape time,
+    so several workers export only ``http_requests_shed_total``.
     """
 
-    def __init__(self, app_name: str, limit: int, retry_after_seconds: int) -> None:
+    def __init__(
+        self, app_name: str, limit: int, retry_after_seconds: int, lag_target_seconds: float = 0.0
+    ) -> None:
         self.app_name = app_name
         self.limit = limit
         self.retry_after_seconds = retry_after_seconds
+        self.lag_target_seconds = lag_target_seconds
         self.in_flight = 0
+        self.allowed = limit  # admitted at most now: ``limit``, or less while the loop lags
         self.answer = overloaded_response(retry_after_seconds)
         self.answer_closing = overloaded_response(retry_after_seconds, close=True)
         self.answer_head = self.answer[: self.answer.index(b"\r\n\r\n") + 4]  # HEAD: no body
         self.shed = SHED.labels(app_name)
         if limit > 0 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             IN_FLIGHT.labels(app_name).set_function(lambda: self.in_flight)
+            ADMITTED_LIMIT.labels(app_name).set_function(lambda: self.allowed)
         self._headers = tuple(overloaded_headers(retry_after_seconds))  # immutable: shared
         self._body = overloaded_body(retry_after_seconds)
+        self.timing_turn = False  # a turn of the loop is being timed
+        self._turn_started = 0.0
+        self._window_started = 0.0
+        self._window_shortest = math.inf
+        self._window_turns = 0
 
-    def __reduce__(self) -> tuple[type[Admission], tuple[str, int, int]]:
-        return (Admission, (self.app_name, self.limit, self.retry_after_seconds))
+    def __reduce__(self) -> tuple[type[Admission], tuple[str, int, int, float]]:
+        return (
+            Admission,
+            (self.app_name, self.limit, self.retry_after_seconds, self.lag_target_seconds),
+        )
+
+    # --- the adaptive limit ---------------------------------------------------------------
+
+    def note_read(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bytes of a request arrived: time the loop's next turn, unless one is timed."""
+        if self.timing_turn or self.lag_target_seconds <= 0:
+            return
+        self.timing_turn = True
+        loop.call_soon(self._turn_starts, loop)
+
+    def _turn_starts(self, loop: asyncio.AbstractEventLoop) -> None:
+        # runs among the callbacks of one turn; the one it schedules runs in the next
+        # turn, after the loop has polled and read: the time between is one whole turn
+        self._turn_started = time.thread_time()
+        loop.call_soon(self._turn_ends)
+
+    def _turn_ends(self) -> None:
+        turn = time.thread_time() - self._turn_started
+        self.timing_turn = False
+        if turn < self._window_shortest:
+            self._window_shortest = turn
+        self._window_turns += 1
+        now = time.perf_counter()
+        if now - self._window_started >= WINDOW_SECONDS and self._window_turns >= 2:
+            self.adapt(self._window_shortest)
+            self._window_started = now
+            self._window_shortest = math.inf
+            self._window_turns = 0
+
+    def adapt(self, shortest_turn_seconds: float) -> None:
+        """One window's step of :attr:`allowed`, given its shortest turn of the loop."""
+        if shortest_turn_seconds > self.lag_target_seconds:
+            self.allowed = max(1, self.allowed // 2)
+        elif self.allowed < self.limit:
+            self.allowed = min(self.limit, self.allowed + max(2, self.allowed // 4))
+
+    # --- answering --------------------------------------------------------------------------
 
     def counted(self, app: ASGI3Application) -> ASGI3Application:
         """``app`` releasing its place in flight when its call for a request returns."""
@@ -155,12 +251,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     connection cap come from the process's settings (``request_read_timeout_seconds``,
     ``max_connections``), read once: uvicorn's worker processes rebuild this class
     from its import path, so class attributes set by the parent would be lost.
+
+    **Shedding without the parser.** While the process admits no more, a read that holds
+    only whole requests without a body (the usual GET) on an otherwise quiet
+    connection is answered by :meth:`_shed_at_once`: one write of one 503 per request,
+    without the httptools callbacks, the ASGI scope or any timer. Anything else (a
+    body, ``Connection: close``, HTTP/1.0, a health check, a partial request, a request
+    being answered) goes through the parser as before. Such a read is answered 503 even
+    when the parser would have refused it 400: both say "not served".
+
+    **Timeouts without a timer per request.** uvicorn arms a keep-alive timer after
+    every answer, and the read timeout would need another; two timer handles per request
+    cost as much as the rest of a shed answer. Instead the connections waiting for a
+    request sit in :attr:`_reading` in the order they began to wait, and one sweep per
+    event loop (every :meth:`_sweep_every` seconds) closes those that waited too long:
+    ``timeout_keep_alive`` (uvicorn's setting) when no byte of the next request came,
+    ``request_read_timeout_seconds`` in any case. A timeout takes effect up to one
+    sweep period late.
     """
 
-    # connections waiting for (the rest of) a request, oldest first; one event loop each
+    # connections waiting for (the rest of) a request, in the order they began to wait
     _reading: ClassVar[dict[GuardedHttpToolsProtocol, None]] = {}
+    _sweeping: ClassVar[asyncio.AbstractEventLoop | None] = None  # the loop swept now
     _limits: ClassVar[tuple[float, int, bytes] | None] = None
-    _read_timer: asyncio.TimerHandle | None = None
+    _waiting_since = 0.0  # loop.time() when it began to wait for its request
+    _got_bytes = False  # a byte of that request has come
 
     def __init__(
         self,
@@ -176,6 +291,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.app if self._admission is None else self._admission.counted(self.app)
         )
         self._shedding = False  # the request being read is answered 503 once it is complete
+        self._in_message = False  # the parser is inside a request (headers or body)
 
     @classmethod
     def limits(cls) -> tuple[float, int, bytes]:
@@ -196,7 +312,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._arm()
 
+    def send_400_response(self, msg: str) -> None:
+        """Bytes that are no HTTP request (two Content-Length headers, a bad chunk size, a
+        NUL in a header, an unknown method) are answered 400 problem+json
+        (``invalid_request``) like every other refusal, not uvicorn's text/plain line."""
+        self.transport.write(malformed_response(msg))
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        admission = self._admission
+        if (
+            admission is not None
+            and admission.in_flight >= admission.allowed
+            and not self._in_message
+            and data.endswith(b"\r\n\r\n")
+            and (self.cycle is None or self.cycle.response_complete)
+            and self._shed_at_once(admission, data)
+        ):
+            if not admission.timing_turn:
+                admission.note_read(self.loop)
+            return
+        if admission is not None and not admission.timing_turn:
+            admission.note_read(self.loop)
+        self._got_bytes = True
+        super().data_received(data)
+
     # --- admission control --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         admission = self._admission
@@ -204,7 +349,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
             return
         answering = self.cycle is not None and not self.cycle.response_complete
-        if admission.in_flight >= admission.limit and not self.url.startswith(EXEMPT_PREFIXES):
+        if admission.in_flight >= admission.allowed and not self.url.startswith(EXEMPT_PREFIXES):
             if not answering:  # nothing else is written on this connection now
                 self._shed_when_read()
                 return
@@ -224,6 +369,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             app = self._admission.counted(app)
         super()._start_asgi_task(cycle, app)
 
+    def _shed_at_once(self, admission: Admission, data: bytes) -> bool:
+        """Answer every request in ``data`` 503 in one write, if ``data`` is nothing but
+        whole keep-alive HTTP/1.1 requests without a body, none of them exempt; else
+        False (nothing done: the parser takes ``data``)."""
+        lowered = data.lower()
+        if b"content-length" in lowered or b"transfer-encoding" in lowered or b"close" in lowered:
+            return False
+        heads = data.split(b"\r\n\r\n")
+        heads.pop()  # the empty rest after the last request
+        answers = []
+        for head in heads:
+            end = head.find(b"\r\n")
+            line = head if end < 0 else head[:end]
+            method, _, rest = line.partition(b" ")
+            target, _, version = rest.partition(b" ")
+            if version != b"HTTP/1.1" or not method or target.startswith(EXEMPT_PREFIXES):
+                return False
+            answers.append(admission.answer_head if method == b"HEAD" else admission.answer)
+        self.transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
+        admission.shed.inc(len(answers))
+        self.server_state.total_requests += len(answers)
+        self._arm()  # waiting for the next request from now
+        return True
+
     def _shed_when_read(self) -> None:
         """Answer the request being read 503 without the app; at once (and close) when
         the client waits for ``100 Continue`` before its body, else once it is read."""
@@ -236,6 +405,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         self._disarm()
         if not self._shedding:
             super().on_message_complete()
@@ -261,9 +431,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # --- slow clients -------------------------------------------------------------------
 
     def on_response_complete(self) -> None:
-        pipelined = bool(self.pipeline)  # its next request has fully arrived already
-        super().on_response_complete()
-        if not pipelined and not self.transport.is_closing():
+        # uvicorn's, without its keep-alive timer (the sweep times idle connections out)
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # its next request has fully arrived already
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -275,22 +451,47 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _arm(self) -> None:
-        self._disarm()
-        self._read_timer = self.loop.call_later(self.limits()[0], self._read_timed_out)
-        self._reading[self] = None
+        """From now on this connection waits for its next request."""
+        reading = self._reading
+        reading.pop(self, None)
+        reading[self] = None
+        self._waiting_since = self.loop.time()
+        self._got_bytes = False
+        if GuardedHttpToolsProtocol._sweeping is not self.loop:
+            GuardedHttpToolsProtocol._sweeping = self.loop
+            self.loop.call_later(self._sweep_every(), self._sweep, self.loop)
 
     def _disarm(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
         self._reading.pop(self, None)
 
-    def _read_timed_out(self) -> None:
-        self._read_timer = None
-        self._reading.pop(self, None)
-        if not self.transport.is_closing():
-            CONNECTIONS_CLOSED.labels("read_timeout").inc()
-            self.transport.close()
+    def _sweep_every(self) -> float:
+        """Seconds between sweeps: a quarter of the shortest timeout, 50 ms to 1 s."""
+        shortest = min(self.limits()[0], self.timeout_keep_alive)
+        return min(1.0, max(0.05, shortest / 4))
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the connections that have waited too long for their request."""
+        if GuardedHttpToolsProtocol._sweeping is not loop:
+            return
+        if not self._reading or loop.is_closed():
+            GuardedHttpToolsProtocol._sweeping = None  # the next _arm starts it again
+            return
+        now = loop.time()
+        read_timeout = self.limits()[0]
+        shortest = min(read_timeout, self.timeout_keep_alive)
+        expired = []
+        for waiting in self._reading:
+            waited = now - waiting._waiting_since
+            if waited <= shortest:
+                break  # the rest began to wait later still
+            if waited > read_timeout or not waiting._got_bytes:
+                expired.append(waiting)
+        for waiting in expired:
+            waiting._disarm()
+            if not waiting.transport.is_closing():
+                CONNECTIONS_CLOSED.labels("read_timeout" if waiting._got_bytes else "idle").inc()
+                waiting.transport.close()
+        loop.call_later(self._sweep_every(), self._sweep, loop)
 
     def _evict_a_waiting_connection(self) -> bool:
         """Close the connection that has waited longest for its request; False if none."""

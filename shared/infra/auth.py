@@ -5,7 +5,8 @@ provider with an asymmetric key published in its JWKS (ADR 0006). A token is acc
 only if its header's ``alg`` is one we allow (RS256, EdDSA) *and* the one of the JWKS
 key named by its ``kid`` (so ``alg: none`` and an HS256 token "signed" with the public
 key are refused), its signature holds, its ``iss`` and ``aud`` are ours and it has not
-expired. ``sub`` is the rider's user id; ``roles`` may hold ``rider`` and ``support``.
+expired. ``sub`` is the rider's user id (an ``Identifier``: 1..64 of A-Z a-z 0-9 _ . : -);
+``roles`` may hold ``rider`` and ``support``.
 
 The JWKS is fetched lazily and cached; an unknown ``kid`` refetches it (the provider
 rotated its keys), at most once per ``jwks_refresh_min_seconds`` so a flood of forged
@@ -34,6 +35,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import DependencyUnavailable, DomainError, Forbidden, Unauthenticated
+from shared.infra.boundary import is_identifier
 from shared.infra.di import Slot
 from shared.infra.problems import domain_error_answer
 from shared.settings import Settings
@@ -43,7 +45,6 @@ log = logging.getLogger("auth")
 RIDER = "rider"
 SUPPORT = "support"
 ALGORITHMS = frozenset({"RS256", "EdDSA"})  # asymmetric only: never HS*, never none
-MAX_SUB_LENGTH = 64
 MAX_TOKEN_LENGTH = 8_192
 
 
@@ -198,7 +199,7 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated("the bearer token is not a JWT") from exc
         alg, kid = header.get("alg"), header.get("kid")
-        if alg not in ALGORITHMS:
+        if not isinstance(alg, str) or alg not in ALGORITHMS:  # a list or object: unhashable
             raise Unauthenticated(f"tokens signed with {alg!r} are not accepted")
         if not isinstance(kid, str) or not kid:
             raise Unauthenticated("the token names no key (kid)")
@@ -220,7 +221,8 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"the token is not valid: {exc}") from exc
         sub, roles = claims.get("sub"), claims.get("roles", [])
-        if not isinstance(sub, str) or not 0 < len(sub) <= MAX_SUB_LENGTH:
+        # the rider id of every row, key and log line it reaches: the ids our boundaries take
+        if not isinstance(sub, str) or not is_identifier(sub):
             raise Unauthenticated("the token's sub is not a user id")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthenticated("the token's roles are not a list of names")
@@ -248,6 +250,9 @@ def token_verifier(settings: Settings, client: httpx.AsyncClient) -> TokenVerifi
 # health checks, and the operations console's static files and its addresses: they hold
 # no data, and a browser must load them before it can sign in (query_api/ride_details.py)
 _PUBLIC_PREFIX = ("/health/", "/console/", "/console-config")
+# Litestar routes, and hands middleware, the path without its trailing slash: the
+# console's own address "/console/" (README) arrives here as this
+_CONSOLE_INDEX = "/console"
 
 
 def bearer_auth(verifier: Slot[TokenVerifier]) -> Callable[[ASGIApp], ASGIApp]:
@@ -262,9 +267,12 @@ def bearer_auth(verifier: Slot[TokenVerifier]) -> Callable[[ASGIApp], ASGIApp]:
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def authenticate(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == ScopeType.HTTP and not scope["path"].startswith(_PUBLIC_PREFIX):
+            path = scope["path"]
+            if scope["type"] == ScopeType.HTTP and not (
+                path.startswith(_PUBLIC_PREFIX) or path == _CONSOLE_INDEX
+            ):
                 try:
-                    scope["user"] = await verifier.get().verify(_bearer(scope))
+                    scope["user"] = await verifier.get().verify(bearer_token(scope))
                 except DomainError as exc:
                     request: Request[Any, Any, Any] = Request(scope, receive, send)
                     answer = domain_error_answer(request, exc).to_asgi_response(None, request)
@@ -277,7 +285,12 @@ def bearer_auth(verifier: Slot[TokenVerifier]) -> Callable[[ASGIApp], ASGIApp]:
     return middleware
 
 
-def _bearer(scope: Scope) -> str:
+def bearer_token(scope: Scope) -> str:
+    """The token of the request's (first) ``Authorization: Bearer`` header.
+
+    Raises:
+        Unauthenticated: no Authorization header, or not a bearer token.
+    """
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")

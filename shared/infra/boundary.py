@@ -60,6 +60,18 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
+# Litestar's own Host check (litestar._asgi.utils.is_valid_host, private): the lanes in
+# front of its routing (command_api/fast_path.py, query_api/screen_lane.py) pass any
+# other Host on to Litestar, which refuses it 400.
+_HOST = re.compile(rb"\A[0-9A-Za-z!$&'()*+,;=\-._~:\[\]@%]*\Z")
+
+
+def is_valid_host(value: bytes) -> bool:
+    """Whether ``value`` (a ``Host`` header's bytes) is one Litestar routes; the lanes
+    that answer before Litestar's routing (ADRs 0011, 0012) use it to pass the others on."""
+    return _HOST.match(value) is not None
+
+
 def json_depth_exceeds(body: bytes, limit: int) -> bool:
     """Whether the JSON text ``body`` nests arrays/objects deeper than ``limit``.
 

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import sys
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -125,6 +125,27 @@ def with_request_ids(app: Litestar) -> Litestar:
     return app
 
 
+def bind_request_id(scope: Scope) -> tuple[bytes, Token[bytes | None]]:
+    """The request's id (the caller's ``X-Request-ID`` when safe, else a new one), bound
+    to the log lines written until :func:`unbind_request_id` with the returned token.
+
+    For code that answers requests itself and must echo the id (command_api/fast_path.py).
+    """
+    request_id = b""
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER:
+            request_id = value
+            break
+    if not request_id or not _REQUEST_ID.match(request_id):  # absent or unsafe: ours
+        request_id = b"%s%08x" % (_PROCESS_ID, next(_counter))
+    return request_id, _request_id.set(request_id)
+
+
+def unbind_request_id(token: Token[bytes | None]) -> None:
+    """End what :func:`bind_request_id` bound."""
+    _request_id.reset(token)
+
+
 def request_ids(app: ASGIApp) -> ASGIApp:
     """ASGI middleware: bind a request id to the request's log lines and echo it back."""
 
@@ -132,14 +153,7 @@ def request_ids(app: ASGIApp) -> ASGIApp:
         if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
-        request_id = b""
-        for name, value in scope["headers"]:
-            if name == REQUEST_ID_HEADER:
-                request_id = value
-                break
-        if not request_id or not _REQUEST_ID.match(request_id):  # absent or unsafe: ours
-            request_id = b"%s%08x" % (_PROCESS_ID, next(_counter))
-        token = _request_id.set(request_id)
+        request_id, token = bind_request_id(scope)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -149,6 +163,6 @@ def request_ids(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_with_id)
         finally:
-            _request_id.reset(token)
+            unbind_request_id(token)
 
     return with_request_id

@@ -127,6 +127,16 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred")
 
 
+def error_answer(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """The answer :func:`exception_handlers` gives ``exc`` (for code that answers requests
+    outside Litestar's routing, command_api/fast_path.py)."""
+    if isinstance(exc, DomainError):
+        return _domain_error(request, exc)
+    if isinstance(exc, HTTPException):
+        return _http_error(request, exc)
+    return _unexpected(request, exc)
+
+
 def exception_handlers() -> ExceptionHandlersMap:
     """Litestar exception handlers that answer every error as problem details.
 

@@ -9,6 +9,7 @@ child per (method, route template, status).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from litestar.enums import ScopeType
@@ -21,6 +22,25 @@ REQUEST_SECONDS = Histogram(
     ["app", "method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+
+
+def route_observer(app_name: str) -> Callable[[str, str, int, float], None]:
+    """``observe(method, route template, status, seconds)`` for ``app_name``: one
+    ``http_request_duration_seconds`` sample, through a cached child per label set.
+
+    For code that answers requests outside Litestar's routing (command_api/fast_path.py)
+    and records them under the same labels as :func:`request_metrics`.
+    """
+    children: dict[tuple[str, str, int], Any] = {}
+
+    def observe(method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        child = children.get(key)
+        if child is None:
+            child = children[key] = REQUEST_SECONDS.labels(app_name, *key)
+        child.observe(seconds)
+
+    return observe
 
 
 def request_metrics(app_name: str) -> Any:

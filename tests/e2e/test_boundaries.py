@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from shared.ride_rules import capped_cost
 from shared.settings import Settings
+from tests.auth import SUPPORT, Tokens
 from tests.conftest import ADMIN
 from tests.e2e.conftest import (
     Ids,
@@ -215,6 +216,54 @@ async def test_order_ids_of_every_shape_are_404(api: AsyncTestClient[Any], order
     assert_problem(response, 404, "order_not_found")
 
 
+# a UUIDv7 whose time is past 9999-12-31 has no creation time (the partition key): 500
+PAST_9999 = "ffffffff-ffff-7fff-bfff-ffffffffffff"
+
+
+@pytest.mark.parametrize(
+    ("action", "body"),
+    [
+        ("finish", {}),
+        ("end", {"ended_at": "2026-11-30T12:00:00Z", "reason": "app crashed"}),
+        ("refunds", {"amount": 1, "reason": "brake failed"}),
+    ],
+)
+async def test_order_ids_past_the_year_9999_are_404(
+    api: AsyncTestClient[Any], tokens: Tokens, action: str, body: dict[str, Any]
+) -> None:
+    headers = {**tokens.headers("support-1", SUPPORT), "Idempotency-Key": "k-9999"}
+    response = await api.post(f"/orders/{PAST_9999}/{action}", json=body, headers=headers)
+    assert_problem(response, 404, "order_not_found")
+
+
+# --- control characters in the operator's free text ---------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["a\x00b", "a\nforged", "ok\n", "\tok", "a\x1b[31m", "a\x85b"])
+async def test_operator_reasons_with_control_characters_are_400_and_change_nothing(
+    api: AsyncTestClient[Any], db: asyncpg.Pool, stubs: str, ids: Ids, tokens: Tokens, reason: str
+) -> None:
+    """A reason is stored with the act (``order_actions``): NUL there was Postgres's
+    CharacterNotInRepertoireError, a 500 (for settle, after payments had charged)."""
+    rider = ids.rider()
+    order = await start(api, rider, ids.scooter())
+    support = tokens.headers("support-1", SUPPORT)
+    ended_at = (await order_row(db, order["id"]))["started_at"].isoformat()
+    requests = [
+        (f"/orders/{order['id']}/end", {"ended_at": ended_at, "reason": reason}),
+        (f"/orders/{order['id']}/refunds", {"amount": 1, "reason": reason}),
+        (f"/users/{rider}/debt/settle", {"reason": reason}),
+    ]
+    for path, body in requests:
+        response = await api.post(path, json=body, headers={**support, "Idempotency-Key": "k-r"})
+        assert_problem(response, 400, "invalid_request")
+    row = await order_row(db, order["id"])
+    assert row["status"] == "active"
+    acts = await db.fetchval("SELECT count(*) FROM order_actions WHERE order_id = $1", row["id"])
+    assert acts == 0
+    assert [e["kind"] for e in (await ledger(stubs, order["id"]))["entries"]] == ["hold"]
+
+
 # --- unclear error ------------------------------------------------------------------------------
 
 
@@ -266,6 +315,15 @@ async def test_stubs_answer_undecodable_bodies_with_400(stubs: str, path: str, b
         # the admin routes need the stubs' admin token first; the others ignore it
         response = await client.post(path, content=body, headers={**JSON, **ADMIN})
     assert_problem(response, 400, "malformed_body")
+
+
+async def test_the_identity_stub_issues_no_sub_with_a_line_break(stubs: str) -> None:
+    """Python's "$" also matches before a final line break: "user-1\\n" passed the
+    stub's pattern and was signed into a token's sub."""
+    async with httpx.AsyncClient(base_url=stubs) as client:
+        for sub in ("user-1\n", "a\nb", "a\x00b"):
+            response = await client.post("/auth/token", json={"sub": sub})
+            assert_problem(response, 400, "malformed_body")
 
 
 async def test_stubs_answer_ids_of_every_shape_without_a_500(stubs: str) -> None:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ import httpx
 import pytest
 
 from shared.settings import Settings
+from stubs import StubSettings
 from tests.auth import Tokens
 from tests.conftest import ADMIN_DSN, ROOT, free_port, stop_process, wait_http
 
@@ -222,6 +224,65 @@ def test_every_log_line_is_one_json_event_with_a_request_id_when_serving(
             assert {"event", "level", "timestamp"} <= event.keys(), event
             if event["event"] == "request refused":
                 assert event["request_id"], event
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /offers HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 30\r\n\r\n{}",
+        b"POST /offers HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        b"POST /offers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n",
+        b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+        b"FOO /health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /health/live HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    ],
+    ids=["two-content-lengths", "content-length-and-chunked", "bad-chunk", "nul", "method", "cl"],
+)
+@pytest.mark.parametrize("name", ["command", "query"])
+def test_bytes_that_are_no_http_request_are_a_400_problem(
+    live_apis: dict[str, Live], name: str, request_bytes: bytes
+) -> None:
+    """httptools refuses them before any app runs; uvicorn answered a text/plain line."""
+    port = urlsplit(live_apis[name].url).port
+    assert port is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(request_bytes)
+        answer = b""
+        while chunk := raw.recv(65536):  # the server closes the connection after it
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"content-type: application/problem+json" in head.lower(), answer
+    problem = json.loads(body)
+    assert problem["status"] == 400
+    assert problem["code"] == "invalid_request"
+
+
+def test_the_stubs_log_one_json_event_per_line_too(
+    production: Settings, stub_settings: StubSettings, tmp_path: Path
+) -> None:
+    """The stubs configure the same logging, but their app took Litestar's default
+    logging config, which replaced it: plain text lines (``WARNING - <date> -
+    uvicorn.error - ...``), no JSON, no escaping, no request ids."""
+    port = free_port()
+    log = tmp_path / "stubs.log"
+    env = {**os.environ, **production.to_env(), **stub_settings.replace(port=port).to_env()}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stubs"], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health/live", proc=proc)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                raw.sendall(b"GET /a%0Aforged HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n")
+                assert raw.recv(1024).startswith(b"HTTP/1.1 400")
+            wait_until(lambda: "Invalid HTTP request" in log.read_text())
+        finally:
+            stop_process(proc)
+    events = _events(log)  # every line one JSON object
+    assert any(e["event"] == "Invalid HTTP request received." for e in events), events
+    assert all({"event", "level", "timestamp"} <= e.keys() for e in events), events
 
 
 def wait_until(check: Any, timeout: float = 5.0) -> None:

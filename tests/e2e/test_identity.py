@@ -229,6 +229,15 @@ def bad_token(kind: str, stack: Stack, tokens: Tokens, rider: str) -> str | None
         return jwt.encode(_claims(settings, rider), own, "RS256", headers={"kid": kid})
     if kind == "not_bearer":
         return "Basic dXNlcjpwYXNz"
+    # a header's alg that is no string was looked up in a set: TypeError, a 500 (issue 8)
+    if kind == "alg_list":
+        return _unsigned({"alg": ["RS256"], "kid": kid}, _claims(settings, rider)) + ".x"
+    if kind == "alg_object":
+        return _unsigned({"alg": {"RS256": 1}, "kid": kid}, _claims(settings, rider)) + ".x"
+    # validly signed, but its sub is no rider id (docs/boundaries.md): it would reach
+    # Postgres, Redis keys and logs, and no screen of the query API could be read with it
+    if kind == "sub_not_an_id":
+        return tokens.minted("rider@example.com")
     raise AssertionError(kind)
 
 
@@ -243,6 +252,9 @@ BAD = [
     "hs256_with_public_key",
     "unknown_kid",
     "known_kid_other_key",
+    "alg_list",
+    "alg_object",
+    "sub_not_an_id",
 ]
 
 
@@ -281,6 +293,27 @@ async def test_health_needs_no_token_and_metrics_are_internal(
         assert (await http.get(f"{base}/metrics")).status_code == 404  # no such public route
     internal = await http.get(f"http://127.0.0.1:{stack.command_metrics}/metrics")
     assert "http_request_duration_seconds" in internal.text
+
+
+async def test_the_console_opens_at_its_readme_address_without_a_token(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """README: the console is at /console/. Litestar routes (and hands the sign-in
+    middleware) that path without its trailing slash, which the public prefix "/console/"
+    missed: a browser got 401 there, and only /console/index.html opened."""
+    for path in ("/console/", "/console", "/console/index.html"):
+        page = await http.get(f"{stack.query}{path}")
+        assert page.status_code == 200, (path, page.text)
+        assert page.headers["content-type"].startswith("text/html")
+        assert "operations console" in page.text
+    # names no console file has are 404 before the file system sees them: NUL was
+    # ValueError, a name past the file system's limit OSError, both a 500 without a token
+    for name in ("%00", "index.html%00.js", "a" * 5000, "..%2Fapp.py", "%2E%2E", "x%0Ay"):
+        answer = await http.get(f"{stack.query}/console/{name}")
+        assert_problem(answer, 404, "not_found")
+    # the rest still needs a token: the slash is no way around sign-in
+    for path in ("/users/user-1/summary/", f"/orders/{uuid7()}/"):
+        assert_problem(await http.get(f"{stack.query}{path}"), 401, "unauthenticated")
 
 
 async def test_a_rotated_identity_key_is_picked_up(

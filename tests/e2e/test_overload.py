@@ -270,7 +270,12 @@ def test_both_apis_are_served_with_their_admission_limits(
     import query_api.__main__
 
     settings = base_settings.replace(
-        serving={"command_max_requests_in_flight": 5, "query_max_requests_in_flight": 7}
+        serving={
+            "command_max_requests_in_flight": 5,
+            "query_max_requests_in_flight": 7,
+            "command_admission_lag_target_ms": 0,
+            "query_admission_lag_target_ms": 3,
+        }
     )
     served: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update({app: kw}))
@@ -285,3 +290,4 @@ def test_both_apis_are_served_with_their_admission_limits(
             {"command_api": 5, "query_api": 7}[module],
         )
         assert admission.retry_after_seconds == settings.serving.retry_after_seconds
+        assert admission.lag_target_seconds == {"command_api": 0, "query_api": 0.003}[module]

@@ -97,6 +97,32 @@ async def test_order_screen_through_a_ride(
     assert (body["payment_status"], body["version"]) == ("charged", 3)
 
 
+async def test_the_screen_lane_answers_as_the_litestar_route(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, client: Client, write: WriteSide
+) -> None:
+    """``/orders/{id}`` is answered by the lane before routing (ADR 0011), ``/orders/{id}/``
+    by the Litestar handler: the same answer, request id and metrics either way."""
+    order = await write.settle(await write.finish(await write.start(new_user())))
+    await project(pool, redis, settings)
+    labels = {"app": "query_api", "method": "GET", "route": "/orders/{order_id}"}
+    answered = metric("http_request_duration_seconds_count", **labels, status="200")
+    lane = await client.get(f"/orders/{order.id}", headers={"X-Request-ID": "lane-1"})
+    routed = await client.get(f"/orders/{order.id}/", headers={"X-Request-ID": "route-1"})
+    for response, request_id in ((lane, "lane-1"), (routed, "route-1")):
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["x-request-id"] == request_id
+    assert lane.content == routed.content
+    assert lane.json()["payment_status"] == "charged"
+    assert metric("http_request_duration_seconds_count", **labels, status="200") == answered + 2
+
+    refused = metric("http_request_duration_seconds_count", **labels, status="401")
+    unsigned = await client.get(f"/orders/{order.id}", headers={"Authorization": "Basic x"})
+    assert unsigned.status_code == 401
+    assert unsigned.headers["www-authenticate"] == "Bearer"
+    assert metric("http_request_duration_seconds_count", **labels, status="401") == refused + 1
+
+
 @pytest.mark.parametrize("seconds", [2, 10, 65, 3_600, 86_400])
 async def test_running_cost_follows_the_formula(
     settings: Settings,

@@ -56,6 +56,22 @@ async def test_order_ids_of_every_shape_are_404(client: Client, order_id: str) -
     assert response.json()["code"] == "order_not_found"
 
 
+# a UUIDv7 whose 48-bit time is past 9999-12-31: its creation time (the partition key of
+# every lookup) is no datetime, and the lookups raised ValueError, a 500 (issue 8)
+PAST_9999 = ["ffffffff-ffff-7fff-bfff-ffffffffffff", "e677d21f-dc00-7000-8000-000000000000"]
+
+
+@pytest.mark.parametrize("order_id", PAST_9999)
+@pytest.mark.parametrize("view", ["", "/receipt", "/track"])
+async def test_order_ids_past_the_year_9999_are_404(
+    client: Client, order_id: str, view: str
+) -> None:
+    response = await client.get(f"/orders/{order_id}{view}")
+    assert response.status_code == 404, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "order_not_found"
+
+
 FAR_FUTURE = encode_cursor(10**20, "01a21689-915e-76e0-87c3-e8d8feeda668")
 
 

@@ -156,7 +156,11 @@ async def run_query(
 
     async def bare(label: str) -> dict[str, Any]:
         report = await scenarios.ceiling(
-            meter, args.ceiling_port, concurrency=args.concurrency, duration=args.duration
+            meter,
+            args.ceiling_port,
+            concurrency=args.concurrency,
+            duration=args.duration,
+            generator=args.generator,
         )
         print_report(
             f"ceiling ({label}): bare Litestar endpoint, {args.ceiling_workers} process", report
@@ -174,6 +178,7 @@ async def run_query(
         concurrency=args.concurrency,
         duration=args.duration,
         warm_passes=1,
+        generator=args.generator,
     )
     top["query_processes"] = args.query_workers
     tops.append(top)
@@ -187,6 +192,7 @@ async def run_query(
             duration=args.duration,
             port=extra[0],
             warm_passes=2,
+            generator=args.generator,
         )
         more["query_processes"] = args.compare_workers
         if args.compare_code:
@@ -298,6 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="query side: run the --compare-workers query API from this checkout of the "
         "project (e.g. main, unpacked with git archive), to compare versions in one run",
+    )
+    parser.add_argument(
+        "--generator",
+        choices=["loop", "pool"],
+        default="loop",
+        help="query side: how the max phases (ceiling and query APIs alike) are driven: "
+        "loop, a callback per connection (the generator's least CPU per request), or pool, "
+        "a closed loop of tasks through the HTTP client's Pool (before i13read)",
     )
     parser.add_argument(
         "--ceiling-port", type=int, default=0, help="port of the bare ceiling app (0: a free one)"

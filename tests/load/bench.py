@@ -161,6 +161,16 @@ def extra_query_api(
 
 
 @contextmanager
+def extra_command_api(
+    settings: Settings, port: int, workers: int, code: Path | None = None
+) -> Iterator[int]:
+    """A second command API on ``port``, as :func:`extra_query_api` for the query API."""
+    extra = settings.replace(serving={"command_port": port, "command_workers": workers})
+    with _server(extra, ["command_api"], port, code) as pid:
+        yield pid
+
+
+@contextmanager
 def _server(
     settings: Settings, module_and_args: list[str], port: int, code: Path | None = None
 ) -> Iterator[int]:

@@ -403,3 +403,182 @@ def print_report(title: str, report: dict[str, Any]) -> None:
     for key in ("schedule_lag_p99_ms", "projection_lag", "extra"):
         if key in report:
             print(f"   {key}: {report[key]}")
+
+
+# --- the read phase's closed loop: callbacks, no tasks ------------------------------------------
+
+# what the next request of a read loop is: (endpoint, the whole request as bytes, and a
+# coroutine function to run before sending it, or None)
+NextRead = tuple[str, bytes, Callable[[], Awaitable[None]] | None]
+
+
+class _LoopConnection(asyncio.Protocol):
+    """One keep-alive connection of :func:`read_loop`: it sends its next request from the
+    callback that read the answer to the previous one (no task, no future per request)."""
+
+    def __init__(self, driver: _ReadLoop) -> None:
+        self.driver = driver
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.endpoint = ""
+        self.sent_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.endpoint:  # a request was waiting for its answer
+            self.driver.failed(self, f"{self.endpoint}: HttpError")
+
+    def send(self, endpoint: str, raw: bytes) -> None:
+        assert self.transport is not None
+        self.endpoint, self.buffer = endpoint, b""
+        self.sent_at = time.perf_counter()
+        self.transport.write(raw)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            self.buffer = buffer
+            return
+        length = _content_length(buffer, end)
+        if length < 0:  # not an answer this loop can read: drop the connection
+            if self.transport is not None:
+                self.transport.close()
+                self.transport = None
+            self.driver.failed(self, f"{self.endpoint}: HttpError")
+            return
+        if len(buffer) < end + 4 + length:
+            self.buffer = buffer
+            return
+        endpoint, self.endpoint, self.buffer = self.endpoint, "", b""
+        self.driver.answered(self, endpoint, int(buffer[9:12]), buffer[end + 4 : end + 4 + length])
+
+
+def _content_length(buffer: bytes, end: int) -> int:
+    """The Content-Length of the answer whose head ends at ``end``; -1 when it has none."""
+    at = buffer.find(b"\r\ncontent-length:", 0, end)  # uvicorn's spelling: one find
+    if at >= 0:
+        stop = buffer.find(b"\r\n", at + 17, end + 2)
+        return int(buffer[at + 17 : stop])
+    for line in buffer[:end].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return -1
+
+
+class _ReadLoop:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        next_read: Callable[[], NextRead],
+        recorder: Recorder,
+        deadline: float,
+        ok: Iterable[int],
+    ) -> None:
+        self.host, self.port = host, port
+        self.next_read = next_read
+        self.recorder = recorder
+        self.deadline = deadline
+        self.ok = frozenset(ok)
+        self.loop = asyncio.get_running_loop()
+        self.running = 0
+        self.finished: asyncio.Future[None] = self.loop.create_future()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, connections: int) -> None:
+        for _ in range(connections):
+            _, conn = await self.loop.create_connection(
+                lambda: _LoopConnection(self), self.host, self.port
+            )
+            self.running += 1
+            self.next(conn)
+
+    def next(self, conn: _LoopConnection) -> None:
+        """Send ``conn``'s next request, or retire it once the window is over."""
+        if self.loop.time() >= self.deadline:
+            self._retire(conn)
+            return
+        endpoint, raw, before = self.next_read()
+        if before is None and conn.transport is not None:
+            conn.send(endpoint, raw)
+            return
+        task = self.loop.create_task(self._send_after(conn, endpoint, raw, before))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _send_after(
+        self,
+        conn: _LoopConnection,
+        endpoint: str,
+        raw: bytes,
+        before: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        if before is not None:
+            await before()
+        if conn.transport is None:  # lost: a new connection takes its place
+            try:
+                _, conn = await self.loop.create_connection(
+                    lambda: _LoopConnection(self), self.host, self.port
+                )
+            except OSError as exc:
+                self.recorder.errors[f"{endpoint}: {type(exc).__name__}"] += 1
+                self.recorder.flows += 1
+                self._retire(conn)
+                return
+        conn.send(endpoint, raw)
+
+    def answered(self, conn: _LoopConnection, endpoint: str, status: int, body: bytes) -> None:
+        rec = self.recorder
+        rec.latencies[endpoint].append(time.perf_counter() - conn.sent_at)
+        if status not in self.ok:
+            rec.errors[f"{endpoint}: HTTP {status} {_code(body)}"] += 1
+        rec.flows += 1
+        self.next(conn)
+
+    def failed(self, conn: _LoopConnection, error: str) -> None:
+        conn.endpoint = ""
+        self.recorder.errors[error] += 1
+        self.recorder.flows += 1
+        self.next(conn)
+
+    def _retire(self, conn: _LoopConnection) -> None:
+        if conn.transport is not None:
+            conn.transport.close()
+        self.running -= 1
+        if self.running == 0 and not self.finished.done():
+            self.finished.set_result(None)
+
+
+async def read_loop(
+    host: str,
+    port: int,
+    connections: int,
+    duration: float,
+    next_read: Callable[[], NextRead],
+    recorder: Recorder,
+    ok: Iterable[int] = (200,),
+) -> float:
+    """A closed loop of reads over ``connections`` keep-alive connections for ``duration``
+    seconds; returns the seconds until the last answer.
+
+    What :func:`closed_loop` with the HTTP client's ``Pool`` does for the query side's max
+    phases, at a fraction of the generator's CPU per request: each connection sends its
+    next request (``next_read()``: endpoint, raw request bytes, and an optional coroutine
+    to await first) from the callback that read the previous answer, with no task or
+    future per request. Records into ``recorder`` as :meth:`Recorder.call` does: latency
+    per endpoint, a non-``ok`` status or a lost connection as an error, every request as a
+    flow. Answers must carry a Content-Length (ours and uvicorn's do).
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    driver = _ReadLoop(host, port, next_read, recorder, started + duration, ok)
+    await driver.start(connections)
+    await driver.finished
+    if driver.tasks:
+        await asyncio.wait(driver.tasks)
+    return loop.time() - started

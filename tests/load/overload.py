@@ -6,16 +6,24 @@ fresh stack runs three phases back to back on one endpoint (``query``:
 
 1. capacity: closed loop, ``--concurrency`` clients (no more than the limit in flight,
    so that none is shed: more would spin on 503s), as fast as the box answers;
-2. overload: open loop at ``--factor`` times that capacity through at most ``--connections``
-   client connections (a request waits for a free one, which counts in its latency);
+2. overload: open loop at ``--factor`` times that capacity (or ``--rate``) through
+   ``--connections`` client connections, opened before it starts (a request waits for
+   a free one, which counts in its latency);
 3. recovery: open loop at half the capacity, right after.
 
-Reported per phase: answers/s by status, p50/p99 of the admitted (2xx) answers and of
-the shed ones (503), and the CPU the API process and the generator used (cores, from ``/proc``).
-``--slowloris N`` then opens N connections that send one header line every ``--drip``
-seconds and measures normal requests while they are open.
+The requests come from :class:`tests.load.client.Blaster`: callbacks only, requests
+made once as bytes, a few microseconds of the generator's CPU each (on a 2-core box the
+generator shares the cores with the API, so it must cost far less than an answer).
+Reported per phase: answers/s by status, p50/p99 from when each request was due and
+from when it was written (``server_``: without the wait for a free connection), and
+the CPU of the API process and of the generator, in cores and in µs per answer.
+``--compare-code DIR`` runs the same API from another checkout beside this one's, on
+the same stack, and measures both alternately (``--rounds`` times each) with the same
+generator. ``--slowloris N`` then opens N connections that send one header line every
+``--drip`` seconds and measures normal requests while they are open.
 
-    uv run python -m tests.load.overload query --in-flight 0 --in-flight 64
+    uv run python -m tests.load.overload query --in-flight 128 --duration 10
+    uv run python -m tests.load.overload query --in-flight 128 --compare-code ../ref
     uv run python -m tests.load.overload command --in-flight 64 --slowloris 19000
 """
 
@@ -23,14 +31,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import resource
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -38,9 +47,16 @@ import uvloop
 
 from shared.settings import Settings
 from tests.load import scenarios
-from tests.load.bench import bench_settings, bench_stub_settings, running_stack
-from tests.load.client import Connection, HttpError, Pool
-from tests.load.harness import _stat, closed_loop, percentile
+from tests.load.bench import (
+    bench_settings,
+    bench_stub_settings,
+    extra_command_api,
+    extra_query_api,
+    free_port,
+    running_stack,
+)
+from tests.load.client import Blaster, Connection, HttpError, Pool
+from tests.load.harness import _stat, percentile
 
 STACKS = {
     "query": ("stubs", "command_api", "worker", "projector", "query_api"),
@@ -49,11 +65,13 @@ STACKS = {
 
 
 class Phase:
-    """Latencies by status of one phase, and the CPU seconds of the API process ``pid``."""
+    """One phase on ``blaster``: its answers by status and the CPU of the API process
+    ``pid`` and of this generator process."""
 
-    def __init__(self, pid: int) -> None:
-        self.latencies: defaultdict[str, list[float]] = defaultdict(list)
+    def __init__(self, pid: int, blaster: Blaster) -> None:
         self.pid = pid
+        self.blaster = blaster
+        blaster.reset()
         self.cpu_started = self._cpu()
 
     def _cpu(self) -> tuple[float, float]:
@@ -61,73 +79,73 @@ class Phase:
         api, generator = _stat(self.pid), _stat(os.getpid())
         return (0.0 if api is None else api[1], 0.0 if generator is None else generator[1])
 
-    async def call(self, request: Awaitable[tuple[int, bytes]]) -> None:
-        started = time.perf_counter()
-        try:
-            status, _ = await request
-            kind = str(status)
-        except (HttpError, OSError, TimeoutError) as exc:
-            kind = type(exc).__name__
-        self.latencies[kind].append(time.perf_counter() - started)
-
     def report(self, seconds: float) -> dict[str, Any]:
         (api, generator), (api_0, generator_0) = self._cpu(), self.cpu_started
+        answers = sum(len(v) for v in self.blaster.latencies.values())
         out: dict[str, Any] = {
             "seconds": round(seconds, 1),
             "api_cpu_cores": round((api - api_0) / seconds, 2),
+            "api_cpu_us_per_answer": round((api - api_0) / max(answers, 1) * 1e6, 1),
             "generator_cpu_cores": round((generator - generator_0) / seconds, 2),
+            "generator_cpu_us_per_request": round(
+                (generator - generator_0) / max(answers, 1) * 1e6, 1
+            ),
         }
-        for kind, values in sorted(self.latencies.items()):
+        for kind, values in sorted(self.blaster.latencies.items(), key=lambda kv: str(kv[0])):
             values.sort()
-            out[kind] = {
+            server = sorted(self.blaster.server_latencies[kind])
+            out[str(kind)] = {
                 "count": len(values),
                 "per_s": round(len(values) / seconds, 1),
                 "p50_ms": round(percentile(values, 0.5) * 1000, 1),
                 "p99_ms": round(percentile(values, 0.99) * 1000, 1),
+                # from the write of the request (without the wait for a free connection)
+                "server_p50_ms": round(percentile(server, 0.5) * 1000, 1),
+                "server_p99_ms": round(percentile(server, 0.99) * 1000, 1),
             }
         return out
 
     def ok_per_second(self, seconds: float) -> float:
-        return sum(len(v) for k, v in self.latencies.items() if k.startswith("2")) / seconds
+        latencies = self.blaster.latencies
+        return sum(len(v) for k, v in latencies.items() if 200 <= _int(k) < 300) / seconds
 
 
-async def open_loop(rate: float, duration: float, one: Callable[[], Awaitable[None]]) -> float:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    tasks: set[asyncio.Task[None]] = set()
-    for i in range(int(rate * duration)):
-        delay = started + i / rate - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task: asyncio.Task[None] = loop.create_task(one())  # type: ignore[arg-type]
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.wait(tasks, timeout=60)
-    return loop.time() - started
+def _int(kind: int | str) -> int:
+    return kind if isinstance(kind, int) else 0
 
 
 async def phases(
-    args: argparse.Namespace,
-    port: int,
-    request: Callable[[Any], Any],
-    in_flight: int,
-    pid: int,
-) -> Any:
-    pool = Pool("127.0.0.1", port, max_connections=args.connections)
-    capacity = Phase(pid)
+    args: argparse.Namespace, port: int, requests: list[bytes], in_flight: int, pid: int
+) -> dict[str, Any]:
+    """Capacity, overload and recovery against the API on ``port`` (process ``pid``)."""
+    blaster = Blaster("127.0.0.1", port, requests, max_connections=args.connections)
     clients = min(args.concurrency, in_flight) if in_flight > 0 else args.concurrency
-    seconds = await closed_loop(clients, args.duration, lambda: capacity.call(request(pool)))
+    capacity = Phase(pid, blaster)
+    seconds = await blaster.closed_loop(clients, args.duration)
+    capacity_report = capacity.report(seconds)
     cap = capacity.ok_per_second(seconds)
-    overload = Phase(pid)
-    over_s = await open_loop(cap * args.factor, args.duration, lambda: overload.call(request(pool)))
-    recovery = Phase(pid)
-    rec_s = await open_loop(cap / 2, args.duration / 2, lambda: recovery.call(request(pool)))
-    pool.close()
+    rate = args.rate or cap * args.factor
+    # the client's pool is open before the burst: measure shedding, not a connection storm
+    await blaster.connect(args.connections)
+    overload = Phase(pid, blaster)
+    over_s = await blaster.open_loop(rate, args.duration)
+    overload_report = overload.report(over_s)
+    recovery = Phase(pid, blaster)
+    rec_s = await blaster.open_loop(cap / 2, args.duration / 2)
+    recovery_report = recovery.report(rec_s)
+    blaster.close()
+    admitted = overload_report.get("200") or overload_report.get("201")
+    capacity_ok = capacity_report.get("200") or capacity_report.get("201")
+    summary = {}
+    if admitted and capacity_ok:
+        summary["admitted_p99_over_capacity_p99"] = round(
+            admitted["p99_ms"] / max(capacity_ok["p99_ms"], 0.1), 2
+        )
     return {
-        f"capacity ({clients} clients)": capacity.report(seconds),
-        f"overload {args.factor:g}x ({cap * args.factor:.0f}/s offered)": overload.report(over_s),
-        f"recovery ({cap / 2:.0f}/s offered)": recovery.report(rec_s),
+        f"capacity ({clients} clients)": capacity_report,
+        f"overload ({rate:.0f}/s offered)": overload_report,
+        f"recovery ({cap / 2:.0f}/s offered)": recovery_report,
+        **summary,
     }
 
 
@@ -168,11 +186,16 @@ async def slowloris(
         if len(drips) % 500 == 0:
             await asyncio.sleep(0.05)  # let them connect
     await asyncio.sleep(2)
-    normal = Phase(pid)
+    latencies: dict[str, list[float]] = {}
     started = time.perf_counter()
     for _ in range(200):
         conn = Connection("127.0.0.1", port)  # a new client: a new connection each
-        await normal.call(asyncio.wait_for(request(conn), 10))
+        began = time.perf_counter()
+        try:
+            kind = str((await asyncio.wait_for(request(conn), 10))[0])
+        except (HttpError, OSError, TimeoutError) as exc:
+            kind = type(exc).__name__
+        latencies.setdefault(kind, []).append(time.perf_counter() - began)
         conn.close()
     seconds = time.perf_counter() - started
     await asyncio.sleep(args.drip * 2)
@@ -181,29 +204,54 @@ async def slowloris(
     return {
         "slow connections opened": opened,
         "closed by the server": closed_by_server,
-        "200 new clients, one request each": normal.report(seconds),
+        "200 new clients, one request each": {
+            kind: {
+                "count": len(values),
+                "p50_ms": round(percentile(sorted(values), 0.5) * 1000, 1),
+                "p99_ms": round(percentile(sorted(values), 0.99) * 1000, 1),
+            }
+            for kind, values in latencies.items()
+        },
+        "seconds": round(seconds, 1),
     }
 
 
 def run(args: argparse.Namespace, in_flight: int) -> dict[str, Any]:
+    lag = args.lag_target_ms
+    lag_target = (
+        {}
+        if lag is None
+        else {"command_admission_lag_target_ms": lag, "query_admission_lag_target_ms": lag}
+    )
     settings = bench_settings(1, 1).replace(
         serving={
             "command_max_requests_in_flight": in_flight,
             "query_max_requests_in_flight": in_flight,
             "request_read_timeout_seconds": args.read_timeout,
             "max_connections": args.max_connections,
+            **lag_target,
         },
         # the riders offer far more often than a person would: measure the shedding,
         # not the per-rider offer rate limit (429)
         offers={"rate_limit": 1_000_000},
     )
-    with running_stack(settings, STACKS[args.side]) as bench:
-        return asyncio.run(measure(args, settings, bench.pids[f"{args.side}_api"]))
+    with running_stack(settings, STACKS[args.side]) as bench, contextlib.ExitStack() as extra:
+        compare = None
+        if args.compare_code is not None:  # the same API from the other checkout
+            port = free_port()
+            start = extra_query_api if args.side == "query" else extra_command_api
+            compare = (port, extra.enter_context(start(settings, port, 1, args.compare_code)))
+        return asyncio.run(measure(args, settings, bench.pids[f"{args.side}_api"], compare))
 
 
-async def measure(args: argparse.Namespace, settings: Settings, pid: int) -> dict[str, Any]:
+async def measure(
+    args: argparse.Namespace, settings: Settings, pid: int, compare: tuple[int, int] | None
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "max_requests_in_flight": settings.serving.command_max_requests_in_flight,
+        "admission_lag_target_ms": getattr(
+            settings.serving, f"{args.side}_admission_lag_target_ms"
+        ),
         "request_read_timeout_seconds": settings.serving.request_read_timeout_seconds,
         "max_connections": settings.serving.max_connections,
     }
@@ -217,6 +265,10 @@ async def measure(args: argparse.Namespace, settings: Settings, pid: int) -> dic
             + seeded.orders["older"]
         ]
         port = settings.serving.query_port
+        requests = [
+            f"GET /orders/{order} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode()
+            for order, auth in reads
+        ]
 
         def request(pool: Pool | Connection) -> Any:
             order, auth = random.choice(reads)
@@ -229,13 +281,30 @@ async def measure(args: argparse.Namespace, settings: Settings, pid: int) -> dic
             for r, s in zip(riders, list(scooters)[: len(riders)], strict=True)
         ]
         port = settings.serving.command_port
+        requests = [
+            (
+                "POST /offers HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n{auth_line}\r\n"
+            ).encode()
+            + body
+            for body, auth_line in offers
+        ]
 
         def request(pool: Pool | Connection) -> Any:
             body, auth_line = random.choice(offers)
             return pool.request("POST", "/offers", body, auth_line)
 
+    random.shuffle(requests)
     in_flight = settings.serving.command_max_requests_in_flight
-    out.update(await phases(args, port, request, in_flight, pid))
+    if compare is None:
+        out.update(await phases(args, port, requests, in_flight, pid))
+    else:  # this checkout and the other one, alternately, on the same stack
+        runs = []
+        for _ in range(args.rounds):
+            for code, (api_port, api_pid) in (("this", (port, pid)), (args.compare_code, compare)):
+                result = await phases(args, api_port, requests, in_flight, api_pid)
+                runs.append({"code": str(code), **result})
+        out["runs"] = runs
     if args.slowloris:
         out["slowloris"] = await slowloris(args, port, request, pid)
     return out
@@ -251,6 +320,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, default=4.0)
     parser.add_argument("--slowloris", type=int, default=0)
     parser.add_argument("--drip", type=float, default=5.0)
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="overload phase: this rate, not factor x capacity"
+    )
+    parser.add_argument(
+        "--compare-code",
+        type=Path,
+        default=None,
+        help="another checkout: its API runs beside this one's, measured alternately",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare-code: A/B rounds")
+    parser.add_argument(
+        "--lag-target-ms",
+        type=float,
+        default=None,
+        help="*_admission_lag_target_ms of both APIs (default: the settings' defaults)",
+    )
     defaults = Settings().serving
     parser.add_argument("--read-timeout", type=float, default=defaults.request_read_timeout_seconds)
     parser.add_argument("--max-connections", type=int, default=defaults.max_connections)

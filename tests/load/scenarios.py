@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.load.client import Connection, Pool
 from tests.load.harness import (
     PG_STATS_DELAY_SECONDS,
     CpuMeter,
+    NextRead,
     Recorder,
     closed_loop,
     cpu_ms_per,
@@ -30,6 +32,7 @@ from tests.load.harness import (
     percentile,
     pg_per,
     pg_sample,
+    read_loop,
     rss_bytes,
 )
 
@@ -335,6 +338,47 @@ async def view(ctx: ViewContext) -> None:
     rec.flows += 1
 
 
+def next_view(ctx: ViewContext, requests: dict[str, bytes]) -> Callable[[], NextRead]:
+    """:func:`view`'s choices (the same mix, the same random sequence) for :func:`read_loop`,
+    with each request's bytes made once (``requests``: path -> bytes, filled as it goes)."""
+    rng = ctx.rng
+    host = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n"
+
+    def raw(path: str, auth: str) -> bytes:
+        made = requests.get(path)
+        if made is None:
+            made = requests[path] = host % (path.encode(), auth.encode())
+        return made
+
+    def next_read() -> NextRead:
+        roll = rng.random()
+        if roll < ctx.history_share:
+            user = rng.choice(ctx.users)
+            path = f"/users/{user}/orders?limit=20"
+            return "GET /users/{id}/orders", raw(path, ctx.auth[user]), None
+        pick = rng.random()
+        before = None
+        if pick < 0.6:
+            order_id = rng.choice(ctx.active)
+        elif pick < 0.9:
+            order_id = rng.choice(ctx.finished)
+        else:
+            order_id = rng.choice(ctx.older)
+            if rng.random() < ctx.miss_share * 10:  # not in Redis: evicted, flushed or older
+
+                async def evict(order_id: str = order_id) -> None:
+                    try:
+                        await ctx.redis.delete(order_key(ctx.settings.redis.key_prefix, order_id))
+                    except Exception as exc:  # as in view()
+                        ctx.recorder.errors[f"generator: Redis DEL {type(exc).__name__}"] += 1
+
+                before = evict
+        path = f"/orders/{order_id}"
+        return "GET /orders/{id}", raw(path, ctx.auth[ctx.owner[order_id]]), before
+
+    return next_read
+
+
 @dataclass
 class Seeded:
     """Orders seeded through the command API, and who may read them."""
@@ -400,8 +444,14 @@ async def query_side(
     history_share: float = 0.05,
     port: int | None = None,
     warm_passes: int = 0,
+    generator: str = "loop",
 ) -> dict[str, Any]:
     """Order screens at a fixed ``rate`` or at maximum throughput (``port``: another server).
+
+    ``generator``: how the maximum-throughput window is driven: ``loop``
+    (:func:`~tests.load.harness.read_loop`, the generator's cheapest) or ``pool`` (a
+    closed loop of tasks through the HTTP client's ``Pool``, as before issue 13's
+    i13read), the same mix either way.
 
     ``warm_passes``: read every seeded order that many times with its rider's token before
     the window, so that the window measures the steady state (each token's signature
@@ -436,8 +486,17 @@ async def query_side(
     before = meter.sample()
     if rate is not None:
         seconds = await open_loop(rate, duration, lambda: view(ctx), ctx.recorder)
-    else:
+    elif generator == "pool":
         seconds = await closed_loop(concurrency, duration, lambda: view(ctx))
+    else:
+        seconds = await read_loop(
+            "127.0.0.1",
+            port or settings.serving.query_port,
+            concurrency,
+            duration,
+            next_view(ctx, {}),
+            ctx.recorder,
+        )
     after = meter.sample()
     await asyncio.sleep(PG_STATS_DELAY_SECONDS)
     pg_after = await pg_sample(settings.db.url)
@@ -464,9 +523,10 @@ async def query_side(
 
 
 async def ceiling(
-    meter: CpuMeter, port: int, *, concurrency: int, duration: float
+    meter: CpuMeter, port: int, *, concurrency: int, duration: float, generator: str = "loop"
 ) -> dict[str, Any]:
-    """The bare Litestar endpoint at maximum throughput, same client, same concurrency."""
+    """The bare Litestar endpoint at maximum throughput, same client (``generator``, as
+    :func:`query_side`'s), same concurrency."""
     pool = Pool("127.0.0.1", port)
     rec = Recorder()
 
@@ -477,7 +537,15 @@ async def ceiling(
     await asyncio.gather(*(one() for _ in range(concurrency)))
     rec = Recorder()
     before = meter.sample()
-    seconds = await closed_loop(concurrency, duration, one)
+    if generator == "pool":
+        seconds = await closed_loop(concurrency, duration, one)
+    else:
+        request: NextRead = (
+            "GET /orders/{id} (bare)",
+            b"GET /orders/abc HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            None,
+        )
+        seconds = await read_loop("127.0.0.1", port, concurrency, duration, lambda: request, rec)
     after = meter.sample()
     pool.close()
     return {

@@ -90,9 +90,11 @@ class Served:
         raise AssertionError(f"app calls: {self.app.calls}, expected {n}")
 
 
-async def _serve(limit: int, name: str) -> AsyncIterator[Served]:
+async def _serve(
+    limit: int, name: str, lag_target_seconds: float = 0.0, timeout_keep_alive: int = 5
+) -> AsyncIterator[Served]:
     app = App()
-    admission = Admission(name, limit, RETRY_AFTER)
+    admission = Admission(name, limit, RETRY_AFTER, lag_target_seconds)
     port = free_port()
     config = uvicorn.Config(
         app,
@@ -105,6 +107,7 @@ async def _serve(limit: int, name: str) -> AsyncIterator[Served]:
         access_log=False,
         server_header=False,  # as shared.infra.serving.serve
         date_header=False,
+        timeout_keep_alive=timeout_keep_alive,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -298,11 +301,13 @@ async def test_no_limit_counts_and_sheds_nothing(request: pytest.FixtureRequest)
 
 
 def test_each_worker_process_gets_its_own_empty_count() -> None:
-    admission = Admission("unit_pickle", 16, RETRY_AFTER)
+    admission = Admission("unit_pickle", 16, RETRY_AFTER, 0.004)
     admission.in_flight = 5
+    admission.allowed = 3
     copy = pickle.loads(pickle.dumps(admission))  # what a uvicorn worker receives
     assert (copy.app_name, copy.limit, copy.retry_after_seconds) == ("unit_pickle", 16, 7)
-    assert copy.in_flight == 0
+    assert copy.lag_target_seconds == 0.004
+    assert (copy.in_flight, copy.allowed) == (0, 16)
 
 
 def test_the_overloaded_answer_is_a_problem_with_retry_after() -> None:
@@ -326,3 +331,188 @@ def test_the_overloaded_answer_is_a_problem_with_retry_after() -> None:
     assert overloaded_response(3, close=True) == answer.replace(
         b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1
     )
+
+
+# --- shedding a whole read at once (no parser) -------------------------------------------
+
+
+def _shed_count(served: Served) -> float:
+    value = REGISTRY.get_sample_value(
+        "http_requests_shed_total", {"app": served.admission.app_name}
+    )
+    return value or 0.0
+
+
+async def test_a_read_of_whole_requests_is_answered_503_each_in_order_without_the_app(
+    served: Served,
+) -> None:
+    held = await _hold(served, 2)  # kept: a connection collected would end its request
+    reader, writer = await served.connect()
+    writer.write(_request("GET", "/orders/o-1"))
+    assert await _answer(reader) == overloaded_response(RETRY_AFTER)
+    # three pipelined requests in one write: three answers, in order, HEAD without a body
+    writer.write(
+        _request("GET", "/orders/o-2")
+        + _request("HEAD", "/orders/o-3")
+        + _request("GET", "/users/u-1/orders?limit=5", extra=b"Accept: */*\r\n")
+    )
+    assert await _answer(reader) == overloaded_response(RETRY_AFTER)
+    assert (
+        await _answer(reader, head_only=True)
+        == overloaded_response(RETRY_AFTER).split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    )
+    assert await _answer(reader) == overloaded_response(RETRY_AFTER)
+    assert served.app.calls == ["/slow", "/slow"]
+    assert _shed_count(served) == 4
+    assert served.admission.in_flight == 2
+    # the connection is still in step: a health check is served on it
+    writer.write(_request("GET", "/health/live"))
+    assert (await _answer(reader)).endswith(b"ok /health/live")
+    assert len(held) == 2
+
+
+async def test_a_health_check_in_a_read_with_requests_to_shed_is_still_served(
+    served: Served,
+) -> None:
+    held = await _hold(served, 2)  # kept: a connection collected would end its request
+    reader, writer = await served.connect()
+    writer.write(_request("GET", "/orders/o-1") + _request("GET", "/health/ready"))
+    assert await _answer(reader) == overloaded_response(RETRY_AFTER)
+    assert (await _answer(reader)).endswith(b"ok /health/ready")
+    assert served.app.calls == ["/slow", "/slow", "/health/ready"]
+    assert len(held) == 2
+
+
+async def test_a_request_in_pieces_at_the_limit_is_shed_once_it_is_whole(
+    served: Served,
+) -> None:
+    held = await _hold(served, 2)  # kept: a connection collected would end its request
+    reader, writer = await served.connect()
+    whole = _request("GET", "/orders/o-1", extra=b"X-Long: " + b"x" * 200 + b"\r\n")
+    writer.write(whole[:40])
+    await asyncio.sleep(0.05)  # the server reads the first piece on its own
+    writer.write(whole[40:])
+    assert await _answer(reader) == overloaded_response(RETRY_AFTER)
+    writer.write(_request("GET", "/health/live"))
+    assert (await _answer(reader)).endswith(b"ok /health/live")
+    assert len(held) == 2
+
+
+# --- idle and slow connections: one sweep, no timer per request ---------------------------
+
+
+async def _closed(reader: asyncio.StreamReader, within: float) -> bool:
+    """The server closed the connection (or reset it) within ``within`` seconds."""
+    try:
+        while await asyncio.wait_for(reader.read(4096), within):
+            pass
+    except ConnectionError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+@pytest.fixture
+def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A read timeout of 1.5 s for the servers of this test (keep-alive: 1 s)."""
+    refusal = overloaded_response(RETRY_AFTER, close=True)
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "_limits", (1.5, 4096, refusal))
+    return 1.5
+
+
+async def test_idle_and_slow_connections_are_closed_and_busy_ones_are_not(
+    request: pytest.FixtureRequest, short_timeouts: float
+) -> None:
+    closed = "http_connections_closed_total"
+    idle_before = REGISTRY.get_sample_value(closed, {"reason": "idle"}) or 0.0
+    slow_before = REGISTRY.get_sample_value(closed, {"reason": "read_timeout"}) or 0.0
+    async for served in _serve(0, f"unit_{request.node.name}"[:60], timeout_keep_alive=1):
+        idle_reader, idle_writer = await served.connect()
+        idle_writer.write(_request("GET", "/orders/o-1"))
+        assert (await _answer(idle_reader)).endswith(b"ok /orders/o-1")
+
+        slow_reader, slow_writer = await served.connect()
+        slow_writer.write(b"GET /orders/o-2 HTTP/1.1\r\nHost: t\r\n")
+
+        busy_reader, busy_writer = await served.connect()
+        for i in range(40):  # a request every 50 ms for 2 s: longer than either timeout
+            busy_writer.write(_request("GET", f"/orders/b-{i}"))
+            assert (await _answer(busy_reader)).endswith(b"ok /orders/b-%d" % i)
+            if i % 4 == 0:
+                slow_writer.write(b"X-Drip-%d: 1\r\n" % i)  # bytes keep coming, never whole
+            await asyncio.sleep(0.05)
+
+        assert await _closed(idle_reader, 10)
+        assert await _closed(slow_reader, 10)
+        busy_writer.write(_request("GET", "/orders/b-last"))
+        assert (await _answer(busy_reader)).endswith(b"ok /orders/b-last")
+    assert (REGISTRY.get_sample_value(closed, {"reason": "idle"}) or 0.0) >= idle_before + 1
+    assert (REGISTRY.get_sample_value(closed, {"reason": "read_timeout"}) or 0.0) == slow_before + 1
+
+
+async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusal = overloaded_response(RETRY_AFTER, close=True)
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "_limits", (60.0, 4096, refusal))
+    async for served in _serve(0, f"unit_{request.node.name}"[:60], timeout_keep_alive=1):
+        answered_reader, answered_writer = await served.connect()
+        answered_writer.write(_request("GET", "/orders/o-1"))
+        assert (await _answer(answered_reader)).endswith(b"ok /orders/o-1")
+        silent_reader, _ = await served.connect()  # never sends a byte
+        # both long before the 60 s read timeout
+        assert await _closed(answered_reader, 10)
+        assert await _closed(silent_reader, 10)
+
+
+# --- the adaptive limit ------------------------------------------------------------------
+
+
+def test_a_standing_queue_halves_the_admitted_limit_and_a_short_turn_grows_it_back() -> None:
+    admission = Admission("unit_adapt", 128, RETRY_AFTER, 0.005)
+    assert admission.allowed == 128
+    steps = []
+    for _ in range(9):
+        admission.adapt(0.006)  # even the shortest turn of the window was too long
+        steps.append(admission.allowed)
+    assert steps == [64, 32, 16, 8, 4, 2, 1, 1, 1]
+    steps = []
+    while admission.allowed < 128:
+        admission.adapt(0.001)
+        steps.append(admission.allowed)
+    # +2 while small, then a quarter more each window, never past the limit
+    assert steps == [3, 5, 7, 9, 11, 13, 16, 20, 25, 31, 38, 47, 58, 72, 90, 112, 128]
+    admission.adapt(0.005)  # at the target: not over it
+    assert admission.allowed == 128
+
+
+async def test_turns_longer_than_the_target_shed_below_the_limit(
+    request: pytest.FixtureRequest,
+) -> None:
+    # a target no turn can meet: the loop "lags" on every window while requests arrive
+    async for served in _serve(8, f"unit_{request.node.name}"[:60], lag_target_seconds=1e-9):
+        held = await _hold(served, 1)
+        reader, writer = await served.connect()
+        statuses = []
+        for _ in range(200):
+            writer.write(_request("GET", "/health/live"))  # never shed, but timed
+            await _answer(reader)
+            if served.admission.allowed == 1:
+                break
+            await asyncio.sleep(0.005)
+        assert served.admission.allowed == 1
+        writer.write(_request("GET", "/orders/o-1"))
+        statuses.append((await _answer(reader))[:12])
+        assert statuses == [b"HTTP/1.1 503"]  # 1 in flight, limit 8: shed all the same
+        assert served.admission.in_flight == 1
+        assert len(held) == 1
+
+
+async def test_turns_within_the_target_keep_the_limit(request: pytest.FixtureRequest) -> None:
+    async for served in _serve(4, f"unit_{request.node.name}"[:60], lag_target_seconds=3600):
+        reader, writer = await served.connect()
+        for i in range(100):
+            writer.write(_request("GET", f"/orders/o-{i}"))
+            assert (await _answer(reader)).endswith(b"ok /orders/o-%d" % i)
+        assert served.admission.allowed == 4

@@ -136,6 +136,10 @@ NEW_VARIABLES: dict[str, tuple[str, Any]] = {
     "SCOOTERS_QUERY_METRICS_PORT": ("serving.query_metrics_port", 9110),
     "SCOOTERS_STUBS_ADMIN_TOKEN": ("stub.admin_token", ""),
     "SCOOTERS_REPLICA_MAX_WAIT_SECONDS": ("db.replica_max_wait_seconds", 0.05),  # ADR 0007
+    "SCOOTERS_COMMAND_FAST_PATH": ("serving.command_fast_path", True),  # ADR 0012
+    # the adaptive admission limit (issue 8, overload at 4x)
+    "SCOOTERS_COMMAND_ADMISSION_LAG_TARGET_MS": ("serving.command_admission_lag_target_ms", 0.0),
+    "SCOOTERS_QUERY_ADMISSION_LAG_TARGET_MS": ("serving.query_admission_lag_target_ms", 5.0),
 }
 ALL_VARIABLES = {**OLD_VARIABLES, **NEW_VARIABLES}
 

@@ -1,0 +1,158 @@
+"""The ride screen's lane (ADR 0011): which requests it answers, and its error answers.
+
+The lane over a stand-in for Litestar's handler, with a stand-in ``Reads`` and token
+verifier; the real app's answers through the lane are in
+tests/integration/test_query_api.py ("the ride screen's lane").
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from litestar import Litestar
+
+from query_api.screen_lane import screen_lane
+from shared.errors import DependencyUnavailable, Unauthenticated
+from shared.infra.auth import Principal
+from shared.infra.di import Slot
+
+ORDER = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+
+
+class FakeVerifier:
+    async def verify(self, token: str) -> Principal:
+        if token != "good":
+            raise Unauthenticated("bad token")
+        return Principal("rider-1", frozenset({"rider"}))
+
+
+class FakeReads:
+    max_charged_seconds = None
+    max_cost = 0
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.asked: list[str] = []
+
+    async def order(self, order_id: Any) -> None:
+        self.asked.append(str(order_id))
+        if self.error is not None:
+            raise self.error
+        return None  # no such order
+
+
+async def call(
+    reads: FakeReads, method: str, path: str, headers: list[tuple[bytes, bytes]]
+) -> tuple[int, dict[bytes, bytes], bytes, bool]:
+    """(status, headers, body, whether Litestar's handler got the request)."""
+    passed = False
+
+    async def litestar(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal passed
+        passed = True
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    reads_slot: Slot[Any] = Slot("reads")
+    reads_slot.fill(reads)
+    verifier: Slot[Any] = Slot("verifier")
+    verifier.fill(FakeVerifier())
+    lane: Any = screen_lane(litestar, reads_slot, verifier)  # called with plain dicts
+    app = Litestar([])
+    app.state.retry_after_seconds = 7
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "app": app,
+        "litestar_app": app,
+        "state": {},
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await lane(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body, passed
+
+
+SIGNED_IN = [(b"host", b"127.0.0.1"), (b"authorization", b"Bearer good")]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("GET", f"/orders/{ORDER}/receipt", SIGNED_IN),
+        ("GET", f"/orders/{ORDER}/", SIGNED_IN),  # Litestar's spelling of the same route
+        ("GET", "/orders/", SIGNED_IN),
+        ("GET", "/orders", SIGNED_IN),
+        ("HEAD", f"/orders/{ORDER}", SIGNED_IN),
+        ("POST", f"/orders/{ORDER}", SIGNED_IN),
+        ("GET", f"/users/{ORDER}/orders", SIGNED_IN),
+        ("GET", f"/orders/{ORDER}", [(b"host", b"bad host"), SIGNED_IN[1]]),  # Litestar: 400
+    ],
+)
+async def test_other_requests_go_to_litestar(
+    method: str, path: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    reads = FakeReads()
+    status, _, _, passed = await call(reads, method, path, headers)
+    assert (status, passed, reads.asked) == (299, True, [])
+
+
+async def test_the_screen_is_answered_in_the_lane() -> None:
+    reads = FakeReads()  # no such order: 404, from the lane
+    status, headers, body, passed = await call(reads, "GET", f"/orders/{ORDER}", SIGNED_IN)
+    assert (status, passed, reads.asked) == (404, False, [ORDER])
+    assert headers[b"content-type"] == b"application/problem+json"
+    assert json.loads(body)["code"] == "order_not_found"
+
+
+async def test_not_an_order_id_is_not_found_without_a_read() -> None:
+    reads = FakeReads()
+    status, _, body, passed = await call(reads, "GET", "/orders/not-an-id", SIGNED_IN)
+    assert (status, passed, reads.asked, json.loads(body)["code"]) == (
+        404,
+        False,
+        [],
+        "order_not_found",
+    )
+
+
+@pytest.mark.parametrize(
+    "headers", [[(b"host", b"127.0.0.1")], [(b"authorization", b"Bearer forged")]]
+)
+async def test_sign_in_is_required(headers: list[tuple[bytes, bytes]]) -> None:
+    reads = FakeReads()
+    status, answer, body, passed = await call(reads, "GET", f"/orders/{ORDER}", headers)
+    assert (status, passed, reads.asked) == (401, False, [])
+    assert answer[b"www-authenticate"] == b"Bearer"
+    assert json.loads(body)["code"] == "unauthenticated"
+
+
+async def test_no_store_answering_is_503_with_retry_after() -> None:
+    reads = FakeReads(DependencyUnavailable("postgres"))
+    status, headers, body, _ = await call(reads, "GET", f"/orders/{ORDER}", SIGNED_IN)
+    assert (status, headers[b"retry-after"]) == (503, b"7")
+    assert json.loads(body)["code"] == DependencyUnavailable.code
+
+
+async def test_a_bug_is_a_bare_500_problem() -> None:
+    reads = FakeReads(KeyError("oops"))
+    status, headers, body, _ = await call(reads, "GET", f"/orders/{ORDER}", SIGNED_IN)
+    assert status == 500
+    assert headers[b"content-type"] == b"application/problem+json"
+    assert json.loads(body)["code"] == "internal_error"
+    assert b"oops" not in body
