@@ -215,8 +215,10 @@ async def _offer(
     principal: Principal, data: CreateOffer, deps: rides.Deps, offer_rate_limit: OfferRateLimit
 ) -> OfferAnswer:
     principal.require_rider(data.user_id)
-    await offer_rate_limit.check(principal.sub)
-    offer, token = await rides.create_offer(deps, principal.sub, data.scooter_id)
+    owes_nothing = await offer_rate_limit.check_and_read_debt_mark(principal.sub)
+    offer, token = await rides.create_offer(
+        deps, principal.sub, data.scooter_id, owes_nothing=owes_nothing
+    )
     return OfferAnswer(
         id=str(offer.id),
         user_id=offer.user_id,
@@ -522,7 +524,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         redis = connect_redis(settings)
         jwks_client = httpx.AsyncClient(timeout=settings.external.http_timeout_seconds)
         try:
-            async with open_deps(settings) as opened:
+            async with open_deps(settings, redis=redis) as opened:
                 deps.fill(opened)
                 verifier.fill(token_verifier(settings, jwks_client))
                 await verifier.get().warm()
@@ -532,6 +534,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                         settings.redis.key_prefix,
                         settings.offers.rate_limit,
                         settings.offers.rate_window_seconds,
+                        opened.debt_marks,
                     )
                 )
                 try:

@@ -13,9 +13,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import asyncpg
 
 from command_api import rides
+from command_api.debt_marks import DebtMarks
 from command_api.external import ExternalServices, make_http_client
+from command_api.rate_limit import RedisClient
+from command_api.rate_limit import connect as connect_redis
 from shared.infra.db import create_pool
 from shared.infra.offer_keys import offer_signer
+from shared.infra.outages import redis_unavailable
 from shared.settings import Settings
 
 
@@ -26,15 +30,21 @@ async def open_deps(
     pool: asyncpg.Pool | None = None,
     pool_size: tuple[int, int] | None = None,
     services: type[ExternalServices] = ExternalServices,
+    redis: RedisClient | None = None,
 ) -> AsyncIterator[rides.Deps]:
     """The commands' dependencies, open for the duration of the ``async with``.
 
     ``pool``: use this Postgres pool (the caller closes it) instead of opening one of
     ``pool_size`` (min, max) connections, by default ``settings.db.pool_min/pool_max``.
     ``services``: the external services' client class (tests pass a subclass that
-    injects failures). Raises what asyncpg raises when Postgres cannot be reached.
+    injects failures). ``redis``: the client of the riders' debt marks (the caller
+    closes it), else one is opened (connecting lazily: Redis down is no error here).
+    Raises what asyncpg raises when Postgres cannot be reached.
     """
     async with AsyncExitStack() as stack:
+        if redis is None:
+            redis = connect_redis(settings)
+            stack.push_async_callback(_close_redis, redis)
         if pool is None:
             low, high = pool_size or (settings.db.pool_min, settings.db.pool_max)
             pool = await create_pool(
@@ -51,4 +61,13 @@ async def open_deps(
             services=services(client, settings),
             signer=await offer_signer(settings, pool),
             settings=settings,
+            debt_marks=DebtMarks(redis, settings.redis.key_prefix),
         )
+
+
+async def _close_redis(redis: RedisClient) -> None:
+    try:
+        await redis.aclose()
+    except Exception as exc:  # a busy node: closing can time out; stop anyway
+        if not redis_unavailable(exc):
+            raise

@@ -19,6 +19,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from command_api.debt_marks import DebtMarks
 from shared.errors import RateLimited
 from shared.infra.outages import redis_unavailable
 from shared.settings import Settings
@@ -50,14 +51,32 @@ def connect(settings: Settings) -> RedisClient:
 class OfferRateLimit:
     """``check(rider)`` raises :class:`RateLimited` past ``limit`` offers per ``window_seconds``."""
 
-    def __init__(self, redis: RedisClient, prefix: str, limit: int, window_seconds: int) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        prefix: str,
+        limit: int,
+        window_seconds: int,
+        debt_marks: DebtMarks | None = None,
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._limit = limit
         self._window = window_seconds
+        self._marks = debt_marks
 
     async def check(self, rider: str) -> None:
         """Count one offer for ``rider``; raises RateLimited when over the limit."""
+        await self._check(rider, None)
+
+    async def check_and_read_debt_mark(self, rider: str) -> bool:
+        """``check``, and in the same round trip read the rider's debt mark
+        (``command_api.debt_marks``): True when it says the rider owes nothing, False
+        when Postgres must be asked (no mark, ``check``, no marks here, Redis down)."""
+        marks = self._marks
+        return await self._check(rider, None if marks is None else marks.key(rider))
+
+    async def _check(self, rider: str, mark_key: str | None) -> bool:
         now = time.time()
         window = int(now // self._window)
         key = f"{self._prefix}rate:offers:{rider}:{window}"
@@ -65,16 +84,19 @@ class OfferRateLimit:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.incr(key)
                 pipe.expire(key, self._window + 1)
-                count, _ = await pipe.execute()
+                if mark_key is not None:
+                    pipe.get(mark_key)
+                count, _, *mark = await pipe.execute()
         except Exception as exc:
             # any Redis error, a cluster in flux, a connection closed under the command
             if not isinstance(exc, _REDIS_DOWN) and not redis_unavailable(exc):
                 raise
             log.warning("offer rate limit skipped, Redis did not answer: %r", exc)
-            return
+            return False
         if int(count) > self._limit:
             retry_after = int((window + 1) * self._window - now) + 1
             raise RateLimited(
                 retry_after,
                 f"at most {self._limit} offers per {self._window} s; retry in {retry_after} s",
             )
+        return bool(mark) and DebtMarks.is_clear(mark[0])

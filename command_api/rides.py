@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -21,12 +22,14 @@ import asyncpg
 import msgspec
 
 from command_api import repository as repo
+from command_api.debt_marks import DebtMarks
 from command_api.external import ExternalServices, ServiceError
 from shared.domain import NewOrder, Offer, Order, PricingInputs, TrackPoint
 from shared.errors import DependencyUnavailable, OrderNotFound, TrackTooLong
 from shared.ids import created_at_of, uuid7
 from shared.infra.auth import Principal
 from shared.lifecycle import (
+    DEBT_ALLOWED,
     NEW_ORDER,
     OperationKind,
     PaymentStatus,
@@ -77,13 +80,18 @@ class ActivatedRides:
 
 @dataclass(frozen=True, slots=True)
 class Deps:
-    """What the commands need; built once by the app's lifespan (or by a test)."""
+    """What the commands need; built once by the app's lifespan (or by a test).
+
+    ``debt_marks``: the riders' debt marks in Redis (``command_api.debt_marks``); None
+    (a test's Deps) reads every offer's debt from Postgres and writes no marks.
+    """
 
     pool: asyncpg.Pool
     services: ExternalServices
     signer: OfferSigner
     settings: Settings
     activated: ActivatedRides = field(default_factory=ActivatedRides)
+    debt_marks: DebtMarks | None = None
 
 
 def utcnow() -> datetime:
@@ -105,17 +113,21 @@ def answer_of(order: Order, inputs: ReceiptInputs | None) -> OrderAnswer:
 # --- offers -----------------------------------------------------------------------------------
 
 
-async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer, str]:
-    """Price a personal offer; returns it and its signed token. Writes nothing.
+async def create_offer(
+    deps: Deps, user_id: str, scooter_id: str, *, owes_nothing: bool = False
+) -> tuple[Offer, str]:
+    """Price a personal offer; returns it and its signed token. Writes nothing to Postgres.
 
     A rider who owes money gets no offer: debt the users service reports, or a charge
-    payments declined to the last try (``user_summary.debt``).
+    payments declined to the last try (``user_summary.debt``). ``owes_nothing``: the
+    rider's debt mark said ``clear`` (``command_api.debt_marks``), so that is not read;
+    otherwise it is, and a read that finds nothing owed marks the rider ``clear``.
     """
     services = deps.services
     scooter_task = asyncio.ensure_future(services.scooter(scooter_id))
     user_task = asyncio.ensure_future(services.user(user_id))
     configs_task = asyncio.ensure_future(services.configs())
-    debt_task = asyncio.ensure_future(_recorded_debt(deps.pool, user_id))
+    debt_task = asyncio.ensure_future(_nothing() if owes_nothing else _recorded_debt(deps, user_id))
     try:
         scooter = await scooter_task
         user, configs, debt = await user_task, await configs_task, await debt_task
@@ -158,9 +170,17 @@ async def create_offer(deps: Deps, user_id: str, scooter_id: str) -> tuple[Offer
     return offer, deps.signer.sign(offer)
 
 
-async def _recorded_debt(pool: asyncpg.Pool, user_id: str) -> int:
-    async with pool.acquire() as conn:
-        return await repo.recorded_debt(conn, user_id)
+async def _nothing() -> int:
+    return 0
+
+
+async def _recorded_debt(deps: Deps, user_id: str) -> int:
+    started = time.monotonic()
+    async with deps.pool.acquire() as conn:
+        debt = await repo.recorded_debt(conn, user_id)
+    if debt <= DEBT_ALLOWED and deps.debt_marks is not None:
+        await deps.debt_marks.note_clear(user_id, started)
+    return debt
 
 
 # --- starting a ride --------------------------------------------------------------------------
@@ -382,7 +402,13 @@ async def finish_ride(
 
 
 async def settle_charge(
-    pool: asyncpg.Pool, order_id: uuid.UUID, created_at: datetime, decision: SettleDecision
+    pool: asyncpg.Pool,
+    order_id: uuid.UUID,
+    created_at: datetime,
+    decision: SettleDecision,
+    *,
+    debt_marks: DebtMarks | None = None,
+    user_id: str = "",
 ) -> Order | None:
     """Record the outcome of an owed charge as ``shared.lifecycle.decide_settle`` decided
     it: charged (released for 0) or, when payments declined it, the rider's debt.
@@ -390,20 +416,34 @@ async def settle_charge(
     A charge that became debt leaves the deposit held at payments: in the same
     transaction its release is recorded as owed (``release_debt_hold``, the whole
     deposit), and the worker retries it until payments confirms (docs/operator-api.md).
+    The rider (``user_id``) is marked ``check`` in ``debt_marks`` before that transaction
+    and again after it, so no offer skips the debt read on an older ``clear`` mark
+    (``command_api.debt_marks``).
     Returns the settled order, or None if another process settled it first.
     """
-    async with pool.acquire() as conn:
-        if decision.payment_to != PaymentStatus.DEBT:
+    if decision.payment_to != PaymentStatus.DEBT:
+        async with pool.acquire() as conn:
             return await repo.settle_charge(conn, order_id, created_at, decision)
-        async with conn.transaction():
-            settled = await repo.settle_charge(conn, order_id, created_at, decision)
-            if settled is not None and settled.deposit > 0:
-                await repo.owe_operation(
-                    conn,
-                    order_id,
-                    OperationKind.RELEASE_DEBT_HOLD,
-                    created_at,
-                    settled.user_id,
-                    settled.deposit,
-                )
-            return settled
+    if debt_marks is not None:
+        await debt_marks.note_debt(user_id)
+    settled = await _record_debt(pool, order_id, created_at, decision)
+    if debt_marks is not None:
+        await debt_marks.note_debt(user_id)
+    return settled
+
+
+async def _record_debt(
+    pool: asyncpg.Pool, order_id: uuid.UUID, created_at: datetime, decision: SettleDecision
+) -> Order | None:
+    async with pool.acquire() as conn, conn.transaction():
+        settled = await repo.settle_charge(conn, order_id, created_at, decision)
+        if settled is not None and settled.deposit > 0:
+            await repo.owe_operation(
+                conn,
+                order_id,
+                OperationKind.RELEASE_DEBT_HOLD,
+                created_at,
+                settled.user_id,
+                settled.deposit,
+            )
+        return settled

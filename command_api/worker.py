@@ -87,7 +87,14 @@ async def process_operation(deps: rides.Deps, op: asyncpg.Record) -> None:
             amount, outcome, attempts=attempts, max_attempts=settings.payments.max_attempts
         )
         if decision is not None:
-            await rides.settle_charge(deps.pool, order_id, created_at, decision)
+            await rides.settle_charge(
+                deps.pool,
+                order_id,
+                created_at,
+                decision,
+                debt_marks=deps.debt_marks,
+                user_id=user_id,
+            )
             if decision.payment_to == PaymentStatus.DEBT:
                 metrics.payment_attempts.labels(kind, "debt").inc()
                 log.warning(
