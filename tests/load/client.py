@@ -21,6 +21,21 @@ class HttpError(Exception):
     """The connection failed or the answer was not HTTP/1.1 with a Content-Length."""
 
 
+def content_length(buffer: bytes | bytearray, end: int) -> int:
+    """The Content-Length of the answer whose head ends at ``end`` (the index of its
+    blank line) in ``buffer``; -1 when it has none. uvicorn's lower-case spelling is
+    found with one search, any other spelling by reading the head's lines."""
+    at = buffer.find(b"\r\ncontent-length:", 0, end)
+    if at >= 0:
+        stop = buffer.find(b"\r\n", at + 17, end + 2)
+        return int(buffer[at + 17 : stop])
+    for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return -1
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -41,21 +56,15 @@ class _Protocol(asyncio.Protocol):
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0:
             return
-        head = bytes(self.buffer[:end])
-        length = -1
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-                break
+        length = content_length(self.buffer, end)
         if length < 0:
             self._fail(HttpError("answer without Content-Length"))
             return
         if len(self.buffer) < end + 4 + length:
             return
+        status = int(self.buffer[9:12])
         body = bytes(self.buffer[end + 4 : end + 4 + length])
         del self.buffer[: end + 4 + length]
-        status = int(head[9:12])
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result((status, body))
 
@@ -185,15 +194,12 @@ class _Wire(asyncio.Protocol):
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
                 break
-            at = buffer.find(b"\r\ncontent-length:", 0, end)
-            if at < 0:
-                at = buffer[:end].lower().find(b"\r\ncontent-length:")
-                if at < 0:
-                    self.buffer = b""
-                    self.blaster._failed(self, "no Content-Length")
-                    return
-            line_end = buffer.find(b"\r\n", at + 17)
-            total = end + 4 + int(buffer[at + 17 : line_end if line_end < end else end])
+            length = content_length(buffer, end)
+            if length < 0:
+                self.buffer = b""
+                self.blaster._failed(self, "no Content-Length")
+                return
+            total = end + 4 + length
             if len(buffer) < total:
                 break
             status: int | str = int(buffer[9:12])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.load.client import HttpError
+from tests.load.client import HttpError, content_length
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -443,7 +443,7 @@ class _LoopConnection(asyncio.Protocol):
         if end < 0:
             self.buffer = buffer
             return
-        length = _content_length(buffer, end)
+        length = content_length(buffer, end)
         if length < 0:  # not an answer this loop can read: drop the connection
             if self.transport is not None:
                 self.transport.close()
@@ -455,19 +455,6 @@ class _LoopConnection(asyncio.Protocol):
             return
         endpoint, self.endpoint, self.buffer = self.endpoint, "", b""
         self.driver.answered(self, endpoint, int(buffer[9:12]), buffer[end + 4 : end + 4 + length])
-
-
-def _content_length(buffer: bytes, end: int) -> int:
-    """The Content-Length of the answer whose head ends at ``end``; -1 when it has none."""
-    at = buffer.find(b"\r\ncontent-length:", 0, end)  # uvicorn's spelling: one find
-    if at >= 0:
-        stop = buffer.find(b"\r\n", at + 17, end + 2)
-        return int(buffer[at + 17 : stop])
-    for line in buffer[:end].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    return -1
 
 
 class _ReadLoop:
