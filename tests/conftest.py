@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from shared.offer_token import encode_offer_key, new_offer_key
 from shared.settings import Settings
 from stubs import StubSettings
 from tests.auth import Tokens, tokens_for
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,12 +41,6 @@ ADMIN_DSN = os.environ.get(
 REDIS_URL = os.environ.get("SCOOTERS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN_TOKEN = secrets.token_urlsafe(24)  # the stubs' admin token of this run
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # headers of a stubs' admin call
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:

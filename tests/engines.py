@@ -21,13 +21,14 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.ports import free_ports
 
 PG_BIN = Path(os.environ.get("SCOOTERS_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -36,45 +37,6 @@ REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 class EngineError(RuntimeError):
     """An engine did not start or become ready."""
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on loopback (held open together while chosen).
-
-    A cluster node also listens on its port + 10000 (the cluster bus), so only ports
-    whose bus port is free too are returned for Redis (see :func:`redis_cluster`).
-    """
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _cluster_ports(count: int) -> list[int]:
-    """Free ports below 55536 whose cluster-bus port (+10000) is free too."""
-    found: list[int] = []
-    while len(found) < count:
-        for port in free_ports(count * 4):
-            if port < 55_536 and port not in found and _port_free(port + 10_000):
-                found.append(port)
-                if len(found) == count:
-                    break
-    return found
 
 
 def _wait(check: object, what: str, timeout: float, interval: float = 0.1) -> None:
@@ -211,7 +173,7 @@ def redis_cluster(
     """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each; stopped and
     its directory removed on exit, whatever happened."""
     base = Path(tempfile.mkdtemp(prefix="scooters-redis-cluster-"))
-    ports = _cluster_ports(masters * (1 + replicas))
+    ports = free_ports(masters * (1 + replicas), offsets=(0, 10_000))  # + the bus port
     engine = RedisClusterEngine({}, node_timeout_ms)
     try:
         for port in ports:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.ports import free_port
 
 PG_BIN = next(
     (p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)),

@@ -28,8 +28,9 @@ from shared.settings import Settings
 from shared.views import order_key
 from stubs import StubSettings
 from tests.auth import SUPPORT, tokens_for
-from tests.conftest import ADMIN_TOKEN, ROOT, free_port, start_process, stop_process, wait_http
+from tests.conftest import ADMIN_TOKEN, ROOT, start_process, stop_process, wait_http
 from tests.e2e.conftest import backdate, ledger, set_fault
+from tests.ports import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -28,7 +28,8 @@ import pytest
 from shared.settings import Settings
 from stubs import StubSettings
 from tests.auth import Tokens
-from tests.conftest import ADMIN_DSN, ROOT, free_port, stop_process, wait_http
+from tests.conftest import ADMIN_DSN, ROOT, stop_process, wait_http
+from tests.ports import free_port
 
 MAX_EXAMPLES = int(os.environ.get("SCOOTERS_TEST_SCHEMATHESIS_EXAMPLES", "15"))
 CHECKS = ",".join(

@@ -21,7 +21,7 @@ from litestar.testing import AsyncTestClient
 
 from shared.settings import Settings
 from tests.auth import Tokens
-from tests.conftest import free_port, start_process, wait_http
+from tests.conftest import start_process, wait_http
 from tests.e2e.conftest import (
     Ids,
     backdate,
@@ -34,6 +34,7 @@ from tests.e2e.conftest import (
     start,
     summary_row,
 )
+from tests.ports import free_port
 
 pytestmark = pytest.mark.usefixtures("reset_faults")
 

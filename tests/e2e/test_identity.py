@@ -36,8 +36,9 @@ from shared.ids import uuid7
 from shared.offer_token import key_id
 from shared.settings import Settings
 from tests.auth import SUPPORT, Tokens
-from tests.conftest import ADMIN, free_port, start_process, stop_process, wait_http
+from tests.conftest import ADMIN, start_process, stop_process, wait_http
 from tests.e2e.conftest import Ids
+from tests.ports import free_port
 
 # every key that was ever in the code (git log -p -S DEVELOPMENT_SIGNING_KEY)
 KEYS_EVER_IN_CODE = ("dev-only-offer-signing-key-change-me",)

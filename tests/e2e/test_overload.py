@@ -27,8 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.infra.admission import GuardedHttpToolsProtocol
 from shared.settings import Settings
 from tests.auth import Tokens
-from tests.conftest import free_port, start_process, wait_http
+from tests.conftest import start_process, wait_http
 from tests.e2e.conftest import Ids, set_fault
+from tests.ports import free_port
 
 pytestmark = pytest.mark.usefixtures("reset_faults")
 

@@ -23,7 +23,8 @@ import pytest
 
 from shared.settings import Settings
 from stubs import StubSettings
-from tests.conftest import ADMIN_DSN, ROOT, free_port
+from tests.conftest import ADMIN_DSN, ROOT
+from tests.ports import free_port
 
 STACK = [sys.executable, "scripts/stack.py"]
 

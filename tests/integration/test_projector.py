@@ -58,7 +58,8 @@ from shared.views import (
     user_orders_key,
     user_summary_key,
 )
-from tests.conftest import ROOT, free_port, start_process, stop_process, wait_http
+from tests.conftest import ROOT, start_process, stop_process, wait_http
+from tests.ports import free_port
 
 # the stored order's columns, from its Struct (ids as text, as the snapshot holds them)
 _ORDER_COLUMNS = ", ".join(

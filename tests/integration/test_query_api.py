@@ -24,8 +24,8 @@ from shared.lifecycle import ride_charge, ride_cost
 from shared.settings import Settings
 from shared.views import order_key, user_orders_key
 from tests.auth import acting_rider, tokens_for
-from tests.conftest import free_port
 from tests.integration.test_projector import WriteSide, new_user
+from tests.ports import free_port
 
 Client = AsyncTestClient[Any]
 

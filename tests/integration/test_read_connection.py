@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 
 from query_api.read_connection import ReadConnection
 from query_api.stores import RedisGate, RedisUnavailable
-from tests.conftest import REDIS_URL, free_port
+from tests.conftest import REDIS_URL
 from tests.integration.test_query_api import start_redis
+from tests.ports import free_port
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from shared.errors import UserHasDebt
 from shared.pricing import Price, quote
 from shared.settings import Settings
 from stubs import DataSet, StubSettings
-from tests.conftest import ADMIN, free_port, start_process, stop_process, wait_http
+from tests.conftest import ADMIN, start_process, stop_process, wait_http
+from tests.ports import free_port
 
 
 @pytest.fixture

@@ -39,11 +39,11 @@ from tests.load.bench import (
     bench_stub_settings,
     ceiling_server,
     extra_query_api,
-    free_port,
     running_stack,
 )
 from tests.load.harness import CpuMeter, print_report
 from tests.load.service_logs import check_run, print_other_errors, print_verdict
+from tests.ports import free_port
 
 STACK = ("stubs", "command_api", "worker", "projector", "query_api")
 OWN_ENGINES: dict[str, int] = {}  # engines started for the run: name -> pid

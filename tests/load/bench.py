@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from scripts.stack import Stack, start_stack
 from shared.settings import Settings
 from stubs import StubSettings
 from tests.load.service_logs import Tee
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,13 +33,6 @@ class Bench:
     stack: Stack
     pids: dict[str, int]
     log_path: Path | None = None  # the services' output, when kept
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (the kernel's choice), for one server of a run."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bench_settings(command_workers: int, query_workers: int) -> Settings:

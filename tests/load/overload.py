@@ -52,11 +52,11 @@ from tests.load.bench import (
     bench_stub_settings,
     extra_command_api,
     extra_query_api,
-    free_port,
     running_stack,
 )
 from tests.load.client import Blaster, Connection, HttpError, Pool
 from tests.load.harness import _stat, percentile
+from tests.ports import free_port
 
 STACKS = {
     "query": ("stubs", "command_api", "worker", "projector", "query_api"),

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from scripts.stack import wait_healthy
-from tests.load.bench import free_port
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TRANSPORTS = ("httpcore", "aiohttp", "http1", "raw-aiohttp")

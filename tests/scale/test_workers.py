@@ -9,7 +9,6 @@ totals. Requests carry the bearer token of their rider (tests/auth.py).
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,23 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.settings import Settings
 from tests.auth import Tokens, acting_rider
-from tests.conftest import free_port, start_process, stop_process, wait_http
+from tests.conftest import start_process, stop_process, wait_http
 from tests.e2e.conftest import Ids
+from tests.ports import free_port, free_ports
 
 ORDER_ROUTE = "/orders/{order_id}"
-
-
-def free_port_pair() -> int:
-    """A free port whose next port is free too: the metrics ports of two workers."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no two consecutive free ports")
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +35,8 @@ def two_workers(scaled_settings: Settings, stubs: str) -> Iterator[Settings]:
             "query_workers": 2,
             "command_port": free_port(),
             "query_port": free_port(),
-            "command_metrics_port": free_port_pair(),
-            "query_metrics_port": free_port_pair(),
+            "command_metrics_port": free_ports(offsets=(0, 1))[0],
+            "query_metrics_port": free_ports(offsets=(0, 1))[0],
         },
         read={"projector_metrics_port": 0, "projector_poll_seconds": 0.5},
     )

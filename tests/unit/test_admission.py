@@ -21,7 +21,7 @@ import uvicorn
 from prometheus_client import REGISTRY
 
 from shared.infra.admission import Admission, GuardedHttpToolsProtocol, overloaded_response
-from tests.conftest import free_port
+from tests.ports import free_port
 
 RETRY_AFTER = 7
 
