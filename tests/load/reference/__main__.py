@@ -472,13 +472,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.concurrency = args.concurrency or [8, 32, 64]
     uvloop.install()
-    settings = bench_settings(1, 1)
-    ref_db = f"scooters_refimpl_{secrets.token_hex(3)}"
-    dsn = _server_dsn(settings.db.url, ref_db)
+    keep_logs = args.logs is not None
     if args.logs is None:
         fd, name = tempfile.mkstemp(prefix="scooters-reference-", suffix=".log")
         os.close(fd)
         args.logs = Path(name)
+    code = 1
+    try:
+        code = run(args)
+    finally:
+        if keep_logs or code != 0:
+            print(f"== output of the reference and of ours: {args.logs}")
+        else:
+            args.logs.unlink(missing_ok=True)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the stubs and the reference, check a ride, run the phases; the exit code is
+    1 if a process died, a phase failed or had errors, or ours' run failed its guard."""
+    settings = bench_settings(1, 1)
+    ref_db = f"scooters_refimpl_{secrets.token_hex(3)}"
+    dsn = _server_dsn(settings.db.url, ref_db)
     reference_python()  # before anything starts: the first run installs
     with open(args.logs, "w") as log, contextlib.ExitStack() as running:
         stubs = start_stack(("stubs",), settings_env(settings), output=log)
@@ -498,11 +513,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         dead = stubs.dead()
     print_summary(phases)
-    print(f"== output of the reference and of ours: {args.logs}")
     if args.json:
         args.json.write_text(json.dumps({"check": check, "phases": phases}, indent=2))
-    failed = dead or any("failed" in p or p.get("exit_code") for p in phases)
-    return 1 if failed else 0
+    if dead:
+        print(f"processes died during the run: {dead}", file=sys.stderr)
+    failed = any("failed" in p or p.get("exit_code") or p.get("errors") for p in phases)
+    return 1 if dead or failed else 0
 
 
 async def run_phases(
