@@ -193,6 +193,8 @@ def reference_server(
         "AUTH_CACHE": "1" if args.auth_cache else "0",
         "OFFER_SECRET": secrets.token_urlsafe(32),
         "DB_POOL_MAX": str(args.pool_size),
+        # the server is shared: while ours runs, the idle reference keeps only its minimum
+        "DB_POOL_MAX_IDLE_SECONDS": "10",
     }
     command = [
         str(python),

@@ -35,6 +35,10 @@ class Settings:
     offer_ttl_seconds: int = field(default_factory=lambda: int(_env("OFFER_TTL_SECONDS", "300")))
     db_pool_min: int = field(default_factory=lambda: int(_env("DB_POOL_MIN", "2")))
     db_pool_max: int = field(default_factory=lambda: int(_env("DB_POOL_MAX", "8")))
+    # connections above the minimum are closed after this long unused
+    db_pool_max_idle_seconds: float = field(
+        default_factory=lambda: float(_env("DB_POOL_MAX_IDLE_SECONDS", "600"))
+    )
     http_timeout_seconds: float = field(
         default_factory=lambda: float(_env("HTTP_TIMEOUT_SECONDS", "2.0"))
     )

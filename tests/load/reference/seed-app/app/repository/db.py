@@ -22,6 +22,7 @@ pool = AsyncConnectionPool(
     settings.database_url,
     min_size=settings.db_pool_min,
     max_size=settings.db_pool_max,
+    max_idle=settings.db_pool_max_idle_seconds,
     kwargs={"autocommit": True, "row_factory": dict_row},
     open=False,
 )
