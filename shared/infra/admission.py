@@ -7,9 +7,9 @@ with what uvicorn lacks, per API process:
   requests are handled at a time, fewer while the event loop falls behind (the
   adaptive limit, ``*_admission_lag_target_ms``). The next one is answered by the
   protocol itself, before the ASGI app (Litestar) is called: a canned, complete
-  ``503`` problem+json with ``Retry-After`` and code ``overloaded``
-  (:func:`overloaded_response`), written once the request has been read, on a
-  connection that stays open. A read of whole requests without a body costs one
+  ``503`` problem+json with ``Retry-After``, code ``overloaded`` and the request's
+  ``X-Request-ID`` (:func:`overloaded_response`), written once the request has been
+  read, on a connection that stays open. A read of whole requests without a body costs one
   write, no parsing; the rest cost the parsing and one write: a fraction of what
   reaching Litestar costs (docs/benchmarks.md, "Overload" and "i8edge"), so a process
   at several times its capacity still sheds the excess quickly instead of queueing it.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import time
 from typing import Any, ClassVar
 
@@ -39,9 +40,18 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from shared.infra.logs import REQUEST_ID_HEADER, request_id_for
 from shared.settings import get_settings
 
 EXEMPT_PREFIXES = (b"/health/", b"/metrics")
+# what the parser-free path sheds: methods httptools knows, and lines of printable ASCII
+# and TAB only (the rest, CR and LF, must come as line breaks); see _shed_at_once
+_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE"))
+_LINE_BYTES = bytes(range(0x20, 0x7F)) + b"\t"
+# a CR that does not start a header line "CRLF name:" (a bare CR, a line that is no
+# header, a folded line); searched for inside one request's head only
+_NOT_A_HEADER_LINE = re.compile(rb"\r(?!\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:)")
+_REQUEST_ID_LINE = b"\r\n" + REQUEST_ID_HEADER + b":"
 WINDOW_SECONDS = 0.02  # the adaptive limit's step (Admission.adapt)
 
 SHED = Counter(
@@ -89,21 +99,34 @@ def overloaded_headers(retry_after_seconds: int) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def overloaded_response(retry_after_seconds: int, *, close: bool = False) -> bytes:
+def overloaded_response(
+    retry_after_seconds: int, *, close: bool = False, request_id: bytes | None = None
+) -> bytes:
     """The whole ``503 overloaded`` HTTP/1.1 answer as bytes: the one definition of it.
 
-    ``close`` adds ``connection: close`` (the server closes the connection after it).
+    ``close`` adds ``connection: close`` (the server closes the connection after it);
+    ``request_id`` an ``x-request-id`` header (the protocol always gives one: the
+    caller's ``X-Request-ID`` when safe, else a new one, as for every other answer).
     """
     lines = [b"HTTP/1.1 503 Service Unavailable"]
     lines += [name + b": " + value for name, value in overloaded_headers(retry_after_seconds)]
     if close:
         lines.append(b"connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n" + overloaded_body(retry_after_seconds)
+    answer = b"\r\n".join(lines) + b"\r\n\r\n" + overloaded_body(retry_after_seconds)
+    return answer if request_id is None else with_request_id(answer, request_id)
 
 
-def malformed_response(detail: str) -> bytes:
+def with_request_id(answer: bytes, request_id: bytes) -> bytes:
+    """``answer`` (a whole HTTP/1.1 answer without an id) with ``x-request-id: request_id``
+    as its last header."""
+    end = answer.index(b"\r\n\r\n")
+    return answer[:end] + _REQUEST_ID_LINE + b" " + request_id + answer[end:]
+
+
+def malformed_response(detail: str, request_id: bytes | None = None) -> bytes:
     """The whole ``400 invalid_request`` answer to bytes httptools cannot parse as HTTP
-    (the same problem shape as every other refusal; the connection is closed after it)."""
+    (the same problem shape as every other refusal; the connection is closed after it).
+    ``request_id``: its ``x-request-id`` header (None: none)."""
     body = msgspec.json.encode(
         {
             "type": "https://superscooters.dev/problems/invalid_request",
@@ -114,7 +137,8 @@ def malformed_response(detail: str) -> bytes:
         }
     )
     head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\n"
-    return head + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    answer = head + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    return answer if request_id is None else with_request_id(answer, request_id)
 
 
 class Admission:
@@ -161,9 +185,13 @@ class Admission:
         self.lag_target_seconds = lag_target_seconds
         self.in_flight = 0
         self.allowed = limit  # admitted at most now: ``limit``, or less while the loop lags
-        self.answer = overloaded_response(retry_after_seconds)
+        # the 503 in two parts, the request's id between them (one per answer)
+        answer = overloaded_response(retry_after_seconds)
+        end = answer.index(b"\r\n\r\n")
+        self.answer_start = answer[:end] + _REQUEST_ID_LINE + b" "
+        self.answer_end = answer[end:]  # blank line and body
+        self.answer_end_head = b"\r\n\r\n"  # HEAD: no body
         self.answer_closing = overloaded_response(retry_after_seconds, close=True)
-        self.answer_head = self.answer[: self.answer.index(b"\r\n\r\n") + 4]  # HEAD: no body
         self.shed = SHED.labels(app_name)
         if limit > 0 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             IN_FLIGHT.labels(app_name).set_function(lambda: self.in_flight)
@@ -238,7 +266,10 @@ class Admission:
         """The same answer through ASGI, for a pipelined request shed behind another
         one's answer (the protocol cannot write its own bytes in between)."""
         self.shed.inc()
-        await send({"type": "http.response.start", "status": 503, "headers": self._headers})
+        assert scope["type"] == "http"  # the protocol sheds HTTP requests only
+        given = next((v for n, v in scope["headers"] if n == REQUEST_ID_HEADER), None)
+        headers = [*self._headers, (REQUEST_ID_HEADER, request_id_for(given))]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": self._body, "more_body": False})
 
 
@@ -257,8 +288,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     connection is answered by :meth:`_shed_at_once`: one write of one 503 per request,
     without the httptools callbacks, the ASGI scope or any timer. Anything else (a
     body, ``Connection: close``, HTTP/1.0, a health check, a partial request, a request
-    being answered) goes through the parser as before. Such a read is answered 503 even
-    when the parser would have refused it 400: both say "not served".
+    being answered) goes through the parser as before. So does a read the parser might
+    refuse: an unknown method, a target not starting with ``/``, a byte that is not
+    printable ASCII or TAB outside the line breaks, a bare CR or LF, a header line with
+    no ``name:``. Bytes that are no HTTP request are thus answered 400 ``invalid_request``
+    under any load, as without it: a 503 would tell the client to send them again.
 
     **Timeouts without a timer per request.** uvicorn arms a keep-alive timer after
     every answer, and the read timeout would need another; two timer handles per request
@@ -307,7 +341,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _, max_connections, refusal = self.limits()
         if len(self.connections) > max_connections and not self._evict_a_waiting_connection():
             CONNECTIONS_CLOSED.labels("refused").inc()
-            transport.write(refusal)
+            transport.write(with_request_id(refusal, request_id_for(None)))
             transport.close()
             return
         self._arm()
@@ -315,8 +349,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """Bytes that are no HTTP request (two Content-Length headers, a bad chunk size, a
         NUL in a header, an unknown method) are answered 400 problem+json
-        (``invalid_request``) like every other refusal, not uvicorn's text/plain line."""
-        self.transport.write(malformed_response(msg))
+        (``invalid_request``) like every other refusal, not uvicorn's text/plain line,
+        with a new ``x-request-id`` (the request's own cannot be trusted here)."""
+        self.transport.write(malformed_response(msg, request_id_for(None)))
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -371,25 +406,51 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _shed_at_once(self, admission: Admission, data: bytes) -> bool:
         """Answer every request in ``data`` 503 in one write, if ``data`` is nothing but
-        whole keep-alive HTTP/1.1 requests without a body, none of them exempt; else
-        False (nothing done: the parser takes ``data``)."""
+        whole keep-alive HTTP/1.1 requests without a body, none of them exempt, each
+        one the parser would take; else False (nothing done: the parser takes ``data``
+        and answers what it refuses 400).
+
+        "Would take" is checked more strictly than httptools does, in three C calls and
+        a few comparisons per request: a method it knows, an origin-form target, no byte
+        outside printable ASCII and TAB but the line breaks, every CR starting a line
+        break followed by a header's ``name:`` (so no bare CR, no line without a name,
+        no folded line) and as many LFs as CRs (so no bare LF).
+        """
         lowered = data.lower()
         if b"content-length" in lowered or b"transfer-encoding" in lowered or b"close" in lowered:
             return False
+        breaks = data.translate(None, _LINE_BYTES)  # all but printable ASCII and TAB
+        if breaks != b"\r\n" * (len(breaks) >> 1):
+            return False
+        with_ids = _REQUEST_ID_LINE in lowered
         heads = data.split(b"\r\n\r\n")
         heads.pop()  # the empty rest after the last request
         answers = []
+        start = 0  # where the head begins in data
         for head in heads:
             end = head.find(b"\r\n")
             line = head if end < 0 else head[:end]
             method, _, rest = line.partition(b" ")
             target, _, version = rest.partition(b" ")
-            if version != b"HTTP/1.1" or not method or target.startswith(EXEMPT_PREFIXES):
+            if (
+                version != b"HTTP/1.1"
+                or method not in _METHODS
+                or target[:1] != b"/"
+                or target.startswith(EXEMPT_PREFIXES)
+                or _NOT_A_HEADER_LINE.search(head) is not None
+            ):
                 return False
-            answers.append(admission.answer_head if method == b"HEAD" else admission.answer)
-        self.transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
-        admission.shed.inc(len(answers))
-        self.server_state.total_requests += len(answers)
+            given = None
+            if with_ids and (at := lowered.find(_REQUEST_ID_LINE, start, start + len(head))) >= 0:
+                at += len(_REQUEST_ID_LINE)
+                given = data[at : data.index(b"\r\n", at)].strip(b" \t")
+            start += len(head) + 4
+            answers.append(admission.answer_start)
+            answers.append(request_id_for(given))
+            answers.append(admission.answer_end_head if method == b"HEAD" else admission.answer_end)
+        self.transport.write(b"".join(answers))
+        admission.shed.inc(len(heads))
+        self.server_state.total_requests += len(heads)
         self._arm()  # waiting for the next request from now
         return True
 
@@ -420,13 +481,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         admission = self._admission
         assert admission is not None
         admission.shed.inc()
+        given = next((v for n, v in self.headers if n == REQUEST_ID_HEADER), None)
+        request_id = request_id_for(given)
         if close:
-            self.transport.write(admission.answer_closing)
+            self.transport.write(with_request_id(admission.answer_closing, request_id))
             self.transport.close()
-        elif self.parser.get_method() == b"HEAD":
-            self.transport.write(admission.answer_head)
-        else:
-            self.transport.write(admission.answer)
+            return
+        head_only = self.parser.get_method() == b"HEAD"
+        end = admission.answer_end_head if head_only else admission.answer_end
+        self.transport.write(b"".join((admission.answer_start, request_id, end)))
 
     # --- slow clients -------------------------------------------------------------------
 
