@@ -40,7 +40,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from shared.infra.logs import REQUEST_ID_HEADER, request_id_for
+from shared.infra.logs import REQUEST_ID_HEADER, new_request_id, request_id_for
 from shared.settings import get_settings
 
 EXEMPT_PREFIXES = (b"/health/", b"/metrics")
@@ -139,6 +139,16 @@ def malformed_response(detail: str, request_id: bytes | None = None) -> bytes:
     head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\n"
     answer = head + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
     return answer if request_id is None else with_request_id(answer, request_id)
+
+
+def _given_request_id(data: bytes, lowered: bytes, start: int, end: int) -> bytes:
+    """The id of the request whose head is ``data[start:end]`` (``lowered``: ``data``
+    lower-cased): its ``X-Request-ID`` when safe, else a new one."""
+    at = lowered.find(_REQUEST_ID_LINE, start, end)
+    if at < 0:
+        return new_request_id()
+    at += len(_REQUEST_ID_LINE)
+    return request_id_for(data[at : data.index(b"\r\n", at)].strip(b" \t"))
 
 
 class Admission:
@@ -422,10 +432,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         breaks = data.translate(None, _LINE_BYTES)  # all but printable ASCII and TAB
         if breaks != b"\r\n" * (len(breaks) >> 1):
             return False
-        with_ids = _REQUEST_ID_LINE in lowered
+        with_id = lowered.find(_REQUEST_ID_LINE)  # -1 (the usual): no request has one
         heads = data.split(b"\r\n\r\n")
         heads.pop()  # the empty rest after the last request
-        answers = []
+        answers: list[bytes] = []
         start = 0  # where the head begins in data
         for head in heads:
             end = head.find(b"\r\n")
@@ -440,14 +450,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 or _NOT_A_HEADER_LINE.search(head) is not None
             ):
                 return False
-            given = None
-            if with_ids and (at := lowered.find(_REQUEST_ID_LINE, start, start + len(head))) >= 0:
-                at += len(_REQUEST_ID_LINE)
-                given = data[at : data.index(b"\r\n", at)].strip(b" \t")
-            start += len(head) + 4
-            answers.append(admission.answer_start)
-            answers.append(request_id_for(given))
-            answers.append(admission.answer_end_head if method == b"HEAD" else admission.answer_end)
+            if with_id < 0:
+                request_id = new_request_id()
+            else:
+                request_id = _given_request_id(data, lowered, start, start + len(head))
+                start += len(head) + 4
+            answers += (
+                admission.answer_start,
+                request_id,
+                admission.answer_end_head if method == b"HEAD" else admission.answer_end,
+            )
         self.transport.write(b"".join(answers))
         admission.shed.inc(len(heads))
         self.server_state.total_requests += len(heads)

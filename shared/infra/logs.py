@@ -154,6 +154,12 @@ def request_id_for(given: bytes | None) -> bytes:
     return b"%s%08x" % (_PROCESS_ID, next(_counter))
 
 
+def new_request_id() -> bytes:
+    """A new request id (16 hex: this process, then a counter), as :func:`request_id_for`
+    gives to a request without a safe ``X-Request-ID``."""
+    return b"%s%08x" % (_PROCESS_ID, next(_counter))
+
+
 def unbind_request_id(token: Token[bytes | None]) -> None:
     """End what :func:`bind_request_id` bound."""
     _request_id.reset(token)
