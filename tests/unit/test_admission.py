@@ -573,7 +573,9 @@ async def test_every_answer_of_the_protocol_has_a_request_id(
         )
         _, third = await _id_of(reader)
         _, fourth = await _id_of(reader)
-        assert _OUR_ID.fullmatch(third) and _OUR_ID.fullmatch(fourth) and third != fourth
+        assert _OUR_ID.fullmatch(third)
+        assert _OUR_ID.fullmatch(fourth)
+        assert third != fourth
         # through the parser (a body), echoed and ours
         writer.write(_request("POST", "/offers", b"{}", extra=b"X-Request-ID: caller-5\r\n"))
         assert (await _id_of(reader))[1] == b"caller-5"
@@ -606,7 +608,8 @@ async def test_every_answer_of_the_protocol_has_a_request_id(
         bad, bad_writer = await served.connect()
         bad_writer.write(b"GET /o HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
         status, request_id = await _id_of(bad)
-        assert status == b"HTTP/1.1 400 Bad Request" and _OUR_ID.fullmatch(request_id)
+        assert status == b"HTTP/1.1 400 Bad Request"
+        assert _OUR_ID.fullmatch(request_id)
 
 
 @pytest.mark.parametrize(
