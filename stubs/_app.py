@@ -10,6 +10,10 @@ no token. The ``/admin``, ``/ledger``,
 ``/health`` and ``/metrics`` endpoints are ours, for tests and operations, and are
 never faulted; ``/admin/*`` and ``/ledger`` need the admin token
 (``SCOOTERS_STUBS_ADMIN_TOKEN`` as a bearer token; none set = refused).
+
+Payments keeps the ids it is given, so it refuses (400) ids outside
+``shared.domain.PaymentId`` and refund keys with control characters. The ``answer_fields``
+fault makes a service answer nonsense strings (stubs/_faults.py).
 """
 
 from __future__ import annotations
