@@ -66,6 +66,7 @@ DEFAULT_COEFFS = PriceCoeffSettings(
     free_ride_seconds=5,
 )
 
+MAX_KEY = 255  # an idempotency key (refund key): as long as any Idempotency-Key we accept
 MAX_JSON_DEPTH = 32  # our bodies nest two levels; anything deeper is refused unread
 IdParam = Annotated[str, QueryParameter(name="id", max_length=256)]
 # payments keeps what it is given: its ids are refused 400 unless of PaymentId's alphabet
@@ -232,9 +233,9 @@ def check_payment(payment: PaymentRequest) -> None:
 
 
 def check_refund(refund: RefundRequest) -> None:
-    if not refund.user_id or not refund.order_id or not 1 <= len(refund.refund_key) <= 200:
+    if not refund.user_id or not refund.order_id or not 1 <= len(refund.refund_key) <= MAX_KEY:
         raise Problem(
-            422, "invalid_payment", "user_id, order_id and refund_key (1-200) must be given"
+            422, "invalid_payment", f"user_id, order_id and refund_key (1-{MAX_KEY}) must be given"
         )
     if refund.amount <= 0:
         raise Problem(422, "invalid_payment", f"a refund must be positive, got {refund.amount}")
@@ -293,7 +294,7 @@ async def payment_operation(
     stubs: Stubs,
     order_id: PaymentIdParam,
     operation: Operation,
-    refund_key: Annotated[str, QueryParameter(max_length=200, pattern=r"^[ -~]*(?!\n)$")] = "",
+    refund_key: Annotated[str, QueryParameter(max_length=MAX_KEY, pattern=r"^[ -~]*(?!\n)$")] = "",
 ) -> PaymentOperationAnswer | dict[str, Any]:
     """Ours: what became of one operation, found by its idempotency key (a read: safe to
     repeat, never acts, never answers late). Faulted like every payments call."""
