@@ -6,7 +6,8 @@ pooled, async) application in the seed's layout (``app/api``, ``app/services``,
 ``app/clients``, ``app/repository``, ``app/utils``, ``migrations/``), served by uvicorn
 with 2 workers, against this project's stubs and identity provider. It is not part of the
 project: its packages live in a scratch virtualenv under /tmp (never in uv.lock), and
-mypy does not look into it (its directory name is not a Python identifier).
+the project's mypy skips its files (``# mypy: ignore-errors``: those packages are not in
+the project's environment); ruff checks them. ADR 0020 says why it is here.
 
 ``python -m tests.load.reference`` runs it and the project's command side with the same
 closed-loop generator, alternately, in one run (``tests/load/reference/__main__.py``).
