@@ -137,7 +137,8 @@ def _orchestrate(args: argparse.Namespace) -> None:
     from tests.load.bench import bench_settings, bench_stub_settings, running_stack, settings_env
     from tests.load.scenarios import riders_and_scooters, sign_in, track_for
 
-    settings = bench_settings(1, 1)
+    # a small pool: Postgres's connections are shared with whoever else runs on the box
+    settings = bench_settings(1, 1).replace(db={"pool_min": 2, "pool_max": args.pool})
     with running_stack(settings, ("stubs",)) as bench, tempfile.TemporaryDirectory() as tmp:
         riders, scooters = riders_and_scooters(bench_stub_settings(settings), args.riders)
         auth = asyncio.run(sign_in(settings, list(riders)))
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1_500, help="ride flows measured")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--riders", type=int, default=400)
+    parser.add_argument("--pool", type=int, default=10, help="Postgres connections at most")
     parser.add_argument("--z", type=int, default=10_240, help="bytes of the finish's track")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
