@@ -152,8 +152,10 @@ def _orchestrate(args: argparse.Namespace) -> None:
         path.write_text(json.dumps(seeded))
         env = settings_env(settings)
         rows: dict[str, list[dict[str, float]]] = {d: [] for d in args.code_dirs}
-        for _ in range(args.rounds):
-            for code_dir in args.code_dirs:
+        for round_ in range(args.rounds):
+            # every other round in reverse: what drifts within a round hits each side alike
+            order = args.code_dirs if round_ % 2 == 0 else args.code_dirs[::-1]
+            for code_dir in order:
                 out = subprocess.run(
                     [
                         sys.executable,
