@@ -27,6 +27,7 @@ from command_api.fast_path import FastRoute, serve_ride_commands
 from command_api.idempotency import MAX_KEY_LENGTH, run_once
 from command_api.rate_limit import OfferRateLimit
 from command_api.rate_limit import connect as connect_redis
+from command_api.rate_limit import lane as redis_lane
 from shared.domain import MAX_AMOUNT, Order, TrackPoint
 from shared.errors import (
     DependencyUnavailable,
@@ -541,9 +542,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             serving.metrics_host, serving.command_metrics_port, serving.command_workers
         )
         redis = connect_redis(settings)
+        connection = redis_lane(settings)  # the offer's commands, on a single Redis
         jwks_client = httpx.AsyncClient(timeout=settings.external.http_timeout_seconds)
         try:
-            async with open_deps(settings, redis=redis) as opened:
+            async with open_deps(settings, redis=redis, redis_connection=connection) as opened:
                 deps.fill(opened)
                 verifier.fill(token_verifier(settings, jwks_client))
                 await verifier.get().warm()
@@ -554,6 +556,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                         settings.offers.rate_limit,
                         settings.offers.rate_window_seconds,
                         opened.debt_marks,
+                        connection,
                     )
                 )
                 try:
@@ -565,6 +568,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     rate_limit.fill(None)
         finally:
             await jwks_client.aclose()
+            if connection is not None:
+                await connection.aclose()
             try:
                 await redis.aclose()
             except Exception as exc:  # a busy node: closing can time out; stop anyway
