@@ -16,7 +16,7 @@ alternate in one database (same tables, same partitions), ``--rounds`` times:
 
 ``--premake`` sets how many future daily partitions the database has (production: 7
 ahead and 30 hot days, ``--premake 40`` for as many). Prints the median per step, in
-microseconds of backend CPU.
+microseconds of backend CPU, and the track's stored (compressed) size.
 """
 
 from __future__ import annotations
@@ -116,6 +116,10 @@ async def one_round(
     result["activate"] = await _timed(pid, [lambda o=o: activate(o) for o in news])  # type: ignore[misc]
     result["finish"] = await _timed(pid, [lambda o=o: finish(o) for o in list(started)])  # type: ignore[misc]
     result["settle"] = await _timed(pid, [lambda o=o: settle(o) for o in list(ended)])  # type: ignore[misc]
+    result["track_bytes"] = await conn.fetchval(
+        "SELECT avg(pg_column_size(track))::float8 FROM orders WHERE id = ANY($1::uuid[])",
+        [uuid.UUID(o.id) for o in news],
+    )
     return result
 
 
@@ -144,7 +148,8 @@ async def run(args: argparse.Namespace) -> None:
                     print(
                         f"  {variant:<7}"
                         + "".join(f" {s} {r[s]:7.1f}" for s in STEPS)
-                        + f"  a+f+s {r['activate'] + r['finish'] + r['settle']:7.1f} µs",
+                        + f"  a+f+s {r['activate'] + r['finish'] + r['settle']:7.1f} µs"
+                        + f"  track {r['track_bytes']:.0f} B stored",
                         flush=True,
                     )
         finally:
