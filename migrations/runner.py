@@ -79,8 +79,7 @@ async def configure_partitions(conn: Connection, settings: Settings) -> None:
     """Push premake and hot-window retention from settings into pg_partman's config.
 
     Partitions older than the hot window are detached into the ``archive`` schema by
-    pg_partman; archived tables past total retention are dropped by our worker. New
-    partitions get the parent's compression of ``track`` (lz4, migration 0011).
+    pg_partman; archived tables past total retention are dropped by our worker.
     """
     await conn.execute(
         "UPDATE partman.part_config SET premake = $1, retention = $2,"
@@ -91,10 +90,6 @@ async def configure_partitions(conn: Connection, settings: Settings) -> None:
         f"{settings.maintenance.hot_days} days",
     )
     await conn.execute("SELECT partman.run_maintenance('public.orders')")
-    if await conn.fetchval(
-        "SELECT to_regprocedure('orders_track_compression_to_parents()') IS NOT NULL"
-    ):
-        await conn.execute("SELECT orders_track_compression_to_parents()")
 
 
 def main() -> None:

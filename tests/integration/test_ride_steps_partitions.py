@@ -302,37 +302,3 @@ async def test_a_ride_on_orders_and_on_its_partition_write_the_same(
         track = await conn.fetchval("SELECT track::text FROM orders WHERE id = $1", key(order)[0])
         results.append((shape, await events(conn, order), track))
     assert results[0] == results[1]
-
-
-async def test_every_partition_compresses_the_track_as_orders_does(
-    conn: asyncpg.Connection, settings: Settings
-) -> None:
-    lz4 = await conn.fetchval(
-        "SELECT 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
-    )
-    method = "l" if lz4 else ""
-    await make_partition(conn, datetime.now(UTC) + timedelta(days=5))  # pg_partman: pglz
-    await run_partition_maintenance(conn, settings)
-    methods = await conn.fetch(
-        "SELECT attrelid::regclass::text AS rel, attcompression::text FROM pg_attribute"
-        " WHERE attname = 'track' AND attrelid IN"
-        " (SELECT 'orders'::regclass UNION ALL SELECT inhrelid FROM pg_inherits"
-        "   WHERE inhparent = 'orders'::regclass)"
-    )
-    assert len(methods) >= 10
-    assert {r["rel"]: r["attcompression"] for r in methods} == {r["rel"]: method for r in methods}
-    order = order_at(datetime.now(UTC))
-    active = await start(conn, order)
-    decision = decide_finish(
-        started_at=active.started_at,
-        finished_at=active.started_at + timedelta(seconds=8),
-        price_per_minute=active.price_per_minute,
-        price_unlock=active.price_unlock,
-        free_ride_seconds=active.free_ride_seconds,
-    )
-    track = "[" + ",".join(f'{{"lat": {n * 1.37 % 90}, "lon": {n}}}' for n in range(300)) + "]"
-    assert await repo.finish_ride(conn, *key(order), decision, 1, track, 60.0, active)
-    stored = await conn.fetchval(
-        "SELECT pg_column_compression(track) FROM orders WHERE id = $1", key(order)[0]
-    )
-    assert stored == ("lz4" if lz4 else "pglz")
