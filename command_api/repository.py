@@ -307,17 +307,18 @@ class _Partitions:
 _partitions: weakref.WeakKeyDictionary[Any, _Partitions] = weakref.WeakKeyDictionary()
 
 
-async def _partition_of(conn: Connection, created_at: datetime) -> _Partitions | None:
-    """This connection's partitions if one of them holds ``created_at``'s day, else None
-    (a day without a partition of its own: the row is in the default partition, or
-    maintenance is about to move it). Re-read every ``PARTITIONS_TTL`` seconds."""
+async def _partition_of(conn: Connection, created_at: datetime) -> tuple[_Partitions, str] | None:
+    """This connection's list of partitions and the one holding ``created_at``'s day; None
+    when the day has no partition of its own (its rows are in the default partition, or
+    maintenance is about to move them). The list is re-read every ``PARTITIONS_TTL`` s."""
     raw = getattr(conn, "_con", conn)  # the connection behind a pool's proxy
     now = time.monotonic()
     known = _partitions.get(raw)
     if known is None or now - known.loaded > PARTITIONS_TTL:
         known = _Partitions(await conn.fetch(_LIST_PARTITIONS), now)
         _partitions[raw] = known
-    return known if known.table_of(created_at) is not None else None
+    table = known.table_of(created_at)
+    return None if table is None else (known, table)
 
 
 _LIST_PARTITIONS = "SELECT name, lo, hi FROM orders_partitions()"
@@ -332,10 +333,9 @@ async def _step(conn: Connection, step: str, created_at: datetime, *args: Any) -
     that error would abort it, so there the step always runs on ``orders``.
     """
     if DIRECT_PARTITIONS and not conn.is_in_transaction():
-        known = await _partition_of(conn, created_at)
-        if known is not None:
-            table = known.table_of(created_at)
-            assert table is not None
+        found = await _partition_of(conn, created_at)
+        if found is not None:
+            known, table = found
             statement = known.statements.get((step, table))
             if statement is None:
                 statement = known.statements[(step, table)] = _statement(step, table)
