@@ -255,7 +255,8 @@ async def test_a_partition_detached_after_the_lookup_is_a_row_not_found(
 async def test_maintenance_archiving_or_dropping_a_known_partition(
     conn: asyncpg.Connection, settings: Settings
 ) -> None:
-    when = datetime.now(UTC) - timedelta(days=HOT_DAYS + 3)  # past the hot window
+    # past the hot window; at noon, so both orders are of that day
+    when = (datetime.now(UTC) - timedelta(days=HOT_DAYS + 3)).replace(hour=12)
     table = await make_partition(conn, when)
     archived, dropped = order_at(when), order_at(when + timedelta(seconds=1))
     first = await start(conn, archived)
