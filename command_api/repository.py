@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
+import time
 import uuid
+import weakref
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -77,16 +80,16 @@ async def activate_ride(
 ) -> Order | None:
     """Apply ``ACTIVATE`` once the hold is confirmed; None if the start was undone meanwhile."""
     step = ACTIVATE
-    return _decode(
-        await conn.fetchval(
-            "SELECT to_jsonb(activate_ride($1, $2, $3, $4, $5, $6))::text",
-            order_id,
-            created_at,
-            started_at,
-            step.status_from,
-            step.status_to,
-            step.payment_to,
-        )
+    return await _step(
+        conn,
+        "activate",
+        created_at,
+        order_id,
+        created_at,
+        started_at,
+        step.status_from,
+        step.status_to,
+        step.payment_to,
     )
 
 
@@ -152,24 +155,17 @@ async def finish_ride(
         charge_due_seconds,
     )
     if terms is None:
-        return _decode(await conn.fetchval(_FINISH, *args))
-    return _decode(
-        await conn.fetchval(
-            _FINISH_ON_TERMS,
-            *args,
-            terms.started_at,
-            terms.price_per_minute,
-            terms.price_unlock,
-            terms.free_ride_seconds,
-        )
+        return await _step(conn, "finish", created_at, *args)
+    return await _step(
+        conn,
+        "finish_on_terms",
+        created_at,
+        *args,
+        terms.started_at,
+        terms.price_per_minute,
+        terms.price_unlock,
+        terms.free_ride_seconds,
     )
-
-
-_FINISH = "SELECT to_jsonb(finish_ride($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12))::text"
-_FINISH_ON_TERMS = (
-    "SELECT to_jsonb(finish_ride($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-    " $13, $14, $15, $16))::text"
-)
 
 
 async def record_order_action(
@@ -202,18 +198,157 @@ async def settle_charge(
     conn: Connection, order_id: uuid.UUID, created_at: datetime, decision: SettleDecision
 ) -> Order | None:
     """Apply ``decision`` (charged, released or debt); None if settled already."""
-    return _decode(
-        await conn.fetchval(
-            "SELECT to_jsonb(settle_charge($1, $2, $3, $4, $5, $6, $7))::text",
-            order_id,
-            created_at,
-            decision.payment_from,
-            decision.payment_to,
-            decision.operation_state,
-            decision.total_charged_delta,
-            decision.debt_delta,
-        )
+    return await _step(
+        conn,
+        "settle",
+        created_at,
+        order_id,
+        created_at,
+        decision.payment_from,
+        decision.payment_to,
+        decision.operation_state,
+        decision.total_charged_delta,
+        decision.debt_delta,
     )
+
+
+# --- the ride steps on the order's own partition (ADR 0017, migrations/sql/0011) ------------
+# activate, finish and settle each send one statement: a data-modifying WITH updates the
+# order (guards as in 0004/0009: 0 rows = refused) and the step's function does the rest
+# for the row it returned. Sent to the order's own day partition, a plain table, the
+# statement's prepared plan is generic and kept per connection; sent to ``orders`` (the
+# partitioned table) it is planned on every call, as the 0004 functions' UPDATE was.
+
+_SNAPSHOT = (
+    "ROW(id, user_id, scooter_id, zone_id, status, payment_status, price_per_minute,"
+    " price_unlock, deposit, created_at, started_at, finished_at, duration_seconds,"
+    " total_amount, distance_meters, version, offer_id, free_ride_seconds)::order_snapshot"
+)
+_TERMS = (
+    " AND started_at = $13 AND price_per_minute = $14 AND price_unlock = $15"
+    " AND free_ride_seconds = $16"
+)
+_FINISH_STEP = """
+WITH o AS (
+    UPDATE {table} SET status = $4, payment_status = $5, finished_at = $6,
+                       duration_seconds = $7, total_amount = $8, distance_meters = $9,
+                       track = $10, version = version + 1, updated_at = now()
+     WHERE id = $1 AND created_at = $2 AND status = $3{terms}{attached}
+    RETURNING {snapshot} AS snap
+)
+SELECT to_jsonb(ride_finished(snap, $11, $12))::text FROM o"""
+_STEPS = {
+    # $1 id, $2 created_at, $3 started_at, $4 status from, $5 status, $6 payment status
+    "activate": """
+WITH o AS (
+    UPDATE {table} SET status = $5, payment_status = $6, started_at = $3,
+                       version = version + 1, updated_at = now()
+     WHERE id = $1 AND created_at = $2 AND status = $4{attached}
+    RETURNING {snapshot} AS snap
+)
+SELECT to_jsonb(ride_activated(snap))::text FROM o""",
+    # $1 id, $2 created_at, $3 status from, $4 status, $5 payment status, $6 finished_at,
+    # $7 duration, $8 total, $9 distance, $10 track, $11 rides_count delta, $12 charge due
+    "finish": _FINISH_STEP.replace("{terms}", ""),
+    # ... and the terms the decision was computed from (0009)
+    "finish_on_terms": _FINISH_STEP.replace("{terms}", _TERMS),
+    # $1 id, $2 created_at, $3 payment from, $4 payment status, $5 operation state,
+    # $6 total_charged delta, $7 debt delta; the owed charge is closed first (then the
+    # order), as in 0004's settle_charge, and the order only if the charge was pending
+    "settle": """
+WITH p AS (
+    UPDATE payment_operations SET state = $5, updated_at = now()
+     WHERE order_id = $1 AND kind = 'charge' AND state = 'pending'
+    RETURNING 1
+), o AS (
+    UPDATE {table} SET payment_status = $4, version = version + 1, updated_at = now()
+     WHERE id = $1 AND created_at = $2 AND payment_status = $3 AND EXISTS (SELECT FROM p)
+           {attached}
+    RETURNING {snapshot} AS snap
+)
+SELECT to_jsonb(charge_settled(snap, $6, $7))::text FROM o""",
+}
+# On a partition, the step also requires it to be attached to ``orders`` still (a
+# partition detached since it was looked up is, as for ``orders``, a row not found).
+_ATTACHED = (
+    " AND EXISTS (SELECT FROM pg_inherits WHERE inhrelid = '{name}'::regclass"
+    " AND inhparent = 'orders'::regclass)"
+)
+
+
+def _statement(step: str, table: str | None) -> str:
+    text = _STEPS[step]
+    if table is None:
+        return text.format(table="orders", attached="", snapshot=_SNAPSHOT)
+    literal = table.replace("'", "''")
+    return text.format(table=table, attached=_ATTACHED.format(name=literal), snapshot=_SNAPSHOT)
+
+
+PARTITIONS_TTL = 300.0  # seconds a connection trusts its list of partitions
+
+
+class _Partitions:
+    """One connection's list of ``orders`` partitions (``orders_partitions()``), by range."""
+
+    __slots__ = ("his", "loaded", "los", "names", "statements")
+
+    def __init__(self, rows: list[asyncpg.Record], loaded: float) -> None:
+        self.los: list[datetime] = [r["lo"] for r in rows]
+        self.his: list[datetime] = [r["hi"] for r in rows]
+        self.names: list[str] = [r["name"] for r in rows]
+        self.loaded = loaded
+        self.statements: dict[tuple[str, str], str] = {}
+
+    def table_of(self, created_at: datetime) -> str | None:
+        at = bisect.bisect_right(self.los, created_at) - 1
+        return self.names[at] if at >= 0 and created_at < self.his[at] else None
+
+
+_partitions: weakref.WeakKeyDictionary[Any, _Partitions] = weakref.WeakKeyDictionary()
+
+
+async def _partition_of(conn: Connection, created_at: datetime) -> tuple[_Partitions, str] | None:
+    """This connection's list of partitions and the one holding ``created_at``'s day; None
+    when the day has no partition of its own (its rows are in the default partition, or
+    maintenance is about to move them). The list is re-read every ``PARTITIONS_TTL`` s."""
+    raw = getattr(conn, "_con", conn)  # the connection behind a pool's proxy
+    now = time.monotonic()
+    known = _partitions.get(raw)
+    if known is None or now - known.loaded > PARTITIONS_TTL:
+        known = _Partitions(await conn.fetch(_LIST_PARTITIONS), now)
+        _partitions[raw] = known
+    table = known.table_of(created_at)
+    return None if table is None else (known, table)
+
+
+_LIST_PARTITIONS = "SELECT name, lo, hi FROM orders_partitions()"
+
+
+async def _step(conn: Connection, step: str, created_at: datetime, *args: Any) -> Order | None:
+    """Run ``step`` (a key of ``_STEPS``) for the order created at ``created_at``: on its
+    partition when it has one and ``conn`` is not in a transaction, else on ``orders``.
+
+    A partition dropped or moved since it was looked up (``UndefinedTableError``) makes
+    the connection forget its list and the step run on ``orders``. Inside a transaction
+    that error would abort it, so there the step always runs on ``orders``.
+    """
+    if DIRECT_PARTITIONS and not conn.is_in_transaction():
+        found = await _partition_of(conn, created_at)
+        if found is not None:
+            known, table = found
+            statement = known.statements.get((step, table))
+            if statement is None:
+                statement = known.statements[(step, table)] = _statement(step, table)
+            try:
+                return _decode(await conn.fetchval(statement, *args))
+            except asyncpg.UndefinedTableError:
+                _partitions.pop(getattr(conn, "_con", conn), None)
+    return _decode(await conn.fetchval(_PARENT_STEPS[step], *args))
+
+
+_PARENT_STEPS = {step: _statement(step, None) for step in _STEPS}
+# False: every step on ``orders`` (tests.load.pg_steps measures both ways)
+DIRECT_PARTITIONS = True
 
 
 async def recorded_debt(conn: Connection, user_id: str) -> int:

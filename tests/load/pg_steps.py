@@ -11,7 +11,10 @@ to the SQL or the schema moves, measured without the noise of the rest of the st
 
 ``--compare-upto 0009`` also migrates a second database with only the migrations up to
 that one (the schema and functions before this branch's) and alternates the two, ``--reps``
-times each, so both are measured in the same minutes on a shared box.
+times each, so both are measured in the same minutes on a shared box. Up to 0010 the
+base runs activate, finish and settle as the 0004/0009 functions (``legacy_steps``), as
+the command side did before 0011. ``--parent`` adds a third run on the full schema with
+every step sent to ``orders`` instead of the order's partition (ADR 0017).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 import uvloop
 
 from command_api import repository as repo
@@ -35,7 +39,14 @@ from query_api.projector import _CLAIM, _MARK
 from shared.domain import NewOrder, Order
 from shared.ids import created_at_of, uuid7
 from shared.infra.db import create_pool
-from shared.lifecycle import NEW_ORDER, decide_finish, decide_settle
+from shared.lifecycle import (
+    ACTIVATE,
+    NEW_ORDER,
+    FinishDecision,
+    SettleDecision,
+    decide_finish,
+    decide_settle,
+)
 from shared.settings import Settings
 from tests.load.commits import _DB, _TABLES, WalReader, _backends_cpu
 from tests.load.scenarios import track_for
@@ -90,6 +101,80 @@ def new_order(user_id: str, scooter_id: str) -> NewOrder:
     )
 
 
+class LegacySteps:
+    """activate, finish and settle as the command side called them before migration 0011:
+    the PL/pgSQL functions of 0004 and 0009, each updating ``orders`` itself."""
+
+    @staticmethod
+    async def activate_ride(
+        conn: asyncpg.Connection, order_id: uuid.UUID, created_at: datetime, started_at: datetime
+    ) -> Order | None:
+        text = await conn.fetchval(
+            "SELECT to_jsonb(activate_ride($1, $2, $3, $4, $5, $6))::text",
+            order_id,
+            created_at,
+            started_at,
+            ACTIVATE.status_from,
+            ACTIVATE.status_to,
+            ACTIVATE.payment_to,
+        )
+        return None if text is None else _order.decode(text)
+
+    @staticmethod
+    async def finish_ride(
+        conn: asyncpg.Connection,
+        order_id: uuid.UUID,
+        created_at: datetime,
+        decision: FinishDecision,
+        distance_meters: int,
+        track: str | None,
+        charge_due_seconds: float,
+        terms: Order,
+    ) -> Order | None:
+        step = decision.transition
+        text = await conn.fetchval(
+            "SELECT to_jsonb(finish_ride($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+            " $13, $14, $15, $16))::text",
+            order_id,
+            created_at,
+            step.status_from,
+            step.status_to,
+            step.payment_to,
+            decision.finished_at,
+            decision.duration_seconds,
+            decision.total_amount,
+            distance_meters,
+            track,
+            decision.rides_count_delta,
+            charge_due_seconds,
+            terms.started_at,
+            terms.price_per_minute,
+            terms.price_unlock,
+            terms.free_ride_seconds,
+        )
+        return None if text is None else _order.decode(text)
+
+    @staticmethod
+    async def settle_charge(
+        conn: asyncpg.Connection, order_id: uuid.UUID, created_at: datetime, d: SettleDecision
+    ) -> Order | None:
+        text = await conn.fetchval(
+            "SELECT to_jsonb(settle_charge($1, $2, $3, $4, $5, $6, $7))::text",
+            order_id,
+            created_at,
+            d.payment_from,
+            d.payment_to,
+            d.operation_state,
+            d.total_charged_delta,
+            d.debt_delta,
+        )
+        return None if text is None else _order.decode(text)
+
+
+_order = msgspec.json.Decoder(Order)
+_steps: Any = repo  # LegacySteps for a base schema before 0011
+
+
 async def flow(pool: asyncpg.Pool, rider: str, scooter: str, debt_read: bool) -> None:
     """One ride's Postgres steps, each its own pool checkout as in ``command_api.rides``."""
     if debt_read:
@@ -100,7 +185,7 @@ async def flow(pool: asyncpg.Pool, rider: str, scooter: str, debt_read: bool) ->
         await repo.start_ride(conn, order, order.created_at + timedelta(minutes=5), 1, 60.0)
     order_id = uuid.UUID(order.id)
     async with pool.acquire() as conn:
-        started = await repo.activate_ride(conn, order_id, order.created_at, datetime.now(UTC))
+        started = await _steps.activate_ride(conn, order_id, order.created_at, datetime.now(UTC))
     assert started is not None
     decision = decide_finish(
         started_at=started.started_at,
@@ -112,7 +197,7 @@ async def flow(pool: asyncpg.Pool, rider: str, scooter: str, debt_read: bool) ->
         max_charged_seconds=10**9,
     )
     async with pool.acquire() as conn:
-        ended: Order | None = await repo.finish_ride(
+        ended: Order | None = await _steps.finish_ride(
             conn, order_id, order.created_at, decision, 1234, _json_track, 4.0, started
         )
     assert ended is not None
@@ -124,7 +209,10 @@ async def _settle(
     pool: asyncpg.Pool, order_id: uuid.UUID, created_at: datetime, total: int
 ) -> Order | None:
     async with pool.acquire() as conn:
-        return await repo.settle_charge(conn, order_id, created_at, decide_settle(total))
+        settled: Order | None = await _steps.settle_charge(
+            conn, order_id, created_at, decide_settle(total)
+        )
+        return settled
 
 
 async def projector(pool: asyncpg.Pool, interval: float, stop: asyncio.Event) -> int:
@@ -246,13 +334,15 @@ async def _drop(dsn: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    global _json_track
+    global _json_track, _steps
     _json_track = repo.encode_json(track_for(args.z)) if args.z else ""
     base = Settings.from_env()
     tag = secrets.token_hex(3)
     variants: dict[str, str | None] = {"new": None}
     if args.compare_upto:
         variants = {"base": args.compare_upto, "new": None}
+    if args.parent:
+        variants["parent"] = None
     dsns = {}
     try:
         for label, last in variants.items():
@@ -264,6 +354,9 @@ async def run(args: argparse.Namespace) -> None:
             )
         for _ in range(args.reps):
             for label, dsn in dsns.items():
+                legacy = label == "base" and str(args.compare_upto) < "0011"
+                _steps = LegacySteps if legacy else repo
+                repo.DIRECT_PARTITIONS = label != "parent"
                 r = await measure(
                     dsn, args.flows, args.concurrency, not args.no_debt_read, args.interval
                 )
@@ -285,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         "--premake", type=int, default=7, help="future daily partitions (30 hot days: ~38)"
     )
     parser.add_argument("--compare-upto", help="e.g. 0009: also measure the schema up to it")
+    parser.add_argument(
+        "--parent", action="store_true", help="also run the steps on orders, not the partition"
+    )
     args = parser.parse_args(argv)
     uvloop.run(run(args))
     return 0
