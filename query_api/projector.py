@@ -3,8 +3,10 @@
 At-least-once: a batch of outbox rows is claimed with ``FOR UPDATE SKIP LOCKED`` (so
 several projectors share the work, none twice), projected to Redis in one pipeline,
 and marked ``published_at`` in the same transaction only after Redis accepted the
-writes. A crash in between leaves the rows unpublished and a later run projects them
-again, which the versioned script makes harmless. Woken by ``NOTIFY outbox``, with a
+writes. The transaction stays open across wake-ups and commits every
+``projector_commit_interval_seconds`` (ADR 0016): a crash before the commit leaves its
+rows unpublished and a later run projects them again, which the versioned script makes
+harmless. Woken by ``NOTIFY outbox``, with a
 polling fallback for a missed notification or a lost LISTEN connection. Runs on uvloop.
 """
 
@@ -244,7 +246,9 @@ class MarkingTransaction:
             await self._release(conn, tx)
 
     async def _release(self, conn: PoolConnectionProxy, tx: Transaction) -> None:
-        # the pool rolls back a transaction left open on release (or closes a broken link)
+        with contextlib.suppress(Exception):  # a broken link is closed by the release
+            if not conn.is_closed():
+                await tx.rollback()
         with contextlib.suppress(Exception):
             await self._pool.release(conn, timeout=5.0)
 
