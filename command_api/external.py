@@ -10,8 +10,9 @@
 
 Every call has a timeout; GETs are retried once on a transport error or 5xx. An answer
 outside the sane bounds of the settings (a surge of 1e308, a negative tariff, a charge of
-250 %) is nonsense: it counts as that service failing, so its policy applies, and is
-logged and counted in ``scooters_external_nonsense_total{service}``.
+250 %) or of its type (an id that is no id: 1 MB long, NUL, a line break; see
+``shared.domain.ExternalId``) is nonsense: it counts as that service failing, so its
+policy applies, and is logged and counted in ``scooters_external_nonsense_total{service}``.
 """
 
 from __future__ import annotations
@@ -161,8 +162,13 @@ class ExternalServices:
                 break
             try:
                 value = decoder.decode(response.content)
+            except msgspec.ValidationError as exc:  # JSON, but outside its type's bounds
+                metrics.nonsense_answers.labels(service).inc()
+                log.warning("nonsense answer", service=service, problem=_brief(exc))
+                last = ServiceError(service, f"nonsense answer: {_brief(exc)}")
+                break
             except msgspec.DecodeError as exc:
-                last = ServiceError(service, f"bad answer: {exc}")
+                last = ServiceError(service, f"bad answer: {_brief(exc)}")
                 break
             if nonsense is not None and (wrong := nonsense(value, self._settings)) is not None:
                 metrics.nonsense_answers.labels(service).inc()
@@ -345,8 +351,16 @@ class ExternalServices:
         params = {"id": order_id, "operation": operation}
         if refund_key:
             params["refund_key"] = refund_key
+
+        def other_operation(answer: PaymentOperationAnswer, _: Settings) -> str | None:
+            if (answer.order_id, answer.operation) == (order_id, operation):
+                return None
+            return "an answer about another operation"
+
         try:
-            return await self._get("payments", "/payment-operation", _operation_decoder, params)
+            return await self._get(
+                "payments", "/payment-operation", _operation_decoder, params, other_operation
+            )
         except NotFound:  # no such endpoint: payments cannot tell
             raise ServiceError("payments", "no operation lookup") from None
 
@@ -355,6 +369,13 @@ class ExternalServices:
         retried once (idempotent per order)."""
         request = PaymentRequest(user_id=user_id, order_id=order_id, amount=amount)
         await self._post_payment_twice("/release-money-for-order", request)
+
+
+def _brief(exc: msgspec.DecodeError) -> str:
+    """msgspec's message about an answer, cut short: it names the field and the bound,
+    but an enum's wrong value too, which is the service's (any length)."""
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _problem_code(response: httpx.Response) -> str | None:

@@ -17,30 +17,58 @@ from shared.lifecycle import OrderStatus, PaymentStatus
 MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last moment a datetime holds
 MAX_AMOUNT = 2**63 - 1  # money, durations and distances are 64-bit from the wire to the database
 
+# (?!\n): Python's "$" also matches before a final line break, so "user-1\n" would pass
+ID_PATTERN = r"^[A-Za-z0-9_.:-]+(?!\n)$"
+"""The alphabet of every id we take from outside (riders, scooters, zones, orders)."""
+ID_MAX_LENGTH = 64
+
+ExternalId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)
+]
+"""An id in an external service's answer (a scooter's ``zone_id``, a profile's ``id``...):
+1..64 of ``A-Z a-z 0-9 _ . : -``, like the ids the APIs accept. Anything else (a 1 MB
+string, NUL, a line break) fails the answer's decoding, so that service counts as failing
+and its degradation policy applies (``command_api/external.py``) before the value could
+reach an offer, a token, a log line, Postgres or Redis."""
+
+ExternalToken = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=ID_MAX_LENGTH, pattern=r"^[A-Za-z0-9_.-]+(?!\n)$")
+]
+"""A short status word in an external answer (``last_payment_status``): 1..64 of
+``A-Z a-z 0-9 _ . -``."""
+
+PaymentId = Annotated[str, msgspec.Meta(max_length=256, pattern=r"^[A-Za-z0-9_.:-]*(?!\n)$")]
+"""An id in a payments call's body, as the payments stub takes it: up to 256 of
+``A-Z a-z 0-9 _ . : -`` (NUL, line breaks and the like: 400; empty: the stub's 422)."""
+
+RefundKey = Annotated[str, msgspec.Meta(pattern=r"^[ -~]*(?!\n)$")]
+"""A refund's key (the operator's ``Idempotency-Key``): printable ASCII only; its length
+(1..200) is the payments stub's check (422)."""
+
 # --- external services' answers (wire contract) -------------------------------------------
 
 
 class ScooterData(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    zone_id: str
+    id: ExternalId
+    zone_id: ExternalId
     charge: int
 
 
 class TariffZone(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
+    id: ExternalId
     price_per_minute: int
     price_unlock: int
     default_deposit: int
 
 
 class UserProfile(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
+    id: ExternalId
     has_subscribtion: bool = False
     trusted: bool = False
     rides_count: int = 0
     current_debt: int = 0
     total_debt: int = 0
-    last_payment_status: str | None = None
+    last_payment_status: ExternalToken | None = None
 
 
 class PriceCoeffSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,8 +85,8 @@ class ConfigsAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
-    user_id: Annotated[str, msgspec.Meta(max_length=256)]
-    order_id: Annotated[str, msgspec.Meta(max_length=256)]
+    user_id: PaymentId
+    order_id: PaymentId
     amount: Annotated[int, msgspec.Meta(le=MAX_AMOUNT)]  # refused below 0 by the payments stub
 
 
@@ -73,7 +101,7 @@ class PaymentOperationAnswer(msgspec.Struct, frozen=True, kw_only=True):
     units), ``in_progress`` (a call with that key is being worked on and may still land)
     or ``absent`` (it never took effect: not asked, failed, or declined)."""
 
-    order_id: str
+    order_id: ExternalId
     operation: Literal["hold", "charge", "release", "refund"]
     state: Literal["done", "in_progress", "absent"]
     amount: Annotated[int, msgspec.Meta(ge=0, le=MAX_AMOUNT)] = 0
@@ -83,10 +111,10 @@ class RefundRequest(msgspec.Struct, frozen=True, kw_only=True):
     """``POST /refund-money-for-order`` (our payments contract): give back ``amount`` of
     what the order was charged; idempotent per ``(order_id, refund_key)``."""
 
-    user_id: str
-    order_id: str
+    user_id: PaymentId
+    order_id: PaymentId
     amount: int
-    refund_key: str
+    refund_key: RefundKey
 
 
 # --- offers -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import os
 import msgspec
 import uvicorn
 
+from shared.infra.admission import GuardedHttpToolsProtocol
 from shared.infra.logs import configure_logging
 from shared.settings import SettingsError, get_settings
 from stubs._app import create_app
@@ -30,7 +31,13 @@ def main() -> None:
         host=stub.host,
         port=stub.port,
         loop="uvloop",
-        http="httptools",
+        # as the APIs' (shared.infra.serving.serve), without admission control: bytes
+        # that are no HTTP request get a 400 problem, slow and idle clients are timed out
+        http=GuardedHttpToolsProtocol,
+        ws="none",
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
         access_log=False,
         log_level=settings.runtime.log_level.lower(),
         log_config=None,  # shared.infra.logs configures logging

@@ -10,6 +10,10 @@ no token. The ``/admin``, ``/ledger``,
 ``/health`` and ``/metrics`` endpoints are ours, for tests and operations, and are
 never faulted; ``/admin/*`` and ``/ledger`` need the admin token
 (``SCOOTERS_STUBS_ADMIN_TOKEN`` as a bearer token; none set = refused).
+
+Payments keeps the ids it is given, so it refuses (400) ids outside
+``shared.domain.PaymentId`` and refund keys with control characters. The ``answer_fields``
+fault makes a service answer nonsense strings (stubs/_faults.py).
 """
 
 from __future__ import annotations
@@ -62,8 +66,14 @@ DEFAULT_COEFFS = PriceCoeffSettings(
     free_ride_seconds=5,
 )
 
+MAX_KEY = 255  # an idempotency key (refund key): as long as any Idempotency-Key we accept
 MAX_JSON_DEPTH = 32  # our bodies nest two levels; anything deeper is refused unread
 IdParam = Annotated[str, QueryParameter(name="id", max_length=256)]
+# payments keeps what it is given: its ids are refused 400 unless of PaymentId's alphabet
+PAYMENT_ID = r"^[A-Za-z0-9_.:-]+(?!\n)$"  # shared.domain.PaymentId, at least one
+PaymentIdParam = Annotated[
+    str, QueryParameter(name="id", min_length=1, max_length=256, pattern=PAYMENT_ID)
+]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -140,33 +150,33 @@ def not_found(kind: str, record_id: str) -> Problem:
 
 
 @get("/scooter-data", opt={"service": "scooters"})
-async def scooter_data(stubs: Stubs, scooter_id: IdParam) -> ScooterData:
+async def scooter_data(stubs: Stubs, scooter_id: IdParam) -> ScooterData | dict[str, Any]:
     await stubs.faults.strike("scooters")
     if (scooter := stubs.data.scooter(scooter_id)) is None:
         raise not_found("scooter", scooter_id)
-    return scooter
+    return stubs.faults.answer("scooters", scooter)
 
 
 @get("/tariff-zone-data", opt={"service": "zones"})
-async def tariff_zone_data(stubs: Stubs, zone_id: IdParam) -> TariffZone:
+async def tariff_zone_data(stubs: Stubs, zone_id: IdParam) -> TariffZone | dict[str, Any]:
     await stubs.faults.strike("zones")
     if (zone := stubs.data.zone(zone_id)) is None:
         raise not_found("zone", zone_id)
-    return zone
+    return stubs.faults.answer("zones", zone)
 
 
 @get("/user-profile", opt={"service": "users"})
-async def user_profile(stubs: Stubs, user_id: IdParam) -> UserProfile:
+async def user_profile(stubs: Stubs, user_id: IdParam) -> UserProfile | dict[str, Any]:
     await stubs.faults.strike("users")
     if (user := stubs.data.user(user_id)) is None:
         raise not_found("user", user_id)
-    return user
+    return stubs.faults.answer("users", user)
 
 
 @get("/configs", opt={"service": "configs"})
-async def configs(stubs: Stubs) -> ConfigsAnswer:
+async def configs(stubs: Stubs) -> ConfigsAnswer | dict[str, Any]:
     await stubs.faults.strike("configs")
-    return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
+    return stubs.faults.answer("configs", ConfigsAnswer(price_coeff_settings=stubs.coeffs))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -183,7 +193,7 @@ class PaymentOp:
 
 async def _payment_call(
     stubs: Stubs, request: Request[Any, Any, Any], op: PaymentOp
-) -> PaymentAnswer:
+) -> PaymentAnswer | dict[str, Any]:
     """The steps every payments call shares: read and check the body; claim its
     idempotency key (409 ``operation_in_progress`` while another call with it is being
     worked on); strike the faults (before anything is done, so a failed call has no
@@ -212,7 +222,7 @@ async def _payment_call(
     except PaymentConflict as exc:
         raise Problem(409, "payment_conflict", str(exc)) from exc
     await stubs.faults.reply("payments")
-    return OK
+    return stubs.faults.answer("payments", OK)
 
 
 def check_payment(payment: PaymentRequest) -> None:
@@ -223,9 +233,9 @@ def check_payment(payment: PaymentRequest) -> None:
 
 
 def check_refund(refund: RefundRequest) -> None:
-    if not refund.user_id or not refund.order_id or not 1 <= len(refund.refund_key) <= 200:
+    if not refund.user_id or not refund.order_id or not 1 <= len(refund.refund_key) <= MAX_KEY:
         raise Problem(
-            422, "invalid_payment", "user_id, order_id and refund_key (1-200) must be given"
+            422, "invalid_payment", f"user_id, order_id and refund_key (1-{MAX_KEY}) must be given"
         )
     if refund.amount <= 0:
         raise Problem(422, "invalid_payment", f"a refund must be positive, got {refund.amount}")
@@ -250,23 +260,31 @@ REFUND = PaymentOp(
 
 
 @post("/hold-money-for-order", opt={"service": "payments"}, status_code=200)
-async def hold_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
+async def hold_money(
+    stubs: Stubs, request: Request[Any, Any, Any]
+) -> PaymentAnswer | dict[str, Any]:
     return await _payment_call(stubs, request, HOLD)
 
 
 @post("/clear-money-for-order", opt={"service": "payments"}, status_code=200)
-async def clear_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
+async def clear_money(
+    stubs: Stubs, request: Request[Any, Any, Any]
+) -> PaymentAnswer | dict[str, Any]:
     return await _payment_call(stubs, request, CLEAR)
 
 
 @post("/release-money-for-order", opt={"service": "payments"}, status_code=200)
-async def release_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
+async def release_money(
+    stubs: Stubs, request: Request[Any, Any, Any]
+) -> PaymentAnswer | dict[str, Any]:
     """Ours: release the whole hold of an order never charged (its charge became debt)."""
     return await _payment_call(stubs, request, RELEASE)
 
 
 @post("/refund-money-for-order", opt={"service": "payments"}, status_code=200)
-async def refund_money(stubs: Stubs, request: Request[Any, Any, Any]) -> PaymentAnswer:
+async def refund_money(
+    stubs: Stubs, request: Request[Any, Any, Any]
+) -> PaymentAnswer | dict[str, Any]:
     """Ours: give back part or all of a charge; idempotent per (order, refund key)."""
     return await _payment_call(stubs, request, REFUND)
 
@@ -274,19 +292,20 @@ async def refund_money(stubs: Stubs, request: Request[Any, Any, Any]) -> Payment
 @get("/payment-operation", opt={"service": "payments"})
 async def payment_operation(
     stubs: Stubs,
-    order_id: IdParam,
+    order_id: PaymentIdParam,
     operation: Operation,
-    refund_key: Annotated[str, QueryParameter(max_length=200)] = "",
-) -> PaymentOperationAnswer:
+    refund_key: Annotated[str, QueryParameter(max_length=MAX_KEY, pattern=r"^[ -~]*(?!\n)$")] = "",
+) -> PaymentOperationAnswer | dict[str, Any]:
     """Ours: what became of one operation, found by its idempotency key (a read: safe to
     repeat, never acts, never answers late). Faulted like every payments call."""
     await stubs.faults.strike("payments")
     if (operation == "refund") != bool(refund_key):
         raise Problem(422, "invalid_payment", "refund_key is given for a refund, and only then")
     state, amount = stubs.ledger.operation(order_id, operation, refund_key)
-    return PaymentOperationAnswer(
+    answer = PaymentOperationAnswer(
         order_id=order_id, operation=operation, state=state, amount=amount
     )
+    return stubs.faults.answer("payments", answer)
 
 
 # --- the identity provider (contract of issue 9) ----------------------------------------------
@@ -344,7 +363,8 @@ async def rotate_key(stubs: Stubs) -> dict[str, str]:
 
 @get("/ledger", opt=ADMIN)
 async def ledger(
-    stubs: Stubs, order_id: Annotated[str, QueryParameter(min_length=1, max_length=256)]
+    stubs: Stubs,
+    order_id: Annotated[str, QueryParameter(min_length=1, max_length=256, pattern=PAYMENT_ID)],
 ) -> OrderAccount:
     if (account := stubs.ledger.account(order_id)) is None:
         raise not_found("order", order_id)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
 SERVICES = ("scooters", "zones", "users", "configs", "payments")
+T = TypeVar("T", bound=msgspec.Struct)
 
 
 class Fault(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,6 +26,10 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
     # payment_declined), nothing moves and nothing is recorded, so the same idempotency
     # key may succeed later (the card was updated); a done operation still answers ok
     decline: bool = False
+    # "answers nonsense": these fields replace the same-named ones in every answer of
+    # the service (e.g. {"zone_id": "<1 MB>"} or {"id": "a\u0000b"}); unset (set to {}:
+    # answers as is) it is left out of the listing
+    answer_fields: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
 
 
 class FaultUpdate(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,6 +41,7 @@ class FaultUpdate(msgspec.Struct, frozen=True, kw_only=True):
     error_rate: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
     reply_delay_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] | None = None
     decline: bool | None = None
+    answer_fields: dict[str, Any] | None = None
 
 
 class UnknownService(ValueError):
@@ -69,9 +75,18 @@ class Faults:
             raise UnknownService(change.service)
         given = {
             name: value
-            for name in ("outage", "latency_ms", "error_rate", "reply_delay_ms", "decline")
+            for name in (
+                "outage",
+                "latency_ms",
+                "error_rate",
+                "reply_delay_ms",
+                "decline",
+                "answer_fields",
+            )
             if (value := getattr(change, name)) is not None
         }
+        if given.get("answer_fields") == {}:
+            given["answer_fields"] = msgspec.UNSET
         self._faults[change.service] = msgspec.structs.replace(current, **given)
 
     async def strike(self, service: str) -> None:
@@ -92,6 +107,14 @@ class Faults:
     def declines(self, service: str) -> bool:
         """Whether ``service`` (payments) declines new holds and charges now."""
         return self._faults[service].decline
+
+    def answer(self, service: str, value: T) -> T | dict[str, Any]:
+        """``value``, the answer of ``service``, with the fields of its ``answer_fields``
+        fault replaced (as a dict then: a value of any type or size)."""
+        fields = self._faults[service].answer_fields
+        if not fields:
+            return value
+        return {**msgspec.structs.asdict(value), **fields}
 
     async def reply(self, service: str) -> None:
         """Play ``service``'s "acted, replied late" fault: called after the work is done,

@@ -174,6 +174,7 @@ def reset_faults(stubs: str) -> Iterator[None]:
                     "error_rate": 0.0,
                     "reply_delay_ms": 0,
                     "decline": False,
+                    "answer_fields": {},
                 },
                 headers=ADMIN,
                 timeout=5,

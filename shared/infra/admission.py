@@ -7,9 +7,9 @@ with what uvicorn lacks, per API process:
   requests are handled at a time, fewer while the event loop falls behind (the
   adaptive limit, ``*_admission_lag_target_ms``). The next one is answered by the
   protocol itself, before the ASGI app (Litestar) is called: a canned, complete
-  ``503`` problem+json with ``Retry-After`` and code ``overloaded``
-  (:func:`overloaded_response`), written once the request has been read, on a
-  connection that stays open. A read of whole requests without a body costs one
+  ``503`` problem+json with ``Retry-After``, code ``overloaded`` and the request's
+  ``X-Request-ID`` (:func:`overloaded_response`), written once the request has been
+  read, on a connection that stays open. A read of whole requests without a body costs one
   write, no parsing; the rest cost the parsing and one write: a fraction of what
   reaching Litestar costs (docs/benchmarks.md, "Overload" and "i8edge"), so a process
   at several times its capacity still sheds the excess quickly instead of queueing it.
@@ -32,6 +32,7 @@ import os
 import time
 from typing import Any, ClassVar
 
+import httptools
 import msgspec
 from prometheus_client import Counter, Gauge
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
@@ -39,9 +40,11 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from shared.infra.logs import REQUEST_ID_HEADER, new_request_id, request_id_for
 from shared.settings import get_settings
 
 EXEMPT_PREFIXES = (b"/health/", b"/metrics")
+_REQUEST_ID_LINE = b"\r\n" + REQUEST_ID_HEADER + b":"
 WINDOW_SECONDS = 0.02  # the adaptive limit's step (Admission.adapt)
 
 SHED = Counter(
@@ -89,21 +92,34 @@ def overloaded_headers(retry_after_seconds: int) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def overloaded_response(retry_after_seconds: int, *, close: bool = False) -> bytes:
+def overloaded_response(
+    retry_after_seconds: int, *, close: bool = False, request_id: bytes | None = None
+) -> bytes:
     """The whole ``503 overloaded`` HTTP/1.1 answer as bytes: the one definition of it.
 
-    ``close`` adds ``connection: close`` (the server closes the connection after it).
+    ``close`` adds ``connection: close`` (the server closes the connection after it);
+    ``request_id`` an ``x-request-id`` header (the protocol always gives one: the
+    caller's ``X-Request-ID`` when safe, else a new one, as for every other answer).
     """
     lines = [b"HTTP/1.1 503 Service Unavailable"]
     lines += [name + b": " + value for name, value in overloaded_headers(retry_after_seconds)]
     if close:
         lines.append(b"connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n" + overloaded_body(retry_after_seconds)
+    answer = b"\r\n".join(lines) + b"\r\n\r\n" + overloaded_body(retry_after_seconds)
+    return answer if request_id is None else with_request_id(answer, request_id)
 
 
-def malformed_response(detail: str) -> bytes:
+def with_request_id(answer: bytes, request_id: bytes) -> bytes:
+    """``answer`` (a whole HTTP/1.1 answer without an id) with ``x-request-id: request_id``
+    as its last header."""
+    end = answer.index(b"\r\n\r\n")
+    return answer[:end] + _REQUEST_ID_LINE + b" " + request_id + answer[end:]
+
+
+def malformed_response(detail: str, request_id: bytes | None = None) -> bytes:
     """The whole ``400 invalid_request`` answer to bytes httptools cannot parse as HTTP
-    (the same problem shape as every other refusal; the connection is closed after it)."""
+    (the same problem shape as every other refusal; the connection is closed after it).
+    ``request_id``: its ``x-request-id`` header (None: none)."""
     body = msgspec.json.encode(
         {
             "type": "https://superscooters.dev/problems/invalid_request",
@@ -114,7 +130,28 @@ def malformed_response(detail: str) -> bytes:
         }
     )
     head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\n"
-    return head + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    answer = head + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    return answer if request_id is None else with_request_id(answer, request_id)
+
+
+def _given_request_id(data: bytes, lowered: bytes, start: int, end: int) -> bytes:
+    """The id of the request whose head is ``data[start:end]`` (``lowered``: ``data``
+    lower-cased): its ``X-Request-ID`` when safe, else a new one."""
+    at = lowered.find(_REQUEST_ID_LINE, start, end)
+    if at < 0:
+        return new_request_id()
+    at += len(_REQUEST_ID_LINE)
+    return request_id_for(data[at : data.index(b"\r\n", at)].strip(b" \t"))
+
+
+class _Unheard:
+    """The protocol of a checking parser: no callbacks, so httptools parses in C only."""
+
+    __slots__ = ()
+
+
+_UNHEARD = _Unheard()
+_REFUSED = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
 class Admission:
@@ -161,9 +198,13 @@ class Admission:
         self.lag_target_seconds = lag_target_seconds
         self.in_flight = 0
         self.allowed = limit  # admitted at most now: ``limit``, or less while the loop lags
-        self.answer = overloaded_response(retry_after_seconds)
+        # the 503 in two parts, the request's id between them (one per answer)
+        answer = overloaded_response(retry_after_seconds)
+        end = answer.index(b"\r\n\r\n")
+        self.answer_start = answer[:end] + _REQUEST_ID_LINE + b" "
+        self.answer_end = answer[end:]  # blank line and body
+        self.answer_end_head = b"\r\n\r\n"  # HEAD: no body
         self.answer_closing = overloaded_response(retry_after_seconds, close=True)
-        self.answer_head = self.answer[: self.answer.index(b"\r\n\r\n") + 4]  # HEAD: no body
         self.shed = SHED.labels(app_name)
         if limit > 0 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             IN_FLIGHT.labels(app_name).set_function(lambda: self.in_flight)
@@ -238,7 +279,10 @@ class Admission:
         """The same answer through ASGI, for a pipelined request shed behind another
         one's answer (the protocol cannot write its own bytes in between)."""
         self.shed.inc()
-        await send({"type": "http.response.start", "status": 503, "headers": self._headers})
+        assert scope["type"] == "http"  # the protocol sheds HTTP requests only
+        given = next((v for n, v in scope["headers"] if n == REQUEST_ID_HEADER), None)
+        headers = [*self._headers, (REQUEST_ID_HEADER, request_id_for(given))]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": self._body, "more_body": False})
 
 
@@ -257,8 +301,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     connection is answered by :meth:`_shed_at_once`: one write of one 503 per request,
     without the httptools callbacks, the ASGI scope or any timer. Anything else (a
     body, ``Connection: close``, HTTP/1.0, a health check, a partial request, a request
-    being answered) goes through the parser as before. Such a read is answered 503 even
-    when the parser would have refused it 400: both say "not served".
+    being answered) goes through the parser as before. So does a read httptools refuses
+    (an unknown method, NUL or a bare line feed in a header, a line that is no header),
+    which it answers 400 ``invalid_request`` under any load, as without the shortcut: a
+    503 would tell the client to send the same bytes again.
 
     **Timeouts without a timer per request.** uvicorn arms a keep-alive timer after
     every answer, and the read timeout would need another; two timer handles per request
@@ -291,6 +337,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.app if self._admission is None else self._admission.counted(self.app)
         )
         self._shedding = False  # the request being read is answered 503 once it is complete
+        self._checker: Any = None  # httptools' parser without callbacks (_shed_at_once)
         self._in_message = False  # the parser is inside a request (headers or body)
 
     @classmethod
@@ -307,7 +354,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _, max_connections, refusal = self.limits()
         if len(self.connections) > max_connections and not self._evict_a_waiting_connection():
             CONNECTIONS_CLOSED.labels("refused").inc()
-            transport.write(refusal)
+            transport.write(with_request_id(refusal, request_id_for(None)))
             transport.close()
             return
         self._arm()
@@ -315,8 +362,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """Bytes that are no HTTP request (two Content-Length headers, a bad chunk size, a
         NUL in a header, an unknown method) are answered 400 problem+json
-        (``invalid_request``) like every other refusal, not uvicorn's text/plain line."""
-        self.transport.write(malformed_response(msg))
+        (``invalid_request``) like every other refusal, not uvicorn's text/plain line,
+        with a new ``x-request-id`` (the request's own cannot be trusted here)."""
+        self.transport.write(malformed_response(msg, request_id_for(None)))
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -371,25 +419,53 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _shed_at_once(self, admission: Admission, data: bytes) -> bool:
         """Answer every request in ``data`` 503 in one write, if ``data`` is nothing but
-        whole keep-alive HTTP/1.1 requests without a body, none of them exempt; else
-        False (nothing done: the parser takes ``data``)."""
+        whole keep-alive HTTP/1.1 requests without a body, none of them exempt, each
+        one the parser would take; else False (nothing done: the parser takes ``data``
+        and answers what it refuses 400).
+
+        "Would take" is httptools' own verdict: the read is fed to a second parser of the
+        connection that has no callbacks (llhttp in C, about 1 ns a byte; the callbacks
+        into Python are what the parser-free path saves). Both parsers stay between
+        requests: this one is handed whole requests without a body only.
+        """
         lowered = data.lower()
         if b"content-length" in lowered or b"transfer-encoding" in lowered or b"close" in lowered:
             return False
         heads = data.split(b"\r\n\r\n")
         heads.pop()  # the empty rest after the last request
-        answers = []
+        ends = []  # what follows each answer's request id: the rest of its head and body
         for head in heads:
-            end = head.find(b"\r\n")
-            line = head if end < 0 else head[:end]
+            eol = head.find(b"\r\n")
+            line = head if eol < 0 else head[:eol]
             method, _, rest = line.partition(b" ")
             target, _, version = rest.partition(b" ")
-            if version != b"HTTP/1.1" or not method or target.startswith(EXEMPT_PREFIXES):
+            if version != b"HTTP/1.1" or target.startswith(EXEMPT_PREFIXES):
                 return False
-            answers.append(admission.answer_head if method == b"HEAD" else admission.answer)
-        self.transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
-        admission.shed.inc(len(answers))
-        self.server_state.total_requests += len(answers)
+            ends.append(admission.answer_end_head if method == b"HEAD" else admission.answer_end)
+        checker = self._checker
+        if checker is None:
+            checker = self._checker = httptools.HttpRequestParser(_UNHEARD)
+        try:
+            checker.feed_data(data)
+        except _REFUSED:  # the parser answers it (400); this checker's state is lost
+            self._checker = None
+            return False
+        start = admission.answer_start
+        if _REQUEST_ID_LINE not in lowered:  # the usual: no request brings its id
+            if len(ends) == 1:
+                self.transport.write(start + new_request_id() + ends[0])
+            else:
+                self.transport.write(b"".join([start + new_request_id() + end for end in ends]))
+        else:
+            answers = []
+            at = 0  # where the head begins in data
+            for head, end in zip(heads, ends, strict=False):
+                request_id = _given_request_id(data, lowered, at, at + len(head))
+                answers.append(start + request_id + end)
+                at += len(head) + 4
+            self.transport.write(b"".join(answers))
+        admission.shed.inc(len(heads))
+        self.server_state.total_requests += len(heads)
         self._arm()  # waiting for the next request from now
         return True
 
@@ -420,13 +496,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         admission = self._admission
         assert admission is not None
         admission.shed.inc()
+        given = next((v for n, v in self.headers if n == REQUEST_ID_HEADER), None)
+        request_id = request_id_for(given)
         if close:
-            self.transport.write(admission.answer_closing)
+            self.transport.write(with_request_id(admission.answer_closing, request_id))
             self.transport.close()
-        elif self.parser.get_method() == b"HEAD":
-            self.transport.write(admission.answer_head)
-        else:
-            self.transport.write(admission.answer)
+            return
+        head_only = self.parser.get_method() == b"HEAD"
+        end = admission.answer_end_head if head_only else admission.answer_end
+        self.transport.write(b"".join((admission.answer_start, request_id, end)))
 
     # --- slow clients -------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import msgspec
 from litestar import Request
 from litestar.types import Empty
 
+from shared.domain import ID_MAX_LENGTH, ID_PATTERN
 from shared.errors import InvalidRequest
 
 T = TypeVar("T")
@@ -29,9 +30,10 @@ T = TypeVar("T")
 # --- identifiers -------------------------------------------------------------------------------
 
 # (?!\n): Python's "$" also matches before a final line break, so "user-1\n" passed
-# msgspec, Litestar and is_identifier; the lookahead means the same in ECMA-262 (OpenAPI)
-IDENTIFIER_PATTERN = r"^[A-Za-z0-9_.:-]+(?!\n)$"
-IDENTIFIER_MAX_LENGTH = 64
+# msgspec, Litestar and is_identifier; the lookahead means the same in ECMA-262 (OpenAPI).
+# One definition with the external answers' ids (shared.domain.ExternalId).
+IDENTIFIER_PATTERN = ID_PATTERN
+IDENTIFIER_MAX_LENGTH = ID_MAX_LENGTH
 
 Identifier = Annotated[
     str,

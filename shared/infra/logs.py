@@ -141,6 +141,25 @@ def bind_request_id(scope: Scope) -> tuple[bytes, Token[bytes | None]]:
     return request_id, _request_id.set(request_id)
 
 
+def request_id_for(given: bytes | None) -> bytes:
+    """The id of a request whose ``X-Request-ID`` header is ``given`` (None: absent),
+    as :func:`bind_request_id` picks it, without binding it: ``given`` when it is 1-128
+    of ``A-Z a-z 0-9 . _ : -``, else a new one (16 hex: this process, then a counter).
+
+    For answers written without the app (shared/infra/admission.py: shed and malformed
+    requests), which must carry an id like every other answer.
+    """
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return b"%s%08x" % (_PROCESS_ID, next(_counter))
+
+
+def new_request_id() -> bytes:
+    """A new request id (16 hex: this process, then a counter), as :func:`request_id_for`
+    gives to a request without a safe ``X-Request-ID``."""
+    return b"%s%08x" % (_PROCESS_ID, next(_counter))
+
+
 def unbind_request_id(token: Token[bytes | None]) -> None:
     """End what :func:`bind_request_id` bound."""
     _request_id.reset(token)

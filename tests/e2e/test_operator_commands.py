@@ -285,6 +285,25 @@ async def test_partial_refunds_show_on_receipt_screen_summary_and_ledger(
     assert receipt.json()["receipt"] == screen["receipt"]
 
 
+async def test_a_refund_under_the_longest_idempotency_key_is_made_once(
+    api: Client, db: asyncpg.Pool, ids: Ids, stubs: str, operator: tuple[str, dict[str, str]]
+) -> None:
+    """The refund key at payments is the caller's Idempotency-Key, which may be 255
+    characters long (command_api.idempotency.MAX_KEY_LENGTH): payments takes it."""
+    _sub, headers = operator
+    done = await charged_ride(api, db, ids)
+    key = ("refund-" + uuid.uuid4().hex * 8)[:255]
+
+    first = await refund(api, done["id"], 10, headers, key)
+    again = await refund(api, done["id"], 10, headers, key)
+
+    assert first.status_code == 201, first.text
+    assert (again.status_code, again.json()) == (201, first.json())
+    money = await ledger(stubs, done["id"])
+    assert money["refunded"] == 10
+    assert [e["key"] for e in money["entries"] if e["kind"] == "refund"] == [key]
+
+
 async def test_refund_refusals(
     api: Client, db: asyncpg.Pool, ids: Ids, stubs: str, operator: tuple[str, dict[str, str]]
 ) -> None:

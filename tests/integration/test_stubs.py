@@ -686,3 +686,111 @@ async def test_identity_provider_issues_verifiable_tokens(
     ]
     for bad in ({"sub": ""}, {"sub": "u", "roles": ["admin"]}, {"roles": ["rider"]}, {"sub": 5}):
         assert (await client.post("/auth/token", json=bad)).status_code == 400
+
+
+# --- issue 8: payments keeps no id that is no id; malformed HTTP is a 400 problem ----------------
+
+NO_IDS = ["o\x00b", "o\nb", "o\r\nX-A: 1", "o\x1b[31m", "o b", "ö", "o\n"]
+
+
+def assert_problem(answer: httpx.Response, status: int, code: str) -> None:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["code"] == code
+
+
+@pytest.mark.parametrize("bad", NO_IDS, ids=["nul", "lf", "crlf", "esc", "space", "utf8", "end-lf"])
+async def test_payments_refuse_ids_that_are_no_ids_and_record_nothing(
+    client: httpx.AsyncClient, bad: str
+) -> None:
+    order = new_order()
+    for operation in ("hold", "clear", "release"):
+        for body in (
+            {"user_id": bad, "order_id": order, "amount": 10},
+            {"user_id": "user-1", "order_id": bad, "amount": 10},
+        ):
+            answer = await client.post(f"/{operation}-money-for-order", json=body)
+            assert_problem(answer, 400, "malformed_body")
+    refund = {"user_id": "user-1", "order_id": order, "amount": 1, "refund_key": "k"}
+    for field in ("user_id", "order_id"):
+        answer = await client.post("/refund-money-for-order", json={**refund, field: bad})
+        assert_problem(answer, 400, "malformed_body")
+    if bad.isascii() and bad.isprintable():  # a refund key may hold any printable ASCII
+        return
+    answer = await client.post("/refund-money-for-order", json={**refund, "refund_key": bad})
+    assert_problem(answer, 400, "malformed_body")
+    lookup = await client.get("/payment-operation", params={"id": bad, "operation": "hold"})
+    assert_problem(lookup, 400, "bad_request")
+    lookup = await client.get(
+        "/payment-operation", params={"id": order, "operation": "refund", "refund_key": bad}
+    )
+    assert_problem(lookup, 400, "bad_request")
+    assert_problem(await client.get("/ledger", params={"order_id": bad}), 400, "bad_request")
+    assert (await client.get("/ledger", params={"order_id": order})).status_code == 404
+
+
+async def test_payments_still_take_our_ids_and_any_printable_refund_key(
+    client: httpx.AsyncClient,
+) -> None:
+    order = str(uuid.uuid4())  # the command API's order ids
+    assert (await pay(client, "hold", order, 300, user_id="user-17")).status_code == 200
+    assert (await pay(client, "clear", order, 100, user_id="user-17")).status_code == 200
+    key = "Idem potency/key:1 ~!@#$%^&*()"  # an operator's Idempotency-Key
+    refund = {"user_id": "user-17", "order_id": order, "amount": 5, "refund_key": key}
+    assert (await client.post("/refund-money-for-order", json=refund)).status_code == 200
+    found = await client.get(
+        "/payment-operation", params={"id": order, "operation": "refund", "refund_key": key}
+    )
+    assert (found.json()["state"], found.json()["amount"]) == ("done", 5)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /hold-money-for-order HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Content-Length: 30\r\n\r\n{}",
+        b"POST /hold-money-for-order HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n{}\r\n",
+        b"GET /user-profile?id=user-1 HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+        b"FOO /user-profile?id=user-1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["two-content-lengths", "bad-chunk", "nul", "method"],
+)
+async def test_stubs_answer_bytes_that_are_no_http_request_like_the_apis(
+    stubs: str, request_bytes: bytes
+) -> None:
+    """400 problem+json ``invalid_request`` with a request id, connection closed (uvicorn's
+    own protocol answered a text/plain line)."""
+    port = httpx.URL(stubs).port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request_bytes)
+    answer = await asyncio.wait_for(reader.read(), 10)  # the server closes after it
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"content-type: application/problem+json" in head.lower(), answer
+    assert b"x-request-id: " in head.lower(), answer
+    assert json.loads(body)["code"] == "invalid_request"
+
+
+@pytest.mark.usefixtures("reset_faults")
+async def test_the_answers_nonsense_fault_replaces_fields_of_a_services_answers(
+    client: httpx.AsyncClient,
+) -> None:
+    huge = "z" * 1_000_000
+    await set_fault(client, service="scooters", answer_fields={"zone_id": huge, "charge": "x"})
+    scooter = await fetch(client, "/scooter-data", "scooter-1")
+    assert scooter == {"id": "scooter-1", "zone_id": huge, "charge": "x"}
+    await set_fault(client, service="users", answer_fields={"id": "a\x00b"})
+    assert (await fetch(client, "/user-profile", "user-1"))["id"] == "a\x00b"
+    await set_fault(client, service="configs", answer_fields={"extra": 1})
+    assert (await fetch(client, "/configs", ""))["extra"] == 1
+    await set_fault(client, service="payments", answer_fields={"order_id": "o\n"})
+    lookup = await client.get("/payment-operation", params={"id": "o-1", "operation": "hold"})
+    assert lookup.json()["order_id"] == "o\n"
+    await set_fault(client, service="scooters", answer_fields={})  # {}: answers as is again
+    assert (await fetch(client, "/scooter-data", "scooter-1"))["zone_id"] == "zone-1"
+    # the other switches of a service are kept
+    faults = {f["service"]: f for f in (await client.get("/admin/faults")).json()}
+    assert faults["users"]["answer_fields"] == {"id": "a\x00b"}

@@ -20,7 +20,11 @@ the CPU of the API process and of the generator, in cores and in µs per answer.
 ``--compare-code DIR`` runs the same API from another checkout beside this one's, on
 the same stack, and measures both alternately (``--rounds`` times each) with the same
 generator. ``--slowloris N`` then opens N connections that send one header line every
-``--drip`` seconds and measures normal requests while they are open.
+``--drip`` seconds and measures normal requests while they are open. ``--pin`` puts the
+API under test on the first core and the generator on the second (every thread of each:
+affinity is per thread), so that the generator, which stands for clients on other
+machines, does not take the API's core in the overload phase; the engines and the stubs
+stay where the scheduler puts them.
 
     uv run python -m tests.load.overload query --in-flight 128 --duration 10
     uv run python -m tests.load.overload query --in-flight 128 --compare-code ../ref
@@ -110,6 +114,14 @@ class Phase:
         return sum(len(v) for k, v in latencies.items() if 200 <= _int(k) < 300) / seconds
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` runs on ``cpus`` only (``sched_setaffinity`` sets
+    one thread; the threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def _int(kind: int | str) -> int:
     return kind if isinstance(kind, int) else 0
 
@@ -118,6 +130,9 @@ async def phases(
     args: argparse.Namespace, port: int, requests: list[bytes], in_flight: int, pid: int
 ) -> dict[str, Any]:
     """Capacity, overload and recovery against the API on ``port`` (process ``pid``)."""
+    if args.pin:
+        pin(pid, {0})
+        pin(os.getpid(), {1})
     blaster = Blaster("127.0.0.1", port, requests, max_connections=args.connections)
     clients = min(args.concurrency, in_flight) if in_flight > 0 else args.concurrency
     capacity = Phase(pid, blaster)
@@ -330,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         help="another checkout: its API runs beside this one's, measured alternately",
     )
     parser.add_argument("--rounds", type=int, default=2, help="with --compare-code: A/B rounds")
+    parser.add_argument(
+        "--pin", action="store_true", help="the API on the first core, the generator on the second"
+    )
     parser.add_argument(
         "--lag-target-ms",
         type=float,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import pickle
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,8 +139,13 @@ def _request(
 
 
 async def _answer(reader: asyncio.StreamReader, *, head_only: bool = False) -> bytes:
-    """One whole answer (a Content-Length one) from ``reader``."""
+    """One whole answer (a Content-Length one) from ``reader``; the protocol's own answers
+    (503, 400) must carry an ``x-request-id``, taken out here (each has its own value;
+    see test_every_answer_of_the_protocol_has_a_request_id)."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    if head.startswith((b"HTTP/1.1 503", b"HTTP/1.1 400")):
+        head, request_id = _without_request_id(head)
+        assert request_id
     if head_only:
         return head
     length = 0
@@ -148,6 +154,17 @@ async def _answer(reader: asyncio.StreamReader, *, head_only: bool = False) -> b
         if name.lower() == b"content-length":
             length = int(value)
     return head + await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+def _without_request_id(head: bytes) -> tuple[bytes, bytes | None]:
+    """``head`` without its ``x-request-id`` line, and that line's value (None: none)."""
+    lines = head.split(b"\r\n")
+    for i, line in enumerate(lines):
+        name, _, value = line.partition(b": ")
+        if name == b"x-request-id":
+            del lines[i]
+            return b"\r\n".join(lines), value
+    return head, None
 
 
 async def _hold(served: Served, n: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
@@ -516,3 +533,145 @@ async def test_turns_within_the_target_keep_the_limit(request: pytest.FixtureReq
             writer.write(_request("GET", f"/orders/o-{i}"))
             assert (await _answer(reader)).endswith(b"ok /orders/o-%d" % i)
         assert served.admission.allowed == 4
+
+
+# --- every answer of the protocol has a request id; bytes that are no HTTP get 400 ----------
+
+_OUR_ID = re.compile(rb"[0-9a-f]{16}")
+
+
+async def _id_of(reader: asyncio.StreamReader, *, head_only: bool = False) -> tuple[bytes, bytes]:
+    """The status line and the ``x-request-id`` of the next answer (its body read too)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    _, request_id = _without_request_id(head)
+    assert request_id is not None, head
+    length = int(re.search(rb"content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    if not head_only:
+        await asyncio.wait_for(reader.readexactly(length), 5)
+    return head.split(b"\r\n", 1)[0], request_id
+
+
+async def test_every_answer_of_the_protocol_has_a_request_id(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The caller's ``X-Request-ID`` when safe, else a new one, on every path that sheds
+    (parser-free, parser, 100-continue and close, pipelined through ASGI) and on a 400."""
+    async for served in _serve(1, f"unit_{request.node.name}"[:60]):
+        held = await _hold(served, 1)
+        reader, writer = await served.connect()
+        # parser-free: one read of three requests, ids given, unsafe and absent
+        writer.write(
+            _request("GET", "/orders/o-1", extra=b"X-Request-ID: caller-1.a:b_c\r\n")
+            + _request("HEAD", "/orders/o-2", extra=b"x-request-id:  caller-2\t\r\n")
+            + _request("GET", "/orders/o-3", extra=b"X-Request-ID: bad id\r\n")
+            + _request("GET", "/orders/o-4")
+        )
+        assert await _id_of(reader) == (b"HTTP/1.1 503 Service Unavailable", b"caller-1.a:b_c")
+        assert await _id_of(reader, head_only=True) == (
+            b"HTTP/1.1 503 Service Unavailable",
+            b"caller-2",
+        )
+        _, third = await _id_of(reader)
+        _, fourth = await _id_of(reader)
+        assert _OUR_ID.fullmatch(third)
+        assert _OUR_ID.fullmatch(fourth)
+        assert third != fourth
+        # through the parser (a body), echoed and ours
+        writer.write(_request("POST", "/offers", b"{}", extra=b"X-Request-ID: caller-5\r\n"))
+        assert (await _id_of(reader))[1] == b"caller-5"
+        writer.write(_request("POST", "/offers", b"{}"))
+        assert _OUR_ID.fullmatch((await _id_of(reader))[1])
+        # closing (HTTP/1.0) and 100-continue
+        other, other_writer = await served.connect()
+        other_writer.write(_request("GET", "/o", extra=b"X-Request-ID: c-6\r\n", version=b"1.0"))
+        assert (await _id_of(other))[1] == b"c-6"
+        other, other_writer = await served.connect()
+        other_writer.write(
+            b"POST /offers HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n"
+            b"Expect: 100-continue\r\nX-Request-ID: c-7\r\n\r\n"
+        )
+        assert (await _id_of(other))[1] == b"c-7"
+        # pipelined behind an answer in progress: shed through ASGI
+        served.app.release.set()
+        for held_reader, _ in held:
+            await _answer(held_reader)
+        await served.until_in_flight(0)
+        served.app.release.clear()
+        writer.write(
+            _request("GET", "/slow") + _request("GET", "/o", extra=b"X-Request-ID: c-8\r\n")
+        )
+        await served.until_calls(2)
+        served.app.release.set()
+        assert (await _answer(reader)).endswith(b"ok /slow")
+        assert (await _id_of(reader))[1] == b"c-8"
+        # bytes that are no HTTP request
+        bad, bad_writer = await served.connect()
+        bad_writer.write(b"GET /o HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+        status, request_id = await _id_of(bad)
+        assert status == b"HTTP/1.1 400 Bad Request"
+        assert _OUR_ID.fullmatch(request_id)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"FOO /orders/o-1 HTTP/1.1\r\nHost: t\r\n\r\n",  # no such method
+        b"GET /orders/o-1 HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n",
+        b"GET /orders/o-1 HTTP/1.1\r\nHost: t\r\nBad Name: 1\r\n\r\n",
+        b"GET /orders/o-1 HTTP/1.1\r\nHost: t\r\n folded\r\n\r\n",
+        b"GET /orders/o-1 HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n",  # NUL in a value
+        b"GET /orders/o-1 HTTP/1.1\r\nHost: t\r\nX-A: a\x7fb\r\n\r\n",
+        b"GET /orders/o-1 HTTP/1.1\r\nHost: t\nX-A: b\r\n\r\n",  # a bare LF
+        b"GET /orders/o-1 HTTP/1.1\r\nHost: t\rX-A: b\r\n\r\n",  # a bare CR
+        b"GET /orders/o-\x001 HTTP/1.1\r\nHost: t\r\n\r\n",  # NUL in the target
+        b"GET /orders/o-1 HTTP/1.1\r\nHost: t\r\n\r\nFOO / HTTP/1.1\r\n\r\n",  # the 2nd
+    ],
+    ids=[
+        "method",
+        "no-colon",
+        "space-in-name",
+        "folded",
+        "nul-value",
+        "del-value",
+        "bare-lf",
+        "bare-cr",
+        "nul-target",
+        "pipelined",
+    ],
+)
+async def test_bytes_that_are_no_http_request_get_400_at_the_limit_too(
+    served: Served, data: bytes
+) -> None:
+    """At the limit as below it: a 503 would tell the client to send them again."""
+    held = await _hold(served, 2)
+    reader, writer = await served.connect()
+    writer.write(data)
+    answers = await asyncio.wait_for(reader.read(), 5)  # closed after the 400
+    body = answers[answers.rindex(b"\r\n\r\n") + 4 :]
+    statuses = re.findall(rb"HTTP/1.1 (\d+) ", answers)
+    # the 1st of two pipelined requests is fine: shed, then the 400 for the 2nd
+    assert statuses == ([b"503", b"400"] if data.count(b"HTTP/1.1") == 2 else [b"400"])
+    assert b"content-type: application/problem+json" in answers
+    assert msgspec.json.decode(body)["code"] == "invalid_request"
+    assert served.app.calls == ["/slow", "/slow"]
+    assert len(held) == 2
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /orders/o-1 HTTP/1.1\r\nHost: t\r\nX-A: caf\xc3\xa9\r\n\r\n",  # obs-text
+        b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /orders/o-1 HTTP/1.1\r\nX-A:\tb \t\r\nX-B:\r\n\r\n",
+    ],
+    ids=["utf8-value", "asterisk", "tabs-and-empty"],
+)
+async def test_odd_but_valid_requests_at_the_limit_are_still_shed(
+    served: Served, data: bytes
+) -> None:
+    """What the parser-free path does not take goes through the parser: still a 503."""
+    held = await _hold(served, 2)
+    reader, writer = await served.connect()
+    writer.write(data)
+    assert await _answer(reader) == overloaded_response(RETRY_AFTER)
+    assert len(held) == 2
