@@ -17,6 +17,7 @@ from command_api.debt_marks import DebtMarks
 from command_api.external import ExternalServices, make_http_client
 from command_api.rate_limit import RedisClient
 from command_api.rate_limit import connect as connect_redis
+from query_api.read_connection import ReadConnection
 from shared.infra.db import create_pool
 from shared.infra.offer_keys import offer_signer
 from shared.infra.outages import redis_unavailable
@@ -31,6 +32,7 @@ async def open_deps(
     pool_size: tuple[int, int] | None = None,
     services: type[ExternalServices] = ExternalServices,
     redis: RedisClient | None = None,
+    redis_connection: ReadConnection | None = None,
 ) -> AsyncIterator[rides.Deps]:
     """The commands' dependencies, open for the duration of the ``async with``.
 
@@ -38,7 +40,9 @@ async def open_deps(
     ``pool_size`` (min, max) connections, by default ``settings.db.pool_min/pool_max``.
     ``services``: the external services' client class (tests pass a subclass that
     injects failures). ``redis``: the client of the riders' debt marks (the caller
-    closes it), else one is opened (connecting lazily: Redis down is no error here).
+    closes it), else one is opened (connecting lazily: Redis down is no error here);
+    ``redis_connection``: the marks are written over it instead (the caller closes it;
+    ``command_api.rate_limit.lane``).
     Raises what asyncpg raises when Postgres cannot be reached.
     """
     async with AsyncExitStack() as stack:
@@ -61,7 +65,7 @@ async def open_deps(
             services=services(client, settings),
             signer=await offer_signer(settings, pool),
             settings=settings,
-            debt_marks=DebtMarks(redis, settings.redis.key_prefix),
+            debt_marks=DebtMarks(redis, settings.redis.key_prefix, redis_connection),
         )
 
 

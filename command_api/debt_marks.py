@@ -22,6 +22,9 @@ the rider has a ``clear`` mark; and if Redis loses a ``check`` write the mark ma
 a rider with debt in Postgres, whatever Redis says (ADR 0002).
 
 When Redis does not answer, nothing is written and offers read Postgres.
+
+The command API writes its marks over the rate limiter's pipelined connection
+(``command_api.rate_limit.lane``, ADR 0018) on a single Redis.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import time
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis, RedisCluster
 
+from query_api.read_connection import ReadConnection
 from shared.infra.outages import redis_unavailable
 
 log = logging.getLogger("debt_marks")
@@ -45,11 +49,15 @@ _REDIS_DOWN = (redis_errors.RedisError, OSError)
 
 
 class DebtMarks:
-    """Reads and writes the debt marks of one deployment (``prefix``) in ``redis``."""
+    """Reads and writes the debt marks of one deployment (``prefix``) in ``redis``, or
+    over ``connection`` when given (``command_api.rate_limit.lane``)."""
 
-    def __init__(self, redis: Redis | RedisCluster, prefix: str) -> None:
+    def __init__(
+        self, redis: Redis | RedisCluster, prefix: str, connection: ReadConnection | None = None
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._connection = connection
 
     def key(self, rider: str) -> str:
         return f"{self._prefix}debt:{rider}"
@@ -77,7 +85,11 @@ class DebtMarks:
         self, rider: str, value: bytes, seconds: int, *, only_new: bool, level: int
     ) -> None:
         try:
-            await self._redis.set(self.key(rider), value, ex=seconds, nx=only_new)
+            if self._connection is not None:
+                command = (b"SET", self.key(rider).encode(), value, b"EX", b"%d" % seconds)
+                await self._connection.execute((*command, b"NX") if only_new else command)
+            else:
+                await self._redis.set(self.key(rider), value, ex=seconds, nx=only_new)
         except Exception as exc:
             if not isinstance(exc, _REDIS_DOWN) and not redis_unavailable(exc):
                 raise

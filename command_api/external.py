@@ -81,21 +81,31 @@ class Sourced(msgspec.Struct, frozen=True):
     source: str
 
 
+class ServicesClient(httpx.AsyncClient):
+    """The external services' ``httpx.AsyncClient``, which also names its ``transport``:
+    :class:`ExternalServices` sends its calls straight through it (ADR 0018)."""
+
+    def __init__(self, transport: Http1Transport, **kwargs: Any) -> None:
+        super().__init__(transport=transport, **kwargs)
+        self.transport = transport
+
+
 def make_http_client(settings: Settings) -> httpx.AsyncClient:
     """The one shared client of a process: pooled connections, a timeout on every call.
 
     httpx's API over ``shared.infra.http_transport.Http1Transport``: httpx's default
     transport costs about five times more CPU per call, httpx-aiohttp about twice
     (docs/benchmarks.md, issue 13), and these calls are on every command's path (ADR 0009).
+    A :class:`ServicesClient`: :class:`ExternalServices` sends through its transport.
     """
     limits = httpx.Limits(
         max_connections=settings.external.http_max_connections,
         max_keepalive_connections=settings.external.http_max_connections,
     )
-    return httpx.AsyncClient(
+    return ServicesClient(
+        Http1Transport(limits),
         base_url=settings.external.base_url,
         timeout=httpx.Timeout(settings.external.http_timeout_seconds),
-        transport=Http1Transport(limits),
     )
 
 
@@ -103,10 +113,22 @@ _JSON_CONTENT = {"content-type": "application/json"}
 
 
 class ExternalServices:
-    """Typed calls to the external services with their caches and fallbacks."""
+    """Typed calls to the external services with their caches and fallbacks.
+
+    With a :class:`ServicesClient` (``make_http_client``) each call is an ``httpx.Request``
+    given straight to the client's transport, with the client's headers and timeout:
+    ``AsyncClient.send``'s own work per call (auth flow, redirects, cookie jar, event
+    hooks, the answer's stream wrapper) cost more CPU than the transport, and these calls
+    use none of it (ADR 0018). Any other client is called as usual.
+    """
 
     def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
         self._client = client
+        self._transport = client.transport if isinstance(client, ServicesClient) else None
+        self._headers = httpx.Headers(client.headers)
+        self._json_headers = httpx.Headers(client.headers)
+        self._json_headers.update(_JSON_CONTENT)
+        self._get_extensions = {"timeout": client.timeout.as_dict()}
         self._base_url = str(client.base_url).rstrip("/")
         self._settings = settings
         # no timeout per operation: a dict in memory cannot hang, and aiocache's default
@@ -119,6 +141,7 @@ class ExternalServices:
         # parsed once: httpx then neither parses nor merges a URL per payments call
         self._payment_urls: dict[str, httpx.URL] = {}
         self._payment_timeout = httpx.Timeout(settings.external.payment_timeout_seconds)
+        self._payment_extensions = {"timeout": self._payment_timeout.as_dict()}
         self._defaults = PriceCoeffSettings(
             surge=settings.pricing.surge_default,
             low_charge_discount=settings.pricing.low_charge_discount_default,
@@ -129,6 +152,30 @@ class ExternalServices:
         )
 
     # --- transport -----------------------------------------------------------------------
+
+    async def _fetch(self, url: str) -> httpx.Response:
+        """GET ``url`` (absolute) with the client's headers and timeout."""
+        transport = self._transport
+        if transport is None:
+            return await self._client.get(url)
+        request = httpx.Request("GET", url, headers=self._headers, extensions=self._get_extensions)
+        return await transport.handle_async_request(request)
+
+    async def _post(self, url: httpx.URL, content: bytes) -> httpx.Response:
+        """POST JSON ``content`` to ``url`` with the client's headers and payments' timeout."""
+        transport = self._transport
+        if transport is None:
+            return await self._client.post(
+                url, content=content, headers=_JSON_CONTENT, timeout=self._payment_timeout
+            )
+        request = httpx.Request(
+            "POST",
+            url,
+            headers=self._json_headers,
+            content=content,
+            extensions=self._payment_extensions,
+        )
+        return await transport.handle_async_request(request)
 
     async def _get(
         self,
@@ -147,7 +194,7 @@ class ExternalServices:
         url = f"{self._base_url}{path}?{urlencode(params)}" if params else self._base_url + path
         for _ in range(2):
             try:
-                response = await self._client.get(url)
+                response = await self._fetch(url)
             except httpx.HTTPError as exc:
                 last = ServiceError(service, type(exc).__name__)
                 continue
@@ -187,12 +234,7 @@ class ExternalServices:
         if url is None:
             url = self._payment_urls[path] = httpx.URL(self._base_url + path)
         try:
-            response = await self._client.post(
-                url,
-                content=_encoder.encode(request),
-                headers=_JSON_CONTENT,
-                timeout=self._payment_timeout,
-            )
+            response = await self._post(url, _encoder.encode(request))
         except httpx.ConnectError as exc:  # refused: the request never left
             metrics.external_calls.labels("payments", "error").inc()
             raise ServiceError("payments", type(exc).__name__) from exc

@@ -17,7 +17,8 @@ the ones behind it are failed too); more than ``max_pending`` reads waiting rais
 ``MaxConnectionsError`` (busy, not down). The next read after a failure connects again.
 Single Redis only (``redis://``, ``unix://``); a cluster keeps redis-py's client.
 Why we own this, what it does not do (TLS, RESP3, ...) and when to drop it:
-docs/adr/0008-own-redis-read-connection.md.
+docs/adr/0008-own-redis-read-connection.md. The command API sends its offer's rate limit
+and debt-mark commands through one too (:meth:`ReadConnection.execute`, ADR 0018).
 """
 
 from __future__ import annotations
@@ -179,6 +180,27 @@ class ReadConnection:
             _command(b"ZREVRANGE", key.encode(), b"0", b"-1", b"WITHSCORES")
         )
         return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def execute(self, *commands: tuple[bytes, ...]) -> list[Any]:
+        """Each of ``commands`` (a command's name and arguments), sent together; their
+        replies in order, as hiredis parses them (bulk strings as bytes, integers as int,
+        nil as None). An error reply raises redis-py's exception for it, and the replies
+        after it are dropped as they come (the command API's pipeline of a rate-limit
+        count, its expiry and a debt mark; a debt mark's ``SET``)."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connected()
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for parts in commands:
+                futures.append(protocol.request(_command(*parts)))
+            return [await future for future in futures]
+        finally:
+            for future in futures:
+                if not future.done():
+                    future.cancel()  # its reply is dropped when it comes
+                elif not future.cancelled():
+                    future.exception()  # retrieved: a failed reply is not reported twice
 
     async def _connected(self) -> _RespProtocol:
         if self._connecting is None:  # one connect for every read that finds none

@@ -30,7 +30,11 @@ transport):
 - the whole body is read before the answer is returned (the services answer small
   JSON documents), so ``response.content`` is ready; chunked bodies are decoded, a
   body without length ends with the connection. Not for ``HEAD`` (refused:
-  ``httpx.UnsupportedProtocol``), upgrades or streaming.
+  ``httpx.UnsupportedProtocol``), upgrades or streaming;
+- an answer (head and body) longer than ``max_answer_bytes`` (default
+  :data:`MAX_ANSWER_BYTES`) is not read further: ``httpx.RemoteProtocolError``, and the
+  connection is closed, so a service answering without end costs us at most that much
+  memory per call.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import httptools
 import httpx
 
 _DEFAULT_LIMITS = httpx.Limits()
+MAX_ANSWER_BYTES = 1 << 20  # bytes; the services' answers are JSON documents of < 2 KB
 
 
 class _Answer:
@@ -82,7 +87,9 @@ class _Answer:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
+        self.max_answer_bytes = max_answer_bytes
+        self.received = 0  # bytes of the answer being read
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -101,6 +108,12 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._got_bytes = True
+        self.received += len(data)
+        if self.received > self.max_answer_bytes:
+            self._fail(
+                httpx.RemoteProtocolError(f"answer longer than {self.max_answer_bytes} bytes")
+            )
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -150,6 +163,7 @@ class _Connection(asyncio.Protocol):
         self._answer = answer = _Answer()
         self._parser = answer.parser = httptools.HttpResponseParser(answer)
         self._got_bytes = False
+        self.received = 0
         self._waiter = loop.create_future()
         self.transport.write(head + body if body else head)  # one write, one syscall
         return self._waiter
@@ -177,10 +191,14 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
     ``limits``: ``max_connections`` open at once (None: no limit),
     ``max_keepalive_connections`` idle ones kept, ``keepalive_expiry`` seconds an idle
-    one is kept (None: as long as the server keeps it).
+    one is kept (None: as long as the server keeps it). ``max_answer_bytes``: the longest
+    answer read, head and body (longer: ``httpx.RemoteProtocolError``).
     """
 
-    def __init__(self, limits: httpx.Limits = _DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, limits: httpx.Limits = _DEFAULT_LIMITS, max_answer_bytes: int = MAX_ANSWER_BYTES
+    ) -> None:
+        self._max_answer = max_answer_bytes
         self._max_idle = limits.max_keepalive_connections
         self._expiry = limits.keepalive_expiry
         self._max_open = limits.max_connections
@@ -259,7 +277,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         host = origin[0].decode("ascii")
         try:
             async with asyncio.timeout(connect_seconds):
-                _, conn = await loop.create_connection(_Connection, host, origin[1])
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self._max_answer), host, origin[1]
+                )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"no connection to {host}:{origin[1]} in time") from None
         except OSError as exc:

@@ -125,6 +125,34 @@ async def test_a_followed_redirect_is_sent_like_any_request() -> None:
     assert len(accepted) == 1
 
 
+async def test_an_answer_longer_than_the_bound_is_refused_and_its_connection_closed() -> None:
+    """A service that answers without end (a huge or endless body) costs at most
+    ``max_answer_bytes`` of memory per call; an answer within the bound is read whole."""
+
+    async def long_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            _, body = await read_request(reader)
+            writer.write(answer(b"x" * int(body)))
+            await writer.drain()
+
+    limits = httpx.Limits(max_connections=10, keepalive_expiry=5.0)
+    async with (
+        server(long_answers) as (base, accepted),
+        httpx.AsyncClient(
+            base_url=base,
+            timeout=httpx.Timeout(5.0),
+            transport=Http1Transport(limits, max_answer_bytes=100_000),
+        ) as http,
+    ):
+        fits = await http.post("/", content=b"99000")
+        with pytest.raises(httpx.RemoteProtocolError, match="longer than 100000 bytes"):
+            await http.post("/", content=b"5000000")
+        after = await http.post("/", content=b"10")
+    assert len(fits.content) == 99_000
+    assert after.content == b"x" * 10
+    assert len(accepted) == 2  # the connection of the refused answer was not reused
+
+
 async def test_a_refused_connection_is_a_connect_error() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -106,7 +106,7 @@ async def test_nothing_to_refund_before_a_charge(client: httpx.AsyncClient) -> N
         {"user_id": "user-1", "order_id": "o", "amount": 0, "refund_key": "k"},
         {"user_id": "user-1", "order_id": "o", "amount": -5, "refund_key": "k"},
         {"user_id": "user-1", "order_id": "o", "amount": 5, "refund_key": ""},
-        {"user_id": "user-1", "order_id": "o", "amount": 5, "refund_key": "k" * 201},
+        {"user_id": "user-1", "order_id": "o", "amount": 5, "refund_key": "k" * 256},
         {"user_id": "user-1", "order_id": "o", "amount": 5},
         {"user_id": "user-1", "order_id": "o", "amount": "5", "refund_key": "k"},
     ],
