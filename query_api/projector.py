@@ -3,8 +3,10 @@
 At-least-once: a batch of outbox rows is claimed with ``FOR UPDATE SKIP LOCKED`` (so
 several projectors share the work, none twice), projected to Redis in one pipeline,
 and marked ``published_at`` in the same transaction only after Redis accepted the
-writes. A crash in between leaves the rows unpublished and a later run projects them
-again, which the versioned script makes harmless. Woken by ``NOTIFY outbox``, with a
+writes. The transaction stays open across wake-ups and commits every
+``projector_commit_interval_seconds`` (ADR 0016): a crash before the commit leaves its
+rows unpublished and a later run projects them again, which the versioned script makes
+harmless. Woken by ``NOTIFY outbox``, with a
 polling fallback for a missed notification or a lost LISTEN connection. Runs on uvloop.
 """
 
@@ -15,6 +17,7 @@ import contextlib
 import errno
 import logging
 import signal
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -23,6 +26,7 @@ import asyncpg
 import msgspec
 import uvloop
 from asyncpg.pool import PoolConnectionProxy
+from asyncpg.transaction import Transaction
 from prometheus_client import start_http_server
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -107,37 +111,57 @@ def writes_for(
     return writes
 
 
-async def project_batch(conn: Connection, redis: RedisClient, settings: Settings) -> int:
-    """Claim, project and mark one batch in one transaction; returns how many events it
-    held. Also sets the lag gauge (age of the oldest event still unpublished)."""
-    async with conn.transaction():
-        rows = await conn.fetch(_CLAIM, settings.read.projector_batch_size)
-        if not rows:  # nothing unclaimed; rows another projector holds still count
-            PROJECTOR_LAG.set(await conn.fetchval(_OLDEST) or 0.0)
-            return 0
-        now = datetime.now(UTC)
-        events: list[Event] = []
-        for row in rows:
-            try:
-                events.append(event_decoder.decode(row["payload"]))
-            except msgspec.DecodeError:
-                # never blocks the outbox; the row stays for inspection, marked published
-                BAD_EVENTS.inc()
-                log.error("outbox row %s has an undecodable payload", row["id"])
-        # receipts of ended rides: what they are built from, in one query per batch
-        ended = {uuid.UUID(e.order.id) for e in events if is_ended(e.order.status)}
-        receipts = await repository.receipt_inputs_of(conn, list(ended)) if ended else {}
-        writes: list[Write] = []
-        for event in events:
-            writes += writes_for(event, settings, now, receipts)
-        await projection.apply(redis, writes)
-        lag = await conn.fetchval(_MARK, [row["id"] for row in rows])
+async def _project(conn: Connection, redis: RedisClient, settings: Settings) -> int:
+    """Claim, project and mark one batch inside the caller's transaction; returns how many
+    events it held. Sets the lag gauge (age of the oldest event still unpublished, as this
+    transaction sees the outbox) and counts the events once Redis accepted their writes."""
+    rows = await conn.fetch(_CLAIM, settings.read.projector_batch_size)
+    if not rows:  # nothing unclaimed; rows another projector holds still count
+        PROJECTOR_LAG.set(await conn.fetchval(_OLDEST) or 0.0)
+        return 0
+    now = datetime.now(UTC)
+    events: list[Event] = []
+    for row in rows:
+        try:
+            events.append(event_decoder.decode(row["payload"]))
+        except msgspec.DecodeError:
+            # never blocks the outbox; the row stays for inspection, marked published
+            BAD_EVENTS.inc()
+            log.error("outbox row %s has an undecodable payload", row["id"])
+    # receipts of ended rides: what they are built from, in one query per batch
+    ended = {uuid.UUID(e.order.id) for e in events if is_ended(e.order.status)}
+    receipts = await repository.receipt_inputs_of(conn, list(ended)) if ended else {}
+    writes: list[Write] = []
+    for event in events:
+        writes += writes_for(event, settings, now, receipts)
+    await projection.apply(redis, writes)
+    lag = await conn.fetchval(_MARK, [row["id"] for row in rows])
     PROJECTOR_LAG.set(lag or 0.0)
     done = datetime.now(UTC)
     for row in rows:
         EVENT_LAG.observe(max(0.0, (done - row["created_at"]).total_seconds()))
     PROJECTED.inc(len(rows))
     return len(rows)
+
+
+async def project_batch(conn: Connection, redis: RedisClient, settings: Settings) -> int:
+    """Claim, project and mark one batch in one transaction; returns how many events it
+    held. Also sets the lag gauge (age of the oldest event still unpublished)."""
+    async with conn.transaction():
+        return await _project(conn, redis, settings)
+
+
+async def drain_in(conn: Connection, redis: RedisClient, settings: Settings) -> int:
+    """Project until a batch comes back short of ``projector_batch_size``, all inside the
+    caller's open transaction on ``conn`` (the marks become visible when it commits);
+    returns the events projected. See ``drain`` for when it stops."""
+    total = 0
+    size = settings.read.projector_batch_size
+    while True:
+        count = await _project(conn, redis, settings)
+        total += count
+        if count < size:
+            return total
 
 
 async def drain(pool: asyncpg.Pool, redis: RedisClient, settings: Settings) -> int:
@@ -156,6 +180,79 @@ async def drain(pool: asyncpg.Pool, redis: RedisClient, settings: Settings) -> i
             return total
 
 
+class MarkingTransaction:
+    """The projector's open transaction, in which published marks wait to be committed
+    (ADR 0016): batches of several wake-ups are claimed and marked in it, and it commits
+    once it is ``commit_seconds`` old (or at a clean stop). Until then the claimed rows
+    stay locked (``FOR UPDATE``), so other projectors skip them; a crash or an error
+    rolls it back, and the rows are projected again (at-least-once, ADR 0004)."""
+
+    def __init__(self, pool: asyncpg.Pool, commit_seconds: float) -> None:
+        self._pool = pool
+        self._commit_seconds = commit_seconds
+        self._conn: PoolConnectionProxy | None = None
+        self._tx: Transaction | None = None
+        self._opened = 0.0
+        self.marked = 0  # events marked in the open transaction
+
+    async def connection(self) -> PoolConnectionProxy:
+        """The open transaction's connection; begins one if none is open."""
+        if self._conn is None:
+            conn = await self._pool.acquire()
+            try:
+                tx = conn.transaction()
+                await tx.start()
+            except BaseException:
+                await self._pool.release(conn)
+                raise
+            self._conn, self._tx, self._opened = conn, tx, time.monotonic()
+        return self._conn
+
+    def due_in(self) -> float | None:
+        """Seconds until the open transaction is due to commit (≤ 0: now); None if none
+        is open."""
+        if self._conn is None:
+            return None
+        return self._opened + self._commit_seconds - time.monotonic()
+
+    async def settle(self) -> None:
+        """Commit if due; end a transaction that marked nothing at once (it holds no
+        claim: every batch it claimed was marked or it would have failed)."""
+        due = self.due_in()
+        if due is not None and (due <= 0 or not self.marked):
+            await self.end()
+
+    async def end(self) -> None:
+        """Commit the marks (roll back an open transaction that marked nothing)."""
+        conn, tx, marked = self._conn, self._tx, self.marked
+        if conn is None or tx is None:
+            return
+        self._conn, self._tx, self.marked = None, None, 0
+        try:
+            if marked:
+                await tx.commit()
+            else:
+                await tx.rollback()
+        except BaseException:
+            await self._release(conn, tx)
+            raise
+        await self._pool.release(conn)
+
+    async def abandon(self) -> None:
+        """Roll back after an error: the rows it marked are projected again."""
+        conn, tx = self._conn, self._tx
+        self._conn, self._tx, self.marked = None, None, 0
+        if conn is not None and tx is not None:
+            await self._release(conn, tx)
+
+    async def _release(self, conn: PoolConnectionProxy, tx: Transaction) -> None:
+        with contextlib.suppress(Exception):  # a broken link is closed by the release
+            if not conn.is_closed():
+                await tx.rollback()
+        with contextlib.suppress(Exception):
+            await self._pool.release(conn, timeout=5.0)
+
+
 class Projector:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -169,8 +266,10 @@ class Projector:
 
     async def run(self) -> None:
         settings = self._settings
+        read = settings.read
         redis = connect_redis(settings, timeout=max(5.0, settings.redis.timeout_seconds))
         pool = await create_pool(settings.db.url, min_size=1, max_size=2)
+        marks = MarkingTransaction(pool, read.projector_commit_interval_seconds)
         failures = 0
         retry_log = RetryLog(log, "projection")
         try:
@@ -178,10 +277,13 @@ class Projector:
                 await self._ensure_listening()
                 self._wake.clear()  # before claiming: a NOTIFY during the batch re-wakes us
                 try:
-                    count = await drain(pool, redis, settings)
+                    count = await drain_in(await marks.connection(), redis, settings)
+                    marks.marked += count
+                    await marks.settle()  # commits once due (ADR 0016)
                     failures = 0
                     retry_log.succeeded()
                 except Exception as exc:  # Redis or Postgres down: rows stay unpublished
+                    await marks.abandon()  # the marks not yet committed are projected again
                     if isinstance(exc, RedisConnectionError):  # a master may have failed over
                         await projection.forget_topology(redis)
                     PROJECTOR_ERRORS.inc()
@@ -191,14 +293,20 @@ class Projector:
                         log.exception("projection failed (attempt %d); retrying", failures)
                     else:
                         retry_log.failed(reason)
-                    await self._sleep(min(0.1 * 2**failures, settings.read.projector_poll_seconds))
+                    await self._sleep(min(0.1 * 2**failures, read.projector_poll_seconds))
                     continue
                 if count:
                     log.debug("projected %d events", count)
                     # busy: let the next batch gather what arrives meanwhile (issue 13)
-                    await self._pause(settings.read.projector_batch_interval_seconds)
-                await self._sleep(settings.read.projector_poll_seconds)
+                    await self._pause(read.projector_batch_interval_seconds)
+                # a NOTIFY, the poll, or the open transaction's commit, whichever is first
+                due = marks.due_in()
+                poll = read.projector_poll_seconds
+                await self._sleep(poll if due is None else max(0.0, min(poll, due)))
         finally:
+            with contextlib.suppress(Exception):  # a clean stop commits what Redis has
+                await marks.end()
+            await marks.abandon()
             if self._listener is not None:
                 with contextlib.suppress(Exception):
                     await self._listener.close()

@@ -357,6 +357,9 @@ class ReadSideSettings:
     # a busy projector claims at most once per this long, so a batch gathers the events of
     # the whole interval (one transaction for them all); adds at most this to the lag
     projector_batch_interval_seconds: float = setting("PROJECTOR_BATCH_INTERVAL_SECONDS", 0.01)
+    # published marks wait this long in the projector's open transaction before one commit
+    # covers them all (ADR 0016); Redis is still written per batch. 0 = commit per wake-up
+    projector_commit_interval_seconds: float = setting("PROJECTOR_COMMIT_INTERVAL_SECONDS", 0.1)
     projector_metrics_port: int = setting("PROJECTOR_METRICS_PORT", 8002)  # 0 = no /metrics
 
 

@@ -34,7 +34,7 @@ from asyncpg.pool import PoolConnectionProxy
 from redis.asyncio import Redis
 
 from query_api import projection
-from query_api.projector import drain, writes_for
+from query_api.projector import MarkingTransaction, drain, drain_in, writes_for
 from query_api.rebuild import rebuild
 from shared.events import (
     Event,
@@ -564,3 +564,159 @@ async def test_redis_down_is_one_log_line_per_interval_not_per_attempt(
     assert "cannot reach Redis at 127.0.0.1" in failed[0]
     assert not any("Traceback" in line for line in lines), lines
     assert await unpublished(pool, [order.id]) == 1  # nothing lost: projected once Redis is back
+
+
+# --- marks committed together (ADR 0016) -----------------------------------------------------
+
+
+async def _claimable(pool: asyncpg.Pool, order_ids: list[str]) -> int:
+    """Rows of these orders another projector could claim now (unpublished, not locked)."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            """SELECT id FROM outbox WHERE published_at IS NULL AND order_id = ANY($1::uuid[])
+               FOR UPDATE SKIP LOCKED""",
+            order_ids,
+        )
+    return len(rows)
+
+
+async def test_open_marks_hide_claimed_rows_until_commit_and_replay_if_abandoned(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, write: WriteSide
+) -> None:
+    await drain(pool, redis, settings)
+    marks = MarkingTransaction(pool, commit_seconds=60.0)
+    order = await _ride(write, new_user())
+    ids = [order.id]
+    try:
+        assert await drain_in(await marks.connection(), redis, settings) == 3
+        marks.marked += 3
+        # in Redis already; not yet published for anyone else, and no one else can claim it
+        assert (await order_view_in_redis(redis, settings, order.id)).version == 3
+        assert await unpublished(pool, ids) == 3
+        assert await _claimable(pool, ids) == 0
+        assert await drain(pool, redis, settings) == 0  # a second projector skips them
+        await marks.settle()  # not due: stays open
+        assert marks.due_in() is not None
+    finally:
+        await marks.abandon()  # as an error or a crash would: nothing committed
+    assert await unpublished(pool, ids) == 3
+    assert await _claimable(pool, ids) == 3
+    await redis.delete(order_key(settings.redis.key_prefix, order.id))
+    assert await drain(pool, redis, settings) == 3  # projected again, nothing lost
+    assert (await order_view_in_redis(redis, settings, order.id)).version == 3
+    assert await unpublished(pool, ids) == 0
+
+
+async def test_marks_commit_once_due(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, write: WriteSide
+) -> None:
+    await drain(pool, redis, settings)
+    marks = MarkingTransaction(pool, commit_seconds=0.2)
+    first = await write.start(new_user())
+    try:
+        marks.marked += await drain_in(await marks.connection(), redis, settings)
+        await marks.settle()
+        assert await unpublished(pool, [first.id]) == 1
+        second = await write.start(new_user())  # a later wake-up joins the open transaction
+        marks.marked += await drain_in(await marks.connection(), redis, settings)
+        await asyncio.sleep(0.25)
+        await marks.settle()  # due: one commit covers both wake-ups
+        assert marks.due_in() is None
+        assert await unpublished(pool, [first.id, second.id]) == 0
+        # a wake-up that marks nothing does not keep a transaction open
+        await drain_in(await marks.connection(), redis, settings)
+        await marks.settle()
+        assert marks.due_in() is None
+    finally:
+        await marks.abandon()
+
+
+async def test_projector_killed_with_marks_uncommitted_projects_them_again(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, write: WriteSide
+) -> None:
+    await drain(pool, redis, settings)
+    slow = settings.replace(read={"projector_commit_interval_seconds": 600.0})
+    proc = start_process("query_api.projector", slow)
+    user = new_user()
+    try:
+        order = await _ride(write, user)
+        await wait_until(lambda: _has_version(redis, settings, order.id, 3))
+        await asyncio.sleep(0.3)
+        assert await unpublished(pool, [order.id]) == 3  # projected, marks not committed
+        assert await _claimable(pool, [order.id]) == 0  # and held by the projector
+    finally:
+        proc.kill()  # no clean shutdown: the open transaction is rolled back
+        proc.wait()
+
+    async def released() -> bool:  # the server notices the dead connection
+        return await _claimable(pool, [order.id]) == 3
+
+    await wait_until(released)
+    await redis.delete(
+        order_key(settings.redis.key_prefix, order.id),
+        user_orders_key(settings.redis.key_prefix, user),
+        user_summary_key(settings.redis.key_prefix, user),
+    )
+    proc = start_process("query_api.projector", settings)
+    try:
+        await wait_until(lambda: _all_published(pool, [order.id]))
+        view = await order_view_in_redis(redis, settings, order.id)
+        assert (view.version, view.status, view.payment_status) == (3, "finished", "charged")
+        assert (await summary_in_redis(redis, settings, user)).rides_count == 1
+        assert await recent_ids(redis, settings, user) == [order.id]
+    finally:
+        stop_process(proc)
+
+
+async def test_sigterm_commits_the_open_marks(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, write: WriteSide
+) -> None:
+    await drain(pool, redis, settings)
+    slow = settings.replace(read={"projector_commit_interval_seconds": 600.0})
+    proc = start_process("query_api.projector", slow)
+    try:
+        order = await write.start(new_user())
+        await wait_until(lambda: _has_version(redis, settings, order.id, 1))
+        assert await unpublished(pool, [order.id]) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    assert await unpublished(pool, [order.id]) == 0
+
+
+async def test_three_projectors_with_open_marks_project_each_event_once(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, write: WriteSide
+) -> None:
+    await drain(pool, redis, settings)
+    ports = [free_port(), free_port(), free_port()]
+    procs = [
+        start_process(
+            "query_api.projector",
+            settings.replace(
+                read={
+                    "projector_metrics_port": p,
+                    "projector_batch_size": 7,
+                    "projector_commit_interval_seconds": 0.5,
+                }
+            ),
+        )
+        for p in ports
+    ]
+    try:
+        for p, proc in zip(ports, procs, strict=True):
+            await asyncio.to_thread(wait_http, f"http://127.0.0.1:{p}/metrics", 60.0, proc)
+        orders = await asyncio.gather(*(_ride(write, new_user()) for _ in range(60)))
+        ids = [o.id for o in orders]
+
+        async def all_done() -> bool:
+            return await unpublished(pool, ids) == 0
+
+        await wait_until(all_done, timeout=30)
+        for order in orders:
+            view = await order_view_in_redis(redis, settings, order.id)
+            assert (view.version, view.payment_status) == (3, "charged")
+        counts = [_scrape(port, "projector_events_total") for port in ports]
+        assert sum(counts) == 3 * len(orders), counts  # none twice, none skipped
+    finally:
+        for proc in procs:
+            stop_process(proc)

@@ -6,9 +6,11 @@ outbox events as the ride steps do (one transaction per event, each with its NOT
 ``--rate`` events per second for ``--duration`` seconds: a started, finished and settled
 event per ride, in turn. Prints the projector's CPU-ms per event (from /proc, so a busy
 machine disturbs it less than a throughput run) and the projection lag (``published_at -
-created_at`` of every event, p50/p99/max), read from the outbox itself, and the
+created_at`` of every event, p50/p99/max), read from the outbox itself; the CPU of the
+run database's Postgres backends that outlive a rate's writing (the projector's own: the
+generator's, counter's and lag reader's connections are closed by then); and the
 projector's transactions per event (``pg_stat_database`` commits of the run's database
-less the generator's own): its cost falls as its batches grow.
+less the generator's own, and its rollbacks): its cost falls as its batches grow.
 
 Compare settings with their ``SCOOTERS_*`` variables, or two checkouts; a ride
 flow writes three events, so three times the flows/s is the rate of a load test.
@@ -34,8 +36,11 @@ from shared.events import (
     UserSummarySnapshot,
     event_encoder,
 )
+from shared.ids import uuid7
+from shared.infra.db import create_pool
 from shared.lifecycle import OrderStatus, PaymentStatus
 from tests.load.bench import bench_settings, running_stack
+from tests.load.commits import _backends_cpu
 from tests.load.harness import _stat
 
 _INSERT = """INSERT INTO outbox (event_type, order_id, user_id, order_version, payload)
@@ -54,8 +59,8 @@ def events_of_ride(n: int) -> list[tuple[str, Event]]:
     """The three events of one ride (snapshots as the ride steps write them)."""
     now = datetime.now(UTC)
     order = Order(
-        id=str(uuid.uuid4()),
-        offer_id=str(uuid.uuid4()),
+        id=str(uuid7()),  # the partition key is its time (receipts read it)
+        offer_id=str(uuid7()),  # the partition key is its time (receipts read it)
         user_id=f"user-{n}",
         scooter_id=f"scooter-{n}",
         zone_id="zone-1",
@@ -101,8 +106,8 @@ def msgspec_replace(order: Order, **changes: object) -> Order:
 
 async def write_events(dsn: str, rate: float, duration: float) -> int:
     """Events at ``rate`` per second, each in its own transaction; returns how many."""
-    pool = await asyncpg.create_pool(dsn, min_size=4, max_size=8)
-    assert pool is not None
+    # the services' pool: no reset query on release, so one transaction per event
+    pool = await create_pool(dsn, min_size=4, max_size=8)
     loop = asyncio.get_running_loop()
     total = int(rate * duration)
     tasks: set[asyncio.Task[None]] = set()
@@ -167,22 +172,38 @@ def main(argv: list[str] | None = None) -> None:
     settings = bench_settings(1, 1)
     with running_stack(settings, ("projector",)) as bench:
         pid = bench.pids["projector"]
+        database = settings.db.url.rsplit("/", 1)[1]
         asyncio.run(write_events(settings.db.url, 20.0, 2.0))  # warm-up: until it projects
         asyncio.run(lag(settings.db.url))
         asyncio.run(_clear(settings.db.url))
+        # transactions nobody here asked for (autovacuum visiting a fresh database's many
+        # partitions, several a second): measured idle, then taken off each rate's count
+        time.sleep(11)
+        idle, _ = asyncio.run(_commits(settings.db.url))
+        idle_started = time.monotonic()
+        time.sleep(5.0)
+        idle_after, _ = asyncio.run(_commits(settings.db.url))
+        background = (idle_after - idle - 1) / (time.monotonic() - idle_started)
+        print(f"background: {background:.1f} commits/s while idle")
         for rate in args.rate or [300.0]:
             time.sleep(1.2)
-            commits = asyncio.run(_commits(settings.db.url))
-            before = _stat(pid)
+            commits, rollbacks = asyncio.run(_commits(settings.db.url))
+            window = time.monotonic()
+            before, pg_before = _stat(pid), _backends_cpu(database)
             started = time.monotonic()
             count = asyncio.run(write_events(settings.db.url, rate, args.duration))
             found = asyncio.run(lag(settings.db.url))
-            after = _stat(pid)
-            # the projector's transactions: all commits less one per event written and
-            # the counter's read and the lag queries (the stats lag up to a second)
-            time.sleep(1.2)
-            commits = asyncio.run(_commits(settings.db.url)) - commits - count - 1
-            commits -= int(found.pop("queries"))
+            time.sleep(0.3)  # the closed connections' backends exit; an open commit is due
+            after, pg_after = _stat(pid), _backends_cpu(database)
+            # the projector's transactions: all commits less one per event written, the
+            # counter's read, the lag queries and the background's share of the window
+            # (an idle backend's last counts reach the statistics within 10 s)
+            time.sleep(11)
+            commits_after, rollbacks_after = asyncio.run(_commits(settings.db.url))
+            window = time.monotonic() - window
+            commits = commits_after - commits - count - 1 - int(found.pop("queries"))
+            commits -= round(background * window)
+            rollbacks = rollbacks_after - rollbacks  # a wake-up that marked nothing (ADR 0016)
             assert before is not None
             assert after is not None
             cpu = after[1] - before[1]
@@ -191,19 +212,25 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"rate {rate:.0f}/s: {count} events in {seconds:.1f} s, projector "
                 f"{cpu * 1000 / count:.3f} CPU-ms per event ({cpu / seconds:.3f} cores), "
-                f"{commits / count:.2f} projector commits per event, lag {found}"
+                f"its Postgres backends {(pg_after - pg_before) * 1000 / count:.3f} CPU-ms "
+                "per event, "
+                f"{commits / count:.2f} projector commits and {rollbacks / count:.2f} rollbacks "
+                f"per event ({commits} in {window:.0f} s), lag {found}"
             )
 
 
-async def _commits(dsn: str) -> int:
+async def _commits(dsn: str) -> tuple[int, int]:
+    """This database's committed and rolled-back transactions so far."""
     conn = await asyncpg.connect(dsn)
     try:
-        found = await conn.fetchval(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        found = await conn.fetchrow(
+            "SELECT xact_commit, xact_rollback FROM pg_stat_database"
+            " WHERE datname = current_database()"
         )
     finally:
         await conn.close()
-    return int(found)
+    assert found is not None
+    return int(found["xact_commit"]), int(found["xact_rollback"])
 
 
 async def _clear(dsn: str) -> None:

@@ -140,6 +140,8 @@ NEW_VARIABLES: dict[str, tuple[str, Any]] = {
     # the adaptive admission limit (issue 8, overload at 4x)
     "SCOOTERS_COMMAND_ADMISSION_LAG_TARGET_MS": ("serving.command_admission_lag_target_ms", 0.0),
     "SCOOTERS_QUERY_ADMISSION_LAG_TARGET_MS": ("serving.query_admission_lag_target_ms", 5.0),
+    # published marks committed together (issue 13, ADR 0016)
+    "SCOOTERS_PROJECTOR_COMMIT_INTERVAL_SECONDS": ("read.projector_commit_interval_seconds", 0.1),
 }
 ALL_VARIABLES = {**OLD_VARIABLES, **NEW_VARIABLES}
 
