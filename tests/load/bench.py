@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, cast
@@ -179,3 +180,43 @@ def _server(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def measure_checkout(
+    script: Path,
+    seeded: Path,
+    code_dir: str,
+    env: dict[str, str],
+    count: int,
+    concurrency: int,
+    prefix: Sequence[str] = (),
+) -> dict[str, float]:
+    """Run ``script --measure seeded`` on ``code_dir``'s code (its directory first on the
+    path, as the A/B cost tools do: tests.load.command_cost, tests.load.read_cost) under
+    ``env``, behind ``prefix`` (e.g. a profiler's command line); returns the last JSON line
+    it prints. Raises ``SystemExit`` when the run fails, after printing its stderr's end."""
+    out = subprocess.run(
+        [
+            *prefix,
+            sys.executable,
+            str(script),
+            "--measure",
+            str(seeded),
+            "--count",
+            str(count),
+            "--concurrency",
+            str(concurrency),
+        ],
+        env={**env, "PYTHONPATH": str(Path(code_dir).resolve())},
+        cwd=code_dir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        print(out.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"measuring {code_dir} failed")
+    row: dict[str, float] = json.loads(
+        [ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1]
+    )
+    return row

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -134,7 +133,13 @@ async def _measure(seeded_path: Path, count: int, concurrency: int) -> dict[str,
 
 
 def _orchestrate(args: argparse.Namespace) -> None:
-    from tests.load.bench import bench_settings, bench_stub_settings, running_stack, settings_env
+    from tests.load.bench import (
+        bench_settings,
+        bench_stub_settings,
+        measure_checkout,
+        running_stack,
+        settings_env,
+    )
     from tests.load.scenarios import riders_and_scooters, sign_in, track_for
 
     # a small pool: Postgres's connections are shared with whoever else runs on the box
@@ -156,27 +161,7 @@ def _orchestrate(args: argparse.Namespace) -> None:
             # every other round in reverse: what drifts within a round hits each side alike
             order = args.code_dirs if round_ % 2 == 0 else args.code_dirs[::-1]
             for code_dir in order:
-                out = subprocess.run(
-                    [
-                        sys.executable,
-                        str(HERE),
-                        "--measure",
-                        str(path),
-                        "--count",
-                        str(args.count),
-                        "--concurrency",
-                        str(args.concurrency),
-                    ],
-                    env={**env, "PYTHONPATH": str(Path(code_dir).resolve())},
-                    cwd=code_dir,
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
-                if out.returncode != 0:
-                    print(out.stderr[-3000:], file=sys.stderr)
-                    raise SystemExit(f"measuring {code_dir} failed")
-                row = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
+                row = measure_checkout(HERE, path, code_dir, env, args.count, args.concurrency)
                 rows[code_dir].append(row)
                 print(f"{code_dir}: {row}", flush=True)
         if bench.stack.dead():

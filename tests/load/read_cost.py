@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -122,7 +121,7 @@ async def _measure(seeded_path: Path, count: int, concurrency: int) -> dict[str,
 
 
 def _orchestrate(args: argparse.Namespace) -> None:
-    from tests.load.bench import bench_settings, running_stack
+    from tests.load.bench import bench_settings, measure_checkout, running_stack, settings_env
     from tests.load.scenarios import seed_orders
 
     settings = bench_settings(1, 1)
@@ -134,8 +133,6 @@ def _orchestrate(args: argparse.Namespace) -> None:
         path.write_text(
             json.dumps({"orders": seeded.orders, "auth": seeded.auth, "owner": seeded.owner})
         )
-        from tests.load.bench import settings_env
-
         env = settings_env(settings)
         rows: dict[str, list[dict[str, float]]] = {d: [] for d in args.code_dirs}
         for _ in range(args.rounds):
@@ -153,28 +150,9 @@ def _orchestrate(args: argparse.Namespace) -> None:
                         f"{args.profile}.{Path(code_dir).name or 'here'}",
                         "--",
                     ]
-                out = subprocess.run(
-                    [
-                        *spy,
-                        sys.executable,
-                        str(HERE),
-                        "--measure",
-                        str(path),
-                        "--count",
-                        str(args.count),
-                        "--concurrency",
-                        str(args.concurrency),
-                    ],
-                    env={**env, "PYTHONPATH": str(Path(code_dir).resolve())},
-                    cwd=code_dir,
-                    capture_output=True,
-                    text=True,
-                    check=False,
+                row = measure_checkout(
+                    HERE, path, code_dir, env, args.count, args.concurrency, prefix=spy
                 )
-                if out.returncode != 0:
-                    print(out.stderr[-3000:], file=sys.stderr)
-                    raise SystemExit(f"measuring {code_dir} failed")
-                row = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
                 rows[code_dir].append(row)
                 print(f"{code_dir}: {row}", flush=True)
         if bench.stack.dead():
