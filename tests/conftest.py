@@ -119,12 +119,16 @@ async def database(base_settings: Settings) -> AsyncIterator[str]:
     """A freshly migrated database for this run, dropped at the end."""
     await migrate(base_settings)
     yield base_settings.db.url
-    name = base_settings.db.url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(ADMIN_DSN)
+    await drop_database(base_settings.db.url)
+
+
+async def drop_database(dsn: str) -> None:
+    """Drop the database ``dsn`` names (if it exists), whoever is still connected to it."""
+    admin = await asyncpg.connect(ADMIN_DSN)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
     finally:
-        await conn.close()
+        await admin.close()
 
 
 def start_process(

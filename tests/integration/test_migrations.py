@@ -21,14 +21,6 @@ from tests import conftest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def drop_database(dsn: str) -> None:
-    admin = await asyncpg.connect(conftest.ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 @pytest.fixture
 async def fresh_db(run_id: str) -> AsyncIterator[Callable[[str], str]]:
     """Names fresh (not yet created) databases; drops all of them at the end."""
@@ -41,7 +33,7 @@ async def fresh_db(run_id: str) -> AsyncIterator[Callable[[str], str]]:
 
     yield make
     for dsn in made:
-        await drop_database(dsn)
+        await conftest.drop_database(dsn)
 
 
 async def schema_dump(dsn: str) -> dict[str, Any]:

@@ -38,12 +38,7 @@ async def settings(base_settings: Settings, run_id: str) -> AsyncIterator[Settin
     )
     await migrate(settings)
     yield settings
-    admin = await asyncpg.connect(conftest.ADMIN_DSN)
-    try:
-        name = settings.db.url.rsplit("/", 1)[1]
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await conftest.drop_database(settings.db.url)
 
 
 @pytest.fixture
