@@ -131,13 +131,8 @@ def bind_request_id(scope: Scope) -> tuple[bytes, Token[bytes | None]]:
 
     For code that answers requests itself and must echo the id (command_api/fast_path.py).
     """
-    request_id = b""
-    for name, value in scope["headers"]:
-        if name == REQUEST_ID_HEADER:
-            request_id = value
-            break
-    if not request_id or not _REQUEST_ID.match(request_id):  # absent or unsafe: ours
-        request_id = b"%s%08x" % (_PROCESS_ID, next(_counter))
+    given = next((value for name, value in scope["headers"] if name == REQUEST_ID_HEADER), None)
+    request_id = request_id_for(given)
     return request_id, _request_id.set(request_id)
 
 
@@ -151,7 +146,7 @@ def request_id_for(given: bytes | None) -> bytes:
     """
     if given and _REQUEST_ID.fullmatch(given):
         return given
-    return b"%s%08x" % (_PROCESS_ID, next(_counter))
+    return new_request_id()
 
 
 def new_request_id() -> bytes:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
+from shared.infra.logs import (
+    REQUEST_ID_HEADER,
+    bind_request_id,
+    request_id_for,
+    unbind_request_id,
+)
 from tests.conftest import ROOT
 
 EMIT = """
@@ -60,3 +68,24 @@ def test_development_lines_escape_control_characters() -> None:
     assert "\\x1b" in evil
     assert "\\x0a" in stdlib
     assert "ValueError" in failed
+
+
+def test_a_request_id_is_the_callers_only_when_it_is_wholly_safe() -> None:
+    """Every path that picks a request id (the middleware, the fast path, the shed and
+    malformed answers) keeps the caller's X-Request-ID only when all of it is 1-128 of
+    ``A-Z a-z 0-9 . _ : -``; a trailing line break or anything else gets a new one."""
+    kept = b"abc-1.2:3_x"
+    assert request_id_for(kept) == kept
+    scope: Any = {"type": "http", "headers": [(REQUEST_ID_HEADER, kept)]}
+    bound, token = bind_request_id(scope)
+    unbind_request_id(token)
+    assert bound == kept
+    for unsafe in (b"abc\n", b"a b", b"x" * 129, b"", None):
+        new = request_id_for(unsafe)
+        assert re.fullmatch(rb"[0-9a-f]{16}", new), (unsafe, new)
+        if unsafe is not None:
+            scope = {"type": "http", "headers": [(REQUEST_ID_HEADER, unsafe)]}
+            bound, token = bind_request_id(scope)
+            unbind_request_id(token)
+            assert re.fullmatch(rb"[0-9a-f]{16}", bound), unsafe
+    assert request_id_for(None) != request_id_for(None)  # a new one each time
