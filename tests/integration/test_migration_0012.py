@@ -34,7 +34,9 @@ def track_of(n: int) -> list[dict[str, float]]:
     return [{"t": float(i), "lat": 55.75 + i / 10_000, "lon": 37.61 + n / 1000} for i in range(40)]
 
 
-async def finish_with(conn: asyncpg.Connection, order: Order, track: list[dict[str, float]]) -> Order:
+async def finish_with(
+    conn: asyncpg.Connection, order: Order, track: list[dict[str, float]]
+) -> Order:
     decision = decide_finish(
         started_at=order.started_at,
         finished_at=order.started_at + timedelta(seconds=90),
@@ -112,7 +114,8 @@ async def test_0012_keeps_the_tracks_in_every_partition(
     try:
         types = await column_types(conn)
         tables = {table for table, _, _ in types}
-        assert "orders" in tables and "orders_default" in tables and len(tables) > len(days)
+        assert {"orders", "orders_default"} <= tables
+        assert len(tables) > len(days)
         assert types == {(t, "track", "json") for t in tables} | {
             (t, "track_jsonb", "jsonb") for t in tables
         }
