@@ -25,7 +25,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -126,10 +125,16 @@ async def _measure(seeded_path: Path, count: int, concurrency: int) -> dict[str,
     async with app.lifespan():
         await _flows(app, seeded, 100, concurrency)  # connections, caches, statements, tokens
         gc.collect()
-        started = time.process_time()
+        before = os.times()
         failed = await _flows(app, seeded, count, concurrency)
-        used = time.process_time() - started
-    return {"flow_ms": round(used / count * 1e3, 3), "failed": failed}
+        after = os.times()
+    used = (after.user - before.user) + (after.system - before.system)
+    kernel = after.system - before.system
+    return {
+        "flow_ms": round(used / count * 1e3, 3),
+        "kernel_ms": round(kernel / count * 1e3, 3),  # of flow_ms: system calls
+        "failed": failed,
+    }
 
 
 def _orchestrate(args: argparse.Namespace) -> None:
@@ -161,7 +166,22 @@ def _orchestrate(args: argparse.Namespace) -> None:
             # every other round in reverse: what drifts within a round hits each side alike
             order = args.code_dirs if round_ % 2 == 0 else args.code_dirs[::-1]
             for code_dir in order:
-                row = measure_checkout(HERE, path, code_dir, env, args.count, args.concurrency)
+                spy = []
+                if args.profile:  # py-spy (dev dependency) around the measuring process
+                    spy = [
+                        str(Path(sys.executable).with_name("py-spy")),
+                        "record",
+                        "-r",
+                        "250",
+                        "-f",
+                        "raw",
+                        "-o",
+                        f"{args.profile}.{Path(code_dir).name or 'here'}.{round_}",
+                        "--",
+                    ]
+                row = measure_checkout(
+                    HERE, path, code_dir, env, args.count, args.concurrency, prefix=spy
+                )
                 rows[code_dir].append(row)
                 print(f"{code_dir}: {row}", flush=True)
         if bench.stack.dead():
@@ -182,6 +202,7 @@ def main() -> None:
     parser.add_argument("--riders", type=int, default=400)
     parser.add_argument("--pool", type=int, default=10, help="Postgres connections at most")
     parser.add_argument("--z", type=int, default=10_240, help="bytes of the finish's track")
+    parser.add_argument("--profile", help="py-spy raw profiles to PROFILE.<dir name>.<round>")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
