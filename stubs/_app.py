@@ -47,7 +47,7 @@ from shared.domain import (
 )
 from shared.errors import InvalidRequest
 from shared.infra.boundary import decode_as, json_depth_exceeds
-from shared.infra.logs import get_logger, with_request_ids
+from shared.infra.logs import MALFORMED_REQUESTS, get_logger, with_request_ids
 from shared.infra.serving import cors_config
 from shared.settings import IdentitySettings, origins
 from stubs._dataset import DataSet
@@ -480,6 +480,8 @@ def create_app(
             issuer=idp.issuer, audience=idp.audience, ttl_seconds=idp.token_ttl_seconds
         ),
     )
+    # bytes that are no HTTP request: counted by the logging filter (shared.infra.logs)
+    registry.register(MALFORMED_REQUESTS)
     for change in initial_faults:
         stubs.faults.update(change)
 
