@@ -68,7 +68,10 @@ DEFAULT_COEFFS = PriceCoeffSettings(
 
 MAX_KEY = 255  # an idempotency key (refund key): as long as any Idempotency-Key we accept
 MAX_JSON_DEPTH = 32  # our bodies nest two levels; anything deeper is refused unread
-IdParam = Annotated[str, QueryParameter(name="id", max_length=256)]
+# a record id to look up: any printable text (an unknown one is 404), never a control
+# character (NUL, a line break, ESC, DEL, C1), refused 400 invalid_request like the APIs
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*(?!\n)$"
+IdParam = Annotated[str, QueryParameter(name="id", max_length=256, pattern=NO_CONTROL)]
 # payments keeps what it is given: its ids are refused 400 unless of PaymentId's alphabet
 PAYMENT_ID = r"^[A-Za-z0-9_.:-]+(?!\n)$"  # shared.domain.PaymentId, at least one
 PaymentIdParam = Annotated[
@@ -424,7 +427,9 @@ def outcome(status: int) -> str:
 def problem_details(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     """Answer every HTTP error as RFC 9457 problem details with a ``code``."""
     status = exc.status_code
-    code = getattr(exc, "code", None) or HTTPStatus(status).name.lower()
+    # a 400 of Litestar's (a query parameter out of bounds) has the APIs' code
+    default = "invalid_request" if status == 400 else HTTPStatus(status).name.lower()
+    code = getattr(exc, "code", None) or default
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
