@@ -13,7 +13,8 @@ never faulted; ``/admin/*`` and ``/ledger`` need the admin token
 
 Payments keeps the ids it is given, so it refuses (400) ids outside
 ``shared.domain.PaymentId`` and refund keys with control characters. The ``answer_fields``
-fault makes a service answer nonsense strings (stubs/_faults.py).
+fault makes a service answer nonsense strings (stubs/_faults.py); as service ``identity``
+the faults make the JWKS slow, down, or any document (``answer_body``).
 """
 
 from __future__ import annotations
@@ -320,9 +321,16 @@ async def issue_token(stubs: Stubs, request: Request[Any, Any, Any]) -> TokenAns
     return stubs.identity.issue(data.sub, list(data.roles))
 
 
-@get("/.well-known/jwks.json")
-async def jwks(stubs: Stubs) -> dict[str, Any]:
-    return stubs.identity.jwks()
+@get("/.well-known/jwks.json", opt={"service": "identity"})
+async def jwks(stubs: Stubs) -> Response[bytes] | dict[str, Any]:
+    """The provider's public keys; faulted as service ``identity`` (a broken or hostile
+    provider: ``answer_fields`` replaces members of the document, ``answer_body`` all of
+    it). Token issuing is never faulted."""
+    await stubs.faults.strike("identity")
+    body = stubs.faults.body("identity")
+    if body is not None:
+        return Response(body.encode(), media_type="application/json")
+    return {**stubs.identity.jwks(), **stubs.faults.fields("identity")}
 
 
 # --- ours: admin, ledger, health, metrics (never faulted) ------------------------------------

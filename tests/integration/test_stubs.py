@@ -580,7 +580,14 @@ async def test_fault_switches_are_partial_and_listed(client: httpx.AsyncClient) 
         "decline": False,
     }
     listed = (await client.get("/admin/faults")).json()
-    assert {f["service"] for f in listed} == {"scooters", "zones", "users", "configs", "payments"}
+    assert {f["service"] for f in listed} == {
+        "scooters",
+        "zones",
+        "users",
+        "configs",
+        "payments",
+        "identity",
+    }
     assert users in listed
 
 
