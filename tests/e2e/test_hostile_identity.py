@@ -129,7 +129,7 @@ HOSTILE_DOCUMENTS: dict[str, dict[str, Any]] = {
     "a list": {"answer_body": "[]"},
     "null": {"answer_body": "null"},
     "html": {"answer_body": "<html>identity provider error</html>"},
-    "not UTF-8 (a lone surrogate)": {"answer_body": '{"keys": ["\\ud800"]}'},
+    "a lone surrogate escape": {"answer_body": '{"keys": ["\\ud800"]}'},
     "down": {"outage": True},
 }
 
