@@ -172,7 +172,11 @@ class ReadRouter:
         except REPLICA_FAILED as exc:
             if isinstance(exc, TimeoutError):  # a slow statement: the primary's would wait
                 raise  # as long again on a busy box (503)
-            log.warning("replica read failed (%r): reading the primary", exc)
+            # once per read while the replica fails: bounded by shared.infra.logs
+            log.warning(
+                "replica read failed, reading the primary",
+                extra={"service": "postgres_replica", "error": repr(exc)},
+            )
             REPLICA_READ_FAILURES.inc()
             return await query(self.primary)
 

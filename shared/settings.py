@@ -112,9 +112,12 @@ class RuntimeSettings:
 
     environment: str = setting("ENVIRONMENT", "development")  # "development" | "production"
     log_level: str = setting("LOG_LEVEL", "WARNING")
-    # uvicorn's warnings about one client's bad request ("Invalid HTTP request received.")
-    # written per process: this many per interval, then one "log lines suppressed" line
-    # (shared.infra.logs.ClientNoiseLimit); all are counted in http_malformed_requests_total
+    # lines that repeat once per request, written per process and kind: this many per
+    # interval, then one "log lines suppressed" line with the count. uvicorn's warnings
+    # about one client's bad request ("Invalid HTTP request received."; ClientNoiseLimit,
+    # all counted in http_malformed_requests_total) and a dependency's failures
+    # ("dependency unavailable", "nonsense answer"...; RepeatedFailureLimit, per event and
+    # service, all counted in log_repeated_failure_events_total), shared.infra.logs
     log_noise_burst: int = setting("LOG_NOISE_BURST", 10)
     log_noise_interval_seconds: float = setting("LOG_NOISE_INTERVAL_SECONDS", 60.0)
 
