@@ -4,8 +4,10 @@ The same failure once per request (``dependency unavailable`` while Postgres is 
 ``nonsense answer`` while a service answers nonsense...) is written ``log_noise_burst``
 times per interval, with each request's id, then reported as one ``log lines suppressed``
 line with the count (``shared.infra.logs.RepeatedFailureLimit``); every request still
-gets its answer (503 + Retry-After) and every occurrence is counted. The command API runs
-as a real process; Postgres is a throwaway server really stopped (tests/private_stores.py).
+gets its answer (503 + Retry-After for a store down or a critical service answering
+nonsense; an offer without its rate limit while Redis is down) and every occurrence is
+counted. The command API runs as a real process; Postgres and Redis are throwaway
+servers really stopped (tests/private_stores.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tests.auth import Tokens
 from tests.e2e.conftest import Ids, set_fault
 from tests.e2e.test_log_noise import Served, events, serving
 from tests.ports import free_port
-from tests.private_stores import PrivatePostgres
+from tests.private_stores import PrivatePostgres, PrivateRedis
 
 pytestmark = pytest.mark.usefixtures("reset_faults")
 
@@ -42,6 +44,16 @@ def private_pg() -> Iterator[PrivatePostgres]:
         server.close()
 
 
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 def process_settings(base_settings: Settings) -> Settings:
     """A command API of its own ports, ``BURST`` lines per window longer than the test."""
     return base_settings.replace(
@@ -54,12 +66,14 @@ def process_settings(base_settings: Settings) -> Settings:
     )
 
 
-async def offers(served: Served, tokens: Tokens, ids: Ids) -> list[httpx.Response]:
+async def offers(
+    served: Served, tokens: Tokens, ids: Ids, riders: list[str] | None = None
+) -> list[httpx.Response]:
     """``REQUESTS`` offers one after another, request ids ``r-0``, ``r-1``..."""
     answers = []
     async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
         for n in range(REQUESTS):
-            rider = f"user-{21 + n}"
+            rider = riders[n] if riders else f"user-{21 + n}"
             answers.append(
                 await client.post(
                     "/offers",
@@ -145,3 +159,25 @@ async def test_a_service_answering_nonsense_logs_a_bounded_number_of_lines(
         served.proc.terminate()
         served.proc.wait(timeout=10)
     assert_bounded(log, "nonsense answer", "scooters")
+
+
+async def test_redis_down_skips_the_rate_limit_with_a_bounded_number_of_lines(
+    base_settings: Settings,
+    database: str,
+    private_redis: PrivateRedis,
+    stubs: str,
+    tokens: Tokens,
+    ids: Ids,
+    tmp_path: Path,
+) -> None:
+    settings = process_settings(base_settings).replace(redis={"url": private_redis.url})
+    log = tmp_path / "command_api.log"
+    with serving("command_api", settings, log, {}) as served:
+        private_redis.stop()
+        riders = [ids.rider() for _ in range(REQUESTS)]  # none with a debt: all get one
+        for answer in await offers(served, tokens, ids, riders):
+            assert answer.status_code == 201, answer.text  # offered, rate limit skipped
+        assert await counted(served, "offer rate limit skipped", "redis") == REQUESTS
+        served.proc.terminate()
+        served.proc.wait(timeout=10)
+    assert_bounded(log, "offer rate limit skipped", "redis")
