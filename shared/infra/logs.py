@@ -205,7 +205,10 @@ REPEATED_FAILURES = frozenset(
         "nonsense answer",  # command_api/external.py: out of bounds or undecodable
         "offer rate limit skipped",  # command_api/rate_limit.py: Redis did not answer
         "charge deferred to the worker",  # command_api/rides.py: payments did not answer
-        "replica read failed, reading the primary",  # query_api/replica.py
+        "replica read failed, reading the primary",  # query_api/replica.py: per read
+        "primary unreachable, reading the replica",  # query_api/replica.py: per check
+        "primary busy, reading the primary",  # query_api/replica.py: per check
+        "replica unusable, reading the primary",  # query_api/replica.py: per check
         "refills skipped",  # query_api/reads.py (INFO): Redis down
         "undecodable view, refilling",  # query_api/reads.py: Redis held nonsense
     }
