@@ -4,13 +4,10 @@ At-least-once: a batch of outbox rows is claimed with ``FOR UPDATE SKIP LOCKED``
 several projectors share the work, none twice), projected to Redis in one pipeline,
 and marked ``published_at`` in the same transaction only after Redis accepted the
 writes. The transaction stays open across wake-ups and commits every
-``projector_commit_interval_seconds`` (ADR 0016); the marks of its wake-ups are written
-together just before the commit, each with the time Redis had its writes (ADR 0023). A
-crash before the commit leaves its rows unpublished and a later run projects them again,
-which the versioned script makes harmless. A batch's Redis writes are one script call
-over one pipelined connection on a single Redis (``projection.apply``). Woken by
-``NOTIFY outbox``, with a polling fallback for a missed notification or a lost LISTEN
-connection. Runs on uvloop.
+``projector_commit_interval_seconds`` (ADR 0016): a crash before the commit leaves its
+rows unpublished and a later run projects them again, which the versioned script makes
+harmless. Woken by ``NOTIFY outbox``, with a
+polling fallback for a missed notification or a lost LISTEN connection. Runs on uvloop.
 """
 
 from __future__ import annotations
@@ -77,30 +74,6 @@ _OLDEST = """
 SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox
  WHERE published_at IS NULL ORDER BY id LIMIT 1
 """
-# The projector's own forms (ADR 0023): its open transaction holds rows it projected but
-# has not marked yet ($2 / $1), which its next claim must not take again (SKIP LOCKED
-# skips only other transactions' locks) and the lag gauge must not count.
-_CLAIM_EXCEPT = """
-SELECT id, created_at, payload::text AS payload FROM outbox
- WHERE published_at IS NULL AND id <> ALL($2::bigint[])
- ORDER BY id
- LIMIT $1
- FOR UPDATE SKIP LOCKED
-"""
-_OLDEST_EXCEPT = """
-SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox
- WHERE published_at IS NULL AND id <> ALL($1::bigint[]) ORDER BY id LIMIT 1
-"""
-# Marks several wake-ups' rows at once, each with the time Redis had its writes.
-_MARK_AT = """
-WITH marked AS (
-    UPDATE outbox SET published_at = m.at
-      FROM unnest($1::bigint[], $2::timestamptz[]) AS m(id, at)
-     WHERE outbox.id = m.id
-)
-SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox
- WHERE published_at IS NULL AND id <> ALL($1::bigint[]) ORDER BY id LIMIT 1
-"""
 # a view written late (replay, catch-up) still lives this long
 _LATE_TTL_FLOOR = 60
 
@@ -144,24 +117,14 @@ async def _project(
     redis: RedisClient,
     settings: Settings,
     connection: ReadConnection | None = None,
-    marks: MarkingTransaction | None = None,
 ) -> int:
     """Claim, project and mark one batch inside the caller's transaction; returns how many
     events it held. Sets the lag gauge (age of the oldest event still unpublished, as this
     transaction sees the outbox) and counts the events once Redis accepted their writes.
-    The writes go over ``connection`` when given (``projection.apply``). With ``marks``
-    (the open transaction of ``conn``), the marks wait in it (``MarkingTransaction.defer``)
-    instead of being written at once."""
-    size = settings.read.projector_batch_size
-    if marks is None:
-        rows = await conn.fetch(_CLAIM, size)
-    else:
-        rows = await conn.fetch(_CLAIM_EXCEPT, size, marks.unmarked)
+    The writes go over ``connection`` when given (``projection.apply``)."""
+    rows = await conn.fetch(_CLAIM, settings.read.projector_batch_size)
     if not rows:  # nothing unclaimed; rows another projector holds still count
-        if marks is None:
-            PROJECTOR_LAG.set(await conn.fetchval(_OLDEST) or 0.0)
-        else:
-            PROJECTOR_LAG.set(await conn.fetchval(_OLDEST_EXCEPT, marks.unmarked) or 0.0)
+        PROJECTOR_LAG.set(await conn.fetchval(_OLDEST) or 0.0)
         return 0
     now = datetime.now(UTC)
     events: list[Event] = []
@@ -179,12 +142,9 @@ async def _project(
     for event in events:
         writes += writes_for(event, settings, now, receipts)
     await projection.apply(redis, writes, connection)
+    lag = await conn.fetchval(_MARK, [row["id"] for row in rows])
+    PROJECTOR_LAG.set(lag or 0.0)
     done = datetime.now(UTC)
-    if marks is None:
-        lag = await conn.fetchval(_MARK, [row["id"] for row in rows])
-        PROJECTOR_LAG.set(lag or 0.0)
-    else:
-        marks.defer([row["id"] for row in rows], done)
     for row in rows:
         EVENT_LAG.observe(max(0.0, (done - row["created_at"]).total_seconds()))
     PROJECTED.inc(len(rows))
@@ -203,21 +163,16 @@ async def drain_in(
     redis: RedisClient,
     settings: Settings,
     connection: ReadConnection | None = None,
-    marks: MarkingTransaction | None = None,
 ) -> int:
     """Project until a batch comes back short of ``projector_batch_size``, all inside the
     caller's open transaction on ``conn`` (the marks become visible when it commits);
     returns the events projected. See ``drain`` for when it stops. Redis is written over
-    ``connection`` when given, else ``redis``; with ``marks`` (the open transaction of
-    ``conn``) the marks wait in it, written once a batch's worth is waiting, or when it
-    ends."""
+    ``connection`` when given, else ``redis``."""
     total = 0
     size = settings.read.projector_batch_size
     while True:
-        count = await _project(conn, redis, settings, connection, marks)
+        count = await _project(conn, redis, settings, connection)
         total += count
-        if marks is not None and len(marks.unmarked) >= size:
-            await marks.write_marks(conn)  # keeps the claim's list of exceptions short
         if count < size:
             return total
 
@@ -243,9 +198,7 @@ class MarkingTransaction:
     (ADR 0016): batches of several wake-ups are claimed and marked in it, and it commits
     once it is ``commit_seconds`` old (or at a clean stop). Until then the claimed rows
     stay locked (``FOR UPDATE``), so other projectors skip them; a crash or an error
-    rolls it back, and the rows are projected again (at-least-once, ADR 0004). The
-    projector's wake-ups leave their marks to it (``defer``): one ``UPDATE`` for them all
-    just before the commit (ADR 0023)."""
+    rolls it back, and the rows are projected again (at-least-once, ADR 0004)."""
 
     def __init__(self, pool: asyncpg.Pool, commit_seconds: float) -> None:
         self._pool = pool
@@ -254,23 +207,6 @@ class MarkingTransaction:
         self._tx: Transaction | None = None
         self._opened = 0.0
         self.marked = 0  # events marked in the open transaction
-        # rows projected in it whose marks are not written yet, and when Redis had them
-        self.unmarked: list[int] = []
-        self._unmarked_at: list[datetime] = []
-
-    def defer(self, ids: list[int], at: datetime) -> None:
-        """Remember the marks of rows claimed in the open transaction and projected
-        (Redis had their writes at ``at``): written by ``write_marks``, at the latest
-        when the transaction commits, each with its own ``at`` (ADR 0023)."""
-        self.unmarked += ids
-        self._unmarked_at += [at] * len(ids)
-
-    async def write_marks(self, conn: Connection) -> None:
-        """Write the deferred marks in the open transaction on ``conn``; sets the lag gauge."""
-        if self.unmarked:
-            lag = await conn.fetchval(_MARK_AT, self.unmarked, self._unmarked_at)
-            PROJECTOR_LAG.set(lag or 0.0)
-            self.unmarked, self._unmarked_at = [], []
 
     async def connection(self) -> PoolConnectionProxy:
         """The open transaction's connection; begins one if none is open."""
@@ -293,23 +229,17 @@ class MarkingTransaction:
         return self._opened + self._commit_seconds - time.monotonic()
 
     async def settle(self) -> None:
-        """Commit if due; end a transaction that projected nothing at once (it holds no
-        claim: every batch it claimed was projected, or it would have failed)."""
+        """Commit if due; end a transaction that marked nothing at once (it holds no
+        claim: every batch it claimed was marked or it would have failed)."""
         due = self.due_in()
         if due is not None and (due <= 0 or not self.marked):
             await self.end()
 
     async def end(self) -> None:
-        """Write the deferred marks and commit (roll back an open transaction that
-        projected nothing)."""
+        """Commit the marks (roll back an open transaction that marked nothing)."""
         conn, tx, marked = self._conn, self._tx, self.marked
         if conn is None or tx is None:
             return
-        try:
-            await self.write_marks(conn)
-        except BaseException:
-            await self.abandon()
-            raise
         self._conn, self._tx, self.marked = None, None, 0
         try:
             if marked:
@@ -325,7 +255,6 @@ class MarkingTransaction:
         """Roll back after an error: the rows it marked are projected again."""
         conn, tx = self._conn, self._tx
         self._conn, self._tx, self.marked = None, None, 0
-        self.unmarked, self._unmarked_at = [], []
         if conn is not None and tx is not None:
             await self._release(conn, tx)
 
@@ -368,8 +297,7 @@ class Projector:
                 await self._ensure_listening()
                 self._wake.clear()  # before claiming: a NOTIFY during the batch re-wakes us
                 try:
-                    conn = await marks.connection()
-                    count = await drain_in(conn, redis, settings, connection, marks)
+                    count = await drain_in(await marks.connection(), redis, settings, connection)
                     marks.marked += count
                     await marks.settle()  # commits once due (ADR 0016)
                     failures = 0
