@@ -6,8 +6,9 @@ and marked ``published_at`` in the same transaction only after Redis accepted th
 writes. The transaction stays open across wake-ups and commits every
 ``projector_commit_interval_seconds`` (ADR 0016): a crash before the commit leaves its
 rows unpublished and a later run projects them again, which the versioned script makes
-harmless. Woken by ``NOTIFY outbox``, with a
-polling fallback for a missed notification or a lost LISTEN connection. Runs on uvloop.
+harmless. A batch's Redis writes are one script call over one pipelined connection on a
+single Redis (``projection.apply``, ADR 0023). Woken by ``NOTIFY outbox``, with a polling
+fallback for a missed notification or a lost LISTEN connection. Runs on uvloop.
 """
 
 from __future__ import annotations
