@@ -112,6 +112,11 @@ class RuntimeSettings:
 
     environment: str = setting("ENVIRONMENT", "development")  # "development" | "production"
     log_level: str = setting("LOG_LEVEL", "WARNING")
+    # uvicorn's warnings about one client's bad request ("Invalid HTTP request received.")
+    # written per process: this many per interval, then one "log lines suppressed" line
+    # (shared.infra.logs.ClientNoiseLimit); all are counted in http_malformed_requests_total
+    log_noise_burst: int = setting("LOG_NOISE_BURST", 10)
+    log_noise_interval_seconds: float = setting("LOG_NOISE_INTERVAL_SECONDS", 60.0)
 
 
 def database_password(url: str) -> str | None:
@@ -454,6 +459,10 @@ class Settings:
                     )
         if self.offers.rate_limit < 1 or self.offers.rate_window_seconds < 1:
             raise SettingsError("SCOOTERS_OFFER_RATE_LIMIT and _WINDOW_SECONDS must be positive")
+        if self.runtime.log_noise_burst < 0 or not self.runtime.log_noise_interval_seconds > 0:
+            raise SettingsError(
+                "SCOOTERS_LOG_NOISE_BURST must be >= 0 and _INTERVAL_SECONDS positive"
+            )
 
     @property
     def identity_base_url(self) -> str:

@@ -9,6 +9,12 @@ escapes them before rendering. Tracebacks are rendered into the event (``excepti
 not printed below it. Standard-library loggers (uvicorn, asyncpg, ours that still use
 ``logging.getLogger``) go through the same renderer.
 
+A client decides alone how often uvicorn warns about its requests ("Invalid HTTP request
+received." for bytes that are no HTTP request, "Unsupported upgrade request."), so those
+warnings pass :class:`ClientNoiseLimit`: ``log_noise_burst`` lines per
+``log_noise_interval_seconds``, then one ``log lines suppressed`` line per kind with the
+count; every one is counted in ``http_malformed_requests_total{kind}``.
+
 :func:`request_ids` is the ASGI middleware that gives each request its id: the caller's
 ``X-Request-ID`` when it is a short token of safe characters, else a new one; it is bound
 to every log line of the request and echoed in the response's ``X-Request-ID``.
@@ -16,15 +22,20 @@ to every log line of the request and echoed in the response's ``X-Request-ID``.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import itertools
 import logging
 import os
 import re
 import sys
+import time
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from prometheus_client import Counter
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from shared.settings import Settings
@@ -58,6 +69,94 @@ def escape_control_characters(_: WrappedLogger, __: str, event: EventDict) -> Ev
         if isinstance(value, str) and not value.isprintable():
             event[key] = value.translate(_CONTROL)
     return event
+
+
+MALFORMED_REQUESTS = Counter(
+    "http_malformed_requests_total",
+    "Requests uvicorn warns about, logged or not (ClientNoiseLimit): invalid (bytes that are"
+    " no HTTP request, answered 400) or upgrade (an Upgrade header: we serve no WebSocket)",
+    ["kind"],
+)
+# uvicorn's per-request warnings (uvicorn/protocols/http/httptools_impl.py) -> kind
+_NOISE = {
+    "Invalid HTTP request received.": "invalid",
+    "Unsupported upgrade request.": "upgrade",
+}
+# uvicorn's second line after "Unsupported upgrade request." when ws="none" (ours): advice
+# to install a WebSocket library, wrong for us; the request is counted by the first line
+_NO_WEBSOCKET = "No supported WebSocket library detected."
+
+
+class ClientNoiseLimit(logging.Filter):
+    """A filter for the ``uvicorn.error`` logger that bounds the warnings a client can
+    cause at will, one per request: of each kind of :data:`_NOISE`, the first ``burst``
+    of every ``interval_seconds`` (a fixed window) are written, the rest counted and
+    reported in one line per kind, ``log lines suppressed`` (``kind``, ``suppressed``,
+    ``interval_seconds``, at WARNING), written when the window ends (a timer on the
+    running event loop; without one, with the next such warning) or the process stops.
+    Every such warning counts in :data:`MALFORMED_REQUESTS`; uvicorn's WebSocket advice
+    after an upgrade warning is dropped. Other records pass untouched. At most
+    ``burst + 1`` lines per kind and window.
+
+    Warnings are counted only when the level lets them through (the default, WARNING):
+    the logger drops a disabled level before any filter sees it. Used from the event
+    loop's thread only (uvicorn writes these there), so it keeps no lock.
+    """
+
+    def __init__(
+        self,
+        burst: int,
+        interval_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.burst = burst
+        self.interval = interval_seconds
+        self._clock = clock
+        self._window_ends = -float("inf")
+        self._written: dict[str, int] = {}
+        self._suppressed: dict[str, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if not isinstance(message, str):
+            return True
+        kind = _NOISE.get(message)
+        if kind is None:
+            return not message.startswith(_NO_WEBSOCKET)
+        MALFORMED_REQUESTS.labels(kind).inc()
+        now = self._clock()
+        if now >= self._window_ends:
+            self.flush()
+            self._window_ends = now + self.interval
+        written = self._written.get(kind, 0)
+        if written < self.burst:
+            self._written[kind] = written + 1
+            return True
+        self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # no loop here: the next such warning after the window reports
+            else:
+                self._timer = loop.call_later(self._window_ends - now, self.flush)
+        return False
+
+    def flush(self) -> None:
+        """Write the ``log lines suppressed`` lines of the window, and start a new one."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        suppressed, self._suppressed, self._written = self._suppressed, {}, {}
+        self._window_ends = -float("inf")
+        log = logging.getLogger("uvicorn.error")
+        for kind, count in suppressed.items():
+            log.warning(
+                "log lines suppressed",
+                extra={"kind": kind, "suppressed": count, "interval_seconds": self.interval},
+            )
 
 
 def configure_logging(settings: Settings) -> None:
@@ -100,6 +199,18 @@ def configure_logging(settings: Settings) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # theirs, same renderer
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    # the warnings each bad request causes: a bounded number of lines, all counted
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    for stale in [f for f in uvicorn_error.filters if isinstance(f, ClientNoiseLimit)]:
+        uvicorn_error.removeFilter(stale)
+        atexit.unregister(stale.flush)
+    noise = ClientNoiseLimit(
+        settings.runtime.log_noise_burst, settings.runtime.log_noise_interval_seconds
+    )
+    uvicorn_error.addFilter(noise)
+    # a process that stops reports what it suppressed: at exit, and (uvicorn ends on
+    # SIGTERM by raising it again, past atexit) when the app shuts down (with_request_ids)
+    atexit.register(noise.flush)
     structlog.configure(
         processors=[
             *shared,
@@ -120,9 +231,18 @@ def get_logger(name: str) -> Any:
 
 def with_request_ids(app: Litestar) -> Litestar:
     """``app`` with :func:`request_ids` outermost, so that every answer has an id, even
-    one Litestar gives before routing (no such route, method not allowed)."""
+    one Litestar gives before routing (no such route, method not allowed); and
+    :func:`flush_client_noise` when it shuts down."""
     app.asgi_handler = request_ids(app.asgi_handler)
+    app.on_shutdown.append(flush_client_noise)
     return app
+
+
+def flush_client_noise() -> None:
+    """Write what :class:`ClientNoiseLimit` suppressed so far (an app's shutdown hook)."""
+    for noise in logging.getLogger("uvicorn.error").filters:
+        if isinstance(noise, ClientNoiseLimit):
+            noise.flush()
 
 
 def bind_request_id(scope: Scope) -> tuple[bytes, Token[bytes | None]]:

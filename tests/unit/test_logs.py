@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -11,7 +13,9 @@ from typing import Any
 import pytest
 
 from shared.infra.logs import (
+    MALFORMED_REQUESTS,
     REQUEST_ID_HEADER,
+    ClientNoiseLimit,
     bind_request_id,
     request_id_for,
     unbind_request_id,
@@ -89,3 +93,100 @@ def test_a_request_id_is_the_callers_only_when_it_is_wholly_safe() -> None:
             unbind_request_id(token)
             assert re.fullmatch(rb"[0-9a-f]{16}", bound), unsafe
     assert request_id_for(None) != request_id_for(None)  # a new one each time
+
+
+INVALID = "Invalid HTTP request received."  # uvicorn's words (httptools_impl.py)
+UPGRADE = "Unsupported upgrade request."
+NO_WEBSOCKET = "No supported WebSocket library detected. Please use pip install ..."
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(message: str, name: str = "uvicorn.error") -> logging.LogRecord:
+    return logging.LogRecord(name, logging.WARNING, __file__, 1, message, None, None)
+
+
+class Collect(logging.Handler):
+    """The records the ``uvicorn.error`` logger writes (the filter's own summary lines)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def written() -> Any:
+    collect = Collect()
+    logger = logging.getLogger("uvicorn.error")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(collect)
+    yield collect.records
+    logger.removeHandler(collect)
+    logger.setLevel(level)
+
+
+def suppressed_lines(records: list[logging.LogRecord]) -> dict[str, int]:
+    return {
+        r.__dict__["kind"]: r.__dict__["suppressed"]
+        for r in records
+        if r.getMessage() == "log lines suppressed"
+    }
+
+
+def test_client_noise_is_bounded_per_window_and_every_request_counted(
+    written: list[logging.LogRecord],
+) -> None:
+    """``burst`` lines of each kind per window; the rest are one summary line when the
+    window has passed; all are counted; other records pass; the WebSocket advice never."""
+    clock = Clock()
+    noise = ClientNoiseLimit(3, 60.0, clock)
+    before = {k: MALFORMED_REQUESTS.labels(k)._value.get() for k in ("invalid", "upgrade")}
+    passed = [noise.filter(record(INVALID)) for _ in range(100)]
+    assert passed == [True] * 3 + [False] * 97
+    assert [noise.filter(record(UPGRADE)) for _ in range(5)] == [True] * 3 + [False] * 2
+    assert not noise.filter(record(NO_WEBSOCKET))
+    assert noise.filter(record("Exception in ASGI application\n"))  # not noise: passes
+    assert noise.filter(record("Invalid HTTP request received. (not uvicorn's)", "x"))
+    assert written == []  # no summary before the window ends (no event loop here)
+    clock.now += 60.0
+    assert noise.filter(record(INVALID))  # a new window: written, and the old one reported
+    assert suppressed_lines(written) == {"invalid": 97, "upgrade": 2}
+    assert written[0].__dict__["interval_seconds"] == 60.0
+    after = {k: MALFORMED_REQUESTS.labels(k)._value.get() for k in ("invalid", "upgrade")}
+    assert after["invalid"] - before["invalid"] == 101
+    assert after["upgrade"] - before["upgrade"] == 5
+    noise.flush()  # nothing suppressed since: no line
+    assert len(written) == 2
+
+
+def test_a_burst_of_zero_writes_only_summaries(written: list[logging.LogRecord]) -> None:
+    noise = ClientNoiseLimit(0, 60.0, Clock())
+    assert not any(noise.filter(record(INVALID)) for _ in range(10))
+    noise.flush()
+    assert suppressed_lines(written) == {"invalid": 10}
+
+
+async def test_the_summary_comes_when_the_window_ends_on_the_event_loop(
+    written: list[logging.LogRecord],
+) -> None:
+    """Under an event loop a timer writes the summary: a flood that stops is reported
+    without waiting for the next bad request."""
+    noise = ClientNoiseLimit(1, 0.2)
+    for _ in range(10):
+        noise.filter(record(INVALID))
+    assert written == []
+    for _ in range(50):
+        await asyncio.sleep(0.05)
+        if written:
+            break
+    assert suppressed_lines(written) == {"invalid": 9}

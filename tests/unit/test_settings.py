@@ -142,6 +142,9 @@ NEW_VARIABLES: dict[str, tuple[str, Any]] = {
     "SCOOTERS_QUERY_ADMISSION_LAG_TARGET_MS": ("serving.query_admission_lag_target_ms", 5.0),
     # published marks committed together (issue 13, ADR 0016)
     "SCOOTERS_PROJECTOR_COMMIT_INTERVAL_SECONDS": ("read.projector_commit_interval_seconds", 0.1),
+    # a flood of bad requests writes a bounded log (issue 8, shared.infra.logs)
+    "SCOOTERS_LOG_NOISE_BURST": ("runtime.log_noise_burst", 10),
+    "SCOOTERS_LOG_NOISE_INTERVAL_SECONDS": ("runtime.log_noise_interval_seconds", 60.0),
 }
 ALL_VARIABLES = {**OLD_VARIABLES, **NEW_VARIABLES}
 
