@@ -363,8 +363,9 @@ class ReadSideSettings:
     projector_batch_size: int = setting("PROJECTOR_BATCH_SIZE", 500)
     projector_poll_seconds: float = setting("PROJECTOR_POLL_SECONDS", 1.0)  # if a NOTIFY is missed
     # a busy projector claims at most once per this long, so a batch gathers the events of
-    # the whole interval (one transaction for them all); adds at most this to the lag
-    projector_batch_interval_seconds: float = setting("PROJECTOR_BATCH_INTERVAL_SECONDS", 0.01)
+    # the whole interval; adds at most this to the lag (25 ms, not 10: half the wake-ups
+    # under load, docs/benchmarks.md "i13proj2")
+    projector_batch_interval_seconds: float = setting("PROJECTOR_BATCH_INTERVAL_SECONDS", 0.025)
     # published marks wait this long in the projector's open transaction before one commit
     # covers them all (ADR 0016); Redis is still written per batch. 0 = commit per wake-up
     projector_commit_interval_seconds: float = setting("PROJECTOR_COMMIT_INTERVAL_SECONDS", 0.1)
