@@ -110,6 +110,8 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
 
 
 _JSON_CONTENT = {"content-type": "application/json"}
+_NO_BODY = httpx.ByteStream(b"")
+_URLS_KEPT = 10_000  # parsed GET URLs kept per process (≈ 0.5 KB each): a scooter or a rider
 
 
 class ExternalServices:
@@ -125,11 +127,18 @@ class ExternalServices:
     def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
         self._client = client
         self._transport = client.transport if isinstance(client, ServicesClient) else None
-        self._headers = httpx.Headers(client.headers)
-        self._json_headers = httpx.Headers(client.headers)
-        self._json_headers.update(_JSON_CONTENT)
-        self._get_extensions = {"timeout": client.timeout.as_dict()}
         self._base_url = str(client.base_url).rstrip("/")
+        # each call's headers as httpx puts them on the wire: Host first (every URL here is
+        # on the base URL's host), then the client's, then (POST) the content type; the
+        # transport adds Content-Length. Given whole with the body as a stream, so httpx's
+        # Request neither merges headers nor encodes content per call (ADR 0022).
+        host = [] if "host" in client.headers else [(b"Host", client.base_url.netloc)]
+        self._headers = [*host, *client.headers.raw]
+        json_headers = httpx.Headers(client.headers)
+        json_headers.update(_JSON_CONTENT)
+        self._json_headers = [*host, *json_headers.raw]
+        self._get_extensions = {"timeout": client.timeout.as_dict()}
+        self._urls: dict[str, httpx.URL] = {}  # the GETs' URLs, parsed (at most _URLS_KEPT)
         self._settings = settings
         # no timeout per operation: a dict in memory cannot hang, and aiocache's default
         # (5 s) runs each get/set as a task under asyncio.wait_for
@@ -158,7 +167,15 @@ class ExternalServices:
         transport = self._transport
         if transport is None:
             return await self._client.get(url)
-        request = httpx.Request("GET", url, headers=self._headers, extensions=self._get_extensions)
+        parsed = self._urls.get(url)
+        if parsed is None:  # parsing is most of a GET's own CPU; ids repeat (ADR 0022)
+            if len(self._urls) >= _URLS_KEPT:
+                del self._urls[next(iter(self._urls))]  # the oldest
+            parsed = self._urls[url] = httpx.URL(url)
+        request = httpx.Request(
+            "GET", parsed, headers=self._headers, stream=_NO_BODY, extensions=self._get_extensions
+        )
+        request.read()  # b"": the transport sends it as it is
         return await transport.handle_async_request(request)
 
     async def _post(self, url: httpx.URL, content: bytes) -> httpx.Response:
@@ -172,9 +189,10 @@ class ExternalServices:
             "POST",
             url,
             headers=self._json_headers,
-            content=content,
+            stream=httpx.ByteStream(content),
             extensions=self._payment_extensions,
         )
+        request.read()
         return await transport.handle_async_request(request)
 
     async def _get(
@@ -199,7 +217,7 @@ class ExternalServices:
                 last = ServiceError(service, type(exc).__name__)
                 continue
             if response.status_code == 404:
-                metrics.external_calls.labels(service, "not_found").inc()
+                metrics.child(metrics.external_calls, service, "not_found").inc()
                 raise NotFound(service)
             if response.status_code >= 500:
                 last = ServiceError(service, f"HTTP {response.status_code}")
@@ -222,10 +240,10 @@ class ExternalServices:
                 log.warning("nonsense answer", service=service, problem=wrong)
                 last = ServiceError(service, f"nonsense answer: {wrong}")
                 break
-            metrics.external_calls.labels(service, "ok").inc()
+            metrics.child(metrics.external_calls, service, "ok").inc()
             return value
         assert last is not None
-        metrics.external_calls.labels(service, "error").inc()
+        metrics.child(metrics.external_calls, service, "error").inc()
         raise last
 
     async def _post_payment(self, path: str, request: PaymentRequest | RefundRequest) -> None:
@@ -236,13 +254,13 @@ class ExternalServices:
         try:
             response = await self._post(url, _encoder.encode(request))
         except httpx.ConnectError as exc:  # refused: the request never left
-            metrics.external_calls.labels("payments", "error").inc()
+            metrics.child(metrics.external_calls, "payments", "error").inc()
             raise ServiceError("payments", type(exc).__name__) from exc
         except httpx.HTTPError as exc:
-            metrics.external_calls.labels("payments", "error").inc()
+            metrics.child(metrics.external_calls, "payments", "error").inc()
             raise ServiceError("payments", type(exc).__name__, ambiguous=True) from exc
         if response.status_code != 200:
-            metrics.external_calls.labels("payments", "error").inc()
+            metrics.child(metrics.external_calls, "payments", "error").inc()
             status = response.status_code
             # a 500 may come after the money moved; 503 and 4xx say this call did nothing,
             # but "in progress" says another call with this key may still land
@@ -252,7 +270,7 @@ class ExternalServices:
             raise ServiceError(
                 "payments", f"HTTP {status}", ambiguous=ambiguous, declined=status == 402
             )
-        metrics.external_calls.labels("payments", "ok").inc()
+        metrics.child(metrics.external_calls, "payments", "ok").inc()
 
     # --- services --------------------------------------------------------------------------
 
@@ -271,9 +289,9 @@ class ExternalServices:
         """The zone's tariff: fresh cache, else live, else the configured base tariff."""
         cached = await self._zones.get(zone_id)
         if cached is not None:
-            metrics.cache_lookups.labels("zones", "hit").inc()
+            metrics.child(metrics.cache_lookups, "zones", "hit").inc()
             return Sourced(cached, "cache")
-        metrics.cache_lookups.labels("zones", "miss").inc()
+        metrics.child(metrics.cache_lookups, "zones", "miss").inc()
         try:
             zone = await self._get(
                 "zones", "/tariff-zone-data", _zone_decoder, {"id": zone_id}, zone_nonsense
@@ -302,7 +320,7 @@ class ExternalServices:
             raise UserNotFound(f"no user {user_id!r}") from None
         except ServiceError:
             known = await self._users.get(user_id)
-            metrics.cache_lookups.labels("users", "hit" if known else "miss").inc()
+            metrics.child(metrics.cache_lookups, "users", "hit" if known else "miss").inc()
             if known is not None:
                 return Sourced(known, "last_known")
             return Sourced(UserProfile(id=user_id), "conservative")
@@ -339,7 +357,7 @@ class ExternalServices:
 
     async def _cached_configs(self) -> Sourced:
         value = await self._configs.get("configs")
-        metrics.cache_lookups.labels("configs", "hit" if value else "miss").inc()
+        metrics.child(metrics.cache_lookups, "configs", "hit" if value else "miss").inc()
         return (
             Sourced(value, "last_good")
             if value is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter
 
 external_calls = Counter(
@@ -24,3 +26,11 @@ abandoned_rides = Counter(
     "scooters_abandoned_rides_total",
     "Rides ended by the worker because they stayed active past the abandoned-ride limit",
 )
+
+
+@functools.cache
+def child(counter: Counter, *labels: str) -> Counter:
+    """``counter.labels(*labels)``, looked up once per label set: a call on the ride
+    flow's path costs a dict lookup instead of prometheus_client's label checks (≈ 1.3 µs
+    less per count; ADR 0022). For the few fixed label sets of this module's counters."""
+    return counter.labels(*labels)

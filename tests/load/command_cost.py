@@ -12,6 +12,10 @@ same machine load::
 
     python -m tests.load.command_cost /work/wt/ref . --rounds 3
 
+With ``--together`` the checkouts of a round run at the same time instead, each on its
+own half of the riders and scooters: on a machine shared with other work, both then see
+the same load from minute to minute (alternating rounds did not resolve 5 % there).
+
 Each flow takes a rider and a scooter nobody else uses at that moment, as the load test
 does (``tests.load.scenarios.ride``); tokens are verified once before the window. The
 worker and the projector do not run (their CPU is not the command API's).
@@ -25,8 +29,8 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +130,16 @@ async def _measure(seeded_path: Path, count: int, concurrency: int) -> dict[str,
     async with app.lifespan():
         await _flows(app, seeded, 100, concurrency)  # connections, caches, statements, tokens
         gc.collect()
-        started = time.process_time()
+        before = os.times()
         failed = await _flows(app, seeded, count, concurrency)
-        used = time.process_time() - started
-    return {"flow_ms": round(used / count * 1e3, 3), "failed": failed}
+        after = os.times()
+    used = (after.user - before.user) + (after.system - before.system)
+    kernel = after.system - before.system
+    return {
+        "flow_ms": round(used / count * 1e3, 3),
+        "kernel_ms": round(kernel / count * 1e3, 3),  # of flow_ms: system calls
+        "failed": failed,
+    }
 
 
 def _orchestrate(args: argparse.Namespace) -> None:
@@ -147,21 +157,57 @@ def _orchestrate(args: argparse.Namespace) -> None:
     with running_stack(settings, ("stubs",)) as bench, tempfile.TemporaryDirectory() as tmp:
         riders, scooters = riders_and_scooters(bench_stub_settings(settings), args.riders)
         auth = asyncio.run(sign_in(settings, list(riders)))
-        path = Path(tmp) / "seeded.json"
-        seeded = {
-            "riders": list(riders),
-            "scooters": list(scooters),
-            "auth": {r: line.split(": ", 1)[1].strip() for r, line in auth.items()},
-            "track": track_for(args.z),
-        }
-        path.write_text(json.dumps(seeded))
+        tokens = {r: line.split(": ", 1)[1].strip() for r, line in auth.items()}
+        track = track_for(args.z)
+        # --together: the checkouts run at once, each on its own riders and scooters
+        parts = len(args.code_dirs) if args.together else 1
+        paths = {}
+        for index, code_dir in enumerate(args.code_dirs):
+            part = index % parts
+            path = paths[code_dir] = Path(tmp) / f"seeded.{part}.json"
+            path.write_text(
+                json.dumps(
+                    {
+                        "riders": list(riders)[part::parts],
+                        "scooters": list(scooters)[part::parts],
+                        "auth": tokens,
+                        "track": track,
+                    }
+                )
+            )
         env = settings_env(settings)
         rows: dict[str, list[dict[str, float]]] = {d: [] for d in args.code_dirs}
+
+        def measure(code_dir: str, round_: int) -> dict[str, float]:
+            spy = []
+            if args.profile:  # py-spy (dev dependency) around the measuring process
+                spy = [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    "record",
+                    "-r",
+                    "250",
+                    "-f",
+                    "raw",
+                    "-o",
+                    f"{args.profile}.{Path(code_dir).name or 'here'}.{round_}",
+                    "--",
+                ]
+            return measure_checkout(
+                HERE, paths[code_dir], code_dir, env, args.count, args.concurrency, prefix=spy
+            )
+
         for round_ in range(args.rounds):
+            if args.together:  # the same machine load for each, minute by minute
+                with ThreadPoolExecutor(len(args.code_dirs)) as threads:
+                    measured = list(threads.map(measure, args.code_dirs, [round_] * parts))
+                for code_dir, row in zip(args.code_dirs, measured, strict=True):
+                    rows[code_dir].append(row)
+                    print(f"{code_dir}: {row}", flush=True)
+                continue
             # every other round in reverse: what drifts within a round hits each side alike
             order = args.code_dirs if round_ % 2 == 0 else args.code_dirs[::-1]
             for code_dir in order:
-                row = measure_checkout(HERE, path, code_dir, env, args.count, args.concurrency)
+                row = measure(code_dir, round_)
                 rows[code_dir].append(row)
                 print(f"{code_dir}: {row}", flush=True)
         if bench.stack.dead():
@@ -182,6 +228,12 @@ def main() -> None:
     parser.add_argument("--riders", type=int, default=400)
     parser.add_argument("--pool", type=int, default=10, help="Postgres connections at most")
     parser.add_argument("--z", type=int, default=10_240, help="bytes of the finish's track")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="measure the checkouts of a round at once (each on its own riders and scooters)",
+    )
+    parser.add_argument("--profile", help="py-spy raw profiles to PROFILE.<dir name>.<round>")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
