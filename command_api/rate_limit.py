@@ -121,7 +121,8 @@ class OfferRateLimit:
             # any Redis error, a cluster in flux, a connection closed under the command
             if not isinstance(exc, _REDIS_DOWN) and not redis_unavailable(exc):
                 raise
-            log.warning("offer rate limit skipped, Redis did not answer: %r", exc)
+            # once per offer while Redis is down: bounded by shared.infra.logs
+            log.warning("offer rate limit skipped", extra={"service": "redis", "error": repr(exc)})
             return False
         if int(count) > self._limit:
             retry_after = int((window + 1) * self._window - now) + 1

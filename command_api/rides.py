@@ -395,7 +395,11 @@ async def finish_ride(
     try:
         await deps.services.clear(ended.user_id, ended.id, total)
     except ServiceError as exc:
-        log.warning("charge of %s deferred to the worker: %s", order_id, exc)
+        # once per finish while payments is down: bounded by shared.infra.logs
+        log.warning(
+            "charge deferred to the worker",
+            extra={"service": exc.service, "order_id": str(order_id), "error": exc.reason},
+        )
         return answer_of(ended, inputs)
     settled = await settle_charge(deps.pool, order_id, created_at, decide_settle(total))
     return answer_of(settled or ended, inputs)

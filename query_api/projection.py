@@ -1,8 +1,10 @@
-"""Writes of projections to Redis: two Lua scripts, each one atomic write.
+"""Writes of projections to Redis: two Lua scripts, each one atomic write, and a third
+that runs several such writes in one call.
 
 ``PUT_VIEW`` stores a versioned view and lands only when its version is newer than the
 stored one, so replays, duplicates and reordering never move a view back in time.
-``ADD_RECENT`` merges order ids into a user's bounded recent list. Scripts are run by
+``ADD_RECENT`` merges order ids into a user's bounded recent list. ``APPLY`` runs a
+batch of both kinds (the same Lua functions) on one Redis server. Scripts are run by
 EVALSHA (their SHA is computed here, no round trip) and loaded again on NOSCRIPT, e.g.
 after a Redis restart. Every writer (projector, query refill, rebuild) goes through here.
 """
@@ -17,6 +19,7 @@ import msgspec
 from redis.asyncio import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
+from query_api.read_connection import ReadConnection
 from query_api.stores import RedisClient
 from shared.views import (
     COMPLETE_MARK,
@@ -28,56 +31,92 @@ from shared.views import (
     view_encoder,
 )
 
-# KEYS[1] view hash; ARGV: version, msgpack view, ttl seconds (0 = never expires)
-PUT_VIEW = """
-local current = redis.call('HGET', KEYS[1], 'v')
-if current and tonumber(current) >= tonumber(ARGV[1]) then
-  -- same version from a writer that says "never expires" (the projector, for an active
-  -- ride): drop the TTL a Postgres refill may have put on it
-  if tonumber(current) == tonumber(ARGV[1]) and tonumber(ARGV[3]) == 0 then
-    redis.call('PERSIST', KEYS[1])
+# put_view(key, version, msgpack view, ttl seconds (0 = never expires)): store a versioned
+# view unless the stored one is as new
+_PUT_VIEW_FUNCTION = """
+local function put_view(key, version, view, ttl)
+  local current = redis.call('HGET', key, 'v')
+  if current and tonumber(current) >= tonumber(version) then
+    -- same version from a writer that says "never expires" (the projector, for an active
+    -- ride): drop the TTL a Postgres refill may have put on it
+    if tonumber(current) == tonumber(version) and tonumber(ttl) == 0 then
+      redis.call('PERSIST', key)
+    end
+    return 0
   end
-  return 0
+  redis.call('HSET', key, 'v', version, 'd', view)
+  ttl = tonumber(ttl)
+  if ttl > 0 then
+    redis.call('EXPIRE', key, ttl)
+  else
+    redis.call('PERSIST', key)
+  end
+  return 1
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-else
-  redis.call('PERSIST', KEYS[1])
-end
-return 1
 """
 
-# KEYS[1] recent-orders sorted set; ARGV: keep, ttl, complete (1/0), then score, id pairs.
-# The complete mark (scored -inf) says the set was filled from Postgres; trimming by rank
-# keeps it and the newest ``keep`` orders.
-ADD_RECENT = """
-local key = KEYS[1]
-local keep = tonumber(ARGV[1])
-if ARGV[3] == '1' then
-  redis.call('ZADD', key, '-inf', ARGV[4])
+# add_recent(key, argv, o, last): argv[o + 1 .. last] are keep, ttl, complete (1/0), the
+# complete mark, then score, id pairs. The complete mark (scored -inf) says the set was
+# filled from Postgres; trimming by rank keeps it and the newest ``keep`` orders.
+_ADD_RECENT_FUNCTION = """
+local function add_recent(key, argv, o, last)
+  local keep = tonumber(argv[o + 1])
+  if argv[o + 3] == '1' then
+    redis.call('ZADD', key, '-inf', argv[o + 4])
+  end
+  for i = o + 5, last, 2 do
+    redis.call('ZADD', key, argv[i], argv[i + 1])
+  end
+  local first = 0
+  if redis.call('ZSCORE', key, argv[o + 4]) then
+    first = 1
+  end
+  redis.call('ZREMRANGEBYRANK', key, first, -(keep + 1))
+  local ttl = tonumber(argv[o + 2])
+  if ttl > 0 then
+    redis.call('EXPIRE', key, ttl)
+  end
+  return redis.call('ZCARD', key)
 end
-for i = 5, #ARGV, 2 do
-  redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
-end
-local first = 0
-if redis.call('ZSCORE', key, ARGV[4]) then
-  first = 1
-end
-redis.call('ZREMRANGEBYRANK', key, first, -(keep + 1))
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('EXPIRE', key, ttl)
-end
-return redis.call('ZCARD', key)
 """
+
+# KEYS[1] view hash; ARGV: version, msgpack view, ttl seconds (0 = never expires)
+PUT_VIEW = _PUT_VIEW_FUNCTION + "return put_view(KEYS[1], ARGV[1], ARGV[2], ARGV[3])\n"
+
+# KEYS[1] recent-orders sorted set; ARGV: keep, ttl, complete (1/0), then score, id pairs
+ADD_RECENT = _ADD_RECENT_FUNCTION + "return add_recent(KEYS[1], ARGV, 0, #ARGV)\n"
+
+# Several writes in one call (one Redis server, not a cluster): KEYS[i] is the i-th write's
+# key; ARGV holds, for each write in turn, its script ('v' put_view, 'r' add_recent), its
+# argument count, then its arguments. Answers each write's result, in order. The writes
+# run in order within one atomic call, each exactly as its own script would.
+APPLY = (
+    _PUT_VIEW_FUNCTION
+    + _ADD_RECENT_FUNCTION
+    + """
+local results = {}
+local a = 1
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[a + 1])
+  if ARGV[a] == 'v' then
+    results[i] = put_view(KEYS[i], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
+  else
+    results[i] = add_recent(KEYS[i], ARGV, a + 1, a + 1 + n)
+  end
+  a = a + 2 + n
+end
+return results
+"""
+)
 
 _SCRIPTS = {
     name: hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest()
-    for name, body in (("put_view", PUT_VIEW), ("add_recent", ADD_RECENT))
+    for name, body in (("put_view", PUT_VIEW), ("add_recent", ADD_RECENT), ("apply", APPLY))
 }
-_BODIES = {"put_view": PUT_VIEW, "add_recent": ADD_RECENT}
+_BODIES = {"put_view": PUT_VIEW, "add_recent": ADD_RECENT, "apply": APPLY}
+_CODES = {"put_view": "v", "add_recent": "r"}
+# writes per APPLY call: a rebuild's thousands of writes do not hold Redis in one call
+_APPLY_CHUNK = 128
 
 
 class Write(msgspec.Struct, frozen=True):
@@ -133,10 +172,15 @@ def finished_ttl(finished_at: datetime | None, now: datetime, keep_seconds: int,
     return max(left, floor)
 
 
-async def load_scripts(redis: RedisClient) -> None:
-    """Register both scripts (idempotent); done at start and after NOSCRIPT."""
+async def load_scripts(redis: RedisClient, connection: ReadConnection | None = None) -> None:
+    """Register the scripts (idempotent), over ``connection`` when given; done at start
+    and after NOSCRIPT."""
     for name, body in _BODIES.items():
-        sha = await redis.script_load(body)
+        if connection is not None:
+            (sha,) = await connection.execute((b"SCRIPT", b"LOAD", body.encode()))
+            sha = sha.decode()
+        else:
+            sha = await redis.script_load(body)
         assert sha == _SCRIPTS[name]
 
 
@@ -150,34 +194,74 @@ async def forget_topology(redis: RedisClient) -> None:
         await redis.aclose()
 
 
-async def apply(redis: RedisClient, writes: Sequence[Write]) -> list[int]:
-    """Run ``writes`` in one pipeline (no MULTI: each script is atomic on its own); on
-    a cluster, one pipeline per node, sent concurrently.
+async def apply(
+    redis: RedisClient, writes: Sequence[Write], connection: ReadConnection | None = None
+) -> list[int]:
+    """Run ``writes`` in one pipeline (no MULTI: each write is atomic on its own) and
+    answer each one's result, in order. On one Redis server the writes go as ``APPLY``
+    calls of up to 128 writes each (one command, one reply, one script run for many
+    writes; issue 13), over ``connection`` when given (the projector's: one pipelined
+    connection, ADR 0008) or else ``redis``; on a cluster each write is its own
+    ``EVALSHA``, one pipeline per node, sent concurrently.
 
     Every write is idempotent, so the whole batch is simply run again after the
     scripts were reloaded.
     """
     if not writes:
         return []
+    cluster = isinstance(redis, RedisCluster)
+    chunks = [writes[at : at + _APPLY_CHUNK] for at in range(0, len(writes), _APPLY_CHUNK)]
     for attempt in (1, 2):
-        pipe = redis.pipeline(transaction=False)
-        for write in writes:
-            # execute_command, not pipe.evalsha, which redis-py refuses in a cluster
-            # pipeline; each script touches one key, so the cluster routes it by that key
-            pipe.execute_command(
-                "EVALSHA", _SCRIPTS[write.script], len(write.keys), *write.keys, *write.args
-            )
         try:
-            results = await pipe.execute()
+            if cluster:
+                pipe = redis.pipeline(transaction=False)
+                for write in writes:
+                    # execute_command, not pipe.evalsha, which redis-py refuses in a cluster
+                    # pipeline; each script touches one key: the cluster routes it by that key
+                    pipe.execute_command(
+                        "EVALSHA", _SCRIPTS[write.script], len(write.keys), *write.keys, *write.args
+                    )
+                return [int(r) for r in await pipe.execute()]
+            if connection is not None:
+                results = await connection.execute(*(_apply_parts(c) for c in chunks))
+            elif len(chunks) == 1:  # one command: no pipeline's machinery
+                results = [await redis.execute_command(*_apply_command(chunks[0]))]
+            else:
+                pipe = redis.pipeline(transaction=False)
+                for chunk in chunks:
+                    pipe.execute_command(*_apply_command(chunk))
+                results = await pipe.execute()
         except NoScriptError:
             if attempt == 2:
                 raise
-            await load_scripts(redis)
+            await load_scripts(redis, connection)
             continue
         except ResponseError as exc:
             if "NOSCRIPT" not in str(exc) or attempt == 2:
                 raise
-            await load_scripts(redis)
+            await load_scripts(redis, connection)
             continue
-        return [int(r) for r in results]
+        return [int(r) for chunk in results for r in chunk]
     raise AssertionError("unreachable")
+
+
+def _apply_command(writes: Sequence[Write]) -> list[str | int | bytes]:
+    """The ``EVALSHA`` of ``APPLY`` for ``writes`` (each of one key)."""
+    keys: list[str | int | bytes] = []
+    args: list[str | int | bytes] = []
+    for write in writes:
+        keys += write.keys
+        args += (_CODES[write.script], len(write.args), *write.args)
+    return ["EVALSHA", _SCRIPTS["apply"], len(keys), *keys, *args]
+
+
+def _apply_parts(writes: Sequence[Write]) -> tuple[bytes, ...]:
+    """:func:`_apply_command` as the bytes a :class:`ReadConnection` sends."""
+    return tuple(
+        part
+        if isinstance(part, bytes)
+        else part.encode()
+        if isinstance(part, str)
+        else b"%d" % part
+        for part in _apply_command(writes)
+    )

@@ -6,8 +6,9 @@ and marked ``published_at`` in the same transaction only after Redis accepted th
 writes. The transaction stays open across wake-ups and commits every
 ``projector_commit_interval_seconds`` (ADR 0016): a crash before the commit leaves its
 rows unpublished and a later run projects them again, which the versioned script makes
-harmless. Woken by ``NOTIFY outbox``, with a
-polling fallback for a missed notification or a lost LISTEN connection. Runs on uvloop.
+harmless. A batch's Redis writes are one script call over one pipelined connection on a
+single Redis (``projection.apply``, ADR 0023). Woken by ``NOTIFY outbox``, with a polling
+fallback for a missed notification or a lost LISTEN connection. Runs on uvloop.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from query_api import projection, repository
 from query_api.metrics import BAD_EVENTS, EVENT_LAG, PROJECTED, PROJECTOR_ERRORS, PROJECTOR_LAG
 from query_api.projection import Write
+from query_api.read_connection import ReadConnection
 from query_api.stores import RedisClient, connect_redis
 from shared.events import Event, event_decoder
 from shared.infra.db import create_pool
@@ -111,10 +113,16 @@ def writes_for(
     return writes
 
 
-async def _project(conn: Connection, redis: RedisClient, settings: Settings) -> int:
+async def _project(
+    conn: Connection,
+    redis: RedisClient,
+    settings: Settings,
+    connection: ReadConnection | None = None,
+) -> int:
     """Claim, project and mark one batch inside the caller's transaction; returns how many
     events it held. Sets the lag gauge (age of the oldest event still unpublished, as this
-    transaction sees the outbox) and counts the events once Redis accepted their writes."""
+    transaction sees the outbox) and counts the events once Redis accepted their writes.
+    The writes go over ``connection`` when given (``projection.apply``)."""
     rows = await conn.fetch(_CLAIM, settings.read.projector_batch_size)
     if not rows:  # nothing unclaimed; rows another projector holds still count
         PROJECTOR_LAG.set(await conn.fetchval(_OLDEST) or 0.0)
@@ -134,7 +142,7 @@ async def _project(conn: Connection, redis: RedisClient, settings: Settings) -> 
     writes: list[Write] = []
     for event in events:
         writes += writes_for(event, settings, now, receipts)
-    await projection.apply(redis, writes)
+    await projection.apply(redis, writes, connection)
     lag = await conn.fetchval(_MARK, [row["id"] for row in rows])
     PROJECTOR_LAG.set(lag or 0.0)
     done = datetime.now(UTC)
@@ -151,14 +159,20 @@ async def project_batch(conn: Connection, redis: RedisClient, settings: Settings
         return await _project(conn, redis, settings)
 
 
-async def drain_in(conn: Connection, redis: RedisClient, settings: Settings) -> int:
+async def drain_in(
+    conn: Connection,
+    redis: RedisClient,
+    settings: Settings,
+    connection: ReadConnection | None = None,
+) -> int:
     """Project until a batch comes back short of ``projector_batch_size``, all inside the
     caller's open transaction on ``conn`` (the marks become visible when it commits);
-    returns the events projected. See ``drain`` for when it stops."""
+    returns the events projected. See ``drain`` for when it stops. Redis is written over
+    ``connection`` when given, else ``redis``."""
     total = 0
     size = settings.read.projector_batch_size
     while True:
-        count = await _project(conn, redis, settings)
+        count = await _project(conn, redis, settings, connection)
         total += count
         if count < size:
             return total
@@ -267,7 +281,14 @@ class Projector:
     async def run(self) -> None:
         settings = self._settings
         read = settings.read
-        redis = connect_redis(settings, timeout=max(5.0, settings.redis.timeout_seconds))
+        timeout = max(5.0, settings.redis.timeout_seconds)
+        redis = connect_redis(settings, timeout=timeout)
+        # the writes over one pipelined connection on a single Redis (ADR 0023)
+        connection = (
+            None
+            if settings.redis.cluster or not ReadConnection.supports(settings.redis.url)
+            else ReadConnection(settings.redis.url, timeout_seconds=timeout, max_pending=64)
+        )
         pool = await create_pool(settings.db.url, min_size=1, max_size=2)
         marks = MarkingTransaction(pool, read.projector_commit_interval_seconds)
         failures = 0
@@ -277,7 +298,7 @@ class Projector:
                 await self._ensure_listening()
                 self._wake.clear()  # before claiming: a NOTIFY during the batch re-wakes us
                 try:
-                    count = await drain_in(await marks.connection(), redis, settings)
+                    count = await drain_in(await marks.connection(), redis, settings, connection)
                     marks.marked += count
                     await marks.settle()  # commits once due (ADR 0016)
                     failures = 0
@@ -311,6 +332,8 @@ class Projector:
                 with contextlib.suppress(Exception):
                     await self._listener.close()
             await pool.close()
+            if connection is not None:
+                await connection.aclose()
             await redis.aclose()
 
     async def _pause(self, seconds: float) -> None:

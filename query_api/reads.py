@@ -165,7 +165,10 @@ class Reads:
             try:
                 view = summary_view_decoder.decode(raw)
             except msgspec.DecodeError:
-                log.warning("undecodable summary at %s; refilling", key)
+                log.warning(
+                    "undecodable view, refilling",
+                    extra={"service": "redis", "view": "summary", "key": key},
+                )
             else:
                 if not self._served.stale(key, view.version):
                     CACHE_HITS.labels("summary").inc()
@@ -331,7 +334,7 @@ class Reads:
         try:
             await self.gate.call(lambda: projection.apply(self._redis, writes))
         except RedisUnavailable:
-            log.info("Redis is down; %d refills skipped", len(writes))
+            log.info("refills skipped", extra={"service": "redis", "writes": len(writes)})
 
     # --- receipt and track: Postgres only (opened once per ride, never projected) ----------
 
@@ -356,7 +359,7 @@ def _decode_order(raw: bytes | None) -> OrderView | None:
     try:
         return order_view_decoder.decode(raw)
     except msgspec.DecodeError:
-        log.warning("undecodable order view; refilling")
+        log.warning("undecodable view, refilling", extra={"service": "redis", "view": "order"})
         return None
 
 

@@ -95,22 +95,11 @@ class _Choice(enum.Enum):
     PRIMARY_BUSY = "primary_busy"  # the primary did not tell its position in time
 
 
-class _Warnings:
-    """A warning per kind at most once per ``interval_seconds``, with how many were
-    left out since: under overload a check fails many times a second (docs/scaling.md)."""
-
-    def __init__(self, interval_seconds: float = 10.0) -> None:
-        self._interval = interval_seconds
-        self._last: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
-
-    def warn(self, kind: str, message: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last.get(kind, float("-inf")) < self._interval:
-            self._skipped[kind] = self._skipped.get(kind, 0) + 1
-            return
-        skipped, self._skipped[kind], self._last[kind] = self._skipped.get(kind, 0), 0, now
-        log.warning("%s (%r; %d more like it not logged)", message, exc, skipped)
+def _warn(event: str, service: str, exc: BaseException) -> None:
+    """A warning of the check: under overload a check fails many times a second
+    (docs/scaling.md), so these are bounded per interval by shared.infra.logs
+    (REPEATED_FAILURES); ``query_replica_checks_total{outcome}`` counts every one."""
+    log.warning(event, extra={"service": service, "error": repr(exc)})
 
 
 class ReadRouter:
@@ -138,7 +127,6 @@ class ReadRouter:
         self._primary_deadline = primary_deadline_seconds
         self._fresh_as_of = float("-inf")  # the replica had replayed the primary as of then
         self._check: tuple[float, asyncio.Future[_Choice]] | None = None
-        self._warnings = _Warnings()
 
     async def pool(self) -> asyncpg.Pool:
         """The pool a read that begins now must use (see the module's rule)."""
@@ -172,7 +160,11 @@ class ReadRouter:
         except REPLICA_FAILED as exc:
             if isinstance(exc, TimeoutError):  # a slow statement: the primary's would wait
                 raise  # as long again on a busy box (503)
-            log.warning("replica read failed (%r): reading the primary", exc)
+            # once per read while the replica fails: bounded by shared.infra.logs
+            log.warning(
+                "replica read failed, reading the primary",
+                extra={"service": "postgres_replica", "error": repr(exc)},
+            )
             REPLICA_READ_FAILURES.inc()
             return await query(self.primary)
 
@@ -193,11 +185,11 @@ class ReadRouter:
                 target = await self.primary.fetchval(_PRIMARY_POSITION)
         except Exception as exc:
             if primary_gone(exc):  # the replica is all there is (ADR 0007)
-                self._warnings.warn("down", "primary unreachable: reading the replica", exc)
+                _warn("primary unreachable, reading the replica", "postgres", exc)
                 _PRIMARY_DOWN.inc()
                 return _Choice.REPLICA
             # slow, not down: it may be committing what the replica has not (ADR 0015)
-            self._warnings.warn("busy", "primary busy: reading the primary", exc)
+            _warn("primary busy, reading the primary", "postgres", exc)
             _PRIMARY_BUSY.inc()
             return _Choice.PRIMARY_BUSY
         deadline = started + self._max_wait
@@ -211,7 +203,7 @@ class ReadRouter:
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 0.01)
         except Exception as exc:  # replica down or slow: the primary answers
-            self._warnings.warn("replica", "replica unusable: reading the primary", exc)
+            _warn("replica unusable, reading the primary", "postgres_replica", exc)
             _REPLICA_DOWN.inc()
             return _Choice.PRIMARY
         self._fresh_as_of = max(self._fresh_as_of, started)

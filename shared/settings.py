@@ -112,6 +112,14 @@ class RuntimeSettings:
 
     environment: str = setting("ENVIRONMENT", "development")  # "development" | "production"
     log_level: str = setting("LOG_LEVEL", "WARNING")
+    # lines that repeat once per request, written per process and kind: this many per
+    # interval, then one "log lines suppressed" line with the count. uvicorn's warnings
+    # about one client's bad request ("Invalid HTTP request received."; ClientNoiseLimit,
+    # all counted in http_malformed_requests_total) and a dependency's failures
+    # ("dependency unavailable", "nonsense answer"...; RepeatedFailureLimit, per event and
+    # service, all counted in log_repeated_failure_events_total), shared.infra.logs
+    log_noise_burst: int = setting("LOG_NOISE_BURST", 10)
+    log_noise_interval_seconds: float = setting("LOG_NOISE_INTERVAL_SECONDS", 60.0)
 
 
 def database_password(url: str) -> str | None:
@@ -355,8 +363,9 @@ class ReadSideSettings:
     projector_batch_size: int = setting("PROJECTOR_BATCH_SIZE", 500)
     projector_poll_seconds: float = setting("PROJECTOR_POLL_SECONDS", 1.0)  # if a NOTIFY is missed
     # a busy projector claims at most once per this long, so a batch gathers the events of
-    # the whole interval (one transaction for them all); adds at most this to the lag
-    projector_batch_interval_seconds: float = setting("PROJECTOR_BATCH_INTERVAL_SECONDS", 0.01)
+    # the whole interval; adds at most this to the lag (25 ms, not 10: half the wake-ups
+    # under load, docs/benchmarks.md "i13proj2")
+    projector_batch_interval_seconds: float = setting("PROJECTOR_BATCH_INTERVAL_SECONDS", 0.025)
     # published marks wait this long in the projector's open transaction before one commit
     # covers them all (ADR 0016); Redis is still written per batch. 0 = commit per wake-up
     projector_commit_interval_seconds: float = setting("PROJECTOR_COMMIT_INTERVAL_SECONDS", 0.1)
@@ -453,6 +462,10 @@ class Settings:
                     )
         if self.offers.rate_limit < 1 or self.offers.rate_window_seconds < 1:
             raise SettingsError("SCOOTERS_OFFER_RATE_LIMIT and _WINDOW_SECONDS must be positive")
+        if self.runtime.log_noise_burst < 0 or not self.runtime.log_noise_interval_seconds > 0:
+            raise SettingsError(
+                "SCOOTERS_LOG_NOISE_BURST must be >= 0 and _INTERVAL_SECONDS positive"
+            )
 
     @property
     def identity_base_url(self) -> str:

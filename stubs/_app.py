@@ -13,7 +13,8 @@ never faulted; ``/admin/*`` and ``/ledger`` need the admin token
 
 Payments keeps the ids it is given, so it refuses (400) ids outside
 ``shared.domain.PaymentId`` and refund keys with control characters. The ``answer_fields``
-fault makes a service answer nonsense strings (stubs/_faults.py).
+fault makes a service answer nonsense strings (stubs/_faults.py); as service ``identity``
+the faults make the JWKS slow, down, or any document (``answer_body``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from shared.domain import (
 )
 from shared.errors import InvalidRequest
 from shared.infra.boundary import decode_as, json_depth_exceeds
-from shared.infra.logs import get_logger, with_request_ids
+from shared.infra.logs import MALFORMED_REQUESTS, get_logger, with_request_ids
 from shared.infra.serving import cors_config
 from shared.settings import IdentitySettings, origins
 from stubs._dataset import DataSet
@@ -68,7 +69,10 @@ DEFAULT_COEFFS = PriceCoeffSettings(
 
 MAX_KEY = 255  # an idempotency key (refund key): as long as any Idempotency-Key we accept
 MAX_JSON_DEPTH = 32  # our bodies nest two levels; anything deeper is refused unread
-IdParam = Annotated[str, QueryParameter(name="id", max_length=256)]
+# a record id to look up: any printable text (an unknown one is 404), never a control
+# character (NUL, a line break, ESC, DEL, C1), refused 400 invalid_request like the APIs
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*(?!\n)$"
+IdParam = Annotated[str, QueryParameter(name="id", max_length=256, pattern=NO_CONTROL)]
 # payments keeps what it is given: its ids are refused 400 unless of PaymentId's alphabet
 PAYMENT_ID = r"^[A-Za-z0-9_.:-]+(?!\n)$"  # shared.domain.PaymentId, at least one
 PaymentIdParam = Annotated[
@@ -317,9 +321,16 @@ async def issue_token(stubs: Stubs, request: Request[Any, Any, Any]) -> TokenAns
     return stubs.identity.issue(data.sub, list(data.roles))
 
 
-@get("/.well-known/jwks.json")
-async def jwks(stubs: Stubs) -> dict[str, Any]:
-    return stubs.identity.jwks()
+@get("/.well-known/jwks.json", opt={"service": "identity"})
+async def jwks(stubs: Stubs) -> Response[bytes] | dict[str, Any]:
+    """The provider's public keys; faulted as service ``identity`` (a broken or hostile
+    provider: ``answer_fields`` replaces members of the document, ``answer_body`` all of
+    it). Token issuing is never faulted."""
+    await stubs.faults.strike("identity")
+    body = stubs.faults.body("identity")
+    if body is not None:
+        return Response(body.encode(), media_type="application/json")
+    return {**stubs.identity.jwks(), **stubs.faults.fields("identity")}
 
 
 # --- ours: admin, ledger, health, metrics (never faulted) ------------------------------------
@@ -424,7 +435,9 @@ def outcome(status: int) -> str:
 def problem_details(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     """Answer every HTTP error as RFC 9457 problem details with a ``code``."""
     status = exc.status_code
-    code = getattr(exc, "code", None) or HTTPStatus(status).name.lower()
+    # a 400 of Litestar's (a query parameter out of bounds) has the APIs' code
+    default = "invalid_request" if status == 400 else HTTPStatus(status).name.lower()
+    code = getattr(exc, "code", None) or default
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
@@ -480,6 +493,8 @@ def create_app(
             issuer=idp.issuer, audience=idp.audience, ttl_seconds=idp.token_ttl_seconds
         ),
     )
+    # bytes that are no HTTP request: counted by the logging filter (shared.infra.logs)
+    registry.register(MALFORMED_REQUESTS)
     for change in initial_faults:
         stubs.faults.update(change)
 

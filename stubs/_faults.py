@@ -8,7 +8,8 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
-SERVICES = ("scooters", "zones", "users", "configs", "payments")
+# identity: its JWKS only (tokens are always issued, so tests can sign in)
+SERVICES = ("scooters", "zones", "users", "configs", "payments", "identity")
 T = TypeVar("T", bound=msgspec.Struct)
 
 
@@ -30,6 +31,9 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
     # the service (e.g. {"zone_id": "<1 MB>"} or {"id": "a\u0000b"}); unset (set to {}:
     # answers as is) it is left out of the listing
     answer_fields: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    # identity only: the JWKS answer is this text (UTF-8, application/json) instead, any
+    # bytes a broken provider might send ("[[[...", "null", "<html>"); "" clears it
+    answer_body: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class FaultUpdate(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +46,7 @@ class FaultUpdate(msgspec.Struct, frozen=True, kw_only=True):
     reply_delay_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] | None = None
     decline: bool | None = None
     answer_fields: dict[str, Any] | None = None
+    answer_body: str | None = None
 
 
 class UnknownService(ValueError):
@@ -82,11 +87,14 @@ class Faults:
                 "reply_delay_ms",
                 "decline",
                 "answer_fields",
+                "answer_body",
             )
             if (value := getattr(change, name)) is not None
         }
         if given.get("answer_fields") == {}:
             given["answer_fields"] = msgspec.UNSET
+        if given.get("answer_body") == "":
+            given["answer_body"] = msgspec.UNSET
         self._faults[change.service] = msgspec.structs.replace(current, **given)
 
     async def strike(self, service: str) -> None:
@@ -115,6 +123,16 @@ class Faults:
         if not fields:
             return value
         return {**msgspec.structs.asdict(value), **fields}
+
+    def fields(self, service: str) -> dict[str, Any]:
+        """The fields of ``service``'s ``answer_fields`` fault ({} when unset)."""
+        fields = self._faults[service].answer_fields
+        return fields if isinstance(fields, dict) else {}
+
+    def body(self, service: str) -> str | None:
+        """The text ``service`` answers instead of its JSON (``answer_body``), if set."""
+        body = self._faults[service].answer_body
+        return body if isinstance(body, str) else None
 
     async def reply(self, service: str) -> None:
         """Play ``service``'s "acted, replied late" fault: called after the work is done,

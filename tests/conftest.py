@@ -168,7 +168,7 @@ def reset_faults(stubs: str) -> Iterator[None]:
     """Clear every fault switch before and after a test that sets some."""
 
     def clear() -> None:
-        for service in ("scooters", "zones", "users", "configs", "payments"):
+        for service in ("scooters", "zones", "users", "configs", "payments", "identity"):
             httpx.post(
                 f"{stubs}/admin/faults",
                 json={
@@ -179,6 +179,7 @@ def reset_faults(stubs: str) -> Iterator[None]:
                     "reply_delay_ms": 0,
                     "decline": False,
                     "answer_fields": {},
+                    "answer_body": "",
                 },
                 headers=ADMIN,
                 timeout=5,

@@ -10,32 +10,47 @@ expired. ``sub`` is the rider's user id (an ``Identifier``: 1..64 of A-Z a-z 0-9
 
 The JWKS is fetched lazily and cached; an unknown ``kid`` refetches it (the provider
 rotated its keys), at most once per ``jwks_refresh_min_seconds`` so a flood of forged
-kids cannot flood the provider. Verified tokens are remembered until they expire
-(bounded LRU keyed by the token string), which saves the signature check on every
-later request with the same token (docs/benchmarks.md, "Identity"). It lives in
-``shared/infra`` because it needs httpx and Litestar.
+kids cannot flood the provider. What the provider sends is bounded like any input (ADR
+0025): a JWKS of at most ``JWKS_MAX_BYTES`` read within ``JWKS_FETCH_SECONDS``, at most
+``JWKS_MAX_KEYS`` keys, each key used only with a ``kid`` of ``KID_PATTERN``, an allowed
+algorithm, a public (never a private) key and an RSA modulus of ``RSA_BITS``; a token's
+``kid``, ``exp``/``iat``/``nbf`` (0 to 2**63 - 1) and ``roles`` (``MAX_ROLES`` names of
+at most ``MAX_ROLE_LENGTH``) likewise. A document that breaks a bound is a failed fetch
+(the keys we had stay; with none, 503); a token that does is a 401. Verified tokens are
+remembered until they expire (bounded LRU keyed by the token string), which saves the
+signature check on every later request with the same token (docs/benchmarks.md,
+"Identity"). It lives in ``shared/infra`` because it needs httpx and Litestar.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import jwt
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from litestar import Litestar, Request
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from shared.errors import DependencyUnavailable, DomainError, Forbidden, Unauthenticated
-from shared.infra.boundary import is_identifier
+from shared.errors import (
+    DependencyUnavailable,
+    DomainError,
+    Forbidden,
+    InvalidRequest,
+    Unauthenticated,
+)
+from shared.infra.boundary import decode_as, is_identifier
 from shared.infra.di import Slot
 from shared.infra.problems import domain_error_answer
 from shared.settings import Settings
@@ -46,6 +61,92 @@ RIDER = "rider"
 SUPPORT = "support"
 ALGORITHMS = frozenset({"RS256", "EdDSA"})  # asymmetric only: never HS*, never none
 MAX_TOKEN_LENGTH = 8_192
+ROLES = frozenset({"rider", "support"})  # the roles we act on; a token's others are dropped
+MAX_ROLES = 16
+MAX_ROLE_LENGTH = 128
+MAX_TIME = 2**63 - 1  # exp, iat, nbf: seconds since the epoch, 64-bit like our columns
+# what the provider's JWKS may be: real ones are a few keys in a few KB
+JWKS_MAX_BYTES = 65_536
+JWKS_MAX_KEYS = 32
+JWKS_FETCH_SECONDS = 5.0  # the whole fetch, however slowly the bytes come
+RSA_BITS = range(2048, 4097)  # a bigger modulus costs every signature check more
+RSA_MAX_EXPONENT_BITS = 256  # FIPS 186-4's bound; a huge exponent also slows checks
+# a key id: base64/base64url (thumbprints), hex, UUIDs, names like "key-1"
+KID_PATTERN = r"^[A-Za-z0-9._~:+/=-]{1,128}(?!\n)$"
+_KID = re.compile(KID_PATTERN)
+
+
+class _JwkMembers(msgspec.Struct, frozen=True):
+    """The members of a JWK we read before PyJWT does, bounded; others are PyJWT's."""
+
+    kty: Annotated[str, msgspec.Meta(max_length=16)]
+    kid: Annotated[str, msgspec.Meta(pattern=KID_PATTERN)]
+    alg: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    use: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+
+
+class _JwkSet(msgspec.Struct, frozen=True):
+    keys: Annotated[list[Any], msgspec.Meta(max_length=JWKS_MAX_KEYS)]  # non-objects: skipped
+
+
+_JWK_SET = msgspec.json.Decoder(_JwkSet)
+
+
+class JwksRefused(Exception):
+    """The provider's JWKS answer breaks a bound (size, shape, no usable key)."""
+
+
+def parse_jwks(body: bytes) -> dict[str, jwt.PyJWK]:
+    """The usable verification keys of the JWKS document ``body``, by ``kid``.
+
+    A key is usable when its ``kid`` is a :data:`KID_PATTERN`, its algorithm (``alg``,
+    else PyJWT's guess from ``kty``) is one of :data:`ALGORITHMS`, its ``use`` is absent
+    or ``sig``, and it is a public key (RSA: modulus of :data:`RSA_BITS`, exponent of at
+    most :data:`RSA_MAX_EXPONENT_BITS` bits; Ed25519); other keys are skipped, as PyJWT
+    skips the keys it cannot build.
+
+    Raises:
+        JwksRefused: ``body`` is not UTF-8 JSON of the JWKS shape (an object whose
+            ``keys`` is a list of at most :data:`JWKS_MAX_KEYS` objects), nests too deep,
+            or holds no usable key.
+    """
+    try:
+        document = decode_as(body, _JWK_SET)
+    except InvalidRequest as exc:
+        raise JwksRefused(f"not a JWKS: {exc.detail[:200]}") from None
+    keys: dict[str, jwt.PyJWK] = {}
+    skipped: list[str] = []  # why, per key skipped (logged once, cut short)
+    for member in document.keys:
+        try:
+            members = msgspec.convert(member, _JwkMembers)
+        except msgspec.ValidationError as exc:
+            skipped.append(str(exc))  # no kid of ours, a member of the wrong type
+            continue
+        if members.alg not in (None, *ALGORITHMS) or members.use not in (None, "sig"):
+            # (PyJWT would build an "alg: none" key by raising NotImplementedError)
+            skipped.append(f"not for signatures of {sorted(ALGORITHMS)}")
+            continue
+        try:
+            key = jwt.PyJWK(member)
+        except Exception as exc:  # PyJWT and cryptography raise assorted errors
+            skipped.append(repr(exc))  # an unknown kty or crv, a broken key
+            continue
+        if key.algorithm_name not in ALGORITHMS or not _public_and_bounded(key.key):
+            skipped.append(f"{key.algorithm_name}: not a public key of the allowed sizes")
+            continue
+        keys[members.kid] = key
+    if skipped:
+        log.warning("skipped %d unusable JWKS keys: %s", len(skipped), "; ".join(skipped)[:500])
+    if not keys:
+        raise JwksRefused("the JWKS holds no usable key")
+    return keys
+
+
+def _public_and_bounded(key: object) -> bool:
+    if isinstance(key, RSAPublicKey):
+        numbers = key.public_numbers()
+        return key.key_size in RSA_BITS and numbers.e.bit_length() <= RSA_MAX_EXPONENT_BITS
+    return isinstance(key, Ed25519PublicKey)
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -132,18 +233,32 @@ class JwksCache:
     async def _refresh(self) -> None:
         self._tried_at = time.monotonic()
         try:
-            response = await self._client.get(self._url)
-            response.raise_for_status()
-            keys = jwt.PyJWKSet.from_dict(response.json())
-        except (httpx.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
+            async with asyncio.timeout(JWKS_FETCH_SECONDS):
+                body = await self._fetch()
+            keys = parse_jwks(body)
+        except (httpx.HTTPError, TimeoutError, JwksRefused) as exc:
             log.warning("could not fetch the JWKS from %s: %r", self._url, exc)
             return  # keep the keys we have
-        self._keys = {
-            k.key_id: k
-            for k in keys.keys
-            if k.key_id and k.algorithm_name in ALGORITHMS and k.public_key_use in (None, "sig")
-        }
+        self._keys = keys
         self._fetched_at = self._tried_at
+
+    async def _fetch(self) -> bytes:
+        """The JWKS document's bytes, at most :data:`JWKS_MAX_BYTES` of them, uncompressed
+        (a compressed answer could unpack to any size)."""
+        headers = {"accept": "application/json", "accept-encoding": "identity"}
+        async with self._client.stream("GET", self._url, headers=headers) as response:
+            response.raise_for_status()
+            if response.headers.get("content-encoding", "identity").lower() != "identity":
+                raise JwksRefused("the JWKS came compressed, which was not asked for")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > JWKS_MAX_BYTES:
+                raise JwksRefused(f"the JWKS is larger than {JWKS_MAX_BYTES} bytes")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():  # identity: as they came
+                body += chunk
+                if len(body) > JWKS_MAX_BYTES:
+                    raise JwksRefused(f"the JWKS is larger than {JWKS_MAX_BYTES} bytes")
+        return bytes(body)
 
 
 class TokenVerifier:
@@ -201,7 +316,7 @@ class TokenVerifier:
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg not in ALGORITHMS:  # a list or object: unhashable
             raise Unauthenticated(f"tokens signed with {alg!r} are not accepted")
-        if not isinstance(kid, str) or not kid:
+        if not isinstance(kid, str) or not _KID.match(kid):
             raise Unauthenticated("the token names no key (kid)")
         key = await self._jwks.key(kid)
         if key.algorithm_name != alg:  # key confusion: the key decides the algorithm
@@ -224,9 +339,19 @@ class TokenVerifier:
         # the rider id of every row, key and log line it reaches: the ids our boundaries take
         if not isinstance(sub, str) or not is_identifier(sub):
             raise Unauthenticated("the token's sub is not a user id")
-        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise Unauthenticated("the token's roles are not a list of names")
-        return Principal(sub, frozenset(roles)), float(claims["exp"])
+        if (
+            not isinstance(roles, list)
+            or len(roles) > MAX_ROLES
+            or not all(isinstance(r, str) and len(r) <= MAX_ROLE_LENGTH for r in roles)
+        ):
+            raise Unauthenticated(f"the token's roles are not a list of at most {MAX_ROLES} names")
+        for name in ("exp", "iat", "nbf"):  # PyJWT took any integer (10**400 too)
+            value = claims.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise Unauthenticated(f"the token's {name} is not a number")
+            if not 0 <= value <= MAX_TIME:
+                raise Unauthenticated(f"the token's {name} is out of range")
+        return Principal(sub, ROLES.intersection(roles)), float(claims["exp"])
 
 
 def token_verifier(settings: Settings, client: httpx.AsyncClient) -> TokenVerifier:

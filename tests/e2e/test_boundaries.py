@@ -327,13 +327,19 @@ async def test_the_identity_stub_issues_no_sub_with_a_line_break(stubs: str) -> 
 
 
 async def test_stubs_answer_ids_of_every_shape_without_a_500(stubs: str) -> None:
+    """A lookup's id with a control character is refused 400 ``invalid_request`` like the
+    APIs refuse it (it was a 404 before: no record has such an id, but it is no id);
+    printable text that names no record stays a 404."""
     async with httpx.AsyncClient(base_url=stubs) as client:
-        for raw in ("a%00b", "%FF", "a%0Ab"):
-            response = await client.get(f"/user-profile?id={raw}")
-            assert_problem(response, 404, "user_not_found")
-        assert_problem(
-            await client.get("/user-profile", params={"id": "x" * 300}), 400, "bad_request"
-        )
+        for path in ("/user-profile", "/scooter-data", "/tariff-zone-data"):
+            for raw in ("a%00b", "a%0Ab", "user-1%0A", "%0D", "a%09b", "%1B[31m", "a%7F", "%C2%85"):
+                response = await client.get(f"{path}?id={raw}")
+                assert_problem(response, 400, "invalid_request")
+            for raw in ("%FF", "a%20b", "%E2%82%AC", "nobody"):
+                response = await client.get(f"{path}?id={raw}")
+                assert response.status_code == 404, (path, raw, response.text)
+            assert_problem(await client.get(path, params={"id": "x" * 300}), 400, "invalid_request")
+        assert (await client.get("/user-profile", params={"id": "user-1"})).status_code == 200
 
 
 # --- the class, not the examples: any bytes as a body are a 4xx on every command ---------------

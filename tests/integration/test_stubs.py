@@ -580,7 +580,14 @@ async def test_fault_switches_are_partial_and_listed(client: httpx.AsyncClient) 
         "decline": False,
     }
     listed = (await client.get("/admin/faults")).json()
-    assert {f["service"] for f in listed} == {"scooters", "zones", "users", "configs", "payments"}
+    assert {f["service"] for f in listed} == {
+        "scooters",
+        "zones",
+        "users",
+        "configs",
+        "payments",
+        "identity",
+    }
     assert users in listed
 
 
@@ -720,12 +727,12 @@ async def test_payments_refuse_ids_that_are_no_ids_and_record_nothing(
     answer = await client.post("/refund-money-for-order", json={**refund, "refund_key": bad})
     assert_problem(answer, 400, "malformed_body")
     lookup = await client.get("/payment-operation", params={"id": bad, "operation": "hold"})
-    assert_problem(lookup, 400, "bad_request")
+    assert_problem(lookup, 400, "invalid_request")
     lookup = await client.get(
         "/payment-operation", params={"id": order, "operation": "refund", "refund_key": bad}
     )
-    assert_problem(lookup, 400, "bad_request")
-    assert_problem(await client.get("/ledger", params={"order_id": bad}), 400, "bad_request")
+    assert_problem(lookup, 400, "invalid_request")
+    assert_problem(await client.get("/ledger", params={"order_id": bad}), 400, "invalid_request")
     assert (await client.get("/ledger", params={"order_id": order})).status_code == 404
 
 

@@ -5,13 +5,17 @@ services the same refusals are in tests/e2e/test_identity.py."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
+from collections.abc import AsyncIterator
 
 import httpx
 import jwt
 import pytest
 
 from shared.errors import DependencyUnavailable, Forbidden, Unauthenticated
-from shared.infra.auth import JwksCache, Principal, TokenVerifier
+from shared.infra import auth
+from shared.infra.auth import JWKS_MAX_BYTES, JwksCache, Principal, TokenVerifier
 from stubs.identity import IdentityProvider
 
 ISS, AUD = "https://identity.test", "api.test"
@@ -139,3 +143,64 @@ def test_principal_rules() -> None:
         rider.require_rider("user-2")
     with pytest.raises(Forbidden):
         support.require_rider()
+
+
+class Endless(httpx.AsyncByteStream):
+    """A JWKS answer that never ends: ``chunks`` counts what was read of it."""
+
+    def __init__(self, pause: float = 0.0) -> None:
+        self.chunks = 0
+        self.pause = pause
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'{"keys": [], "pad": "'
+        while True:
+            self.chunks += 1
+            if self.pause:
+                await asyncio.sleep(self.pause)
+            yield b"x" * 1024
+
+
+def endless_verifier(stream: Endless) -> TokenVerifier:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        assert request.headers["accept-encoding"] == "identity"  # no compression bombs
+        return httpx.Response(200, stream=stream)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    cache = JwksCache(
+        "http://idp/.well-known/jwks.json", client, min_refresh_seconds=0, max_age_seconds=300
+    )
+    return TokenVerifier(cache, issuer=ISS, audience=AUD, leeway_seconds=0, cache_size=1)
+
+
+async def test_an_endless_jwks_is_read_up_to_its_bound_only(provider: IdentityProvider) -> None:
+    stream = Endless()
+    with pytest.raises(DependencyUnavailable):
+        await endless_verifier(stream).verify(provider.issue("user-1", ["rider"]).access_token)
+    assert stream.chunks == JWKS_MAX_BYTES // 1024  # then it stopped reading (+21 bytes)
+
+
+async def test_a_jwks_that_trickles_in_is_given_up_after_the_fetch_deadline(
+    provider: IdentityProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A byte every now and then never trips a read timeout; the whole fetch has one."""
+    monkeypatch.setattr(auth, "JWKS_FETCH_SECONDS", 0.3)
+    stream = Endless(pause=0.05)
+    with pytest.raises(DependencyUnavailable):
+        await endless_verifier(stream).verify(provider.issue("user-1", ["rider"]).access_token)
+    assert 3 <= stream.chunks <= 10
+
+
+async def test_a_compressed_jwks_is_refused_unread(provider: IdentityProvider) -> None:
+    """Asked for without compression; compressed anyway, its size once unpacked could be
+    anything (10 MB of "x" pack into 10 KB), so even a good document is not unpacked."""
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        packed = gzip.compress(json.dumps(provider.jwks()).encode())
+        return httpx.Response(200, content=packed, headers={"content-encoding": "gzip"})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    cache = JwksCache("http://idp/jwks", client, min_refresh_seconds=0, max_age_seconds=300)
+    check = TokenVerifier(cache, issuer=ISS, audience=AUD, leeway_seconds=0, cache_size=1)
+    with pytest.raises(DependencyUnavailable):
+        await check.verify(provider.issue("user-1", ["rider"]).access_token)

@@ -77,7 +77,7 @@ OLD_VARIABLES: dict[str, tuple[str, Any]] = {
     "SCOOTERS_REFILL_TTL_SECONDS": ("read.refill_ttl_seconds", 300),
     "SCOOTERS_PROJECTOR_BATCH_SIZE": ("read.projector_batch_size", 500),
     "SCOOTERS_PROJECTOR_POLL_SECONDS": ("read.projector_poll_seconds", 1.0),
-    "SCOOTERS_PROJECTOR_BATCH_INTERVAL_SECONDS": ("read.projector_batch_interval_seconds", 0.01),
+    "SCOOTERS_PROJECTOR_BATCH_INTERVAL_SECONDS": ("read.projector_batch_interval_seconds", 0.025),
     "SCOOTERS_PROJECTOR_METRICS_PORT": ("read.projector_metrics_port", 8002),
     "SCOOTERS_STUB_SCOOTERS": ("stub.scooters", 10000),
     "SCOOTERS_STUB_ZONES": ("stub.zones", 10),
@@ -142,6 +142,9 @@ NEW_VARIABLES: dict[str, tuple[str, Any]] = {
     "SCOOTERS_QUERY_ADMISSION_LAG_TARGET_MS": ("serving.query_admission_lag_target_ms", 5.0),
     # published marks committed together (issue 13, ADR 0016)
     "SCOOTERS_PROJECTOR_COMMIT_INTERVAL_SECONDS": ("read.projector_commit_interval_seconds", 0.1),
+    # a flood of bad requests writes a bounded log (issue 8, shared.infra.logs)
+    "SCOOTERS_LOG_NOISE_BURST": ("runtime.log_noise_burst", 10),
+    "SCOOTERS_LOG_NOISE_INTERVAL_SECONDS": ("runtime.log_noise_interval_seconds", 60.0),
 }
 ALL_VARIABLES = {**OLD_VARIABLES, **NEW_VARIABLES}
 
