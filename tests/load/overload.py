@@ -24,7 +24,14 @@ generator. ``--slowloris N`` then opens N connections that send one header line 
 API under test on the first core and the generator on the second (every thread of each:
 affinity is per thread), so that the generator, which stands for clients on other
 machines, does not take the API's core in the overload phase; the engines and the stubs
-stay where the scheduler puts them.
+stay where the scheduler puts them. ``--workers N`` runs the API under test as N
+uvicorn worker processes (the CPU columns then add up the workers).
+
+The **server's view** of the admitted requests, per phase: the difference of the API's
+``http_request_duration_seconds`` histogram (read from its ``/metrics`` port before and
+after the phase) for the 2xx answers, as ``server_view``: the time from the app's call
+to its return in the process, so without the wait in socket buffers before the process
+reads a request; p50/p99 are the histogram's bucket bounds ("≤").
 
     uv run python -m tests.load.overload query --in-flight 128 --duration 10
     uv run python -m tests.load.overload query --in-flight 128 --compare-code ../ref
@@ -37,11 +44,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import resource
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,24 +77,75 @@ STACKS = {
 }
 
 
-class Phase:
-    """One phase on ``blaster``: its answers by status and the CPU of the API process
-    ``pid`` and of this generator process."""
+def _family(pid: int) -> list[int]:
+    """``pid`` and its child processes (uvicorn's workers)."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    return pids
 
-    def __init__(self, pid: int, blaster: Blaster) -> None:
+
+def admitted_histogram(metrics_port: int) -> dict[float, float]:
+    """Cumulative counts by bucket bound (seconds) of the API's
+    ``http_request_duration_seconds`` for its 2xx answers (every route), from its
+    ``/metrics``; empty without a metrics port or when it cannot be read."""
+    if not metrics_port:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("http_request_duration_seconds_bucket{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        if 'status="2' not in labels:
+            continue
+        bound = labels.split('le="', 1)[1].split('"', 1)[0]
+        key = math.inf if bound == "+Inf" else float(bound)
+        buckets[key] = buckets.get(key, 0.0) + float(value)
+    return buckets
+
+
+def histogram_view(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Count and p50/p99 bucket bounds (ms, "≤") of the samples between two readings."""
+    if not after:
+        return {}
+    delta = sorted((bound, count - before.get(bound, 0.0)) for bound, count in after.items())
+    total = delta[-1][1]
+    out: dict[str, Any] = {"count": int(total)}
+    for name, q in (("p50_ms_at_most", 0.5), ("p99_ms_at_most", 0.99)):
+        bound = next((b for b, c in delta if c >= q * total), math.inf)
+        out[name] = None if bound == math.inf or not total else round(bound * 1000, 1)
+    return out
+
+
+class Phase:
+    """One phase on ``blaster``: its answers by status, the CPU of the API process
+    ``pid`` (and its workers) and of this generator process, and the server's view of
+    its admitted answers (``metrics_port``; 0: none)."""
+
+    def __init__(self, pid: int, blaster: Blaster, metrics_port: int = 0) -> None:
         self.pid = pid
         self.blaster = blaster
+        self.metrics_port = metrics_port
+        self.histogram = admitted_histogram(metrics_port)
         blaster.reset()
         self.cpu_started = self._cpu()
 
     def _cpu(self) -> tuple[float, float]:
-        """CPU seconds of the API process and of this generator."""
-        api, generator = _stat(self.pid), _stat(os.getpid())
-        return (0.0 if api is None else api[1], 0.0 if generator is None else generator[1])
+        """CPU seconds of the API process (with its workers) and of this generator."""
+        api = sum(s[1] for s in map(_stat, _family(self.pid)) if s is not None)
+        generator = _stat(os.getpid())
+        return (api, 0.0 if generator is None else generator[1])
 
     def report(self, seconds: float) -> dict[str, Any]:
         (api, generator), (api_0, generator_0) = self._cpu(), self.cpu_started
         answers = sum(len(v) for v in self.blaster.latencies.values())
+        view = histogram_view(self.histogram, admitted_histogram(self.metrics_port))
         out: dict[str, Any] = {
             "seconds": round(seconds, 1),
             "api_cpu_cores": round((api - api_0) / seconds, 2),
@@ -107,6 +167,8 @@ class Phase:
                 "server_p50_ms": round(percentile(server, 0.5) * 1000, 1),
                 "server_p99_ms": round(percentile(server, 0.99) * 1000, 1),
             }
+        if view:  # the API's own histogram: from the app's call to its return
+            out["server_view_2xx"] = view
         return out
 
     def ok_per_second(self, seconds: float) -> float:
@@ -127,25 +189,32 @@ def _int(kind: int | str) -> int:
 
 
 async def phases(
-    args: argparse.Namespace, port: int, requests: list[bytes], in_flight: int, pid: int
+    args: argparse.Namespace,
+    port: int,
+    requests: list[bytes],
+    in_flight: int,
+    pid: int,
+    metrics_port: int = 0,
 ) -> dict[str, Any]:
-    """Capacity, overload and recovery against the API on ``port`` (process ``pid``)."""
+    """Capacity, overload and recovery against the API on ``port`` (process ``pid``,
+    ``/metrics`` on ``metrics_port``)."""
     if args.pin:
-        pin(pid, {0})
+        for api_pid in _family(pid):
+            pin(api_pid, {0})
         pin(os.getpid(), {1})
     blaster = Blaster("127.0.0.1", port, requests, max_connections=args.connections)
     clients = min(args.concurrency, in_flight) if in_flight > 0 else args.concurrency
-    capacity = Phase(pid, blaster)
+    capacity = Phase(pid, blaster, metrics_port)
     seconds = await blaster.closed_loop(clients, args.duration)
     capacity_report = capacity.report(seconds)
     cap = capacity.ok_per_second(seconds)
     rate = args.rate or cap * args.factor
     # the client's pool is open before the burst: measure shedding, not a connection storm
     await blaster.connect(args.connections)
-    overload = Phase(pid, blaster)
+    overload = Phase(pid, blaster, metrics_port)
     over_s = await blaster.open_loop(rate, args.duration)
     overload_report = overload.report(over_s)
-    recovery = Phase(pid, blaster)
+    recovery = Phase(pid, blaster, metrics_port)
     rec_s = await blaster.open_loop(cap / 2, args.duration / 2)
     recovery_report = recovery.report(rec_s)
     blaster.close()
@@ -238,8 +307,11 @@ def run(args: argparse.Namespace, in_flight: int) -> dict[str, Any]:
         if lag is None
         else {"command_admission_lag_target_ms": lag, "query_admission_lag_target_ms": lag}
     )
-    settings = bench_settings(1, 1).replace(
+    workers = args.workers
+    settings = bench_settings(workers, workers).replace(
         serving={
+            # the server's view of the admitted answers (Phase): /metrics of the API
+            f"{args.side}_metrics_port": free_port(),
             "command_max_requests_in_flight": in_flight,
             "query_max_requests_in_flight": in_flight,
             "request_read_timeout_seconds": args.read_timeout,
@@ -255,12 +327,18 @@ def run(args: argparse.Namespace, in_flight: int) -> dict[str, Any]:
         if args.compare_code is not None:  # the same API from the other checkout
             port = free_port()
             start = extra_query_api if args.side == "query" else extra_command_api
-            compare = (port, extra.enter_context(start(settings, port, 1, args.compare_code)))
+            metrics = free_port()
+            other = settings.replace(serving={f"{args.side}_metrics_port": metrics})
+            pid = extra.enter_context(start(other, port, workers, args.compare_code))
+            compare = (port, pid, metrics)
         return asyncio.run(measure(args, settings, bench.pids[f"{args.side}_api"], compare))
 
 
 async def measure(
-    args: argparse.Namespace, settings: Settings, pid: int, compare: tuple[int, int] | None
+    args: argparse.Namespace,
+    settings: Settings,
+    pid: int,
+    compare: tuple[int, int, int] | None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "max_requests_in_flight": settings.serving.command_max_requests_in_flight,
@@ -269,7 +347,9 @@ async def measure(
         ),
         "request_read_timeout_seconds": settings.serving.request_read_timeout_seconds,
         "max_connections": settings.serving.max_connections,
+        "api_processes": args.workers,
     }
+    metrics_port = getattr(settings.serving, f"{args.side}_metrics_port")
     if args.side == "query":
         seeded = await scenarios.seed_orders(settings, 300, 1024)
         # each order read by its rider (bearer token from the identity stub)
@@ -312,12 +392,13 @@ async def measure(
     random.shuffle(requests)
     in_flight = settings.serving.command_max_requests_in_flight
     if compare is None:
-        out.update(await phases(args, port, requests, in_flight, pid))
+        out.update(await phases(args, port, requests, in_flight, pid, metrics_port))
     else:  # this checkout and the other one, alternately, on the same stack
         runs = []
+        apis = (("this", (port, pid, metrics_port)), (args.compare_code, compare))
         for _ in range(args.rounds):
-            for code, (api_port, api_pid) in (("this", (port, pid)), (args.compare_code, compare)):
-                result = await phases(args, api_port, requests, in_flight, api_pid)
+            for code, (api_port, api_pid, api_metrics) in apis:
+                result = await phases(args, api_port, requests, in_flight, api_pid, api_metrics)
                 runs.append({"code": str(code), **result})
         out["runs"] = runs
     if args.slowloris:
@@ -331,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, action="append", default=None)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes of the API under test (uvicorn workers)"
+    )
     parser.add_argument("--connections", type=int, default=512)
     parser.add_argument("--factor", type=float, default=4.0)
     parser.add_argument("--slowloris", type=int, default=0)
