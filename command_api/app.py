@@ -46,6 +46,7 @@ from shared.errors import (
     OfferNotYours,
     OrderNotCharged,
     OrderNotFound,
+    PaymentDeclined,
     RateLimited,
     RefundExceedsCharge,
     ScooterBusy,
@@ -298,7 +299,7 @@ async def _answer(
                 _BODY,
                 _KEYED,
                 {
-                    402: [UserHasDebt],
+                    402: [UserHasDebt, PaymentDeclined],
                     403: [OfferNotYours],
                     409: [OfferAlreadyUsed, ScooterBusy, TooManyActiveRides],
                     410: [OfferExpired],

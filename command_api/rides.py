@@ -25,7 +25,7 @@ from command_api import repository as repo
 from command_api.debt_marks import DebtMarks
 from command_api.external import ExternalServices, ServiceError
 from shared.domain import NewOrder, Offer, Order, PricingInputs, TrackPoint
-from shared.errors import DependencyUnavailable, OrderNotFound, TrackTooLong
+from shared.errors import DependencyUnavailable, OrderNotFound, PaymentDeclined, TrackTooLong
 from shared.ids import created_at_of, uuid7
 from shared.infra.auth import Principal
 from shared.lifecycle import (
@@ -252,6 +252,8 @@ async def start_ride(deps: Deps, offer: Offer, *, resumed: bool = False) -> Orde
         await deps.services.hold(offer.user_id, str(order_id), offer.deposit)
     except ServiceError as exc:
         await reject_start(deps.pool, order_id, created_at, release=exc.ambiguous)
+        if exc.declined and not exc.ambiguous:  # a definite refusal of the card: 402
+            raise PaymentDeclined("payments declined the deposit hold") from exc
         raise DependencyUnavailable(
             "payments", f"could not hold the deposit: {exc.reason}"
         ) from exc

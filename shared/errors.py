@@ -47,6 +47,13 @@ class UserHasDebt(DomainError):
     code, status, title = "user_has_debt", 402, "The user has an unpaid debt"
 
 
+class PaymentDeclined(DomainError):
+    """Payments declined the rider's card for the deposit hold: a definite answer, nothing
+    moved (ADR 0002); the rider may try again after updating the card (no Retry-After)."""
+
+    code, status, title = "payment_declined", 402, "The payment was declined"
+
+
 class ScooterNotFound(DomainError):
     code, status, title = "scooter_not_found", 404, "No such scooter"
 

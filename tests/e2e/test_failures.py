@@ -205,6 +205,44 @@ async def test_payments_down_at_start_rejects_and_frees_everything(
     await api.post(f"/orders/{ride['id']}/finish", json={})
 
 
+async def test_a_declined_deposit_hold_is_a_402_and_locks_nothing(
+    api: AsyncTestClient[Any], db: asyncpg.Pool, stubs: str, ids: Ids
+) -> None:
+    """A card payments declines (402) is the rider's to fix, not a retry-later outage
+    (issue 8, break8): 402 ``payment_declined`` without Retry-After, nothing moved, and
+    the same offer starts the ride once the card is accepted (ADR 0002)."""
+    rider, scooter = ids.rider(), ids.scooter()
+    offer = await new_offer(api, rider, scooter)
+    await set_fault(stubs, "payments", decline=True)
+    key = {"Idempotency-Key": f"start-{uuid.uuid4()}"}
+
+    refused = await api.post("/orders", json={"offer_token": offer["token"]}, headers=key)
+
+    assert refused.status_code == 402, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["code"] == "payment_declined"
+    assert "retry-after" not in refused.headers
+    (order,) = await db.fetch("SELECT * FROM orders WHERE offer_id = $1::uuid", offer["id"])
+    assert (order["status"], order["payment_status"]) == ("rejected", "failed")
+    await assert_nothing_held_for(db, rider, scooter)
+    assert (await payment_op(db, order["id"], "hold"))["state"] == "gave_up"
+    assert not await db.fetchval(
+        "SELECT count(*) FROM payment_operations WHERE order_id = $1 AND kind = 'release'",
+        order["id"],
+    )
+    money = await ledger(stubs, str(order["id"]))
+    assert (money["held"], money["entries"]) == (0, [])
+    # no debt, no lock-out: the card is updated and the same offer (same key) starts it
+    assert await db.fetchval("SELECT debt FROM user_summary WHERE user_id = $1", rider) in (None, 0)
+    await set_fault(stubs, "payments", decline=False)
+    again = await api.post("/orders", json={"offer_token": offer["token"]}, headers=key)
+    assert again.status_code == 201, again.text
+    ride = again.json()
+    assert (ride["status"], ride["payment_status"]) == ("active", "held")
+    assert (await ledger(stubs, ride["id"]))["held"] == offer["deposit"]
+    await api.post(f"/orders/{ride['id']}/finish", json={})
+
+
 async def test_payments_slow_at_start_rejects_and_the_worker_releases_a_late_hold(
     api: AsyncTestClient[Any],
     db: asyncpg.Pool,
