@@ -6,10 +6,10 @@ and ``RecursionError`` on deep nesting, which would reach the client as a 500. T
 request class here decodes the body instead, straight into the handler's ``data`` type
 (one pass in C; a value nested deeper than that type allows fails at its first extra
 level, so the type bounds the depth), or, for an untyped body, into plain objects after
-a ``json_max_depth`` check. Not UTF-8, too deep, not JSON or not the type →
-:class:`shared.errors.InvalidRequest` (400 ``invalid_request``). The identifier types
-refuse NUL, control characters and anything outside a small ASCII alphabet before a
-value reaches Postgres, Redis or a log line.
+a ``json_max_depth`` check. Missing, not UTF-8, too deep, not JSON or not the type →
+:class:`shared.errors.InvalidRequest` (400 ``invalid_request``), its detail saying which.
+The identifier types refuse NUL, control characters and anything outside a small ASCII
+alphabet before a value reaches Postgres, Redis or a log line.
 """
 
 from __future__ import annotations
@@ -105,7 +105,27 @@ def decode_json(body: bytes, max_depth: int) -> Any:
     except RecursionError:
         raise InvalidRequest(f"the JSON body nests deeper than {max_depth} levels") from None
     except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+        raise InvalidRequest(not_json(body, exc)) from None
+
+
+BODY_MISSING = "the request body is missing: send a JSON object"
+_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
+
+
+def not_json(body: bytes, exc: msgspec.DecodeError) -> str:
+    """The ``detail`` for a body msgspec could not parse as JSON (not a validation error):
+    its messages alone ("Input data was truncated") do not say what is wrong."""
+    if not body.strip(b" \t\r\n"):
+        return (
+            BODY_MISSING if not body else "the request body is only whitespace: send a JSON object"
+        )
+    reason = str(exc)
+    if reason == "Input data was truncated":
+        if _HIGH_SURROGATE.search(body):  # msgspec reads on for the pair's second half
+            reason = "a \\uD800-\\uDBFF escape without its low surrogate, or the text ends early"
+        else:
+            reason = "the text ends before the JSON value does"
+    return f"the body is not valid JSON: {reason}"
 
 
 def decode_as(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
@@ -123,13 +143,18 @@ def decode_as(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
         raise InvalidRequest("the body is not valid UTF-8") from None
     except RecursionError:  # an unknown field's value, skipped recursively by msgspec
         raise InvalidRequest("the JSON body nests too deep") from None
-    except msgspec.DecodeError as exc:
+    except msgspec.ValidationError as exc:  # JSON, but not of the type
         raise InvalidRequest(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(not_json(body, exc)) from None
 
 
 def request_class(max_depth: int) -> type[Request[Any, Any, Any]]:
     """A Litestar request class whose ``json()`` decodes into the handler's ``data`` type
-    with :func:`decode_as` (or, untyped, :func:`decode_json` with ``max_depth``)."""
+    with :func:`decode_as` (or, untyped, :func:`decode_json` with ``max_depth``), and
+    whose ``body()`` refuses an empty body where the handler's ``data`` is required
+    (:class:`InvalidRequest` :data:`BODY_MISSING`; Litestar's own answer is
+    "data: 'data'")."""
     decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
     def decoder_for(request: Request[Any, Any, Any]) -> msgspec.json.Decoder[Any] | None:
@@ -143,7 +168,19 @@ def request_class(max_depth: int) -> type[Request[Any, Any, Any]]:
             decoder = decoders[kind] = msgspec.json.Decoder(kind)
         return decoder
 
+    def body_required(request: Request[Any, Any, Any]) -> bool:
+        handler = request.scope.get("route_handler")
+        field = getattr(handler, "parsed_data_field", None)
+        return field is not None and not field.is_optional and not field.has_default
+
     class BoundedRequest(Request[Any, Any, Any]):
+        async def body(self) -> bytes:
+            body = await super().body()
+            # Litestar would pass no ``data`` and refuse it as "data: 'data'"
+            if not body and body_required(self):
+                raise InvalidRequest(BODY_MISSING)
+            return body
+
         async def json(self) -> Any:
             if self._json is Empty:
                 state = self._connection_state

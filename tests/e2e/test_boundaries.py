@@ -197,6 +197,40 @@ async def test_undecodable_finish_bodies_are_400_and_leave_the_ride_active(
 
 
 @pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"", "the request body is missing: send a JSON object"),
+        (b" \r\n", "the request body is only whitespace: send a JSON object"),
+        (b'"\\ud800"', "the body is not valid JSON: a \\uD800-\\uDBFF escape without"),
+        (b"{", "the body is not valid JSON: the text ends before the JSON value does"),
+    ],
+    ids=["empty", "whitespace", "lone-surrogate", "cut-short"],
+)
+async def test_a_missing_or_unparsable_body_is_named_as_such_on_every_command(
+    api: AsyncTestClient[Any], tokens: Tokens, ids: Ids, body: bytes, detail: str
+) -> None:
+    """break8 (issue 8): an empty body was "data: 'data'", a blank one or a lone surrogate
+    escape "Input data was truncated"; one answer for all the commands that take a body."""
+    rider = ids.rider()
+    order = await start(api, rider, ids.scooter())
+    support = {**tokens.headers("support-1", SUPPORT), "Idempotency-Key": "k-body"}
+    posts = [
+        ("/offers", JSON),
+        ("/orders", JSON),
+        (f"/orders/{order['id']}/refunds", {**JSON, **support}),
+        (f"/users/{rider}/debt/settle", {**JSON, **support}),
+    ]
+    if body:  # no body is a finish without a track
+        posts.append((f"/orders/{order['id']}/finish", JSON))
+    for path, headers in posts:
+        for sent in (headers, {k: v for k, v in headers.items() if k != "content-type"}):
+            response = await api.post(path, content=body, headers=sent)
+            problem = assert_problem(response, 400, "invalid_request")
+            assert problem["detail"].startswith(detail), (path, problem)
+    await api.post(f"/orders/{order['id']}/finish", json={})
+
+
+@pytest.mark.parametrize(
     "user_id",
     ["a\x00b", "a\nb", "user-1\n", "a b", "ü", "user-1\x1b[31m", "x" * 65, "", "../../etc"],
 )
