@@ -55,6 +55,7 @@ from shared.errors import (
     TrackTooLong,
     UserHasDebt,
     UserNotFound,
+    echo,
 )
 from shared.ids import parse_order_id
 from shared.infra.auth import (
@@ -247,7 +248,7 @@ def _order_id(text: str) -> uuid.UUID:
     """The order id in a path; anything that is not one of ours is an unknown order (404)."""
     parsed = parse_order_id(text)
     if parsed is None:
-        raise OrderNotFound(f"no ride {text}")
+        raise OrderNotFound(f"no ride {echo(text)}")
     return parsed
 
 

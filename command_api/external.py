@@ -38,7 +38,7 @@ from shared.domain import (
     TariffZone,
     UserProfile,
 )
-from shared.errors import DependencyUnavailable, ScooterNotFound, UserNotFound
+from shared.errors import DependencyUnavailable, ScooterNotFound, UserNotFound, echo
 from shared.infra.http_transport import Http1Transport
 from shared.infra.logs import get_logger
 from shared.settings import Settings
@@ -281,7 +281,7 @@ class ExternalServices:
                 "scooters", "/scooter-data", _scooter_decoder, {"id": scooter_id}, scooter_nonsense
             )
         except NotFound:
-            raise ScooterNotFound(f"no scooter {scooter_id!r}") from None
+            raise ScooterNotFound(f"no scooter {echo(scooter_id)!r}") from None
         except ServiceError as exc:
             raise DependencyUnavailable("scooters", f"scooters: {exc.reason}") from exc
 
@@ -317,7 +317,7 @@ class ExternalServices:
                 "users", "/user-profile", _user_decoder, {"id": user_id}, user_nonsense
             )
         except NotFound:
-            raise UserNotFound(f"no user {user_id!r}") from None
+            raise UserNotFound(f"no user {echo(user_id)!r}") from None
         except ServiceError:
             known = await self._users.get(user_id)
             metrics.child(metrics.cache_lookups, "users", "hit" if known else "miss").inc()

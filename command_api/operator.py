@@ -26,6 +26,7 @@ from shared.errors import (
     OrderNotFound,
     RefundExceedsCharge,
     UserNotFound,
+    echo,
 )
 from shared.events import DEBT_SETTLED, HOLD_RELEASED, ORDER_REFUNDED
 from shared.ids import created_at_of
@@ -96,7 +97,7 @@ async def refund(
     async with deps.pool.acquire() as conn, conn.transaction():
         order = await repo.lock_order(conn, order_id, created_at)
         if order is None or not is_visible(order.status):
-            raise OrderNotFound(f"no ride {order_id}")
+            raise OrderNotFound(f"no ride {echo(order_id)}")
         refunds = await repo.refunds_of(conn, order_id)
         earlier = refunds.get(refund_key)
         if earlier is not None and earlier.amount != amount:
@@ -249,7 +250,7 @@ async def settle_debt(deps: Deps, user_id: str, reason: str, actor: Principal) -
     """
     async with deps.pool.acquire() as conn:
         if not await repo.has_summary(conn, user_id):
-            raise UserNotFound(f"no rider {user_id}")
+            raise UserNotFound(f"no rider {echo(user_id)}")
         debts = await repo.debts_of(conn, user_id)
     settled: list[str] = []
     for debt in debts:

@@ -32,7 +32,7 @@ from query_api.screens import (
     summary_screen,
 )
 from query_api.stores import REDIS_DOWN, RedisClient, connect_postgres, connect_redis
-from shared.errors import Forbidden, InvalidParameter, OrderNotFound, UserNotFound
+from shared.errors import Forbidden, InvalidParameter, OrderNotFound, UserNotFound, echo
 from shared.infra.answers import JsonAnswer, json_answer_spec
 from shared.infra.auth import (
     TokenVerifier,
@@ -153,7 +153,7 @@ async def get_user_summary(request: Req, user_id: UserId, reads: ReadsDep) -> Su
     _may_read(request, user_id)
     view = await reads.summary(user_id)
     if view is None:
-        raise UserNotFound(f"no user {user_id}")
+        raise UserNotFound(f"no user {echo(user_id)}")
     return summary_screen(view)
 
 

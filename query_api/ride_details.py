@@ -19,7 +19,7 @@ from litestar.static_files import create_static_files_router
 
 from query_api.reads import Reads
 from shared.domain import TrackPoint
-from shared.errors import OrderNotEnded, OrderNotFound
+from shared.errors import OrderNotEnded, OrderNotFound, echo
 from shared.ids import parse_order_id
 from shared.infra.auth import principal_of
 from shared.infra.openapi import SIGNED_IN, problem_responses
@@ -69,7 +69,7 @@ async def get_receipt(
     parsed = parse_order_id(order_id)
     view = None if parsed is None else await reads.order_from_postgres(parsed)
     if view is None or not principal_of(request.user).may_read(view.user_id):
-        raise OrderNotFound(f"no order {order_id}")
+        raise OrderNotFound(f"no order {echo(order_id)}")
     if view.receipt is None:
         raise OrderNotEnded(f"an order in status {view.status!r} has no receipt yet")
     return ReceiptAnswer(order_id=view.id, status=view.status, receipt=view.receipt)
@@ -88,7 +88,7 @@ async def get_track(
     parsed = parse_order_id(order_id)
     found = None if parsed is None else await reads.order_track(parsed)
     if found is None or not principal_of(request.user).may_read(found[0]):
-        raise OrderNotFound(f"no order {order_id}")
+        raise OrderNotFound(f"no order {echo(order_id)}")
     points = _track_decoder.decode(found[1])
     return TrackAnswer(
         order_id=order_id, points=points, distance_meters=track_distance_meters(points)

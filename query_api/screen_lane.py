@@ -37,7 +37,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from query_api.reads import Reads
 from query_api.screens import order_screen
-from shared.errors import OrderNotFound
+from shared.errors import OrderNotFound, echo
 from shared.ids import parse_order_id
 from shared.infra.auth import TokenVerifier, bearer_auth, principal_of
 from shared.infra.boundary import is_valid_host
@@ -63,7 +63,7 @@ async def order_screen_json(reads: Reads, user: Any, order_id: str) -> bytes:
     parsed = parse_order_id(order_id)
     view = None if parsed is None else await reads.order(parsed)
     if view is None or not principal_of(user).may_read(view.user_id):
-        raise OrderNotFound(f"no order {order_id}")
+        raise OrderNotFound(f"no order {echo(order_id)}")
     screen = order_screen(view, datetime.now(UTC), reads.max_charged_seconds, reads.max_cost)
     return _encode(screen)
 

@@ -6,6 +6,17 @@ once published because the app switches on it.
 
 from __future__ import annotations
 
+ECHO_MAX_CHARS = 64
+
+
+def echo(value: object, limit: int = ECHO_MAX_CHARS) -> str:
+    """``value`` as text to repeat back in a problem ``detail`` or a log line: at most
+    ``limit`` characters, a longer one cut there and ended with "…" (issue 8: a 65 KB
+    path was echoed whole in a 404 and its log line). Control characters are left to the
+    JSON encoder and the log renderer, which escape them."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
 
 class DomainError(Exception):
     """A refusal the caller can act on."""

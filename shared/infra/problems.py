@@ -13,7 +13,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from shared.errors import DependencyUnavailable, DomainError, RateLimited, Unauthenticated
+from shared.errors import DependencyUnavailable, DomainError, RateLimited, Unauthenticated, echo
 from shared.infra.logs import get_logger
 from shared.infra.outages import unavailable_dependency
 
@@ -56,7 +56,7 @@ def problem(
 
 def _refused(request: Request[Any, Any, Any], status: int, code: str) -> None:
     # INFO: silent at the default level; the path is the caller's text, rendered escaped
-    log.info("request refused", status=status, code=code, path=request.scope["path"])
+    log.info("request refused", status=status, code=code, path=echo(request.scope["path"]))
 
 
 def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
@@ -119,11 +119,11 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
             "dependency unavailable",
             service=service,
             method=request.method,
-            path=request.url.path,
+            path=echo(request.url.path),
             error=repr(exc),
         )
         return _domain_error(request, DependencyUnavailable(service))
-    log.error("unhandled error", method=request.method, path=request.url.path, exc_info=exc)
+    log.error("unhandled error", method=request.method, path=echo(request.url.path), exc_info=exc)
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred")
 
 

@@ -27,7 +27,7 @@ import pytest
 
 from shared.settings import Settings
 from stubs import StubSettings
-from tests.auth import Tokens
+from tests.auth import SUPPORT, Tokens
 from tests.conftest import ADMIN_DSN, ROOT, stop_process, wait_http
 from tests.ports import free_port
 
@@ -212,6 +212,40 @@ def test_percent_encoded_line_breaks_cannot_forge_a_log_line(
     assert "forged" in refused["path"]
     assert "\n" in refused["path"] or "\r" in refused["path"]  # kept, but inside the event
     assert not any(line.startswith("forged") for line in live.log.read_text().splitlines())
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "path"),
+    [
+        ("query", "GET", "/orders/{}"),
+        ("query", "GET", "/orders/{}/track"),
+        ("query", "GET", "/users/{}/summary"),
+        ("command", "POST", "/orders/{}/finish"),
+    ],
+)
+def test_a_65_kb_id_is_echoed_at_most_64_characters_in_the_answer_and_the_log(
+    live_apis: dict[str, Live], name: str, method: str, path: str, tokens: Tokens
+) -> None:
+    """break8 (issue 8): the whole 65 KB path came back in the 404's detail and its log
+    line."""
+    live = live_apis[name]
+    request_id = f"long-id-{name}-{path.count('/')}-{path[-6:].strip('/{}')}"
+    response = httpx.request(
+        method,
+        live.url + path.format("x" * 65_000),
+        headers={"X-Request-ID": request_id, **tokens.headers("support-1", SUPPORT)},
+        timeout=10,
+    )
+    assert 400 <= response.status_code < 500, response.text[:300]
+    detail = response.json()["detail"]
+    assert len(detail) < 100, detail[:300]  # "no order xxx…x…" or the id's bound
+
+    def logged() -> list[dict[str, Any]]:
+        return [e for e in _events(live.log) if e.get("request_id") == request_id]
+
+    wait_until(lambda: bool(logged()))
+    for event in logged():
+        assert len(json.dumps(event)) < 1000, str(event)[:300]
 
 
 def test_every_log_line_is_one_json_event_with_a_request_id_when_serving(
