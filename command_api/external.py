@@ -10,9 +10,10 @@
 
 Every call has a timeout; GETs are retried once on a transport error or 5xx. An answer
 outside the sane bounds of the settings (a surge of 1e308, a negative tariff, a charge of
-250 %) or of its type (an id that is no id: 1 MB long, NUL, a line break; see
-``shared.domain.ExternalId``) is nonsense: it counts as that service failing, so its
-policy applies, and is logged and counted in ``scooters_external_nonsense_total{service}``.
+250 %, -5 rides) or of its type (an id that is no id: 1 MB long, NUL, a line break; see
+``shared.domain.ExternalId``), or about another id than the one asked for, is nonsense:
+it counts as that service failing, so its policy applies, and is logged and counted in
+``scooters_external_nonsense_total{service}``.
 """
 
 from __future__ import annotations
@@ -205,7 +206,8 @@ class ExternalServices:
     ) -> T:
         """GET with one retry (safe: reads have no effect) on transport errors and 5xx.
 
-        ``nonsense(value, settings)`` names what is out of bounds in an answer, if anything.
+        ``nonsense(value, settings)`` names what is out of bounds in an answer, if anything;
+        an answer about another ``id`` than ``params["id"]`` is nonsense too.
         """
         last: ServiceError | None = None
         # one absolute URL string: httpx parses it once, not base URL, path and params apart
@@ -235,7 +237,10 @@ class ExternalServices:
             except msgspec.DecodeError as exc:
                 last = ServiceError(service, f"bad answer: {_brief(exc)}")
                 break
-            if nonsense is not None and (wrong := nonsense(value, self._settings)) is not None:
+            wrong = _other_id(value, params)
+            if wrong is None and nonsense is not None:
+                wrong = nonsense(value, self._settings)
+            if wrong is not None:
                 metrics.nonsense_answers.labels(service).inc()
                 log.warning("nonsense answer", service=service, problem=wrong)
                 last = ServiceError(service, f"nonsense answer: {wrong}")
@@ -455,6 +460,18 @@ def _outside(name: str, value: float, low: float, high: float) -> str | None:
     return None if low <= value <= high else f"{name}={value!r} outside [{low}, {high}]"
 
 
+BIGINT_MAX = 2**63 - 1  # a count of rides fits Postgres' bigint
+
+
+def _other_id(value: object, params: dict[str, str] | None) -> str | None:
+    """What is wrong with an answer about another record than the one asked for."""
+    asked = None if params is None else params.get("id")
+    answered = getattr(value, "id", asked)
+    if answered == asked:
+        return None
+    return f"id={echo(answered)!r} answered for id={echo(asked)!r}"
+
+
 def _first(*problems: str | None) -> str | None:
     return next((p for p in problems if p is not None), None)
 
@@ -478,6 +495,7 @@ def user_nonsense(user: UserProfile, s: Settings) -> str | None:
     return _first(
         _outside("current_debt", user.current_debt, 0, s.bounds.user_debt_max),
         _outside("total_debt", user.total_debt, 0, s.bounds.user_debt_max),
+        _outside("rides_count", user.rides_count, 0, BIGINT_MAX),
     )
 
 

@@ -63,6 +63,18 @@ async def test_scooters_answering_an_oversized_id_field_is_nonsense(
     assert_unavailable(response, base_settings, "scooters")
 
 
+async def test_scooters_answering_for_another_scooter_is_nonsense(
+    api: AsyncTestClient[Any], stubs: str, ids: Ids, base_settings: Settings
+) -> None:
+    """break8 (issue 8): an answer about another scooter than asked was priced as ours."""
+    asked, other = ids.scooter(), ids.scooter()
+    before = nonsense_count("scooters")
+    await set_fault(stubs, "scooters", answer_fields={"id": other})
+    response = await api.post("/offers", json={"user_id": ids.rider(), "scooter_id": asked})
+    assert_unavailable(response, base_settings, "scooters")
+    assert nonsense_count("scooters") == before + 1
+
+
 @pytest.mark.parametrize("zone_id", NO_IDS[:4], ids=NO_ID_NAMES[:4])
 async def test_zones_answering_an_id_that_is_no_id_price_at_the_base_tariff(
     base_settings: Settings, database: str, stubs: str, ids: Ids, zone_id: str
@@ -105,6 +117,27 @@ async def test_users_answering_an_id_that_is_no_id_price_an_unseen_rider_conserv
     assert used.user_source == "conservative"
     assert not used.has_subscription
     assert not used.trusted
+    assert nonsense_count("users") == before + 1
+
+
+@pytest.mark.parametrize(
+    "fields", [{"id": "user-1"}, {"rides_count": -5}], ids=["another-user", "negative-rides"]
+)
+async def test_users_answering_for_another_user_or_absurd_counts_is_nonsense(
+    api: AsyncTestClient[Any],
+    stubs: str,
+    ids: Ids,
+    base_settings: Settings,
+    fields: dict[str, Any],
+) -> None:
+    """break8 (issue 8): another rider's profile, or ``rides_count: -5``, was used as is."""
+    rider = ids.rider(has_subscribtion=True, trusted=True)  # never asked for by the app
+    before = nonsense_count("users")
+    await set_fault(stubs, "users", answer_fields=fields)
+    offer = await new_offer(api, rider, ids.scooter())
+    used = inputs(base_settings, offer)
+    assert used.user_source == "conservative"
+    assert (used.has_subscription, used.trusted) == (False, False)
     assert nonsense_count("users") == before + 1
 
 
