@@ -53,6 +53,7 @@ from shared.errors import (
     ScooterNotFound,
     TooManyActiveRides,
     TrackTooLong,
+    UnsupportedMediaType,
     UserHasDebt,
     UserNotFound,
     echo,
@@ -177,6 +178,7 @@ _BODY: dict[int, list[Code]] = {
     **SIGNED_IN,
     400: [InvalidRequest],
     413: [PAYLOAD_TOO_LARGE],
+    415: [UnsupportedMediaType],
     503: [DependencyUnavailable],
 }
 _KEYED: dict[int, list[Code]] = {  # with an Idempotency-Key

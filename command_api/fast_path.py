@@ -34,7 +34,7 @@ from litestar.enums import ScopeType
 from litestar.types import Message, Receive, Scope, Send
 
 from shared.infra.auth import Principal, TokenVerifier, bearer_token
-from shared.infra.boundary import decode_as, is_valid_host
+from shared.infra.boundary import decode_as, is_json_media_type, is_valid_host
 from shared.infra.di import Slot
 from shared.infra.logs import REQUEST_ID_HEADER, bind_request_id, unbind_request_id
 from shared.infra.problems import error_answer
@@ -93,6 +93,9 @@ def serve_ride_commands(
                 length = int(value)
             elif name == b"idempotency-key":
                 key, keys = value.decode("latin-1"), keys + 1
+            elif name == b"content-type" and value != b"application/json":
+                if not is_json_media_type(value.decode("latin-1")):
+                    return None  # Litestar refuses it (415)
             elif name in _NOT_PLAIN or (name == b"host" and not is_valid_host(value)):
                 return None
         if keys > 1 or (length == 0 and not route.optional_body):

@@ -90,8 +90,8 @@ async def get_track(
     if found is None or not principal_of(request.user).may_read(found[0]):
         raise OrderNotFound(f"no order {echo(order_id)}")
     points = _track_decoder.decode(found[1])
-    return TrackAnswer(
-        order_id=order_id, points=points, distance_meters=track_distance_meters(points)
+    return TrackAnswer(  # the id as we spell it, not as asked (urn:uuid:, braces, case)
+        order_id=str(parsed), points=points, distance_meters=track_distance_meters(points)
     )
 
 

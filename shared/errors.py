@@ -107,6 +107,16 @@ class InvalidRequest(DomainError):
     code, status, title = "invalid_request", 400, "Invalid request"
 
 
+class UnsupportedMediaType(DomainError):
+    """A body declared (``Content-Type``) as something other than JSON in UTF-8."""
+
+    code, status, title = (
+        "unsupported_media_type",
+        415,
+        "The body must be application/json (UTF-8)",
+    )
+
+
 class InvalidParameter(DomainError):
     code, status, title = "invalid_parameter", 422, "A parameter is invalid"
 

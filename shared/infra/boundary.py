@@ -23,7 +23,7 @@ from litestar import Request
 from litestar.types import Empty
 
 from shared.domain import ID_MAX_LENGTH, ID_PATTERN
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, UnsupportedMediaType, echo
 
 T = TypeVar("T")
 
@@ -85,6 +85,36 @@ def json_depth_exceeds(body: bytes, limit: int) -> bool:
     brackets = _STRING.sub(b"", body).translate(None, delete=_NOT_BRACKETS)
     steps = (1 if b in _OPENERS else -1 for b in brackets)
     return any(depth > limit for depth in itertools.accumulate(steps))
+
+
+def is_json_media_type(value: str) -> bool:
+    """Whether a ``Content-Type`` value declares JSON we read: ``application/json`` or
+    ``application/<anything>+json`` (RFC 6839), with no charset other than UTF-8 (RFC
+    8259 section 8.1: JSON exchanged between systems is UTF-8)."""
+    kind, _, parameters = value.partition(";")
+    kind = kind.strip().lower()
+    if kind != "application/json" and not (
+        kind.startswith("application/") and kind.endswith("+json")
+    ):
+        return False
+    for parameter in parameters.split(";"):
+        name, _, given = parameter.partition("=")
+        if name.strip().lower() == "charset" and given.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            return False
+    return True
+
+
+def check_media_type(value: str | None) -> None:
+    """Refuse a body declared as anything but JSON in UTF-8 (none declared: read as JSON).
+
+    Raises:
+        UnsupportedMediaType: ``value`` is not :func:`is_json_media_type`.
+    """
+    if value is not None and value != "application/json" and not is_json_media_type(value):
+        raise UnsupportedMediaType(f"a body of type {echo(value)!r}: send application/json")
 
 
 _untyped = msgspec.json.Decoder()
@@ -187,6 +217,7 @@ def request_class(max_depth: int) -> type[Request[Any, Any, Any]]:
                 if state.json is not Empty:
                     self._json = state.json
                 else:
+                    check_media_type(self.headers.get("content-type"))
                     body = await self.body() or b"null"
                     decoder = decoder_for(self)
                     self._json = state.json = (

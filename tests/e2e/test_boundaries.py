@@ -231,6 +231,32 @@ async def test_a_missing_or_unparsable_body_is_named_as_such_on_every_command(
 
 
 @pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/xml",
+        "application/json; charset=utf-16",
+        "application/jsonx",
+    ],
+)
+async def test_a_body_declared_as_anything_but_json_is_415_on_every_command(
+    api: AsyncTestClient[Any], ids: Ids, content_type: str
+) -> None:
+    """break8 (issue 8): any Content-Type was read as JSON (text/plain, a form, XML,
+    charset=utf-16 all started rides); the fast path and Litestar answer alike."""
+    rider, scooter = ids.rider(), ids.scooter()
+    body = json.dumps({"user_id": rider, "scooter_id": scooter}).encode()
+    for path in ("/offers", "/orders", "/orders/01a21689-915e-76e0-87c3-e8d8feeda668/finish"):
+        response = await api.post(path, content=body, headers={"content-type": content_type})
+        assert_problem(response, 415, "unsupported_media_type")
+    for accepted in ("application/json; charset=UTF-8", "application/problem+json", None):
+        headers = {} if accepted is None else {"content-type": accepted}
+        response = await api.post("/offers", content=body, headers=headers)
+        assert response.status_code == 201, (accepted, response.text)
+
+
+@pytest.mark.parametrize(
     "user_id",
     ["a\x00b", "a\nb", "user-1\n", "a b", "ü", "user-1\x1b[31m", "x" * 65, "", "../../etc"],
 )

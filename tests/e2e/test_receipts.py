@@ -110,6 +110,23 @@ async def test_track_is_the_points_sent_at_finish(
     assert track["distance_meters"] == ended["distance_meters"] > 0
 
 
+async def test_other_spellings_of_an_order_id_are_answered_with_ours(
+    api: Client, query: Client, ids: Ids
+) -> None:
+    """break8 (issue 8): the track echoed the id as sent ("urn:uuid:…", braces, no
+    dashes, upper case), so the app saw an order id that is not the order's."""
+    order = await start(api, ids.rider(), ids.scooter())
+    await finish(api, order["id"])
+    oid = order["id"]
+    spellings = [f"urn:uuid:{oid}", f"{{{oid}}}", oid.replace("-", ""), oid.upper()]
+    for spelled in spellings:
+        track = await query.get(f"/orders/{spelled}/track")
+        assert track.status_code == 200, (spelled, track.text)
+        assert track.json()["order_id"] == oid
+        receipt = await query.get(f"/orders/{spelled}/receipt")
+        assert receipt.json()["order_id"] == oid, spelled
+
+
 async def test_only_the_rider_or_support_sees_a_receipt_or_track(
     api: Client, query: Client, ids: Ids, tokens: Tokens
 ) -> None:
