@@ -27,6 +27,18 @@ machines, does not take the API's core in the overload phase; the engines and th
 stay where the scheduler puts them. ``--workers N`` runs the API under test as N
 uvicorn worker processes (the CPU columns then add up the workers).
 
+``--front haproxy`` puts HAProxy with the repo's ``deploy/haproxy.cfg`` in front of the
+API under test (ADR 0024; one thread, ``--front-threads``; per-server ``maxconn``
+``--front-maxconn``, by default the capacity phase's clients): the generator talks to
+HAProxy, which refuses what finds no free slot itself; its CPU is reported as
+``front_cpu_cores`` (with ``--pin`` it runs beside the generator). It needs the
+``haproxy`` binary (a deployment artifact, not part of the set-up: ``apt-get install
+haproxy``). ``--api-cpu C`` limits the API under test (every worker) to C cores with a
+cgroup v1 CPU quota (a child cgroup of ``/sys/fs/cgroup/cpu``, period
+``--api-cpu-period-ms``, removed after), so that 4x its capacity fits on a small box
+beside the generator and the proxy; ``api_throttled_periods_share`` is the share of
+periods in which it ran out of quota.
+
 The **server's view** of the admitted requests, per phase: the difference of the API's
 ``http_request_duration_seconds`` histogram (read from its ``/metrics`` port before and
 after the phase) for the 2xx answers, as ``server_view``: the time from the app's call
@@ -36,6 +48,7 @@ reads a request; p50/p99 are the histogram's bucket bounds ("≤").
     uv run python -m tests.load.overload query --in-flight 128 --duration 10
     uv run python -m tests.load.overload query --in-flight 128 --compare-code ../ref
     uv run python -m tests.load.overload command --in-flight 64 --slowloris 19000
+    uv run python -m tests.load.overload query --in-flight 32 --api-cpu 0.3 --front haproxy
 """
 
 from __future__ import annotations
