@@ -492,7 +492,7 @@ async def forget_idempotency_key(conn: Connection, scope: str, key: str) -> None
 
 
 def encode_json(value: Any) -> str:
-    """A value as JSON text for a jsonb parameter."""
+    """A value as JSON text for a json or jsonb parameter."""
     return msgspec.json.encode(value).decode()
 
 

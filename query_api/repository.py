@@ -172,8 +172,9 @@ SELECT id::text AS id, pricing::text AS pricing, order_refunds_json(id) AS refun
  WHERE id = ANY($1::uuid[]) AND created_at = ANY($2::timestamptz[])
 """
 
+# the json track, or the jsonb one of a ride finished before migration 0012 (ADR 0021)
 _TRACK = f"""
-SELECT user_id, coalesce(track::text, '[]') AS track FROM orders
+SELECT user_id, coalesce(track::text, track_jsonb::text, '[]') AS track FROM orders
  WHERE id = $1 AND created_at = $2 AND {_VISIBLE}
 """
 

@@ -23,6 +23,7 @@ from shared.ids import created_at_of, parse_order_id
 from shared.settings import Settings
 from tests.auth import Tokens, acting_rider, tokens_for
 from tests.conftest import ADMIN
+from tests.private_stores import PrivatePostgres, PrivateRedis
 from tests.stores import postgres_pool
 
 T = TypeVar("T")
@@ -217,3 +218,25 @@ async def summary_row(db: asyncpg.Pool, user_id: str) -> asyncpg.Record:
     row = await db.fetchrow("SELECT * FROM user_summary WHERE user_id = $1", user_id)
     assert row is not None, f"no user_summary for {user_id}"
     return row
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A Postgres server of the test's own (tests.private_stores), to stop and start."""
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A Redis server of the test's own (tests.private_stores), to stop and start."""
+    server = PrivateRedis()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

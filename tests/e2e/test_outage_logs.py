@@ -12,7 +12,6 @@ servers really stopped (tests/private_stores.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -32,26 +31,6 @@ pytestmark = pytest.mark.usefixtures("reset_faults")
 BURST = 4
 REQUESTS = 60
 RETRY_AFTER = 3
-
-
-@pytest.fixture
-def private_pg() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 def process_settings(base_settings: Settings) -> Settings:

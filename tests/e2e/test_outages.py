@@ -7,7 +7,7 @@ stops it; the machine's shared servers are never touched.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,26 +22,6 @@ from tests.e2e.conftest import Ids, command_client, new_offer, start
 from tests.private_stores import PrivatePostgres, PrivateRedis
 
 pytestmark = pytest.mark.usefixtures("reset_faults")
-
-
-@pytest.fixture
-def private_pg() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

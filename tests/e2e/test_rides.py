@@ -85,7 +85,7 @@ async def test_full_ride_charges_the_formula_and_releases_the_hold(
     oid = parse_order_id(order["id"])
     assert oid is not None
     row = await db.fetchrow(
-        "SELECT tableoid::regclass::text AS part, jsonb_array_length(track) AS points"
+        "SELECT tableoid::regclass::text AS part, json_array_length(track) AS points"
         " FROM orders WHERE id = $1 AND created_at = $2",
         oid,
         created_at_of(oid),

@@ -182,6 +182,16 @@ def _server(
         proc.wait(10)
 
 
+def py_spy_prefix(output: str | None, rate: int) -> list[str]:
+    """The command line that runs a measuring process under py-spy (a dev dependency),
+    sampling ``rate`` times a second into the raw profile ``output``; ``[]`` when
+    ``output`` is None (no profile asked for). For ``measure_checkout``'s ``prefix``."""
+    if output is None:
+        return []
+    py_spy = str(Path(sys.executable).with_name("py-spy"))
+    return [py_spy, "record", "-r", str(rate), "-f", "raw", "-o", output, "--"]
+
+
 def measure_checkout(
     script: Path,
     seeded: Path,

@@ -147,6 +147,7 @@ def _orchestrate(args: argparse.Namespace) -> None:
         bench_settings,
         bench_stub_settings,
         measure_checkout,
+        py_spy_prefix,
         running_stack,
         settings_env,
     )
@@ -179,19 +180,8 @@ def _orchestrate(args: argparse.Namespace) -> None:
         rows: dict[str, list[dict[str, float]]] = {d: [] for d in args.code_dirs}
 
         def measure(code_dir: str, round_: int) -> dict[str, float]:
-            spy = []
-            if args.profile:  # py-spy (dev dependency) around the measuring process
-                spy = [
-                    str(Path(sys.executable).with_name("py-spy")),
-                    "record",
-                    "-r",
-                    "250",
-                    "-f",
-                    "raw",
-                    "-o",
-                    f"{args.profile}.{Path(code_dir).name or 'here'}.{round_}",
-                    "--",
-                ]
+            profile = args.profile and f"{args.profile}.{Path(code_dir).name or 'here'}.{round_}"
+            spy = py_spy_prefix(profile or None, 250)
             return measure_checkout(
                 HERE, paths[code_dir], code_dir, env, args.count, args.concurrency, prefix=spy
             )

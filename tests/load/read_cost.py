@@ -121,7 +121,13 @@ async def _measure(seeded_path: Path, count: int, concurrency: int) -> dict[str,
 
 
 def _orchestrate(args: argparse.Namespace) -> None:
-    from tests.load.bench import bench_settings, measure_checkout, running_stack, settings_env
+    from tests.load.bench import (
+        bench_settings,
+        measure_checkout,
+        py_spy_prefix,
+        running_stack,
+        settings_env,
+    )
     from tests.load.scenarios import seed_orders
 
     settings = bench_settings(1, 1)
@@ -137,19 +143,8 @@ def _orchestrate(args: argparse.Namespace) -> None:
         rows: dict[str, list[dict[str, float]]] = {d: [] for d in args.code_dirs}
         for _ in range(args.rounds):
             for code_dir in args.code_dirs:
-                spy = []
-                if args.profile:  # py-spy (dev dependency) around the measuring process
-                    spy = [
-                        str(Path(sys.executable).with_name("py-spy")),
-                        "record",
-                        "-r",
-                        "400",
-                        "-f",
-                        "raw",
-                        "-o",
-                        f"{args.profile}.{Path(code_dir).name or 'here'}",
-                        "--",
-                    ]
+                profile = args.profile and f"{args.profile}.{Path(code_dir).name or 'here'}"
+                spy = py_spy_prefix(profile or None, 400)
                 row = measure_checkout(
                     HERE, path, code_dir, env, args.count, args.concurrency, prefix=spy
                 )
