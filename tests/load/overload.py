@@ -173,7 +173,7 @@ def histogram_view(before: dict[float, float], after: dict[float, float]) -> dic
     delta = sorted(
         (bound, count - before.get(bound, 0.0)) for bound, count in after.items() if bound != SHED
     )
-    total = delta[-1][1]
+    total = delta[-1][1] if delta else 0.0
     out: dict[str, Any] = {"count": int(total)}
     if shed is not None:
         out["shed_by_api"] = int(shed - before.get(SHED, 0.0))
