@@ -43,6 +43,7 @@ from shared.infra.auth import (
     token_verifier,
 )
 from shared.infra.boundary import IDENTIFIER_MAX_LENGTH, IDENTIFIER_PATTERN, request_class
+from shared.infra.db import close_pool
 from shared.infra.di import Slot
 from shared.infra.logs import configure_logging, with_request_ids
 from shared.infra.metrics_server import start_metrics_server
@@ -246,9 +247,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             except Exception as exc:  # a busy node: closing can time out; stop anyway
                 if not redis_unavailable(exc):
                     raise
-            await db.close()
+            await close_pool(db)
             if replica is not None:
-                await replica.close()
+                await close_pool(replica)
 
     handlers: list[Any] = [
         get_order,
