@@ -52,6 +52,7 @@ from shared.errors import (
 )
 from shared.infra.boundary import decode_as, is_identifier
 from shared.infra.di import Slot
+from shared.infra.openapi import schema_plugins, schema_router
 from shared.infra.problems import domain_error_answer
 from shared.settings import Settings
 
@@ -436,6 +437,8 @@ def openapi_config(title: str) -> OpenAPIConfig:
             }
         ),
         security=[{"bearer": []}],
+        render_plugins=schema_plugins(),
+        openapi_router=schema_router(),
     )
 
 
