@@ -55,9 +55,7 @@ class ConsoleConfig(msgspec.Struct, frozen=True, kw_only=True):
 @get(
     "/orders/{order_id:str}/receipt",
     summary="A ride's itemised receipt",
-    responses=problem_responses(
-        "GetReceipt", {**READ, 404: [OrderNotFound], 409: [OrderNotEnded]}
-    ),
+    responses=problem_responses("GetReceipt", {**READ, 404: [OrderNotFound], 409: [OrderNotEnded]}),
 )
 async def get_receipt(
     request: Request[Any, Any, Any], order_id: FromPath[str], reads: ReadsDep

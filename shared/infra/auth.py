@@ -382,7 +382,9 @@ _CONSOLE_INDEX = "/console"
 
 
 def bearer_auth(verifier: Slot[TokenVerifier]) -> Callable[[ASGIApp], ASGIApp]:
-    """Litestar middleware: every HTTP request but ``/health/*`` needs a valid bearer token.
+    """Litestar middleware: every HTTP request needs a valid bearer token but ``/health/*``
+    and the operations console's files and addresses (``/console/*``, ``/console-config``:
+    no data, and a browser loads them before it can sign in).
 
     Puts the :class:`Principal` in ``scope["user"]`` (``request.user``). Uses the
     :class:`TokenVerifier` the app's lifespan put in ``verifier``. Answers a missing or bad token

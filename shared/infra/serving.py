@@ -28,6 +28,7 @@ import uvicorn
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import Headers
+from litestar.enums import ScopeType
 from litestar.exceptions import ClientException
 from litestar.middleware._internal.cors import CORSMiddleware
 from litestar.middleware._internal.exceptions.middleware import get_exception_handler
@@ -143,7 +144,7 @@ class _ProblemCORSMiddleware(CORSMiddleware):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         origin = Headers.from_scope(scope=scope).get("origin")
-        if scope["type"] != "http" or scope["method"] != "OPTIONS" or not origin:
+        if scope["type"] != ScopeType.HTTP or scope["method"] != "OPTIONS" or not origin:
             await super().__call__(scope, receive, send)
             return
         app = scope["litestar_app"]
@@ -151,7 +152,9 @@ class _ProblemCORSMiddleware(CORSMiddleware):
         answer = self._create_preflight_response(
             origin=origin, request_headers=Headers.from_scope(scope=scope)
         )
-        if answer.status_code >= 400:  # "Disallowed CORS Origin" (method, headers), as text
+        if (
+            answer.status_code or 204
+        ) >= 400:  # "Disallowed CORS Origin" (method, headers), as text
             refusal = ClientException(detail=f"CORS preflight refused: {answer.content}")
             handler = get_exception_handler(app.exception_handlers, refusal)
             if handler is not None:
