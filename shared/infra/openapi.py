@@ -46,9 +46,9 @@ SIGNED_IN: Mapping[int, list[Code]] = {
 
 READ: Mapping[int, list[Code]] = {
     **SIGNED_IN,
-    # a request Litestar cannot take before the handler runs (a path segment that is no
-    # text of ours, e.g. ``/orders/a%20b``; an invalid ``Host``): the problem every other
-    # 400 is, never Litestar's own ``{status_code, detail, extra}``
+    # a request refused before the handler runs (an invalid ``Host``; break8 saw it for
+    # ``GET /orders/a%20b``) is answered by shared.infra.problems like every other 400,
+    # never with Litestar's default ``{status_code, detail, extra}`` it documents
     400: [INVALID_REQUEST],
 }
 """Refusals of every query (GET) operation behind sign-in, before its own."""
