@@ -88,7 +88,7 @@ from shared.infra.openapi import (
 from shared.infra.outages import redis_unavailable
 from shared.infra.problems import exception_handlers
 from shared.infra.request_metrics import request_metrics
-from shared.infra.serving import cors_config
+from shared.infra.serving import cors_config, cors_refusals_as_problems
 from shared.settings import Settings, get_settings
 
 JSON = "application/json"
@@ -609,6 +609,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=serving.request_max_body_bytes,
         logging_config=None,  # shared.infra.logs configures logging, off the hot path
     )
+    cors_refusals_as_problems(app)  # before anything wraps its ASGI handler
     finish_document(
         app,
         closed=[CreateOffer, StartOrder, FinishOrder, TrackPoint, EndRide, RefundOrder, SettleDebt],

@@ -18,7 +18,7 @@ from command_api.external import ExternalServices, make_http_client
 from command_api.rate_limit import RedisClient
 from command_api.rate_limit import connect as connect_redis
 from query_api.read_connection import ReadConnection
-from shared.infra.db import create_pool
+from shared.infra.db import close_pool, create_pool
 from shared.infra.offer_keys import offer_signer
 from shared.infra.outages import redis_unavailable
 from shared.settings import Settings
@@ -55,9 +55,10 @@ async def open_deps(
                 settings.db.url,
                 min_size=low,
                 max_size=high,
+                connect_timeout=settings.db.connect_timeout_seconds,
                 command_timeout=settings.db.command_timeout_seconds,
             )
-            stack.push_async_callback(pool.close)
+            stack.push_async_callback(close_pool, pool)
         client = make_http_client(settings)
         stack.push_async_callback(client.aclose)
         yield rides.Deps(

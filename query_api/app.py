@@ -43,10 +43,11 @@ from shared.infra.auth import (
     token_verifier,
 )
 from shared.infra.boundary import IDENTIFIER_MAX_LENGTH, IDENTIFIER_PATTERN, request_class
+from shared.infra.db import close_pool
 from shared.infra.di import Slot
 from shared.infra.logs import configure_logging, with_request_ids
 from shared.infra.metrics_server import start_metrics_server
-from shared.infra.openapi import SIGNED_IN, Health, problem_responses
+from shared.infra.openapi import READ, Health, finish_document, problem_responses
 from shared.infra.outages import redis_unavailable
 from shared.infra.problems import exception_handlers
 from shared.infra.request_metrics import request_metrics
@@ -91,7 +92,7 @@ def _may_read(request: Req, user_id: str) -> None:
     summary="A ride's screen",
     responses={
         200: json_answer_spec(OrderScreen),
-        **problem_responses("GetOrder", {**SIGNED_IN, 404: [OrderNotFound]}),
+        **problem_responses("GetOrder", {**READ, 404: [OrderNotFound]}),
     },
 )
 async def get_order(request: Req, order_id: FromPath[str], reads: ReadsDep) -> JsonAnswer:
@@ -111,7 +112,7 @@ async def get_order(request: Req, order_id: FromPath[str], reads: ReadsDep) -> J
         200: json_answer_spec(OrdersPage),
         **problem_responses(
             "ListUserOrders",
-            {**SIGNED_IN, 404: [UserNotFound], 422: [InvalidParameter]},
+            {**READ, 404: [UserNotFound], 422: [InvalidParameter]},
         ),
     },
 )
@@ -145,7 +146,7 @@ async def list_user_orders(
     summary="A rider's summary",
     responses=problem_responses(
         "GetUserSummary",
-        {**SIGNED_IN, 404: [UserNotFound], 422: [InvalidParameter]},
+        {**READ, 404: [UserNotFound], 422: [InvalidParameter]},
     ),
 )
 async def get_user_summary(request: Req, user_id: UserId, reads: ReadsDep) -> SummaryScreen:
@@ -246,9 +247,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             except Exception as exc:  # a busy node: closing can time out; stop anyway
                 if not redis_unavailable(exc):
                     raise
-            await db.close()
+            await close_pool(db)
             if replica is not None:
-                await replica.close()
+                await close_pool(replica)
 
     handlers: list[Any] = [
         get_order,
@@ -277,6 +278,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=serving.request_max_body_bytes,
         logging_config=None,  # shared.infra.logs configures logging, off the hot path
     )
+    finish_document(app)  # the headers refusals are sent with
     document_public_operations(app)  # health checks need no bearer token
     # the ride screen, most of the traffic, answered before routing (ADR 0011)
     app.asgi_handler = screen_lane(app.asgi_handler, reads, verifier)

@@ -37,7 +37,7 @@ from query_api.projection import Write
 from query_api.read_connection import ReadConnection
 from query_api.stores import RedisClient, connect_redis
 from shared.events import Event, event_decoder
-from shared.infra.db import create_pool
+from shared.infra.db import close_pool, create_pool
 from shared.infra.failures import (
     FailureError,
     RetryLog,
@@ -289,7 +289,12 @@ class Projector:
             if settings.redis.cluster or not ReadConnection.supports(settings.redis.url)
             else ReadConnection(settings.redis.url, timeout_seconds=timeout, max_pending=64)
         )
-        pool = await create_pool(settings.db.url, min_size=1, max_size=2)
+        pool = await create_pool(
+            settings.db.url,
+            min_size=1,
+            max_size=2,
+            connect_timeout=settings.db.connect_timeout_seconds,
+        )
         marks = MarkingTransaction(pool, read.projector_commit_interval_seconds)
         failures = 0
         retry_log = RetryLog(log, "projection")
@@ -331,7 +336,7 @@ class Projector:
             if self._listener is not None:
                 with contextlib.suppress(Exception):
                     await self._listener.close()
-            await pool.close()
+            await close_pool(pool)
             if connection is not None:
                 await connection.aclose()
             await redis.aclose()
@@ -351,7 +356,9 @@ class Projector:
         if self._listener is not None and not self._listener.is_closed():
             return
         try:
-            conn = await asyncpg.connect(self._settings.db.url)
+            conn = await asyncpg.connect(
+                self._settings.db.url, timeout=self._settings.db.connect_timeout_seconds
+            )
             await conn.add_listener("outbox", lambda *_: self._wake.set())
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             log.warning(

@@ -94,7 +94,12 @@ def _moment(text: str) -> datetime:
 
 async def _main(settings: Settings, since: datetime | None, until: datetime | None) -> int:
     redis = connect_redis(settings, timeout=10.0)
-    db = await create_pool(settings.db.url, min_size=1, max_size=2)
+    db = await create_pool(
+        settings.db.url,
+        min_size=1,
+        max_size=2,
+        connect_timeout=settings.db.connect_timeout_seconds,
+    )
     assert db is not None
     try:
         return await rebuild(db, redis, settings, since, until)

@@ -22,7 +22,7 @@ from shared.domain import TrackPoint
 from shared.errors import OrderNotEnded, OrderNotFound, echo
 from shared.ids import parse_order_id
 from shared.infra.auth import principal_of
-from shared.infra.openapi import SIGNED_IN, problem_responses
+from shared.infra.openapi import READ, problem_responses
 from shared.pricing import track_distance_meters
 from shared.receipt import Receipt
 from shared.settings import Settings
@@ -55,9 +55,7 @@ class ConsoleConfig(msgspec.Struct, frozen=True, kw_only=True):
 @get(
     "/orders/{order_id:str}/receipt",
     summary="A ride's itemised receipt",
-    responses=problem_responses(
-        "GetReceipt", {**SIGNED_IN, 404: [OrderNotFound], 409: [OrderNotEnded]}
-    ),
+    responses=problem_responses("GetReceipt", {**READ, 404: [OrderNotFound], 409: [OrderNotEnded]}),
 )
 async def get_receipt(
     request: Request[Any, Any, Any], order_id: FromPath[str], reads: ReadsDep
@@ -78,7 +76,7 @@ async def get_receipt(
 @get(
     "/orders/{order_id:str}/track",
     summary="A ride's GPS track",
-    responses=problem_responses("GetTrack", {**SIGNED_IN, 404: [OrderNotFound]}),
+    responses=problem_responses("GetTrack", {**READ, 404: [OrderNotFound]}),
 )
 async def get_track(
     request: Request[Any, Any, Any], order_id: FromPath[str], reads: ReadsDep

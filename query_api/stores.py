@@ -98,6 +98,7 @@ async def connect_postgres(
         dsn,
         min_size=1,
         max_size=max_size or settings.db.pool_max,
+        connect_timeout=settings.db.connect_timeout_seconds,
         command_timeout=settings.db.command_timeout_seconds,
     )
     return pool

@@ -151,6 +151,9 @@ class DatabaseSettings:
     pool_min: int = setting("DB_POOL_MIN", 2)
     pool_max: int = setting("DB_POOL_MAX", 10)
     command_timeout_seconds: float = setting("DB_COMMAND_TIMEOUT_SECONDS", 5.0)
+    # opening a connection (TCP, TLS, start-up) gives up after this: a Postgres that
+    # accepts and never answers (hung, partitioned) is down within it, not asyncpg's 60 s
+    connect_timeout_seconds: float = setting("DB_CONNECT_TIMEOUT_SECONDS", 5.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -49,7 +49,7 @@ from shared.domain import (
 from shared.errors import InvalidRequest
 from shared.infra.boundary import decode_as, json_depth_exceeds
 from shared.infra.logs import MALFORMED_REQUESTS, get_logger, with_request_ids
-from shared.infra.serving import cors_config
+from shared.infra.serving import cors_config, cors_refusals_as_problems
 from shared.settings import IdentitySettings, origins
 from stubs._dataset import DataSet
 from stubs._faults import Fault, Faults, FaultUpdate, ServiceFailed, UnknownService
@@ -543,4 +543,4 @@ def create_app(
         # the console's browser asks the identity provider for tokens
         cors_config=cors_config(origins(settings.cors_allow_origins)),
     )
-    return with_request_ids(app)
+    return with_request_ids(cors_refusals_as_problems(app))

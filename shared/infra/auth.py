@@ -52,6 +52,7 @@ from shared.errors import (
 )
 from shared.infra.boundary import decode_as, is_identifier
 from shared.infra.di import Slot
+from shared.infra.openapi import schema_plugins, schema_router
 from shared.infra.problems import domain_error_answer
 from shared.settings import Settings
 
@@ -381,7 +382,9 @@ _CONSOLE_INDEX = "/console"
 
 
 def bearer_auth(verifier: Slot[TokenVerifier]) -> Callable[[ASGIApp], ASGIApp]:
-    """Litestar middleware: every HTTP request but ``/health/*`` needs a valid bearer token.
+    """Litestar middleware: every HTTP request needs a valid bearer token but ``/health/*``
+    and the operations console's files and addresses (``/console/*``, ``/console-config``:
+    no data, and a browser loads them before it can sign in).
 
     Puts the :class:`Principal` in ``scope["user"]`` (``request.user``). Uses the
     :class:`TokenVerifier` the app's lifespan put in ``verifier``. Answers a missing or bad token
@@ -436,6 +439,8 @@ def openapi_config(title: str) -> OpenAPIConfig:
             }
         ),
         security=[{"bearer": []}],
+        render_plugins=schema_plugins(),
+        openapi_router=schema_router(),
     )
 
 

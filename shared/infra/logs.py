@@ -52,7 +52,11 @@ if TYPE_CHECKING:  # not imported at run time: the worker and projector start fa
 
 REQUEST_ID_HEADER = b"x-request-id"
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+# C0, DEL, C1 (NEL, U+0085, among them) and the Unicode line and paragraph separators:
+# every character that str.splitlines() or a log viewer takes for a line break
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    c: f"\\u{c:04x}" for c in (0x2028, 0x2029)
+}
 _configured: tuple[str, str] | None = None
 _limits: list[NoiseLimit] = []  # installed by configure_logging: flushed at shutdown, exit
 # a plain context variable, read only when a line is written: binding it costs a set and
@@ -71,7 +75,9 @@ def add_request_id(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
 
 
 def escape_control_characters(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-    """Escape control characters (``\\n``, ``\\r``, ESC...) in every string value."""
+    """Escape control characters (``\\n``, ``\\r``, ESC, NEL...) and the Unicode line and
+    paragraph separators in every string value: one event stays one line however its
+    reader splits lines."""
     for key, value in event.items():
         if isinstance(value, str) and not value.isprintable():
             event[key] = value.translate(_CONTROL)
@@ -211,6 +217,12 @@ REPEATED_FAILURES = frozenset(
         "replica unusable, reading the primary",  # query_api/replica.py: per check
         "refills skipped",  # query_api/reads.py (INFO): Redis down
         "undecodable view, refilling",  # query_api/reads.py: Redis held nonsense
+    }
+) | frozenset(
+    {
+        # asyncpg's pool (a library's text): on each retry while Postgres is down, with
+        # its traceback; tests/unit/test_logs.py checks asyncpg still writes it
+        "Failed to restore the pool connection floor; retrying",
     }
 )
 REPEATED_FAILURE_EVENTS = Counter(

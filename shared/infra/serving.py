@@ -25,7 +25,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
+from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import Headers
+from litestar.enums import ScopeType
+from litestar.exceptions import ClientException
+from litestar.middleware._internal.cors import CORSMiddleware
+from litestar.middleware._internal.exceptions.middleware import get_exception_handler
+from litestar.types import Receive, Scope, Send
 
 from shared.infra.admission import Admission, GuardedHttpToolsProtocol
 
@@ -130,3 +137,41 @@ def cors_config(origins: Sequence[str]) -> CORSConfig | None:
         expose_headers=["retry-after"],  # the console tells the operator when to try again
         max_age=600,
     )
+
+
+class _ProblemCORSMiddleware(CORSMiddleware):
+    """Litestar's CORS middleware, but a refused preflight is the app's 400 problem."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origin = Headers.from_scope(scope=scope).get("origin")
+        if scope["type"] != ScopeType.HTTP or scope["method"] != "OPTIONS" or not origin:
+            await super().__call__(scope, receive, send)
+            return
+        app = scope["litestar_app"]
+        request = app.request_class(scope=scope, receive=receive, send=send)
+        answer = self._create_preflight_response(
+            origin=origin, request_headers=Headers.from_scope(scope=scope)
+        )
+        if (
+            answer.status_code or 204
+        ) >= 400:  # "Disallowed CORS Origin" (method, headers), as text
+            refusal = ClientException(detail=f"CORS preflight refused: {answer.content}")
+            handler = get_exception_handler(app.exception_handlers, refusal)
+            if handler is not None:
+                answer = handler(request, refusal)
+        await answer.to_asgi_response(app=None, request=request)(scope, receive, send)
+
+
+def cors_refusals_as_problems(app: Litestar) -> Litestar:
+    """``app`` (built with a :func:`cors_config`) answering a CORS preflight it refuses
+    (an origin, method or header not allowed) with its exception handlers' 400 problem
+    (``invalid_request``) instead of Litestar's ``400 text/plain``; an allowed one is
+    answered as before (204 with the ``Access-Control-Allow-*`` headers). Without the
+    allow headers a browser blocks the call either way.
+
+    Call right after building the app, before wrapping its ``asgi_handler``.
+    """
+    handler = app.asgi_handler
+    if isinstance(handler, CORSMiddleware):
+        app.asgi_handler = _ProblemCORSMiddleware(handler.app, handler.config)
+    return app

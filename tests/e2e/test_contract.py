@@ -326,3 +326,165 @@ def wait_until(check: Any, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("not logged in time")
         time.sleep(0.05)
+
+
+# --- the documents tell the truth (issue 8, item 3) -------------------------------------------
+
+
+def _documents(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Both APIs' OpenAPI documents as served, built in-process (no lifespan needed)."""
+    from command_api.app import create_app as command_app
+    from query_api.app import create_app as query_app
+
+    return {
+        "command": command_app(settings).openapi_schema.to_schema(),
+        "query": query_app(settings).openapi_schema.to_schema(),
+    }
+
+
+def _responses(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation.get("responses", {}).items():
+                yield f"{method.upper()} {path}", status, response
+
+
+# the one refusal that is no problem: readiness answers its Health shape with 503
+HEALTH_503 = "GET /health/ready"
+
+
+def test_the_query_apis_400s_are_documented_as_the_problems_it_sends(
+    base_settings: Settings,
+) -> None:
+    """break8: each GET's 400 was Litestar's ``application/json {status_code, detail,
+    extra}`` while the API answers ``invalid_request`` problems (``GET /orders/a%20b``)."""
+    from query_api.app import create_app
+
+    document = create_app(base_settings).openapi_schema.to_schema()
+    wrong = [
+        f"{method.upper()} {path}"
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if "400" in operation.get("responses", {})
+        and "application/problem+json" not in operation["responses"]["400"]["content"]
+    ]
+    assert wrong == []
+
+
+def test_every_refusal_in_both_documents_is_a_problem_with_its_codes(
+    base_settings: Settings,
+) -> None:
+    wrong = []
+    for api, document in _documents(base_settings).items():
+        schemas = document["components"]["schemas"]
+        for operation, status, response in _responses(document):
+            if status[0] not in "45" or (operation == HEALTH_503 and status == "503"):
+                continue
+            content = response.get("content", {})
+            if list(content) != ["application/problem+json"]:
+                wrong.append((api, operation, status, list(content)))
+                continue
+            schema = content["application/problem+json"]["schema"]
+            if "$ref" in schema:
+                schema = schemas[schema["$ref"].rpartition("/")[2]]
+            code = schema["properties"]["code"]
+            codes = code.get("enum") or [code.get("const")]
+            if not all(codes) or schema["properties"]["status"].get("const") != int(status):
+                wrong.append((api, operation, status, schema["properties"]))
+    assert wrong == []
+
+
+def test_the_headers_refusals_are_sent_with_are_declared(base_settings: Settings) -> None:
+    """``Retry-After`` of every 429 and 503 problem, ``WWW-Authenticate`` of every 401."""
+    expected = {"401": "WWW-Authenticate", "429": "Retry-After", "503": "Retry-After"}
+    seen: set[str] = set()
+    wrong = []
+    for api, document in _documents(base_settings).items():
+        for operation, status, response in _responses(document):
+            header = expected.get(status)
+            if header is None or (operation == HEALTH_503 and status == "503"):
+                continue
+            seen.add(status)
+            declared = response.get("headers", {}).get(header, {})
+            if not declared.get("required") or "schema" not in declared:
+                wrong.append((api, operation, status))
+    assert seen == set(expected)
+    assert wrong == []
+
+
+@pytest.mark.parametrize("name", ["command", "query"])
+@pytest.mark.parametrize(
+    "path", ["/schema/nope", "/schema/swagger", "/schema/elements", "/schema/nope.json"]
+)
+def test_an_unknown_name_under_schema_is_a_404_problem(
+    live_apis: dict[str, Live], name: str, path: str, tokens: Tokens
+) -> None:
+    """Litestar answered an HTML page; and the UI pages (scripts from a CDN) are off."""
+    answer = httpx.get(live_apis[name].url + path, headers=tokens.headers("user-1"))
+    assert answer.status_code == 404, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize("name", ["command", "query"])
+@pytest.mark.parametrize("path", ["/schema/openapi.json", "/schema/openapi.yaml", "/schema"])
+def test_the_documents_are_still_served(
+    live_apis: dict[str, Live], name: str, path: str, tokens: Tokens
+) -> None:
+    answer = httpx.get(live_apis[name].url + path, headers=tokens.headers("user-1"))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("application/vnd.oai.openapi")
+    assert b"<script" not in answer.content
+
+
+CONSOLE_ORIGIN = "http://console.example"
+PREFLIGHTS = {  # what the preflight asks for -> what Litestar refused with text/plain
+    "origin": {"origin": "http://elsewhere.example", "access-control-request-method": "POST"},
+    "method": {"origin": CONSOLE_ORIGIN, "access-control-request-method": "DELETE"},
+    "header": {
+        "origin": CONSOLE_ORIGIN,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, x-elsewhere",
+    },
+}
+
+
+def _cors_apps(base_settings: Settings) -> dict[str, Any]:
+    from command_api.app import create_app as command_app
+    from stubs._app import create_app as stubs_app
+
+    return {
+        "command": command_app(
+            base_settings.replace(console={"cors_allow_origins": CONSOLE_ORIGIN})
+        ),
+        "stubs": stubs_app(StubSettings(cors_allow_origins=CONSOLE_ORIGIN)),
+    }
+
+
+@pytest.mark.parametrize("refused", list(PREFLIGHTS))
+async def test_a_refused_cors_preflight_is_a_400_problem(
+    base_settings: Settings, refused: str
+) -> None:
+    """Litestar answered ``400 text/plain`` "Disallowed CORS Origin" (break8)."""
+    for name, app in _cors_apps(base_settings).items():
+        transport = httpx.ASGITransport(app=app)  # the CORS layer answers before sign-in
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            answer = await http.options("/orders", headers=PREFLIGHTS[refused])
+        assert answer.status_code == 400, (name, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json", name
+        assert answer.json()["code"] == "invalid_request", name
+        assert "access-control-allow-origin" not in answer.headers, name
+
+
+async def test_an_allowed_cors_preflight_is_still_allowed(base_settings: Settings) -> None:
+    allowed = {
+        "origin": CONSOLE_ORIGIN,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type",
+    }
+    for name, app in _cors_apps(base_settings).items():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            answer = await http.options("/orders", headers=allowed)
+        assert answer.status_code == 204, (name, answer.text)
+        assert answer.headers["access-control-allow-origin"] == CONSOLE_ORIGIN, name

@@ -7,6 +7,7 @@ stops it; the machine's shared servers are never touched.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -157,3 +158,109 @@ async def test_query_api_with_redis_and_postgres_down_answers_503(
         for path in paths:
             response = await query_api.get(path)
             assert response.status_code == 200, (path, response.text)
+
+
+class HangingProxy:
+    """A TCP proxy to Postgres, on an event loop of its own thread (the app under test
+    starts in another thread's loop), that can *hang*: from then on it accepts
+    connections and relays nothing, on new and open connections alike (a hung or
+    partitioned Postgres, as its clients see it)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._hung = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> int:
+        self._thread.start()
+        server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, "127.0.0.1", 0), self._loop
+        ).result(10)
+        port: int = server.sockets[0].getsockname()[1]
+        return port
+
+    def hang(self) -> None:
+        self._hung = True
+
+    def resume(self) -> None:
+        """New connections are relayed again (the hung ones stay dead)."""
+        self._hung = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        if self._hung:
+            return  # accepted, never answered
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers.append(up_writer)
+
+        async def relay(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if self._hung:
+                    return  # swallowed: the peer never hears back
+                dst.write(data)
+                await dst.drain()
+
+        for pair in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(relay(*pair))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        async def shut() -> None:
+            for writer in self._writers:
+                writer.close()
+
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+async def test_a_postgres_that_stops_answering_is_down_within_the_timeouts(
+    own_settings: Settings, private_pg: PrivatePostgres, stubs: str, ids: Ids
+) -> None:
+    """break8: a Postgres that accepts and never answers held each request that needed a
+    new connection for asyncpg's default connect timeout (60 s) before its 503. Now a
+    statement gives up after ``db.command_timeout_seconds`` and a connect after
+    ``db.connect_timeout_seconds``, each answered 503 + Retry-After, and the API serves
+    again once Postgres answers."""
+    proxy = HangingProxy(private_pg.port)
+    proxied = f"127.0.0.1:{proxy.start()}/"
+    url = private_pg.dsn("scooters").replace(f"127.0.0.1:{private_pg.port}/", proxied)
+    settings = own_settings.replace(
+        db={"url": url, "command_timeout_seconds": 1.0, "connect_timeout_seconds": 1.0}
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        async with command_client(settings) as api:
+            assert (await new_offer(api, ids.rider(), ids.scooter()))["token"]
+            proxy.hang()
+            took = []
+            for _ in range(4):  # statements on open connections, then new connections
+                began = loop.time()
+                offer = await api.post(
+                    "/offers", json={"user_id": ids.rider(), "scooter_id": ids.scooter()}
+                )
+                took.append(loop.time() - began)
+                assert_dependency_unavailable(offer)
+            assert (await api.get("/health/ready")).status_code == 503
+            # a bound on behaviour (1 s timeouts against asyncpg's 60 s), not on speed
+            assert max(took) < 30, took
+
+            proxy.resume()
+            answers = []
+            for _ in range(10):  # the pool replaces its dead connections
+                answers.append(
+                    await api.post(
+                        "/offers", json={"user_id": ids.rider(), "scooter_id": ids.scooter()}
+                    )
+                )
+                if answers[-1].status_code == 201:
+                    break
+            assert answers[-1].status_code == 201, [a.text for a in answers]
+            for answer in answers[:-1]:
+                assert_dependency_unavailable(answer)
+    finally:
+        proxy.close()

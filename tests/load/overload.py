@@ -27,6 +27,18 @@ machines, does not take the API's core in the overload phase; the engines and th
 stay where the scheduler puts them. ``--workers N`` runs the API under test as N
 uvicorn worker processes (the CPU columns then add up the workers).
 
+``--front haproxy`` puts HAProxy with the repo's ``deploy/haproxy.cfg`` in front of the
+API under test (ADR 0024; one thread, ``--front-threads``; per-server ``maxconn``
+``--front-maxconn``, by default the capacity phase's clients): the generator talks to
+HAProxy, which refuses what finds no free slot itself; its CPU is reported as
+``front_cpu_cores`` (with ``--pin`` it runs beside the generator). It needs the
+``haproxy`` binary (a deployment artifact, not part of the set-up: ``apt-get install
+haproxy``). ``--api-cpu C`` limits the API under test (every worker) to C cores with a
+cgroup v1 CPU quota (a child cgroup of ``/sys/fs/cgroup/cpu``, period
+``--api-cpu-period-ms``, removed after), so that 4x its capacity fits on a small box
+beside the generator and the proxy; ``api_throttled_periods_share`` is the share of
+periods in which it ran out of quota.
+
 The **server's view** of the admitted requests, per phase: the difference of the API's
 ``http_request_duration_seconds`` histogram (read from its ``/metrics`` port before and
 after the phase) for the 2xx answers, as ``server_view``: the time from the app's call
@@ -36,6 +48,7 @@ reads a request; p50/p99 are the histogram's bucket bounds ("≤").
     uv run python -m tests.load.overload query --in-flight 128 --duration 10
     uv run python -m tests.load.overload query --in-flight 128 --compare-code ../ref
     uv run python -m tests.load.overload command --in-flight 64 --slowloris 19000
+    uv run python -m tests.load.overload query --in-flight 32 --api-cpu 0.3 --front haproxy
 """
 
 from __future__ import annotations
@@ -51,7 +64,8 @@ import resource
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +73,7 @@ import msgspec
 import uvloop
 
 from shared.settings import Settings
+from tests.front import HAPROXY, MISSING, Front, running_haproxy
 from tests.load import scenarios
 from tests.load.bench import (
     bench_settings,
@@ -70,6 +85,9 @@ from tests.load.bench import (
 from tests.load.client import Blaster, Connection, HttpError, Pool
 from tests.load.harness import _stat, percentile
 from tests.ports import free_port
+
+SHED = -1.0  # admitted_histogram's key of the requests the API shed itself
+CPU_CGROUPS = Path("/sys/fs/cgroup/cpu")  # cgroup v1's cpu controller
 
 STACKS = {
     "query": ("stubs", "command_api", "worker", "projector", "query_api"),
@@ -86,10 +104,44 @@ def _family(pid: int) -> list[int]:
     return pids
 
 
+@contextmanager
+def cpu_quota(pids: list[int], cores: float, period_ms: float) -> Iterator[Path]:
+    """Processes ``pids`` (every thread) limited to ``cores`` of CPU time per
+    ``period_ms`` (cgroup v1 CFS quota in a child cgroup of its own); moved back and the
+    cgroup removed after."""
+    group = CPU_CGROUPS / f"overload-{os.getpid()}"
+    group.mkdir()
+    try:
+        period = int(period_ms * 1000)
+        (group / "cpu.cfs_period_us").write_text(str(period))
+        (group / "cpu.cfs_quota_us").write_text(str(max(1000, int(cores * period))))
+        for pid in pids:
+            (group / "cgroup.procs").write_text(str(pid))
+        yield group
+    finally:
+        for task in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (CPU_CGROUPS / "cgroup.procs").write_text(task)
+        group.rmdir()
+
+
+def throttled(group: Path | None) -> dict[str, float]:
+    """cpu.stat of ``group``: periods, throttled periods, throttled seconds."""
+    if group is None:
+        return {}
+    fields = dict(line.split() for line in (group / "cpu.stat").read_text().splitlines())
+    return {
+        "periods": float(fields.get("nr_periods", 0)),
+        "throttled": float(fields.get("nr_throttled", 0)),
+        "throttled_s": float(fields.get("throttled_time", 0)) / 1e9,
+    }
+
+
 def admitted_histogram(metrics_port: int) -> dict[float, float]:
     """Cumulative counts by bucket bound (seconds) of the API's
     ``http_request_duration_seconds`` for its 2xx answers (every route), from its
-    ``/metrics``; empty without a metrics port or when it cannot be read."""
+    ``/metrics``; empty without a metrics port or when it cannot be read. The key
+    ``-1.0`` holds the requests the process itself shed (``http_requests_shed_total``)."""
     if not metrics_port:
         return {}
     try:
@@ -99,6 +151,8 @@ def admitted_histogram(metrics_port: int) -> dict[float, float]:
         return {}
     buckets: dict[float, float] = {}
     for line in text.splitlines():
+        if line.startswith("http_requests_shed_total{"):
+            buckets[SHED] = buckets.get(SHED, 0.0) + float(line.rpartition(" ")[2])
         if not line.startswith("http_request_duration_seconds_bucket{"):
             continue
         labels, _, value = line.rpartition(" ")
@@ -111,12 +165,18 @@ def admitted_histogram(metrics_port: int) -> dict[float, float]:
 
 
 def histogram_view(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
-    """Count and p50/p99 bucket bounds (ms, "≤") of the samples between two readings."""
+    """Count and p50/p99 bucket bounds (ms, "≤") of the samples between two readings
+    (and ``shed_by_api``: what the process shed meanwhile, when known)."""
     if not after:
         return {}
-    delta = sorted((bound, count - before.get(bound, 0.0)) for bound, count in after.items())
-    total = delta[-1][1]
+    shed = after.get(SHED)
+    delta = sorted(
+        (bound, count - before.get(bound, 0.0)) for bound, count in after.items() if bound != SHED
+    )
+    total = delta[-1][1] if delta else 0.0
     out: dict[str, Any] = {"count": int(total)}
+    if shed is not None:
+        out["shed_by_api"] = int(shed - before.get(SHED, 0.0))
     for name, q in (("p50_ms_at_most", 0.5), ("p99_ms_at_most", 0.99)):
         bound = next((b for b, c in delta if c >= q * total), math.inf)
         out[name] = None if bound == math.inf or not total else round(bound * 1000, 1)
@@ -128,22 +188,38 @@ class Phase:
     ``pid`` (and its workers) and of this generator process, and the server's view of
     its admitted answers (``metrics_port``; 0: none)."""
 
-    def __init__(self, pid: int, blaster: Blaster, metrics_port: int = 0) -> None:
+    def __init__(
+        self,
+        pid: int,
+        blaster: Blaster,
+        metrics_port: int = 0,
+        front_pid: int = 0,
+        cgroup: Path | None = None,
+    ) -> None:
         self.pid = pid
         self.blaster = blaster
         self.metrics_port = metrics_port
+        self.front_pid = front_pid
+        self.cgroup = cgroup
         self.histogram = admitted_histogram(metrics_port)
         blaster.reset()
+        self.throttled = throttled(cgroup)
         self.cpu_started = self._cpu()
 
-    def _cpu(self) -> tuple[float, float]:
-        """CPU seconds of the API process (with its workers) and of this generator."""
+    def _cpu(self) -> tuple[float, float, float]:
+        """CPU seconds of the API process (with its workers), of this generator and of
+        the front proxy (0 without one)."""
         api = sum(s[1] for s in map(_stat, _family(self.pid)) if s is not None)
         generator = _stat(os.getpid())
-        return (api, 0.0 if generator is None else generator[1])
+        front = _stat(self.front_pid) if self.front_pid else None
+        return (
+            api,
+            0.0 if generator is None else generator[1],
+            0.0 if front is None else front[1],
+        )
 
     def report(self, seconds: float) -> dict[str, Any]:
-        (api, generator), (api_0, generator_0) = self._cpu(), self.cpu_started
+        (api, generator, front), (api_0, generator_0, front_0) = self._cpu(), self.cpu_started
         answers = sum(len(v) for v in self.blaster.latencies.values())
         view = histogram_view(self.histogram, admitted_histogram(self.metrics_port))
         out: dict[str, Any] = {
@@ -169,6 +245,14 @@ class Phase:
             }
         if view:  # the API's own histogram: from the app's call to its return
             out["server_view_2xx"] = view
+        if self.front_pid:
+            out["front_cpu_cores"] = round((front - front_0) / seconds, 2)
+        if self.cgroup is not None:  # the API's CPU quota: how often it was throttled
+            now = throttled(self.cgroup)
+            periods = now["periods"] - self.throttled["periods"]
+            out["api_throttled_periods_share"] = round(
+                (now["throttled"] - self.throttled["throttled"]) / max(periods, 1), 2
+            )
         return out
 
     def ok_per_second(self, seconds: float) -> float:
@@ -195,26 +279,31 @@ async def phases(
     in_flight: int,
     pid: int,
     metrics_port: int = 0,
+    front_pid: int = 0,
+    cgroup: Path | None = None,
 ) -> dict[str, Any]:
     """Capacity, overload and recovery against the API on ``port`` (process ``pid``,
-    ``/metrics`` on ``metrics_port``)."""
+    ``/metrics`` on ``metrics_port``; ``port`` is the front proxy's, process
+    ``front_pid``, when there is one; ``cgroup``: the API's CPU quota)."""
     if args.pin:
         for api_pid in _family(pid):
             pin(api_pid, {0})
         pin(os.getpid(), {1})
+        if front_pid:  # the proxy refuses on the cores that do not serve
+            pin(front_pid, {1})
     blaster = Blaster("127.0.0.1", port, requests, max_connections=args.connections)
     clients = min(args.concurrency, in_flight) if in_flight > 0 else args.concurrency
-    capacity = Phase(pid, blaster, metrics_port)
+    capacity = Phase(pid, blaster, metrics_port, front_pid, cgroup)
     seconds = await blaster.closed_loop(clients, args.duration)
     capacity_report = capacity.report(seconds)
     cap = capacity.ok_per_second(seconds)
     rate = args.rate or cap * args.factor
     # the client's pool is open before the burst: measure shedding, not a connection storm
     await blaster.connect(args.connections)
-    overload = Phase(pid, blaster, metrics_port)
+    overload = Phase(pid, blaster, metrics_port, front_pid, cgroup)
     over_s = await blaster.open_loop(rate, args.duration)
     overload_report = overload.report(over_s)
-    recovery = Phase(pid, blaster, metrics_port)
+    recovery = Phase(pid, blaster, metrics_port, front_pid, cgroup)
     rec_s = await blaster.open_loop(cap / 2, args.duration / 2)
     recovery_report = recovery.report(rec_s)
     blaster.close()
@@ -331,7 +420,30 @@ def run(args: argparse.Namespace, in_flight: int) -> dict[str, Any]:
             other = settings.replace(serving={f"{args.side}_metrics_port": metrics})
             pid = extra.enter_context(start(other, port, workers, args.compare_code))
             compare = (port, pid, metrics)
-        return asyncio.run(measure(args, settings, bench.pids[f"{args.side}_api"], compare))
+        pid = bench.pids[f"{args.side}_api"]
+        cgroup = None
+        if args.api_cpu:  # the API under test (every worker) gets this share of a core
+            cgroup = extra.enter_context(
+                cpu_quota(_family(pid), args.api_cpu, args.api_cpu_period_ms)
+            )
+        front = None
+        if args.front == "haproxy":  # the generator talks to HAProxy, HAProxy to the API
+            serving = settings.serving
+            maxconn = args.front_maxconn or min(args.concurrency, in_flight or args.concurrency)
+            config = Front(
+                query_front=f"127.0.0.1:{free_port()}",
+                query_api=f"127.0.0.1:{serving.query_port}",
+                query_maxconn=maxconn,
+                command_front=f"127.0.0.1:{free_port()}",
+                command_api=f"127.0.0.1:{serving.command_port}",
+                command_maxconn=maxconn,
+                retry_after=serving.retry_after_seconds,
+                threads=args.front_threads,
+            )
+            proxy = extra.enter_context(running_haproxy(config))
+            address = config.query_front if args.side == "query" else config.command_front
+            front = (int(address.rpartition(":")[2]), proxy.pid, maxconn)
+        return asyncio.run(measure(args, settings, pid, compare, front, cgroup))
 
 
 async def measure(
@@ -339,7 +451,12 @@ async def measure(
     settings: Settings,
     pid: int,
     compare: tuple[int, int, int] | None,
+    front: tuple[int, int, int] | None = None,
+    cgroup: Path | None = None,
 ) -> dict[str, Any]:
+    """The phases against the API process ``pid`` (and ``compare``: another checkout's
+    port, pid and metrics port), through ``front`` (the proxy's port, pid and per-server
+    maxconn) when given; ``cgroup``: the API's CPU quota."""
     out: dict[str, Any] = {
         "max_requests_in_flight": settings.serving.command_max_requests_in_flight,
         "admission_lag_target_ms": getattr(
@@ -348,7 +465,11 @@ async def measure(
         "request_read_timeout_seconds": settings.serving.request_read_timeout_seconds,
         "max_connections": settings.serving.max_connections,
         "api_processes": args.workers,
+        "api_cpu_quota_cores": args.api_cpu or None,
+        "front": args.front,
     }
+    if front is not None:
+        out["front_maxconn"] = front[2]
     metrics_port = getattr(settings.serving, f"{args.side}_metrics_port")
     if args.side == "query":
         seeded = await scenarios.seed_orders(settings, 300, 1024)
@@ -391,8 +512,21 @@ async def measure(
 
     random.shuffle(requests)
     in_flight = settings.serving.command_max_requests_in_flight
+    if front is not None:
+        port = front[0]
     if compare is None:
-        out.update(await phases(args, port, requests, in_flight, pid, metrics_port))
+        out.update(
+            await phases(
+                args,
+                port,
+                requests,
+                in_flight,
+                pid,
+                metrics_port,
+                front[1] if front is not None else 0,
+                cgroup,
+            )
+        )
     else:  # this checkout and the other one, alternately, on the same stack
         runs = []
         apis = (("this", (port, pid, metrics_port)), (args.compare_code, compare))
@@ -441,7 +575,38 @@ def main(argv: list[str] | None = None) -> int:
     defaults = Settings().serving
     parser.add_argument("--read-timeout", type=float, default=defaults.request_read_timeout_seconds)
     parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    parser.add_argument(
+        "--front",
+        choices=("none", "haproxy"),
+        default="none",
+        help="haproxy: deploy/haproxy.cfg in front of the API; the generator talks to it",
+    )
+    parser.add_argument(
+        "--front-maxconn",
+        type=int,
+        default=0,
+        help="HAProxy's maxconn for the API (default: the capacity phase's clients)",
+    )
+    parser.add_argument("--front-threads", type=int, default=1, help="HAProxy's threads")
+    parser.add_argument(
+        "--api-cpu",
+        type=float,
+        default=0.0,
+        help="cores the API under test may use (cgroup v1 CPU quota; 0: no quota)",
+    )
+    parser.add_argument(
+        "--api-cpu-period-ms",
+        type=float,
+        default=10.0,
+        help="the quota's period: a throttled API waits up to this long",
+    )
     args = parser.parse_args(argv)
+    if args.front == "haproxy" and HAPROXY is None:
+        parser.error(MISSING)
+    if args.front != "none" and args.compare_code is not None:
+        parser.error("--front measures this checkout only (no --compare-code)")
+    if args.api_cpu and not (CPU_CGROUPS / "cgroup.procs").exists():
+        parser.error(f"--api-cpu needs the cgroup v1 cpu controller at {CPU_CGROUPS}")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     uvloop.install()

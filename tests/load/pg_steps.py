@@ -252,7 +252,9 @@ async def measure(
     dsn: str, flows: int, concurrency: int, debt_read: bool, interval: float
 ) -> dict[str, Any]:
     database = dsn.rsplit("/", 1)[1]
-    pool = await create_pool(dsn, min_size=concurrency + 1, max_size=concurrency + 1)
+    pool = await create_pool(
+        dsn, min_size=concurrency + 1, max_size=concurrency + 1, connect_timeout=10.0
+    )
     stats = await asyncpg.connect(dsn)
     try:
         riders = [f"rider-{secrets.token_hex(4)}" for _ in range(concurrency * 4)]

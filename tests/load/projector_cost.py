@@ -107,7 +107,7 @@ def msgspec_replace(order: Order, **changes: object) -> Order:
 async def write_events(dsn: str, rate: float, duration: float) -> int:
     """Events at ``rate`` per second, each in its own transaction; returns how many."""
     # the services' pool: no reset query on release, so one transaction per event
-    pool = await create_pool(dsn, min_size=4, max_size=8)
+    pool = await create_pool(dsn, min_size=4, max_size=8, connect_timeout=10.0)
     loop = asyncio.get_running_loop()
     total = int(rate * duration)
     tasks: set[asyncio.Task[None]] = set()

@@ -32,6 +32,7 @@ OLD_VARIABLES: dict[str, tuple[str, Any]] = {
     "SCOOTERS_DB_POOL_MIN": ("db.pool_min", 2),
     "SCOOTERS_DB_POOL_MAX": ("db.pool_max", 10),
     "SCOOTERS_DB_COMMAND_TIMEOUT_SECONDS": ("db.command_timeout_seconds", 5.0),
+    "SCOOTERS_DB_CONNECT_TIMEOUT_SECONDS": ("db.connect_timeout_seconds", 5.0),
     "SCOOTERS_HTTP_TIMEOUT_SECONDS": ("external.http_timeout_seconds", 1.0),
     "SCOOTERS_HTTP_MAX_CONNECTIONS": ("external.http_max_connections", 200),
     "SCOOTERS_PAYMENT_TIMEOUT_SECONDS": ("external.payment_timeout_seconds", 2.0),
