@@ -99,38 +99,25 @@ async def test_zones_answering_an_id_that_is_no_id_price_at_the_base_tariff(
 
 @pytest.mark.parametrize(
     "fields",
-    [{"id": "u" * 1_000_000}, {"id": "user-1\r\nX: 1"}, {"last_payment_status": "ok\n"}],
-    ids=["1MB-id", "crlf-id", "status-line-break"],
+    [
+        {"id": "u" * 1_000_000},
+        {"id": "user-1\r\nX: 1"},
+        {"last_payment_status": "ok\n"},
+        {"id": "user-1"},  # break8: another rider's profile was used as is
+        {"rides_count": -5},  # break8: taken as is
+    ],
+    ids=["1MB-id", "crlf-id", "status-line-break", "another-user", "negative-rides"],
 )
-async def test_users_answering_an_id_that_is_no_id_price_an_unseen_rider_conservatively(
-    api: AsyncTestClient[Any],
-    stubs: str,
-    ids: Ids,
-    base_settings: Settings,
-    fields: dict[str, str],
-) -> None:
-    rider = ids.rider(has_subscribtion=True, trusted=True)  # never asked for by the app
-    before = nonsense_count("users")
-    await set_fault(stubs, "users", answer_fields=fields)
-    offer = await new_offer(api, rider, ids.scooter())
-    used = inputs(base_settings, offer)
-    assert used.user_source == "conservative"
-    assert not used.has_subscription
-    assert not used.trusted
-    assert nonsense_count("users") == before + 1
-
-
-@pytest.mark.parametrize(
-    "fields", [{"id": "user-1"}, {"rides_count": -5}], ids=["another-user", "negative-rides"]
-)
-async def test_users_answering_for_another_user_or_absurd_counts_is_nonsense(
+async def test_users_answering_nonsense_price_an_unseen_rider_conservatively(
     api: AsyncTestClient[Any],
     stubs: str,
     ids: Ids,
     base_settings: Settings,
     fields: dict[str, Any],
 ) -> None:
-    """break8 (issue 8): another rider's profile, or ``rides_count: -5``, was used as is."""
+    """An id that is no id, a line break in a field, another rider's profile or an absurd
+    count: the users service answered nonsense (DOMAIN.md's policy: a rider we have not
+    seen is priced conservatively), counted once."""
     rider = ids.rider(has_subscribtion=True, trusted=True)  # never asked for by the app
     before = nonsense_count("users")
     await set_fault(stubs, "users", answer_fields=fields)

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.infra.admission import GuardedHttpToolsProtocol
 from shared.settings import Settings
 from tests.auth import Tokens
-from tests.conftest import start_process, wait_http
+from tests.conftest import start_process, stop_process, wait_http
 from tests.e2e.conftest import Ids, set_fault
 from tests.ports import free_port
 
@@ -61,12 +61,7 @@ def api_process(module: str, settings: Settings, **limits: Any) -> Iterator[Proc
         wait_http(f"{url}/health/live", proc=proc)
         yield Process(url, f"http://127.0.0.1:{metrics_port}/metrics", port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def command_api_process(settings: Settings, **limits: Any) -> Any:
