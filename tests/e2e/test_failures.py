@@ -211,8 +211,9 @@ async def test_a_declined_deposit_hold_is_a_402_and_locks_nothing(
     """A card payments declines (402) is the rider's to fix, not a retry-later outage
     (issue 8, break8): 402 ``payment_declined`` without Retry-After, nothing moved, and
     the same offer starts the ride once the card is accepted (ADR 0002)."""
-    rider, scooter = ids.rider(), ids.scooter()
+    rider, scooter = ids.rider(trusted=False), ids.scooter()  # a trusted rider holds 0
     offer = await new_offer(api, rider, scooter)
+    assert offer["deposit"] > 0, offer  # a start that holds nothing asks payments nothing
     await set_fault(stubs, "payments", decline=True)
     key = {"Idempotency-Key": f"start-{uuid.uuid4()}"}
 
