@@ -3,7 +3,6 @@ new ride steps work on them, and the schema ends up the same as a fresh one's.""
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,12 @@ from migrations import runner
 from shared.ids import created_at_of, uuid7
 from shared.lifecycle import decide_finish
 from shared.settings import Settings
-from tests.integration.test_migrations import all_migrations, fresh_db, schema_dump
+from tests.integration.test_migrations import (
+    all_migrations,
+    fresh_db,
+    migrate_before,
+    schema_dump,
+)
 
 __all__ = ["fresh_db"]  # the fixture, imported for this module
 
@@ -29,11 +33,7 @@ async def test_0004_upgrades_a_database_with_rides(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old = base_settings.replace(db={"url": fresh_db("upgrade")})
-    for path in sorted(runner.SQL_DIR.glob("000[123]_*.sql")):
-        shutil.copy(path, tmp_path / path.name)
-    with monkeypatch.context() as patch:
-        patch.setattr(runner, "SQL_DIR", tmp_path)
-        assert len(await runner.migrate(old)) == 3
+    assert await migrate_before(old, "0004", tmp_path, monkeypatch) == 3
 
     order_id = uuid7()
     created_at = created_at_of(order_id)

@@ -6,7 +6,6 @@ schema ends up the same as a fresh one's (ADR 0021)."""
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,12 @@ from query_api.repository import order_track
 from shared.domain import Order
 from shared.lifecycle import decide_finish
 from shared.settings import Settings
-from tests.integration.test_migrations import all_migrations, fresh_db, schema_dump
+from tests.integration.test_migrations import (
+    all_migrations,
+    fresh_db,
+    migrate_before,
+    schema_dump,
+)
 from tests.integration.test_ride_steps_partitions import key, order_at, start, where
 
 __all__ = ["fresh_db"]  # the fixture, imported for this module
@@ -70,12 +74,7 @@ async def test_0012_keeps_the_tracks_in_every_partition(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old = base_settings.replace(db={"url": fresh_db("upgrade")})
-    before = [p for p in sorted(runner.SQL_DIR.glob("*.sql")) if p.name[:4] < "0012"]
-    for path in before:
-        shutil.copy(path, tmp_path / path.name)
-    with monkeypatch.context() as patch:
-        patch.setattr(runner, "SQL_DIR", tmp_path)
-        assert len(await runner.migrate(old)) == len(before)
+    await migrate_before(old, "0012", tmp_path, monkeypatch)
 
     now = datetime.now(UTC)
     days = [now, now - timedelta(days=1), now + timedelta(days=2), DEFAULT_DAY]

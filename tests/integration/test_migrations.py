@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from migrations import runner
 from migrations.runner import SQL_DIR, migrate
 from shared.settings import Settings
 from tests import conftest
@@ -95,6 +97,21 @@ async def schema_dump(dsn: str) -> dict[str, Any]:
             "migrations": migrations,
         }.items()
     } | {"partitions": partitions}
+
+
+async def migrate_before(
+    settings: Settings, number: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """Apply the migrations numbered below ``number`` (e.g. ``"0012"``) to
+    ``settings.db.url``, as a database of the release before it; returns how many."""
+    before = [p for p in sorted(runner.SQL_DIR.glob("*.sql")) if p.name[:4] < number]
+    for path in before:
+        shutil.copy(path, tmp_path / path.name)
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "SQL_DIR", tmp_path)
+        applied = len(await runner.migrate(settings))
+    assert applied == len(before)
+    return applied
 
 
 def all_migrations() -> list[str]:
