@@ -7,8 +7,10 @@ writes. The transaction stays open across wake-ups and commits every
 ``projector_commit_interval_seconds`` (ADR 0016): a crash before the commit leaves its
 rows unpublished and a later run projects them again, which the versioned script makes
 harmless. A batch's Redis writes are one script call over one pipelined connection on a
-single Redis (``projection.apply``, ADR 0023). Woken by ``NOTIFY outbox``, with a polling
-fallback for a missed notification or a lost LISTEN connection. Runs on uvloop.
+single Redis (``projection.apply``, ADR 0023). Polls (ADR 0027; the outbox no longer
+NOTIFYs): after a batch that found events it pauses ``projector_batch_interval_seconds``
+and claims again; an idle projector looks for an unpublished row every
+``projector_poll_seconds`` with one indexed query, outside any transaction. Runs on uvloop.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ _OLDEST = """
 SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM outbox
  WHERE published_at IS NULL ORDER BY id LIMIT 1
 """
+# the longest wait between attempts while Postgres or Redis is down (0.2, 0.4, 0.8, 1, 1 …)
+_BACKOFF_CAP_SECONDS = 1.0
 # a view written late (replay, catch-up) still lives this long
 _LATE_TTL_FLOOR = 60
 
@@ -181,9 +185,9 @@ async def drain_in(
 async def drain(pool: asyncpg.Pool, redis: RedisClient, settings: Settings) -> int:
     """Project until a batch comes back short of ``projector_batch_size`` (everything
     committed before its claim was in it, or held by another projector); returns the
-    events projected. Rows committed during the last batch are not waited for: their
-    NOTIFY arrives after the wake-up flag was cleared, so the loop runs again (one
-    transaction per batch, none for an empty look when the last batch was short)."""
+    events projected. Rows committed during the last batch are not waited for: the
+    running projector's next poll finds them (one transaction per batch, none for an
+    empty look when the last batch was short)."""
     total = 0
     size = settings.read.projector_batch_size
     while True:
@@ -271,12 +275,9 @@ class Projector:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._listener: asyncpg.Connection | None = None
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
 
     async def run(self) -> None:
         settings = self._settings
@@ -300,12 +301,14 @@ class Projector:
         retry_log = RetryLog(log, "projection")
         try:
             while not self._stop.is_set():
-                await self._ensure_listening()
-                self._wake.clear()  # before claiming: a NOTIFY during the batch re-wakes us
                 try:
-                    count = await drain_in(await marks.connection(), redis, settings, connection)
-                    marks.marked += count
-                    await marks.settle()  # commits once due (ADR 0016)
+                    if marks.due_in() is None and not await _pending(pool):
+                        count = 0  # idle: one query, no transaction (ADR 0027)
+                    else:
+                        conn = await marks.connection()
+                        count = await drain_in(conn, redis, settings, connection)
+                        marks.marked += count
+                        await marks.settle()  # commits once due (ADR 0016)
                     failures = 0
                     retry_log.succeeded()
                 except Exception as exc:  # Redis or Postgres down: rows stay unpublished
@@ -319,13 +322,14 @@ class Projector:
                         log.exception("projection failed (attempt %d); retrying", failures)
                     else:
                         retry_log.failed(reason)
-                    await self._sleep(min(0.1 * 2**failures, read.projector_poll_seconds))
+                    await self._sleep(min(0.1 * 2**failures, _BACKOFF_CAP_SECONDS))
                     continue
                 if count:
                     log.debug("projected %d events", count)
                     # busy: let the next batch gather what arrives meanwhile (issue 13)
-                    await self._pause(read.projector_batch_interval_seconds)
-                # a NOTIFY, the poll, or the open transaction's commit, whichever is first
+                    await self._sleep(read.projector_batch_interval_seconds)
+                    continue
+                # nothing new: the next poll, or the open transaction's commit if sooner
                 due = marks.due_in()
                 poll = read.projector_poll_seconds
                 await self._sleep(poll if due is None else max(0.0, min(poll, due)))
@@ -333,40 +337,25 @@ class Projector:
             with contextlib.suppress(Exception):  # a clean stop commits what Redis has
                 await marks.end()
             await marks.abandon()
-            if self._listener is not None:
-                with contextlib.suppress(Exception):
-                    await self._listener.close()
             await close_pool(pool)
             if connection is not None:
                 await connection.aclose()
             await redis.aclose()
 
-    async def _pause(self, seconds: float) -> None:
-        """Wait ``seconds`` unless stopped (NOTIFYs meanwhile keep the wake-up flag set)."""
+    async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` unless stopped."""
         if seconds > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), seconds)
 
-    async def _sleep(self, seconds: float) -> None:
-        """Wait for a NOTIFY, a stop, or ``seconds``."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
 
-    async def _ensure_listening(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        try:
-            conn = await asyncpg.connect(
-                self._settings.db.url, timeout=self._settings.db.connect_timeout_seconds
-            )
-            await conn.add_listener("outbox", lambda *_: self._wake.set())
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            log.warning(
-                "cannot LISTEN on outbox; polling every %ss",
-                self._settings.read.projector_poll_seconds,
-            )
-            return
-        self._listener = conn
+async def _pending(pool: asyncpg.Pool) -> bool:
+    """Whether the outbox holds an unpublished row (committed, or claimed by another
+    projector): the idle projector's poll, one indexed query outside a transaction
+    (``outbox_unpublished``). Sets the lag gauge to that row's age (0 if none)."""
+    age = await pool.fetchval(_OLDEST)
+    PROJECTOR_LAG.set(age or 0.0)
+    return age is not None
 
 
 async def _main(settings: Settings) -> None:

@@ -364,7 +364,10 @@ class ReadSideSettings:
     # TTL of a view refilled from Postgres that isn't done
     refill_ttl_seconds: int = setting("REFILL_TTL_SECONDS", 300)
     projector_batch_size: int = setting("PROJECTOR_BATCH_SIZE", 500)
-    projector_poll_seconds: float = setting("PROJECTOR_POLL_SECONDS", 1.0)  # if a NOTIFY is missed
+    # how often an idle projector looks for a new outbox row (the outbox does not NOTIFY,
+    # ADR 0027): adds at most this to an idle system's first event's lag, for one indexed
+    # query per poll (docs/benchmarks.md "i13notify")
+    projector_poll_seconds: float = setting("PROJECTOR_POLL_SECONDS", 0.05)
     # a busy projector claims at most once per this long, so a batch gathers the events of
     # the whole interval; adds at most this to the lag (25 ms, not 10: half the wake-ups
     # under load, docs/benchmarks.md "i13proj2")

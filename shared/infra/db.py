@@ -10,8 +10,8 @@ import asyncpg
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Skip asyncpg's reset query on release: one round trip saved per checkout.
 
-    Safe because no pooled connection keeps session state: no LISTEN (the projector
-    listens on its own connection), no session advisory locks, no SET; an open
+    Safe because no pooled connection keeps session state: no LISTEN (nothing listens
+    since ADR 0027), no session advisory locks, no SET; an open
     transaction is still rolled back by the pool itself.
     """
 

@@ -69,7 +69,7 @@ def stack(base_settings: Settings, database: str) -> Iterator[Stack]:
         redis={"key_prefix": f"{base_settings.redis.key_prefix}console:"},
         external={"base_url": stubs_url},
         serving={"command_port": command_port, "query_port": query_port},
-        read={"projector_metrics_port": 0, "projector_poll_seconds": 0.5},
+        read={"projector_metrics_port": 0},
         console={"cors_allow_origins": query_url, "command_url": command_url},
     )
     stub_env = StubSettings(

@@ -43,7 +43,7 @@ WAIT = 15.0
 
 @pytest.fixture(scope="module")
 def read_settings(base_settings: Settings, database: str) -> Settings:
-    return base_settings.replace(read={"projector_poll_seconds": 0.5, "projector_metrics_port": 0})
+    return base_settings.replace(read={"projector_metrics_port": 0})
 
 
 @pytest.fixture(scope="module")

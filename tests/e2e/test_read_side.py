@@ -46,9 +46,9 @@ TRACK = [{"t": 1.0, "lat": 55.75, "lon": 37.61}, {"t": 9.0, "lat": 55.751, "lon"
 
 @pytest.fixture(scope="module")
 def read_settings(base_settings: Settings, database: str) -> Settings:
-    """The run's database and key prefix; a quick polling fallback and no metrics server
-    (so projectors started by other tests never fight over a port)."""
-    return base_settings.replace(read={"projector_poll_seconds": 0.5, "projector_metrics_port": 0})
+    """The run's database and key prefix, and no metrics server (so projectors started
+    by other tests never fight over a port)."""
+    return base_settings.replace(read={"projector_metrics_port": 0})
 
 
 class ProjectorProcess:
@@ -451,7 +451,7 @@ async def test_projection_lag_under_light_load(
     own lag, outbox commit → published (after Redis had the writes)."""
     rides = 40
     riders = [(ids.rider(), ids.scooter()) for _ in range(rides)]
-    warm = await start(api, ids.rider(), ids.scooter())  # the projector is up and listening
+    warm = await start(api, ids.rider(), ids.scooter())  # the projector is up and polling
     await projected(redis, prefix, warm["id"], warm["version"])
     loop = asyncio.get_running_loop()
     fallbacks_before = fallback_queries()

@@ -186,3 +186,29 @@ async def test_concurrent_runs_all_succeed_with_one_schema(
     assert len(counts) == len(processes)
     assert sum(counts) + sum(len(a) for a in applied_here) == len(all_migrations())
     assert await schema_dump(target) == expected
+
+
+async def test_0013_leaves_no_trigger_on_the_outbox(
+    base_settings: Settings,
+    fresh_db: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """0013 drops the outbox's NOTIFY trigger and its function (ADR 0027); a fresh
+    database ends up with the same schema as an upgraded one."""
+    query = (
+        "SELECT ARRAY[(SELECT count(*)::int FROM pg_trigger WHERE tgrelid = 'outbox'::regclass"
+        " AND NOT tgisinternal), (to_regproc('outbox_notify') IS NOT NULL)::int]"
+    )
+    old = base_settings.replace(db={"url": fresh_db("notify")})
+    await migrate_before(old, "0013", tmp_path, monkeypatch)
+    conn = await asyncpg.connect(old.db.url)
+    try:
+        assert await conn.fetchval(query) == [1, 1]  # the release before
+        assert await runner.migrate(old) == [n for n in all_migrations() if n[:4] >= "0013"]
+        assert await conn.fetchval(query) == [0, 0]
+    finally:
+        await conn.close()
+    fresh = base_settings.replace(db={"url": fresh_db("notify_fresh")})
+    await migrate(fresh)
+    assert await schema_dump(fresh.db.url) == await schema_dump(old.db.url)

@@ -224,7 +224,7 @@ def new_user() -> str:
 @pytest.fixture(scope="module")
 def settings(base_settings: Settings, database: str) -> Settings:
     return base_settings.replace(
-        read={"projector_poll_seconds": 0.5, "projector_metrics_port": 0},
+        read={"projector_metrics_port": 0},
         runtime={"log_level": "WARNING"},
     )
 
@@ -478,7 +478,7 @@ async def test_projection_lag_under_light_load(
         "query_api.projector", settings.replace(read={"projector_metrics_port": metrics})
     )
     try:
-        # past its imports (seconds on a busy machine) once /metrics answers; then listening
+        # past its imports (seconds on a busy machine) once /metrics answers; then polling
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{metrics}/metrics", 60.0, proc)
         await asyncio.sleep(1.0)
         ids = []
@@ -720,3 +720,42 @@ async def test_three_projectors_with_open_marks_project_each_event_once(
     finally:
         for proc in procs:
             stop_process(proc)
+
+
+async def test_polling_projects_the_first_event_and_a_burst_without_notify(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, write: WriteSide
+) -> None:
+    """ADR 0027: nothing NOTIFYs any more (0013 dropped the trigger); an idle projector
+    finds the first event by its poll (50 ms) within 1 s, and a burst is all projected,
+    each event once."""
+    triggers = await pool.fetchval(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'outbox'::regclass AND NOT tgisinternal"
+    )
+    assert triggers == 0
+    await drain(pool, redis, settings)
+    metrics = free_port()
+    proc = start_process(
+        "query_api.projector", settings.replace(read={"projector_metrics_port": metrics})
+    )
+    try:
+        # past its imports (seconds on a busy machine) once /metrics answers; then idle
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{metrics}/metrics", 60.0, proc)
+        await asyncio.sleep(0.5)
+        first = await write.start(new_user())
+        await wait_until(lambda: _all_published(pool, [first.id]), timeout=10)
+        lag = await pool.fetchval(
+            "SELECT extract(epoch FROM published_at - created_at)::float8 FROM outbox"
+            " WHERE order_id = $1",
+            uuid.UUID(first.id),
+        )
+        assert lag < 1.0, f"first event projected {lag:.3f} s after its commit"
+        await order_view_in_redis(redis, settings, first.id)
+
+        burst = await asyncio.gather(*(write.start(new_user()) for _ in range(200)))
+        ids = [o.id for o in burst]
+        await wait_until(lambda: _all_published(pool, ids), timeout=30)
+        for order in burst:
+            assert (await order_view_in_redis(redis, settings, order.id)).version == 1
+        assert _scrape(metrics, "projector_events_total") == 1 + len(burst)  # none lost, none twice
+    finally:
+        stop_process(proc)

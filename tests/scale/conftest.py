@@ -90,10 +90,8 @@ async def replica_db(scaled_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture(scope="module")
 def read_settings(scaled_settings: Settings) -> Settings:
-    """As in tests/e2e/test_read_side.py: a quick polling fallback, no metrics server."""
-    return scaled_settings.replace(
-        read={"projector_poll_seconds": 0.5, "projector_metrics_port": 0}
-    )
+    """As in tests/e2e/test_read_side.py: no metrics server."""
+    return scaled_settings.replace(read={"projector_metrics_port": 0})
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def two_workers(scaled_settings: Settings, stubs: str) -> Iterator[Settings]:
             "command_metrics_port": free_ports(offsets=(0, 1))[0],
             "query_metrics_port": free_ports(offsets=(0, 1))[0],
         },
-        read={"projector_metrics_port": 0, "projector_poll_seconds": 0.5},
+        read={"projector_metrics_port": 0},
     )
     procs = []
     try:

@@ -77,7 +77,7 @@ OLD_VARIABLES: dict[str, tuple[str, Any]] = {
     "SCOOTERS_REDIS_RETRY_SECONDS": ("redis.retry_seconds", 1.0),
     "SCOOTERS_REFILL_TTL_SECONDS": ("read.refill_ttl_seconds", 300),
     "SCOOTERS_PROJECTOR_BATCH_SIZE": ("read.projector_batch_size", 500),
-    "SCOOTERS_PROJECTOR_POLL_SECONDS": ("read.projector_poll_seconds", 1.0),
+    "SCOOTERS_PROJECTOR_POLL_SECONDS": ("read.projector_poll_seconds", 0.05),
     "SCOOTERS_PROJECTOR_BATCH_INTERVAL_SECONDS": ("read.projector_batch_interval_seconds", 0.025),
     "SCOOTERS_PROJECTOR_METRICS_PORT": ("read.projector_metrics_port", 8002),
     "SCOOTERS_STUB_SCOOTERS": ("stub.scooters", 10000),
