@@ -2,7 +2,7 @@
 lag, at fixed event rates (issue 13).
 
 Starts only the projector (own database and key prefix, as the load tests), then writes
-outbox events as the ride steps do (one transaction per event, each with its NOTIFY) at
+outbox events as the ride steps do (one transaction per event; before ADR 0027 each NOTIFYed) at
 ``--rate`` events per second for ``--duration`` seconds: a started, finished and settled
 event per ride, in turn. Prints the projector's CPU-ms per event (from /proc, so a busy
 machine disturbs it less than a throughput run) and the projection lag (``published_at -
