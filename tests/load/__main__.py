@@ -337,6 +337,14 @@ def main(argv: list[str] | None = None) -> int:
         help="start a Postgres primary + hot standby for the run (the query side's "
         "fallback reads the standby)",
     )
+    parser.add_argument(
+        "--pg-set",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="a Postgres setting for the run's database (ALTER DATABASE ... SET), before "
+        "the services connect; repeat for several (e.g. commit_delay=20)",
+    )
     parser.add_argument("--smoke", action="store_true", help="a few seconds at a low rate (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="show the services' output")
@@ -429,7 +437,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings, log_path: Path) -> int:
-    with running_stack(settings, STACK, quiet=not args.verbose, log_path=log_path) as bench:
+    pg_settings = [(name, value) for name, _, value in (p.partition("=") for p in args.pg_set)]
+    with running_stack(
+        settings, STACK, quiet=not args.verbose, log_path=log_path, pg_settings=pg_settings
+    ) as bench:
         bench.pids.update(OWN_ENGINES)  # their CPU is measured as the processes' is
         if args.side == "command":
             reports = asyncio.run(run_command(args, settings, bench.pids))
