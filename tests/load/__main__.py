@@ -337,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         help="start a Postgres primary + hot standby for the run (the query side's "
         "fallback reads the standby)",
     )
+    parser.add_argument(
+        "--floor",
+        choices=("litestar", "raw"),
+        help="command side: serve the floor app of tests/load/floor.py as the command API "
+        '(the ride commands and nothing else; issue 13, docs/benchmarks.md "i13floor")',
+    )
     parser.add_argument("--smoke", action="store_true", help="a few seconds at a low rate (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="show the services' output")
@@ -429,6 +435,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings, log_path: Path) -> int:
+    if args.floor:  # the stack's command API is the floor app (tests/load/floor.py)
+        import scripts.stack
+
+        scripts.stack.MODULES["command_api"] = "tests.load.floor"
+        os.environ["FLOOR_APP"] = args.floor  # the services' environment is ours
     with running_stack(settings, STACK, quiet=not args.verbose, log_path=log_path) as bench:
         bench.pids.update(OWN_ENGINES)  # their CPU is measured as the processes' is
         if args.side == "command":

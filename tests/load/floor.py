@@ -265,6 +265,32 @@ async def _answer(send: Send, status: int, content: bytes) -> None:
     await send({"type": "http.response.body", "body": content, "more_body": False})
 
 
+# answers of the sizes ours gives (offer, start, finish with its receipt; tests.load.floor_parts
+# prints the real ones)
+_CANNED = {"/offers": (201, 886), "/orders": (201, 469), "finish": (200, 709)}
+
+
+async def canned_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """A raw ASGI app that reads each request's body and answers the ride commands with
+    bytes of their real sizes, doing nothing else: uvicorn's share of a flow is what it
+    costs served against called in process (``tests.load.floor_parts --served``)."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    path = scope["path"]
+    if scope["method"] == "GET":
+        await _answer(send, 200, b'{"status":"ok"}')
+        return
+    status, size = _CANNED.get(path) or _CANNED["finish"]
+    await _answer(send, status, b"{" + b" " * (size - 2) + b"}")
+
+
 def floor_app(name: str, settings: Settings | None = None) -> Litestar | RawFloor:
     """The floor app ``name`` (one of :data:`APPS`) on ``settings`` (default: the
     environment's)."""
@@ -276,9 +302,11 @@ def floor_app(name: str, settings: Settings | None = None) -> Litestar | RawFloo
     raise ValueError(f"no floor app {name!r}: one of {', '.join(APPS)}")
 
 
-def create_floor_app() -> Litestar | RawFloor:
-    """Factory for uvicorn: the floor app named by ``FLOOR_APP`` (default ``raw``)."""
-    return floor_app(os.environ.get("FLOOR_APP", "raw"))
+def create_floor_app() -> Litestar | RawFloor | Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """Factory for uvicorn: the floor app named by ``FLOOR_APP`` (default ``raw``), or
+    ``canned`` (:func:`canned_app`)."""
+    name = os.environ.get("FLOOR_APP", "raw")
+    return canned_app if name == "canned" else floor_app(name)
 
 
 def main() -> None:
