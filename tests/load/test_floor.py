@@ -9,6 +9,7 @@ and settled or an app's answers differ in shape from ours; here every ride is ch
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -65,3 +66,28 @@ def test_floor_apps_end_and_charge_rides() -> None:
         assert charged["n"] > 0, (name, row)
         assert charged["charged_avg"] > 0, (name, row)
         assert sum(state["n"] for state in row["orders"].values()) == 20 + 100, (name, row)
+
+
+def test_floor_parts_run(tmp_path: Path) -> None:
+    """``tests.load.floor_parts`` at a tiny size: every figure is measured."""
+    env = {
+        **os.environ,
+        "SCOOTERS_DATABASE_URL": ADMIN_DSN.rsplit("/", 1)[0] + "/scooters",
+        "SCOOTERS_REDIS_URL": REDIS_URL,
+    }
+    out = tmp_path / "parts.json"
+    tiny = ["--n", "80", "--flows", "10", "--riders", "40", "--cycle", "--served", "20"]
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.load.floor_parts", *tiny, "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert len(results["parts_us"]) >= 30
+    assert set(results["cycle_us_per_flow"]) == {"ours", "litestar", "raw", "driver alone"}
+    assert len(results["served_canned_us_per_flow"]) == 3
