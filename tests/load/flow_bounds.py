@@ -31,7 +31,10 @@ A *variant* is ``schema[/gK][/cN]``: ``/gK`` sends each step's statements of K r
 one transaction and one round trip (``executemany``: one Sync, so one commit; the bound
 of group commit), ``/cN`` runs each step's batch over N connections at once (the CPU of
 all of them). Without ``/gK`` each statement is its own transaction (today). Variants
-alternate, ``--rounds`` times; prints the median per column, µs of backend CPU per flow.
+run in pairs with the first of ``--variants`` (the control) in the same seconds, the
+pairs' order alternating, ``--rounds`` times; prints the median per column, µs of backend
+CPU per flow, and the median of each variant's differences to the control beside it (on
+a shared box the pairs' differences scatter less than the absolute figures).
 
 ``--watch`` instead samples a running load test's Postgres backends (the newest
 ``scooters_bench_*`` database, or ``--database``): CPU per backend from schedstat over
@@ -464,6 +467,7 @@ async def run(args: argparse.Namespace) -> None:
     variants = [Variant.parse(v) for v in args.variants.split(",")]
     dbs: dict[str, Database] = {}
     results: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
+    deltas: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants[1:]}
     try:
         for schema in dict.fromkeys(v.schema for v in variants):
             dsn = base.db.url.rsplit("/", 1)[0] + f"/scooters_bounds_{tag}_{schema}"
@@ -481,11 +485,19 @@ async def run(args: argparse.Namespace) -> None:
         for v in variants:  # warm-up: plans, caches, the riders' summaries
             await one_round(dbs[v.schema], v, args.orders, track, args)
         print(_header())
+        control = variants[0]
         for n in range(args.rounds):
-            for v in variants if n % 2 == 0 else variants[::-1]:
-                r = await one_round(dbs[v.schema], v, args.orders, track, args)
-                results[v.name].append(r)
-                print(_line(v.name, r), flush=True)
+            # each variant beside a run of the first (the control) in the same seconds; the
+            # pair's order alternates from round to round
+            for v in variants[1:] if n % 2 == 0 else variants[:0:-1]:
+                pair = [control, v] if n % 2 == 0 else [v, control]
+                got = {}
+                for w in pair:
+                    got[w.name] = await one_round(dbs[w.schema], w, args.orders, track, args)
+                    print(_line(w.name, got[w.name]), flush=True)
+                results[control.name].append(got[control.name])
+                results[v.name].append(got[v.name])
+                deltas[v.name].append({c: got[v.name][c] - got[control.name][c] for c in COLUMNS})
     finally:
         for db in dbs.values():
             await db.close()
@@ -493,6 +505,11 @@ async def run(args: argparse.Namespace) -> None:
     print(f"median of {args.rounds} rounds, backend CPU µs per flow:")
     print(_header())
     for name, rounds in results.items():
+        if rounds:
+            print(_line(name, {c: statistics.median(r[c] for r in rounds) for c in COLUMNS}))
+    print(f"median of the {args.rounds} differences to {variants[0].name} beside it, µs per flow:")
+    print(_header())
+    for name, rounds in deltas.items():
         if rounds:
             print(_line(name, {c: statistics.median(r[c] for r in rounds) for c in COLUMNS}))
 
