@@ -38,8 +38,8 @@ a shared box the pairs' differences scatter less than the absolute figures).
 
 ``--watch`` instead samples a running load test's Postgres backends (the newest
 ``scooters_bench_*`` database, or ``--database``): CPU per backend from schedstat over
-``--seconds``, each backend classed by the statements it was seen running, and the
-server's own processes (WAL writer, checkpointer, ...), per order created meanwhile.
+``--seconds`` from its ``--after-orders``-th order on, each backend classed by the
+statements it was seen running, and the server's own processes (WAL writer, checkpointer, ...), per order created meanwhile.
 """
 
 from __future__ import annotations
@@ -518,21 +518,12 @@ async def run(args: argparse.Namespace) -> None:
 
 _ROLES = (  # first match of the statements a backend was seen running
     ("listen", ("LISTEN",)),
-    ("projector", ("FOR UPDATE SKIP LOCKED", "published_at", "order_refunds_json")),
-    ("worker", ("payment_operations_due", "next_attempt_at", "stale", "partman")),
+    ("projector", ("FROM outbox", "UPDATE outbox", "order_refunds_json")),
     (
         "command",
-        (
-            "start_ride",
-            "ride_activated",
-            "ride_finished",
-            "charge_settled",
-            "user_summary",
-            "offer_redemptions",
-            "orders_partitions",
-            "debt",
-        ),
+        ("start_ride", "ride_activated", "ride_finished", "charge_settled", "user_summary"),
     ),
+    ("worker", ("payment_operations", "partman", "active_rides")),
 )
 
 
@@ -579,9 +570,8 @@ async def watch(args: argparse.Namespace) -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit("no scooters_bench_* database appeared")
                 await asyncio.sleep(0.2)
-        print(f"watching {database}", flush=True)
-        await asyncio.sleep(args.delay)
-        db = await asyncpg.connect(base.db.url.rsplit("/", 1)[0] + f"/{database}")
+        print(f"{datetime.now(UTC):%H:%M:%S} watching {database}", flush=True)
+        db = await _when_loaded(base.db.url.rsplit("/", 1)[0] + f"/{database}", args)
         try:
             own = await db.fetchval("SELECT pg_backend_pid()")
             seen: defaultdict[int, set[str]] = defaultdict(set)
@@ -603,11 +593,13 @@ async def watch(args: argparse.Namespace) -> None:
                 if pid not in pids:
                     pids[pid], cpu0[pid] = title, 0
             orders = await db.fetchval("SELECT count(*) FROM orders") - orders0
+            print(f"{datetime.now(UTC):%H:%M:%S} window ends", flush=True)
         finally:
             await db.close()
     finally:
         await admin.close()
     by_role: defaultdict[str, list[float]] = defaultdict(list)
+    pids_of: defaultdict[str, list[int]] = defaultdict(list)
     for pid, title in pids.items():
         spent = (cpu1.get(pid, cpu0[pid]) - cpu0[pid]) / 1e6
         if f" {database} " in f"{title} ":
@@ -619,10 +611,35 @@ async def watch(args: argparse.Namespace) -> None:
         else:
             role = "server: " + title.removeprefix("postgres: ").split(" ")[0]
         by_role[role].append(spent)
+        pids_of[role].append(pid)
     print(f"{orders} orders in {args.seconds:.0f} s; CPU-ms per order (backends):")
     for role, spents in sorted(by_role.items(), key=lambda kv: -sum(kv[1])):
         if sum(spents) > 0:
             print(f"  {role:<36} {len(spents):3d} procs {sum(spents) / max(orders, 1):7.3f} ms")
+    for role in ("command", "projector", "listen", "worker"):
+        print(f"  pids {role}: {','.join(map(str, pids_of[role]))}")
+
+
+async def _when_loaded(dsn: str, args: argparse.Namespace) -> asyncpg.Connection:
+    """A connection to the load test's database once it holds ``--after-orders`` orders
+    (past the warm-up's rides: the measured phase has begun)."""
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            db = await asyncpg.connect(dsn)
+            try:
+                while await db.fetchval("SELECT count(*) FROM orders") < args.after_orders:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the load test did not start")
+                    await asyncio.sleep(0.1)
+            except BaseException:
+                await db.close()
+                raise
+            return db
+        except (OSError, asyncpg.PostgresError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 def _ns(pid: int) -> int:
@@ -644,7 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watch", action="store_true", help="sample a running load test")
     parser.add_argument("--database", help="--watch: the load test's database")
     parser.add_argument("--wait", type=float, default=120.0, help="--watch: for the database")
-    parser.add_argument("--delay", type=float, default=6.0, help="--watch: after it appears")
+    parser.add_argument(
+        "--after-orders", type=int, default=300, help="--watch: start once it has as many"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="--watch: window")
     args = parser.parse_args(argv)
     if not os.path.exists("/proc/self/schedstat"):
