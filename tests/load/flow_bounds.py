@@ -39,7 +39,8 @@ a shared box the pairs' differences scatter less than the absolute figures).
 ``--watch`` instead samples a running load test's Postgres backends (the newest
 ``scooters_bench_*`` database, or ``--database``): CPU per backend from schedstat over
 ``--seconds`` from its ``--after-orders``-th order on, each backend classed by the
-statements it was seen running, and the server's own processes (WAL writer, checkpointer, ...), per order created meanwhile.
+statements it was seen running, and the server's own processes (WAL writer,
+checkpointer, ...), per order created meanwhile.
 """
 
 from __future__ import annotations
