@@ -264,8 +264,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=exception_handlers(),
         # an overloaded process sheds before the app is called (shared/infra/admission.py,
         # served by shared/infra/serving.py); health checks pass sign-in. The ride
-        # screen's lane (query_api/screen_lane.py) runs these two itself: a middleware
-        # added here must be added there too (ADR 0011)
+        # screen's lane (query_api/screen_lane.py) does what these two do itself: a
+        # middleware added here must be added there too (ADR 0011, ADR 0028)
         middleware=[
             request_metrics("query_api"),
             bearer_auth(verifier),
@@ -280,6 +280,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     finish_document(app)  # the headers refusals are sent with
     document_public_operations(app)  # health checks need no bearer token
-    # the ride screen, most of the traffic, answered before routing (ADR 0011)
+    app = with_request_ids(app)
+    # the ride screen, most of the traffic, answered before routing (ADR 0011) and
+    # before the request-id layer, which it does itself (ADR 0028)
     app.asgi_handler = screen_lane(app.asgi_handler, reads, verifier)
-    return with_request_ids(app)
+    return app

@@ -27,23 +27,25 @@ outermost layer), admission control before the app (``shared.infra.admission``).
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from litestar import Request
+from litestar import Request, Response
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from query_api.reads import Reads
 from query_api.screens import order_screen
-from shared.errors import OrderNotFound, echo
+from shared.errors import DomainError, OrderNotFound, echo
 from shared.ids import parse_order_id
-from shared.infra.auth import TokenVerifier, bearer_auth, principal_of
+from shared.infra.auth import TokenVerifier, bearer_token, principal_of
 from shared.infra.boundary import is_valid_host
 from shared.infra.di import Slot
-from shared.infra.problems import exception_handlers
-from shared.infra.request_metrics import request_metrics
+from shared.infra.logs import REQUEST_ID_HEADER, bind_request_id, unbind_request_id
+from shared.infra.problems import domain_error_answer, exception_handlers
+from shared.infra.request_metrics import route_observer
 
 ROUTE = "/orders/{order_id}"  # the template Litestar gives the route (metrics label)
 _PREFIX = "/orders/"
@@ -78,33 +80,41 @@ def _handler_for(exc: Exception) -> Any:
     return handlers[Exception]  # pragma: no cover - every exception is an Exception
 
 
-async def answer_error(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
-    """Answer ``exc`` as the app's exception handlers do (problem details, logged)."""
-    request: Request[Any, Any, Any] = Request(scope, receive, send)
-    response = _handler_for(exc)(request, exc)
-    await response.to_asgi_response(None, request)(scope, receive, send)
-
-
 def screen_lane(app: ASGIApp, reads: Slot[Reads], verifier: Slot[TokenVerifier]) -> ASGIApp:
-    """``app`` (Litestar's ASGI handler) with ``GET /orders/{id}`` answered in front of it."""
+    """``app`` (Litestar's ASGI handler, wrapped by :func:`shared.infra.logs.request_ids`)
+    with ``GET /orders/{id}`` answered in front of it, in one layer (ADR 0028): the
+    request id, the request metrics and sign-in as their middleware give them, without
+    their coroutine layers and ``send`` wrappers."""
+    observe = route_observer("query_api")
 
-    async def screen(scope: Scope, receive: Receive, send: Send) -> None:
+    async def screen(scope: Scope, receive: Receive, send: Send, request_id: bytes) -> int:
+        """Answer the screen; returns the status the metrics record (noted before the
+        answer is sent, as :func:`request_metrics` notes it)."""
         try:
-            body = await order_screen_json(reads.get(), scope["user"], scope["path"][_START:])
+            # sign-in as shared.infra.auth.bearer_auth does it: 401 / 503 on its own
+            user = await verifier.get().verify(bearer_token(scope))
+        except DomainError as exc:
+            request: Request[Any, Any, Any] = Request(scope, receive, send)
+            return await _answer(domain_error_answer(request, exc), request, request_id)
+        scope["user"] = user
+        try:
+            body = await order_screen_json(reads.get(), user, scope["path"][_START:])
         except Exception as exc:
-            await answer_error(scope, receive, send, exc)
-            return
+            request = Request(scope, receive, send)
+            return await _answer(_handler_for(exc)(request, exc), request, request_id)
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [_JSON, (b"content-length", b"%d" % len(body))],
+                "headers": [
+                    _JSON,
+                    (b"content-length", b"%d" % len(body)),
+                    (REQUEST_ID_HEADER, request_id),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body, "more_body": False})
-
-    # the same middleware, in the same order, as Litestar runs for the route
-    signed_in = request_metrics("query_api")(bearer_auth(verifier)(screen))
+        return 200
 
     async def lane(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP and scope["method"] == "GET":
@@ -118,11 +128,35 @@ def screen_lane(app: ASGIApp, reads: Slot[Reads], verifier: Slot[TokenVerifier])
             ):
                 scope["path_template"] = ROUTE
                 scope["path_params"] = {"order_id": path[_START:]}
-                await signed_in(scope, receive, send)
+                started = time.perf_counter()
+                request_id, bound = bind_request_id(scope)
+                status = 500  # an exception out of the answer: as request_metrics records it
+                try:
+                    status = await screen(scope, receive, send, request_id)
+                finally:
+                    unbind_request_id(bound)
+                    observe("GET", ROUTE, status, time.perf_counter() - started)
                 return
         await app(scope, receive, send)
 
     return lane
+
+
+async def _answer(
+    response: Response[Any], request: Request[Any, Any, Any], request_id: bytes
+) -> int:
+    """Send ``response`` (a problem answer) with the request's id, as the request-id
+    middleware would add it; returns its status."""
+    send = request.send  # the server's
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, request_id)]
+        await send(message)
+
+    status = response.status_code or 500
+    await response.to_asgi_response(None, request)(request.scope, request.receive, send_with_id)
+    return status
 
 
 def _valid_host(scope: Scope) -> bool:

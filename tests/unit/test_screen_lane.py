@@ -156,3 +156,42 @@ async def test_a_bug_is_a_bare_500_problem() -> None:
     assert headers[b"content-type"] == b"application/problem+json"
     assert json.loads(body)["code"] == "internal_error"
     assert b"oops" not in body
+
+
+@pytest.mark.parametrize(
+    ("headers", "reads"),
+    [
+        (SIGNED_IN, FakeReads()),  # 404 from the screen
+        ([(b"host", b"127.0.0.1")], FakeReads()),  # 401 from sign-in
+        (SIGNED_IN, FakeReads(KeyError("oops"))),  # 500
+    ],
+)
+async def test_every_answer_of_the_lane_has_the_request_id(
+    headers: list[tuple[bytes, bytes]], reads: FakeReads
+) -> None:
+    """The lane gives request ids itself (ADR 0028): the caller's when safe, else a new one."""
+    _, given, _, _ = await call(
+        reads, "GET", f"/orders/{ORDER}", [*headers, (b"x-request-id", b"r-1")]
+    )
+    assert given[b"x-request-id"] == b"r-1"
+    _, fresh, _, _ = await call(
+        reads, "GET", f"/orders/{ORDER}", [*headers, (b"x-request-id", b"bad id")]
+    )
+    assert fresh[b"x-request-id"] not in (b"", b"bad id")
+
+
+async def test_the_lane_records_the_status_under_the_route_template() -> None:
+    from prometheus_client import REGISTRY
+
+    labels = {"app": "query_api", "method": "GET", "route": "/orders/{order_id}"}
+
+    def count(status: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "http_request_duration_seconds_count", {**labels, "status": status}
+        )
+        return value or 0.0
+
+    before = (count("404"), count("401"))
+    await call(FakeReads(), "GET", f"/orders/{ORDER}", SIGNED_IN)
+    await call(FakeReads(), "GET", f"/orders/{ORDER}", [(b"host", b"127.0.0.1")])
+    assert (count("404"), count("401")) == (before[0] + 1, before[1] + 1)
