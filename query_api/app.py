@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -20,15 +19,11 @@ from litestar.params import FromPath, PathParameter, QueryParameter, SkipValidat
 from query_api import projection
 from query_api.reads import Reads
 from query_api.ride_details import console_handlers
-from query_api.screen_lane import order_screen_json, screen_lane
+from query_api.screen_lane import order_screen_json, orders_page_json, screen_lane
 from query_api.screens import (
-    InvalidCursor,
     OrderScreen,
     OrdersPage,
     SummaryScreen,
-    decode_cursor,
-    encode_cursor,
-    order_screen,
     summary_screen,
 )
 from query_api.stores import REDIS_DOWN, RedisClient, connect_postgres, connect_redis
@@ -127,18 +122,8 @@ async def list_user_orders(
 
     A rider with no rides yet gets an empty page (200), not a 404: the list exists,
     it is just empty. Only the user (or support) may read it (403 otherwise)."""
-    _may_read(request, user_id)
-    try:
-        after = None if cursor is None else decode_cursor(cursor)
-    except InvalidCursor as exc:
-        raise InvalidParameter(f"cursor: {exc}") from exc
-    page = await reads.user_orders(user_id, limit, after)
-    now = datetime.now(UTC)
-    answer = OrdersPage(
-        items=[order_screen(v, now, reads.max_charged_seconds, reads.max_cost) for v in page.items],
-        next_cursor=None if page.next_entry is None else encode_cursor(*page.next_entry),
-    )
-    return JsonAnswer(_encode(answer))
+    # plain requests are answered by query_api.screen_lane before routing (ADR 0028)
+    return JsonAnswer(await orders_page_json(reads, request.user, user_id, limit, cursor))
 
 
 @get(
