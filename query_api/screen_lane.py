@@ -1,28 +1,34 @@
-"""The ride screen's lane: ``GET /orders/{id}`` answered before Litestar's routing (ADR 0011).
+"""The read lane: the ride screen and plain history pages answered before Litestar's
+routing, in one layer (ADR 0011, ADR 0028).
 
 The ride screen is most of the query API's traffic (a rider's app refreshes it while
 riding). Through Litestar, routing, the exception middleware, the handler's signature
 and dependency machinery and the response wrappers cost about as much CPU as the read
-itself (docs/benchmarks.md, "i13read"). :func:`screen_lane` answers exactly that
-request, ``GET`` of ``/orders/<one path segment>``, with the same work and the same
-guards and hands every other request to Litestar unchanged:
+itself (docs/benchmarks.md, "i13read"). :func:`screen_lane` answers ``GET
+/orders/<one path segment>`` and ``GET /users/<identifier>/orders`` with a plain query
+string (:func:`plain_page_query`) with the same work and the same guards, and hands
+every other request to Litestar unchanged:
 
-- the same **sign-in** and **request metrics** middleware as every other route (the
-  factories the app gives Litestar: :func:`shared.infra.auth.bearer_auth`,
-  :func:`shared.infra.request_metrics.request_metrics`), with the route template
-  Litestar gives (``/orders/{order_id}``), so a token is verified, refused
-  (401) and counted exactly as elsewhere;
-- the same **answer**: :func:`order_screen_json`, which the Litestar handler
-  (``query_api.app.get_order``, still the documented operation and the one serving
-  ``/orders/{id}/`` and other spellings) calls too;
+- the same **request id**, **request metrics** and **sign-in** as every other route,
+  done by the lane itself with the functions their middleware use
+  (:func:`shared.infra.logs.bind_request_id`, :func:`shared.infra.request_metrics.route_observer`
+  under the route template Litestar gives, :func:`shared.infra.auth.bearer_token` and the
+  verifier with :func:`shared.infra.problems.domain_error_answer`), so a token is
+  verified, refused (401) and counted, and every answer carries ``x-request-id``, exactly
+  as elsewhere, without a coroutine layer and ``send`` wrapper per middleware
+  (ADR 0028);
+- the same **answer**: :func:`order_screen_json` and :func:`orders_page_json`, which
+  the Litestar handlers (``query_api.app.get_order``, ``list_user_orders``: still the
+  documented operations, and the ones serving other spellings of the paths) call too;
 - the same **errors**: any exception is answered by the app's exception handlers
-  (``shared.infra.problems``: 404 ``order_not_found``, 503 ``service_unavailable`` when
+  (``shared.infra.problems``: 404 ``order_not_found``, 403 ``forbidden``, 422
+  ``invalid_parameter`` for a cursor that is not ours, 503 ``service_unavailable`` when
   neither Redis nor Postgres answers, 500 for a bug, logged), as Litestar would;
 - the same **Host check** Litestar makes before routing (an invalid ``Host`` goes to
   Litestar, which refuses it 400).
 
-Request ids are given outside it (``shared.infra.logs.with_request_ids`` stays the
-outermost layer), admission control before the app (``shared.infra.admission``).
+The lane is the outermost layer of the app's ``asgi_handler`` (``query_api.app``);
+admission control runs before the app (``shared.infra.admission``).
 """
 
 from __future__ import annotations
