@@ -155,6 +155,13 @@ def format_summary(summary: dict[str, Any], labels: dict[str, str]) -> list[str]
                 f"   {title}: median {spread['median']:.1%} (lowest {spread['min']:.1%}, "
                 f"highest {spread['max']:.1%}, {spread['n']} rounds)"
             )
+    bare = summary["per_s"].get(BARE)
+    if bare:  # how much the box itself moved during the rounds
+        lines.append(
+            f"   {labels.get(BARE, BARE)}: median {bare['median']:.0f}/s (lowest "
+            f"{bare['min']:.0f}, highest {bare['max']:.0f}): a round far from the median "
+            "was disturbed; its ratios are against its own bare window"
+        )
     for kind, figures in summary["per_kind"].items():
         cells = ", ".join(
             f"{n} {figures['cpu_ms_per'][n]:.3f} ms / {figures['cores'][n]:.2f} cores"

@@ -51,3 +51,4 @@ def test_summary_gives_the_median_and_spread_and_sums_the_errors() -> None:
     assert summary["errors"] == {"GET /orders/{id}: HTTP 503 x": 2}
     text = "\n".join(format_summary(summary, {"bare": "bare", "one": "1", "two": "2"}))
     assert "2 / bare, by throughput: median 100.0% (lowest 90.0%, highest 100.0%, 3 rounds)" in text
+    assert "bare: median 11000/s (lowest 10000, highest 12000)" in text
