@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -20,15 +19,11 @@ from litestar.params import FromPath, PathParameter, QueryParameter, SkipValidat
 from query_api import projection
 from query_api.reads import Reads
 from query_api.ride_details import console_handlers
-from query_api.screen_lane import order_screen_json, screen_lane
+from query_api.screen_lane import order_screen_json, orders_page_json, screen_lane
 from query_api.screens import (
-    InvalidCursor,
     OrderScreen,
     OrdersPage,
     SummaryScreen,
-    decode_cursor,
-    encode_cursor,
-    order_screen,
     summary_screen,
 )
 from query_api.stores import REDIS_DOWN, RedisClient, connect_postgres, connect_redis
@@ -127,18 +122,8 @@ async def list_user_orders(
 
     A rider with no rides yet gets an empty page (200), not a 404: the list exists,
     it is just empty. Only the user (or support) may read it (403 otherwise)."""
-    _may_read(request, user_id)
-    try:
-        after = None if cursor is None else decode_cursor(cursor)
-    except InvalidCursor as exc:
-        raise InvalidParameter(f"cursor: {exc}") from exc
-    page = await reads.user_orders(user_id, limit, after)
-    now = datetime.now(UTC)
-    answer = OrdersPage(
-        items=[order_screen(v, now, reads.max_charged_seconds, reads.max_cost) for v in page.items],
-        next_cursor=None if page.next_entry is None else encode_cursor(*page.next_entry),
-    )
-    return JsonAnswer(_encode(answer))
+    # plain requests are answered by query_api.screen_lane before routing (ADR 0028)
+    return JsonAnswer(await orders_page_json(reads, request.user, user_id, limit, cursor))
 
 
 @get(
@@ -264,8 +249,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=exception_handlers(),
         # an overloaded process sheds before the app is called (shared/infra/admission.py,
         # served by shared/infra/serving.py); health checks pass sign-in. The ride
-        # screen's lane (query_api/screen_lane.py) runs these two itself: a middleware
-        # added here must be added there too (ADR 0011)
+        # screen's lane (query_api/screen_lane.py) does what these two do itself: a
+        # middleware added here must be added there too (ADR 0011, ADR 0028)
         middleware=[
             request_metrics("query_api"),
             bearer_auth(verifier),
@@ -280,6 +265,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     finish_document(app)  # the headers refusals are sent with
     document_public_operations(app)  # health checks need no bearer token
-    # the ride screen, most of the traffic, answered before routing (ADR 0011)
+    app = with_request_ids(app)
+    # the ride screen, most of the traffic, answered before routing (ADR 0011) and
+    # before the request-id layer, which it does itself (ADR 0028)
     app.asgi_handler = screen_lane(app.asgi_handler, reads, verifier)
-    return with_request_ids(app)
+    return app

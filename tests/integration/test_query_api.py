@@ -123,6 +123,35 @@ async def test_the_screen_lane_answers_as_the_litestar_route(
     assert metric("http_request_duration_seconds_count", **labels, status="401") == refused + 1
 
 
+async def test_the_history_lane_answers_as_the_litestar_route(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, client: Client, write: WriteSide
+) -> None:
+    """A plain ``/users/{id}/orders`` is answered by the lane (ADR 0028); with a query
+    parameter it does not take (or a trailing slash) by Litestar: the same answer, request
+    id and metrics either way, page after page."""
+    user = new_user()
+    for _ in range(3):
+        await write.start(user)
+    await project(pool, redis, settings)
+    labels = {"app": "query_api", "method": "GET", "route": "/users/{user_id}/orders"}
+    answered = metric("http_request_duration_seconds_count", **labels, status="200")
+    lane = await client.get(f"/users/{user}/orders?limit=2", headers={"X-Request-ID": "h-1"})
+    routed = await client.get(f"/users/{user}/orders?limit=2&x=1", headers={"X-Request-ID": "h-2"})
+    for response, request_id in ((lane, "h-1"), (routed, "h-2")):
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["x-request-id"] == request_id
+    assert lane.content == routed.content
+    cursor = lane.json()["next_cursor"]
+    assert cursor
+    lane_next = await client.get(f"/users/{user}/orders?limit=2&cursor={cursor}")
+    routed_next = await client.get(f"/users/{user}/orders/?limit=2&cursor={cursor}")
+    assert lane_next.status_code == routed_next.status_code == 200
+    assert lane_next.content == routed_next.content
+    assert len(lane_next.json()["items"]) == 1
+    assert metric("http_request_duration_seconds_count", **labels, status="200") == answered + 4
+
+
 @pytest.mark.parametrize("seconds", [2, 10, 65, 3_600, 86_400])
 async def test_running_cost_follows_the_formula(
     settings: Settings,

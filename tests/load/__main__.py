@@ -13,6 +13,30 @@ Examples::
                                                                # primary + hot standby
     python -m tests.load command --max --redis own-unix --postgres-socket /var/run/postgresql
                                                                # Unix sockets (issue 13)
+    python -m tests.load query --duration 10 --orders 1500 --riders 1600 --rounds 6 \
+        --round-seconds 5                                      # issue 13's read figures
+
+How the query side measures its ratios to the bare Litestar endpoint (the ceiling,
+``tests/load/ceiling.py``, served like the query API):
+
+1. **Single windows** (as before issue 13's i13reads, same fields): the ceiling, the
+   query API at max, the ``--compare-workers`` query API at max, the ceiling again, each
+   ``--duration`` long with the database's counters read around it; each max as a ratio
+   to the mean of the two ceilings (``ratio_to_ceiling``) and by CPU per request
+   (``cpu_ratio_to_ceiling``: the bare process's ms over the query API's).
+2. **Interleaved rounds** (``--rounds``, ``--round-seconds``; report ``read rounds``):
+   the same three at max in short windows, the order rotated each round, each ratio to
+   its own round's bare window; printed per round and as the median with the lowest and
+   highest, with the median CPU ms per request and cores of every process (the servers,
+   the load generator, Redis, Postgres) in each kind of window, and the load average
+   between rounds. A single window minutes away from its ceiling measures the box's
+   drift as much as the code (a bare ceiling that rose by a fifth within one run on a
+   quiet box); the median of adjacent windows does not. Quote the rounds' median.
+3. The fixed rates (``--rate``, else ``--x`` x ``--y``).
+
+Every seeded order is read once per query process before the first window, so each
+rider's token has been verified in every process (steady state) before anything is
+measured.
 """
 
 from __future__ import annotations
@@ -33,6 +57,7 @@ import uvloop
 
 from shared.settings import Settings
 from shared.views import order_key
+from tests.load import rounds as rounds_mod
 from tests.load import scenarios
 from tests.load.bench import (
     bench_settings,
@@ -143,8 +168,9 @@ async def run_query(
     extra: tuple[int, int] | None,
 ) -> list[dict[str, Any]]:
     """Ceiling, query API at max, the extra query API (``--compare-workers``) at max,
-    ceiling again, then the fixed rates. Each max is given as a ratio to the mean of the
-    two ceilings (the box's speed drifts during a run)."""
+    ceiling again, the interleaved rounds (``--rounds``), then the fixed rates. Each
+    single max is given as a ratio to the mean of the two ceilings (the box's speed
+    drifts during a run); each round's to its own bare window (:func:`read_rounds`)."""
     roots = {**pids, "ceiling": ceiling_pid, "load generator": os.getpid()}
     if extra is not None:
         roots["query_api x2"] = extra[1]
@@ -211,6 +237,8 @@ async def run_query(
         code = f", code {top['code']}" if "code" in top else ""
         print_report(f"query side, max throughput, {top['query_processes']} process(es){code}", top)
         reports.append(top)
+    if args.rounds:
+        reports.append(await read_rounds(args, settings, meter, seeded, extra))
     for rate in args.rate or [args.x * args.y]:
         fixed = await scenarios.query_side(
             settings, meter, seeded, rate=rate, concurrency=args.concurrency, duration=args.duration
@@ -221,6 +249,74 @@ async def run_query(
     print(f"\n== storage: {storage}")
     reports.append({"side": "storage", **storage})
     return reports
+
+
+async def read_rounds(
+    args: argparse.Namespace,
+    settings: Settings,
+    meter: CpuMeter,
+    seeded: scenarios.Seeded,
+    extra: tuple[int, int] | None,
+) -> dict[str, Any]:
+    """``--rounds`` interleaved rounds of ``--round-seconds`` windows at maximum
+    throughput: the bare endpoint, the query API (``--query-workers`` processes) and, with
+    ``--compare-workers``, the second query API, in an order rotated each round
+    (``tests.load.rounds``). Returns the ``read rounds`` report: each window, each round's
+    ratios to its own bare window, and the medians with their spread."""
+    loads = [os.getloadavg()]
+    rounds: list[list[dict[str, Any]]] = []
+    kinds = rounds_mod.KINDS if extra is not None else (rounds_mod.BARE, rounds_mod.ONE)
+    for index in range(args.rounds):
+        windows = []
+        for kind in rounds_mod.round_order(index, kinds):
+            if kind == rounds_mod.BARE:
+                window = await scenarios.ceiling(
+                    meter,
+                    args.ceiling_port,
+                    concurrency=args.concurrency,
+                    duration=args.round_seconds,
+                    generator=args.generator,
+                )
+            else:
+                window = await scenarios.query_side(
+                    settings,
+                    meter,
+                    seeded,
+                    rate=None,
+                    concurrency=args.concurrency,
+                    duration=args.round_seconds,
+                    port=extra[0] if kind == rounds_mod.TWO and extra is not None else None,
+                    generator=args.generator,
+                    pg_stats=False,
+                )
+            window["kind"] = kind
+            windows.append(window)
+        rounds.append(windows)
+        loads.append(os.getloadavg())
+    summary = rounds_mod.summarize(rounds)
+    labels = {
+        rounds_mod.BARE: f"bare ({args.ceiling_workers} process)",
+        rounds_mod.ONE: f"query API ({args.query_workers} process(es))",
+        rounds_mod.TWO: f"query API ({args.compare_workers} process(es)"
+        + (f", code {args.compare_code}" if args.compare_code else "")
+        + ")",
+    }
+    print(
+        f"\n== read rounds: {args.rounds} x ({', '.join(kinds)}), {args.round_seconds} s "
+        f"windows, order rotated; load average (1 min) {loads[0][0]:.2f} at the start, "
+        f"{max(la[0] for la in loads):.2f} at most between rounds"
+    )
+    for line in rounds_mod.format_summary(summary, labels):
+        print(line)
+    print(f"   errors: {summary['errors'] or 'none'}")
+    return {
+        "side": "read rounds",
+        "round_seconds": args.round_seconds,
+        "labels": labels,
+        "load_average": [[round(v, 2) for v in la] for la in loads],
+        **summary,
+        "windows": rounds,
+    }
 
 
 async def run_soak(
@@ -306,6 +402,21 @@ def main(argv: list[str] | None = None) -> int:
         "project (e.g. main, unpacked with git archive), to compare versions in one run",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="query side: after the single windows, this many interleaved rounds of "
+        "bare / query API / --compare-workers query API windows at max, order rotated "
+        "each round; each ratio is to its round's bare window, summarized as the median "
+        "and spread (tests/load/rounds.py; 0: none)",
+    )
+    parser.add_argument(
+        "--round-seconds",
+        type=float,
+        default=5.0,
+        help="query side: length of each window of --rounds",
+    )
+    parser.add_argument(
         "--generator",
         choices=["loop", "pool"],
         default="loop",
@@ -337,6 +448,20 @@ def main(argv: list[str] | None = None) -> int:
         help="start a Postgres primary + hot standby for the run (the query side's "
         "fallback reads the standby)",
     )
+    parser.add_argument(
+        "--pg-set",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="a Postgres setting for the run's database (ALTER DATABASE ... SET), before "
+        "the services connect; repeat for several (e.g. commit_delay=20)",
+    )
+    parser.add_argument(
+        "--floor",
+        choices=("litestar", "raw"),
+        help="command side: serve the floor app of tests/load/floor.py as the command API "
+        '(the ride commands and nothing else; issue 13, docs/benchmarks.md "i13floor")',
+    )
     parser.add_argument("--smoke", action="store_true", help="a few seconds at a low rate (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="show the services' output")
@@ -350,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.duration, args.concurrency, args.orders, args.riders = 2.0, 4, 60, 100
+        args.rounds, args.round_seconds = 1, 1.0
         args.rate = [10.0] if args.side == "command" else [50.0]
         args.x, args.y, args.ride_seconds = 5.0, 10.0, 0.5
     elif args.max and args.side == "command":
@@ -429,7 +555,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings, log_path: Path) -> int:
-    with running_stack(settings, STACK, quiet=not args.verbose, log_path=log_path) as bench:
+    if args.floor:  # the stack's command API is the floor app (tests/load/floor.py)
+        import scripts.stack
+
+        scripts.stack.MODULES["command_api"] = "tests.load.floor"
+        os.environ["FLOOR_APP"] = args.floor  # the services' environment is ours
+    pg_settings = [(name, value) for name, _, value in (p.partition("=") for p in args.pg_set)]
+    with running_stack(
+        settings, STACK, quiet=not args.verbose, log_path=log_path, pg_settings=pg_settings
+    ) as bench:
         bench.pids.update(OWN_ENGINES)  # their CPU is measured as the processes' is
         if args.side == "command":
             reports = asyncio.run(run_command(args, settings, bench.pids))

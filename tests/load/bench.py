@@ -90,17 +90,39 @@ async def _drop_database(dsn: str) -> None:
         await conn.close()
 
 
+async def set_database_settings(dsn: str, pg_settings: Sequence[tuple[str, str]]) -> None:
+    """``ALTER DATABASE <dsn's database> SET name = value`` for each pair of
+    ``pg_settings`` (every connection opened afterwards starts with them; superuser-only
+    settings such as ``commit_delay`` need a superuser role, as bin/_install's is).
+    Raises ``asyncpg.PostgresError`` for an unknown setting or a bad value."""
+    name = dsn.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(dsn)
+    try:
+        for setting, value in pg_settings:
+            await conn.execute(f'ALTER DATABASE "{name}" SET {setting} = {value}')
+    finally:
+        await conn.close()
+
+
 @contextmanager
 def running_stack(
-    settings: Settings, names: tuple[str, ...], quiet: bool = True, log_path: Path | None = None
+    settings: Settings,
+    names: tuple[str, ...],
+    quiet: bool = True,
+    log_path: Path | None = None,
+    pg_settings: Sequence[tuple[str, str]] = (),
 ) -> Iterator[Bench]:
     """Migrate a fresh database, start ``names``, and clean everything up afterwards.
 
-    The services' output (one line per log event, prefixed with the process's name) goes
-    to ``log_path`` when given, and to the terminal unless ``quiet``; it is complete
-    once the context has exited (``tests/load/service_logs.py`` reads it then).
+    ``pg_settings`` (name, value) are set on the run's database after the migrations,
+    before any service connects (``--pg-set``, i13pgconf). The services' output (one line
+    per log event, prefixed with the process's name) goes to ``log_path`` when given, and
+    to the terminal unless ``quiet``; it is complete once the context has exited
+    (``tests/load/service_logs.py`` reads it then).
     """
     asyncio.run(migrate(settings))
+    if pg_settings:
+        asyncio.run(set_database_settings(settings.db.url, pg_settings))
     env = settings_env(settings)
     # closed below
     log_file = open(log_path, "w") if log_path is not None else None  # noqa: SIM115

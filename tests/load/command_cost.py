@@ -16,6 +16,12 @@ With ``--together`` the checkouts of a round run at the same time instead, each 
 own half of the riders and scooters: on a machine shared with other work, both then see
 the same load from minute to minute (alternating rounds did not resolve 5 % there).
 
+``--apps ours,litestar,raw`` measures, for each checkout, our command API and the floor
+apps of ``tests.load.floor`` (the three commands and nothing else, in Litestar or in one
+raw ASGI callable; docs/benchmarks.md "i13floor") in turn, as if they were checkouts.
+Each measurement then also reads back the orders of its flows: all ended and charged
+(or released, a free ride), the same answers' shape for every app.
+
 Each flow takes a rider and a scooter nobody else uses at that moment, as the load test
 does (``tests.load.scenarios.ride``); tokens are verified once before the window. The
 worker and the projector do not run (their CPU is not the command API's).
@@ -35,6 +41,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
+# an ended ride's states: charged, or released (a cancelled ride, or a zone without an
+# unlock price at 0 s)
+SETTLED = frozenset({"finished/charged", "finished/released", "cancelled/released"})
+APP_VARIABLE = "COMMAND_COST_APP"  # which app a measuring process serves: ours, or a floor
 
 
 def _scope(path: str, auth: bytes, length: int) -> dict[str, Any]:
@@ -77,13 +87,25 @@ async def _call(app: Any, path: str, auth: bytes, body: bytes) -> tuple[int, byt
     return status, b"".join(chunks)
 
 
-async def _flows(app: Any, seeded: dict[str, Any], count: int, concurrency: int) -> int:
-    """Run ``count`` ride flows, ``concurrency`` at a time; returns the failed ones."""
+async def _flows(
+    app: Any, seeded: dict[str, Any], count: int, concurrency: int, shapes: set[str] | None = None
+) -> int:
+    """Run ``count`` ride flows, ``concurrency`` at a time; returns the failed ones.
+    ``shapes``: add each answer's path kind and keys to it."""
     riders: deque[str] = deque(seeded["riders"])
     scooters: deque[str] = deque(seeded["scooters"])
     finish = json.dumps({"track": seeded["track"]}).encode()
     todo = iter(range(count))
     failed = 0
+
+    def shape(kind: str, status: int, body: bytes) -> None:
+        if shapes is not None:
+            answer = json.loads(body)
+            keys = ",".join(sorted(answer))
+            receipt = answer.get("receipt")
+            if isinstance(receipt, dict):
+                keys += " receipt:" + ",".join(sorted(receipt))
+            shapes.add(f"{kind} {status} {keys}")
 
     async def one() -> None:
         nonlocal failed
@@ -96,6 +118,7 @@ async def _flows(app: Any, seeded: dict[str, Any], count: int, concurrency: int)
             if status != 201:
                 failed += 1
                 return
+            shape("offer", status, body)
             token = json.loads(body)["token"]
             status, body = await _call(
                 app, "/orders", auth, json.dumps({"offer_token": token}).encode()
@@ -103,10 +126,13 @@ async def _flows(app: Any, seeded: dict[str, Any], count: int, concurrency: int)
             if status != 201:
                 failed += 1
                 return
+            shape("start", status, body)
             order_id = json.loads(body)["id"]
-            status, _ = await _call(app, f"/orders/{order_id}/finish", auth, finish)
+            status, body = await _call(app, f"/orders/{order_id}/finish", auth, finish)
             if status != 200:
                 failed += 1
+                return
+            shape("finish", status, body)
         finally:
             riders.append(rider)
             scooters.append(scooter)
@@ -119,16 +145,29 @@ async def _flows(app: Any, seeded: dict[str, Any], count: int, concurrency: int)
     return failed
 
 
-async def _measure(seeded_path: Path, count: int, concurrency: int) -> dict[str, float]:
+async def _measure(
+    seeded_path: Path, count: int, concurrency: int, app_name: str = "ours"
+) -> dict[str, Any]:
     import gc
+    from datetime import UTC, datetime
 
-    from command_api.app import create_app
     from shared.settings import get_settings
 
     seeded = json.loads(seeded_path.read_text())
-    app = create_app(get_settings())
+    settings = get_settings()
+    if app_name == "ours":
+        from command_api.app import create_app
+
+        app: Any = create_app(settings)
+    else:
+        from tests.load.floor import floor_app
+
+        app = floor_app(app_name, settings)
+    began = datetime.now(UTC)
+    shapes: set[str] = set()
     async with app.lifespan():
-        await _flows(app, seeded, 100, concurrency)  # connections, caches, statements, tokens
+        # connections, caches, statements, tokens; the answers' shapes
+        await _flows(app, seeded, 100, concurrency, shapes)
         gc.collect()
         before = os.times()
         failed = await _flows(app, seeded, count, concurrency)
@@ -139,10 +178,43 @@ async def _measure(seeded_path: Path, count: int, concurrency: int) -> dict[str,
         "flow_ms": round(used / count * 1e3, 3),
         "kernel_ms": round(kernel / count * 1e3, 3),  # of flow_ms: system calls
         "failed": failed,
+        "orders": await _orders_of(settings.db.url, seeded["riders"], began),
+        "shapes": sorted(shapes),
+    }
+
+
+async def _orders_of(dsn: str, riders: list[str], since: Any) -> dict[str, Any]:
+    """The orders ``riders`` started since ``since``, as stored: how many of each
+    (status, payment status), and what was charged (issue 13: the floor does the
+    same work as ours, so its rows are the same)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT status || '/' || payment_status AS state, count(*) AS n,"
+            " sum(total_amount) AS charged, count(track) AS tracks,"
+            " min(distance_meters) AS distance"
+            " FROM orders WHERE user_id = ANY($1) AND created_at >= $2 GROUP BY 1",
+            riders,
+            since,
+        )
+    finally:
+        await conn.close()
+    return {
+        r["state"]: {
+            "n": r["n"],
+            "charged_avg": round(float(r["charged"] or 0) / r["n"], 2),
+            "tracks": r["tracks"],
+            "distance_min": r["distance"],
+        }
+        for r in rows
     }
 
 
 def _orchestrate(args: argparse.Namespace) -> None:
+    import httpx
+
     from tests.load.bench import (
         bench_settings,
         bench_stub_settings,
@@ -156,16 +228,26 @@ def _orchestrate(args: argparse.Namespace) -> None:
     # a small pool: Postgres's connections are shared with whoever else runs on the box
     settings = bench_settings(1, 1).replace(db={"pool_min": 2, "pool_max": args.pool})
     with running_stack(settings, ("stubs",)) as bench, tempfile.TemporaryDirectory() as tmp:
-        riders, scooters = riders_and_scooters(bench_stub_settings(settings), args.riders)
+        stub = bench_stub_settings(settings)
+        riders, scooters = riders_and_scooters(stub, args.riders)
+        if args.free_ride_seconds is not None:  # 0: every ride is finished and charged
+            httpx.post(
+                f"http://127.0.0.1:{stub.port}/admin/configs",
+                json={"free_ride_seconds": args.free_ride_seconds},
+                headers={"authorization": f"Bearer {stub.admin_token}"},
+            ).raise_for_status()
         auth = asyncio.run(sign_in(settings, list(riders)))
         tokens = {r: line.split(": ", 1)[1].strip() for r, line in auth.items()}
         track = track_for(args.z)
-        # --together: the checkouts run at once, each on its own riders and scooters
-        parts = len(args.code_dirs) if args.together else 1
+        # each checkout's apps, measured as if each were a checkout of its own
+        units = [(d, a) for d in args.code_dirs for a in args.apps.split(",")]
+        names = {u: u[0] if u[1] == "ours" else f"{u[0]} [{u[1]}]" for u in units}
+        # --together: the units run at once, each on its own riders and scooters
+        parts = len(units) if args.together else 1
         paths = {}
-        for index, code_dir in enumerate(args.code_dirs):
+        for index, unit in enumerate(units):
             part = index % parts
-            path = paths[code_dir] = Path(tmp) / f"seeded.{part}.json"
+            path = paths[unit] = Path(tmp) / f"seeded.{part}.json"
             path.write_text(
                 json.dumps(
                     {
@@ -177,36 +259,76 @@ def _orchestrate(args: argparse.Namespace) -> None:
                 )
             )
         env = settings_env(settings)
-        rows: dict[str, list[dict[str, float]]] = {d: [] for d in args.code_dirs}
+        rows: dict[tuple[str, str], list[dict[str, Any]]] = {u: [] for u in units}
 
-        def measure(code_dir: str, round_: int) -> dict[str, float]:
-            profile = args.profile and f"{args.profile}.{Path(code_dir).name or 'here'}.{round_}"
+        def measure(unit: tuple[str, str], round_: int) -> dict[str, Any]:
+            code_dir, app = unit
+            name = (Path(code_dir).name or "here") + ("" if app == "ours" else f".{app}")
+            profile = args.profile and f"{args.profile}.{name}.{round_}"
             spy = py_spy_prefix(profile or None, 250)
             return measure_checkout(
-                HERE, paths[code_dir], code_dir, env, args.count, args.concurrency, prefix=spy
+                HERE,
+                paths[unit],
+                code_dir,
+                {**env, APP_VARIABLE: app},
+                args.count,
+                args.concurrency,
+                prefix=spy,
             )
+
+        def show(unit: tuple[str, str], row: dict[str, Any]) -> None:
+            rows[unit].append(row)
+            brief = {k: v for k, v in row.items() if k != "shapes"}
+            print(f"{names[unit]}: {brief}", flush=True)
 
         for round_ in range(args.rounds):
             if args.together:  # the same machine load for each, minute by minute
-                with ThreadPoolExecutor(len(args.code_dirs)) as threads:
-                    measured = list(threads.map(measure, args.code_dirs, [round_] * parts))
-                for code_dir, row in zip(args.code_dirs, measured, strict=True):
-                    rows[code_dir].append(row)
-                    print(f"{code_dir}: {row}", flush=True)
+                with ThreadPoolExecutor(len(units)) as threads:
+                    measured = list(threads.map(measure, units, [round_] * parts))
+                for unit, row in zip(units, measured, strict=True):
+                    show(unit, row)
                 continue
             # every other round in reverse: what drifts within a round hits each side alike
-            order = args.code_dirs if round_ % 2 == 0 else args.code_dirs[::-1]
-            for code_dir in order:
-                row = measure(code_dir, round_)
-                rows[code_dir].append(row)
-                print(f"{code_dir}: {row}", flush=True)
+            order = units if round_ % 2 == 0 else units[::-1]
+            for unit in order:
+                show(unit, measure(unit, round_))
         if bench.stack.dead():
             raise SystemExit(f"processes died: {bench.stack.dead()}")
     print(f"\n{'code':<40}{'CPU ms per flow, per round':>30}{'median':>10}")
-    for code_dir, measured in rows.items():
+    for unit, measured in rows.items():
         values = [r["flow_ms"] for r in measured]
         median = sorted(values)[len(values) // 2]
-        print(f"{code_dir:<40}{' '.join(f'{v:.3f}' for v in values):>30}{median:>10.3f}")
+        print(f"{names[unit]:<40}{' '.join(f'{v:.3f}' for v in values):>30}{median:>10.3f}")
+    problems = _check_rows(rows, names)
+    if problems:
+        raise SystemExit("\n".join(problems))
+
+
+def _check_rows(
+    rows: dict[tuple[str, str], list[dict[str, Any]]], names: dict[tuple[str, str], str]
+) -> list[str]:
+    """What is wrong with the measured flows: failures, orders not ended and settled
+    (the warm-up's and the window's: all in :data:`SETTLED`), and
+    answers of another shape than the first app's. Rows of an older checkout (no
+    ``orders``) are not checked."""
+    problems, first = [], None
+    for unit, measured in rows.items():
+        for row in measured:
+            if row["failed"]:
+                problems.append(f"{names[unit]}: {row['failed']} flows failed")
+            if "orders" not in row:
+                continue
+            states = row["orders"]
+            unsettled = set(states) - SETTLED
+            if unsettled or not states:
+                problems.append(f"{names[unit]}: orders left {sorted(unsettled) or 'none'}")
+            if first is None:
+                first = (unit, row["shapes"])
+            elif row["shapes"] != first[1]:
+                problems.append(
+                    f"{names[unit]}: answers {row['shapes']} unlike {names[first[0]]}'s {first[1]}"
+                )
+    return problems
 
 
 def main() -> None:
@@ -217,11 +339,23 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--riders", type=int, default=400)
     parser.add_argument("--pool", type=int, default=10, help="Postgres connections at most")
+    parser.add_argument(
+        "--free-ride-seconds",
+        type=int,
+        help="set the stubs' configs first (0: every ride is finished and charged; the"
+        " stubs' default of 5 s makes the benchmark's rides cancelled and released)",
+    )
     parser.add_argument("--z", type=int, default=10_240, help="bytes of the finish's track")
     parser.add_argument(
         "--together",
         action="store_true",
         help="measure the checkouts of a round at once (each on its own riders and scooters)",
+    )
+    parser.add_argument(
+        "--apps",
+        default="ours",
+        help="comma-separated: ours (the command API) and/or the floor apps of"
+        " tests.load.floor (litestar, raw), each measured as a checkout of its own",
     )
     parser.add_argument("--profile", help="py-spy raw profiles to PROFILE.<dir name>.<round>")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
@@ -230,7 +364,8 @@ def main() -> None:
         import uvloop
 
         uvloop.install()
-        print(json.dumps(asyncio.run(_measure(args.measure, args.count, args.concurrency))))
+        app = os.environ.get(APP_VARIABLE, "ours")
+        print(json.dumps(asyncio.run(_measure(args.measure, args.count, args.concurrency, app))))
         return
     _orchestrate(args)
 

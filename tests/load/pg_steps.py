@@ -15,6 +15,10 @@ times each, so both are measured in the same minutes on a shared box. Up to 0010
 base runs activate, finish and settle as the 0004/0009 functions (``legacy_steps``), as
 the command side did before 0011. ``--parent`` adds a third run on the full schema with
 every step sent to ``orders`` instead of the order's partition (ADR 0017).
+``--set LABEL:NAME=VALUE[,...]`` adds a run on the full schema in a database with those
+settings (``ALTER DATABASE ... SET``, e.g. ``commit_delay``), alternated with the others
+(i13pgconf); each run also prints the flows' latency p50/p99 (the four or five steps
+back to back) and the server's WAL syncs per flow (``pg_stat_wal``: every database's).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from shared.lifecycle import (
     decide_settle,
 )
 from shared.settings import Settings
+from tests.load.bench import set_database_settings
 from tests.load.commits import _DB, _TABLES, WalReader, _backends_cpu
 from tests.load.scenarios import track_for
 from tests.vectors import DOMAIN_PRICING
@@ -248,6 +253,9 @@ async def _wal_reader(dsn: str) -> tuple[WalReader, asyncio.Future[None]]:
     raise AssertionError("unreachable")
 
 
+_SYNCS = "SELECT wal_sync, wal_write FROM pg_stat_wal"
+
+
 async def measure(
     dsn: str, flows: int, concurrency: int, debt_read: bool, interval: float
 ) -> dict[str, Any]:
@@ -259,11 +267,14 @@ async def measure(
     try:
         riders = [f"rider-{secrets.token_hex(4)}" for _ in range(concurrency * 4)]
         todo = list(range(flows))
+        took: list[float] = []
 
         async def rider(n: int) -> None:
             while todo:
                 todo.pop()
+                begun = time.perf_counter()
                 await flow(pool, riders[n], f"scooter-{riders[n]}", debt_read)
+                took.append(time.perf_counter() - begun)
                 riders[n], riders[n + concurrency] = riders[n + concurrency], riders[n]
 
         stop = asyncio.Event()
@@ -274,6 +285,7 @@ async def measure(
         await asyncio.sleep(11)  # idle backends report their counters
         await stats.execute("SELECT pg_stat_clear_snapshot()")
         db0, tables0 = await stats.fetchrow(_DB), await stats.fetch(_TABLES)
+        syncs0 = await stats.fetchrow(_SYNCS)
         cpu0 = _backends_cpu(database)
         wal, wal_task = await _wal_reader(dsn)
         stop = asyncio.Event()
@@ -284,6 +296,7 @@ async def measure(
         stop.set()
         wakes = await proj
         cpu1 = _backends_cpu(database)
+        syncs1 = await stats.fetchrow(_SYNCS)
         wal.stop()
         await wal_task
         await asyncio.sleep(11)
@@ -294,6 +307,9 @@ async def measure(
         await pool.close()
     assert db0 is not None
     assert db1 is not None
+    assert syncs0 is not None
+    assert syncs1 is not None
+    took.sort()
     per = {k: (db1[k] - db0[k]) / flows for k in dict(db0)}
     before = {r["name"]: r for r in tables0}
     tables = {}
@@ -310,6 +326,10 @@ async def measure(
         "wal_bytes": wal.total() / flows,
         "pg_cpu_ms": (cpu1 - cpu0) * 1000 / flows,
         "projector_wakes": wakes / flows,
+        # the whole server's WAL syncs (pg_stat_wal): other databases' commits count too
+        "wal_syncs": (syncs1["wal_sync"] - syncs0["wal_sync"]) / flows,
+        "flow_p50_ms": took[len(took) // 2] * 1000,
+        "flow_p99_ms": took[min(len(took) - 1, len(took) * 99 // 100)] * 1000,
         "tables": tables,
     }
 
@@ -319,6 +339,8 @@ def show(label: str, r: dict[str, Any]) -> None:
         f"{label:<6} {r['flows_per_s']:7.0f}/s  commits {r['commits']:.2f}"
         f" (projector {r['projector_wakes']:.2f})  row writes {r['row_writes']:.2f}"
         f"  WAL {r['wal_bytes']:7.0f} B  Postgres CPU {r['pg_cpu_ms']:.3f} ms/flow"
+        f"  WAL syncs {r['wal_syncs']:.2f} (server)  flow p50 {r['flow_p50_ms']:.1f} ms"
+        f" p99 {r['flow_p99_ms']:.1f} ms"
     )
     for name, row in sorted(r["tables"].items()):
         print(
@@ -345,6 +367,13 @@ async def run(args: argparse.Namespace) -> None:
         variants = {"base": args.compare_upto, "new": None}
     if args.parent:
         variants["parent"] = None
+    database_settings: dict[str, list[tuple[str, str]]] = {}
+    for spec in args.set:
+        label, _, pairs = spec.partition(":")
+        variants[label] = None
+        database_settings[label] = [
+            (name, value) for name, _, value in (p.partition("=") for p in pairs.split(","))
+        ]
     dsns = {}
     try:
         for label, last in variants.items():
@@ -354,6 +383,8 @@ async def run(args: argparse.Namespace) -> None:
                 base.replace(db={"url": dsn}, maintenance={"partition_premake_days": args.premake}),
                 last,
             )
+            if database_settings.get(label):
+                await set_database_settings(dsn, database_settings[label])
         for _ in range(args.reps):
             for label, dsn in dsns.items():
                 legacy = label == "base" and str(args.compare_upto) < "0011"
@@ -382,6 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-upto", help="e.g. 0009: also measure the schema up to it")
     parser.add_argument(
         "--parent", action="store_true", help="also run the steps on orders, not the partition"
+    )
+    parser.add_argument(
+        "--set",
+        metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
+        action="append",
+        default=[],
+        help="also run the full schema in a database with these settings (ALTER DATABASE "
+        "... SET), alternated with the others; repeat for several (i13pgconf)",
     )
     args = parser.parse_args(argv)
     uvloop.run(run(args))

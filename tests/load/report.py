@@ -96,11 +96,48 @@ def _ms(value: float, bold: bool = False) -> str:
     return f"**{text}**" if bold else text
 
 
+def rounds_table(report: dict[str, Any]) -> list[str]:
+    """The ``read rounds`` report (``tests.load.rounds``) as a Markdown table per round,
+    then the medians with their spread and each kind's CPU ms per request and cores."""
+    lines = [
+        f"**read rounds**, {len(report['rounds'])} x {report['round_seconds']} s windows, "
+        f"load average {report['load_average'][0][0]} at the start",
+        "",
+        "| round | order | bare /s | one /s | two /s | one / bare | two / bare "
+        "| by CPU: one | two |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["rounds"]:
+        cells = [f"{row.get(k, 0):.0f}" for k in ("bare_per_s", "one_per_s", "two_per_s")]
+        cells += [_pct(row.get(k)) for k in ("one", "two", "one_cpu", "two_cpu")]
+        lines.append(f"| {row['round']} | {', '.join(row['order'])} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for key, spread in report["ratio"].items():
+        if spread:
+            lines.append(
+                f"- {key}: median **{spread['median']:.1%}** "
+                f"({spread['min']:.1%} to {spread['max']:.1%}, {spread['n']} rounds)"
+            )
+    for kind, figures in report["per_kind"].items():
+        row_cells = ", ".join(
+            f"{n} {ms:.3f} ms ({figures['cores'][n]:.2f} cores)"
+            for n, ms in figures["cpu_ms_per"].items()
+        )
+        lines.append(f"- {report['labels'].get(kind, kind)}: {row_cells}")
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
 def main() -> None:
     for path in sys.argv[1:]:
         for report in json.loads(Path(path).read_text())["reports"]:
             if report["side"] == "storage":
                 print(f"storage: {report}\n")
+            elif report["side"] == "read rounds":
+                print("\n".join(rounds_table(report)) + "\n")
             else:
                 print(table(report) + "\n")
 

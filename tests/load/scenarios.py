@@ -445,8 +445,13 @@ async def query_side(
     port: int | None = None,
     warm_passes: int = 0,
     generator: str = "loop",
+    pg_stats: bool = True,
 ) -> dict[str, Any]:
     """Order screens at a fixed ``rate`` or at maximum throughput (``port``: another server).
+
+    ``pg_stats``: read the database's counters before and after the window
+    (``postgres_per``; ``PG_STATS_DELAY_SECONDS`` of waiting on each side); False for the
+    short interleaved rounds (``tests.load.rounds``), which report CPU only.
 
     ``generator``: how the maximum-throughput window is driven: ``loop``
     (:func:`~tests.load.harness.read_loop`, the generator's cheapest) or ``pool`` (a
@@ -481,8 +486,10 @@ async def query_side(
 
     await asyncio.gather(*(warm() for _ in range(concurrency)))
     ctx.recorder = Recorder()
-    await asyncio.sleep(PG_STATS_DELAY_SECONDS)
-    pg_before = await pg_sample(settings.db.url)
+    pg_before: dict[str, float] = {}
+    if pg_stats:
+        await asyncio.sleep(PG_STATS_DELAY_SECONDS)
+        pg_before = await pg_sample(settings.db.url)
     before = meter.sample()
     if rate is not None:
         seconds = await open_loop(rate, duration, lambda: view(ctx), ctx.recorder)
@@ -498,8 +505,10 @@ async def query_side(
             ctx.recorder,
         )
     after = meter.sample()
-    await asyncio.sleep(PG_STATS_DELAY_SECONDS)
-    pg_after = await pg_sample(settings.db.url)
+    pg_after: dict[str, float] = {}
+    if pg_stats:
+        await asyncio.sleep(PG_STATS_DELAY_SECONDS)
+        pg_after = await pg_sample(settings.db.url)
     rec = ctx.recorder
     rec.schedule_lag.sort()
     ctx.query.close()
@@ -515,7 +524,7 @@ async def query_side(
         "cpu": cpu_share(before, after, seconds),
         "per": "request",
         "cpu_ms_per": cpu_ms_per(before, after, rec.flows),
-        "postgres_per": pg_per(pg_before, pg_after, rec.flows),
+        "postgres_per": pg_per(pg_before, pg_after, rec.flows) if pg_stats else {},
         "schedule_lag_p99_ms": round(percentile(rec.schedule_lag, 0.99) * 1000, 2)
         if rec.schedule_lag
         else 0.0,

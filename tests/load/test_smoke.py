@@ -57,6 +57,11 @@ def test_load_test_runs_clean(side: str, tmp_path: Path) -> None:
         tops = [r for r in reports if "ratio_to_ceiling" in r]
         assert sorted(r["query_processes"] for r in tops) == [1, 2]
         assert all(r["ratio_to_ceiling"] > 0 and r["cpu_ratio_to_ceiling"] for r in tops)
+        rounds = next(r for r in reports if r["side"] == "read rounds")
+        assert rounds["errors"] == {}, rounds
+        assert [sorted(row["order"]) for row in rounds["rounds"]] == [["bare", "one", "two"]]
+        assert rounds["ratio"]["two"]["median"] > 0
+        assert rounds["ratio"]["two_cpu"]["n"] == 1
     storage = next(r for r in reports if r["side"] == "storage")
     assert storage["ended_orders"] > 0
     assert storage["db_row_bytes_avg"] > 0

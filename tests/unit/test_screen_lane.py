@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 
-from query_api.screen_lane import screen_lane
+from query_api.screen_lane import plain_page_query, screen_lane
 from shared.errors import DependencyUnavailable, Unauthenticated
 from shared.infra.auth import Principal
 from shared.infra.di import Slot
@@ -36,6 +36,12 @@ class FakeReads:
         self.error = error
         self.asked: list[str] = []
 
+    async def user_orders(self, user_id: str, limit: int, after: Any) -> Any:
+        self.asked.append(f"{user_id} {limit} {after}")
+        if self.error is not None:
+            raise self.error
+        return type("Page", (), {"items": [], "next_entry": None})()
+
     async def order(self, order_id: Any) -> None:
         self.asked.append(str(order_id))
         if self.error is not None:
@@ -46,6 +52,7 @@ class FakeReads:
 async def call(
     reads: FakeReads, method: str, path: str, headers: list[tuple[bytes, bytes]]
 ) -> tuple[int, dict[bytes, bytes], bytes, bool]:
+    path, _, query = path.partition("?")
     """(status, headers, body, whether Litestar's handler got the request)."""
     passed = False
 
@@ -68,7 +75,7 @@ async def call(
         "path": path,
         "raw_path": path.encode(),
         "root_path": "",
-        "query_string": b"",
+        "query_string": query.encode(),
         "headers": headers,
         "app": app,
         "litestar_app": app,
@@ -100,7 +107,11 @@ SIGNED_IN = [(b"host", b"127.0.0.1"), (b"authorization", b"Bearer good")]
         ("GET", "/orders", SIGNED_IN),
         ("HEAD", f"/orders/{ORDER}", SIGNED_IN),
         ("POST", f"/orders/{ORDER}", SIGNED_IN),
-        ("GET", f"/users/{ORDER}/orders", SIGNED_IN),
+        ("GET", "/users/rider-1/orders?limit=0", SIGNED_IN),  # Litestar: 422
+        ("GET", "/users/rider-1/orders?limit=20&page=2", SIGNED_IN),
+        ("GET", "/users/rider-1/orders/", SIGNED_IN),
+        ("GET", "/users/rider 1/orders", SIGNED_IN),  # Litestar: 422
+        ("GET", "/users/rider-1/summary", SIGNED_IN),
         ("GET", f"/orders/{ORDER}", [(b"host", b"bad host"), SIGNED_IN[1]]),  # Litestar: 400
     ],
 )
@@ -156,3 +167,98 @@ async def test_a_bug_is_a_bare_500_problem() -> None:
     assert headers[b"content-type"] == b"application/problem+json"
     assert json.loads(body)["code"] == "internal_error"
     assert b"oops" not in body
+
+
+@pytest.mark.parametrize(
+    ("headers", "reads"),
+    [
+        (SIGNED_IN, FakeReads()),  # 404 from the screen
+        ([(b"host", b"127.0.0.1")], FakeReads()),  # 401 from sign-in
+        (SIGNED_IN, FakeReads(KeyError("oops"))),  # 500
+    ],
+)
+async def test_every_answer_of_the_lane_has_the_request_id(
+    headers: list[tuple[bytes, bytes]], reads: FakeReads
+) -> None:
+    """The lane gives request ids itself (ADR 0028): the caller's when safe, else a new one."""
+    _, given, _, _ = await call(
+        reads, "GET", f"/orders/{ORDER}", [*headers, (b"x-request-id", b"r-1")]
+    )
+    assert given[b"x-request-id"] == b"r-1"
+    _, fresh, _, _ = await call(
+        reads, "GET", f"/orders/{ORDER}", [*headers, (b"x-request-id", b"bad id")]
+    )
+    assert fresh[b"x-request-id"] not in (b"", b"bad id")
+
+
+async def test_the_lane_records_the_status_under_the_route_template() -> None:
+    from prometheus_client import REGISTRY
+
+    labels = {"app": "query_api", "method": "GET", "route": "/orders/{order_id}"}
+
+    def count(status: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "http_request_duration_seconds_count", {**labels, "status": status}
+        )
+        return value or 0.0
+
+    before = (count("404"), count("401"))
+    await call(FakeReads(), "GET", f"/orders/{ORDER}", SIGNED_IN)
+    await call(FakeReads(), "GET", f"/orders/{ORDER}", [(b"host", b"127.0.0.1")])
+    assert (count("404"), count("401")) == (before[0] + 1, before[1] + 1)
+
+
+@pytest.mark.parametrize(
+    ("query", "plain"),
+    [
+        (b"", (20, None)),
+        (b"limit=1", (1, None)),
+        (b"limit=100&cursor=abc", (100, "abc")),
+        (b"cursor=abc", (20, "abc")),
+        (b"limit=0", None),
+        (b"limit=101", None),
+        (b"limit=020", None),
+        (b"limit=1000", None),
+        (b"limit=-1", None),
+        (b"limit=", None),
+        (b"limit", None),
+        (b"limit=2&limit=3", None),
+        (b"cursor=", None),
+        (b"cursor=a%2Fb", None),
+        (b"cursor=a+b", None),
+        (b"cursor=" + b"a" * 201, None),
+        ("cursor=é".encode(), None),
+        (b"page=2", None),
+        (b"limit=5&", None),
+    ],
+)
+def test_only_plain_history_queries_are_taken(query: bytes, plain: Any) -> None:
+    """Anything but a plain ``limit``/``cursor`` goes to Litestar, which answers it (422
+    when out of bounds), so the lane never answers what Litestar would refuse."""
+    assert plain_page_query(query) == plain
+
+
+async def test_a_history_page_is_answered_in_the_lane() -> None:
+    reads = FakeReads()
+    status, headers, body, passed = await call(
+        reads, "GET", "/users/rider-1/orders?limit=5", SIGNED_IN
+    )
+    assert (status, passed, reads.asked) == (200, False, ["rider-1 5 None"])
+    assert headers[b"content-type"] == b"application/json"
+    assert json.loads(body) == {"items": [], "next_cursor": None}
+
+
+async def test_another_riders_history_is_forbidden_in_the_lane() -> None:
+    reads = FakeReads()
+    status, headers, body, passed = await call(reads, "GET", "/users/rider-2/orders", SIGNED_IN)
+    assert (status, passed, reads.asked) == (403, False, [])
+    assert json.loads(body)["code"] == "forbidden"
+    assert b"x-request-id" in headers
+
+
+async def test_a_foreign_cursor_is_invalid_in_the_lane() -> None:
+    reads = FakeReads()
+    status, _, body, passed = await call(
+        reads, "GET", "/users/rider-1/orders?cursor=bm90LWEtY3Vyc29y", SIGNED_IN
+    )
+    assert (status, passed, json.loads(body)["code"]) == (422, False, "invalid_parameter")
