@@ -24,6 +24,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 from redis.asyncio import Redis
 
+from shared.ids import parse_order_id
 from shared.settings import Settings
 from shared.views import order_key
 from stubs import StubSettings
@@ -166,9 +167,16 @@ async def ride_longer(stack: Stack, db: Any, order_id: str, seconds: float) -> N
     (rides take time; tests should not)."""
     key = order_key(stack.settings.redis.key_prefix, order_id)
     client = Redis.from_url(stack.settings.redis.url)
+    oid = parse_order_id(order_id)
     try:
-        for _ in range(100):  # projected first, so no late projection brings the old start back
-            if await client.exists(key):
+        # projected first, so no late projection brings the old start back: its outbox
+        # rows published (committed after Redis had the view), not merely a view in Redis
+        # (a screen read before the projector's poll refills one from Postgres, ADR 0027)
+        for _ in range(100):
+            pending = await db.fetchval(
+                "SELECT count(*) FROM outbox WHERE order_id = $1 AND published_at IS NULL", oid
+            )
+            if pending == 0 and await client.exists(key):
                 break
             await asyncio.sleep(0.1)
         else:
