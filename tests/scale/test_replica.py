@@ -44,6 +44,25 @@ async def fresh_screen(query: Client, redis: RedisCluster, prefix: str, order_id
     return await screen(query, order_id)
 
 
+async def replica_answers(
+    query: Client, redis: RedisCluster, prefix: str, order_id: str, shown: tuple[str, int]
+) -> None:
+    """A fallback read of the screen is routed to the replica, within 10 s, and every read
+    until then shows ``shown`` (status, version). The replica may be a few WAL records
+    behind when a read begins even once it has replayed all a test wrote: the primary
+    writes on its own (a standby snapshot, a checkpoint), and on a loaded box replaying
+    that can take longer than ``replica_max_wait_seconds``, so that one read goes to the
+    primary (ADR 0007)."""
+
+    async def on_replica() -> bool:
+        before = routed("replica")
+        body = await fresh_screen(query, redis, prefix, order_id)
+        assert (body["status"], body["version"]) == shown
+        return routed("replica") > before
+
+    await eventually(on_replica, timeout=10)
+
+
 async def replica_status(replica_db: asyncpg.Pool, order_id: str) -> str | None:
     row = await replica_db.fetchrow(
         "SELECT status FROM orders WHERE id = $1::uuid", order_id
@@ -67,10 +86,7 @@ async def test_paused_replica_is_not_read_and_screens_never_go_back(
     await eventually(lambda: asyncio.to_thread(pg_pair.caught_up), timeout=10)
 
     # current replica: fallback reads go to it
-    before = routed("replica")
-    active = await fresh_screen(query, redis, prefix, order["id"])
-    assert (active["status"], active["version"]) == ("active", order["version"])
-    assert routed("replica") > before
+    await replica_answers(query, redis, prefix, order["id"], ("active", order["version"]))
 
     pg_pair.pause_replay()
     try:
@@ -104,10 +120,7 @@ async def test_paused_replica_is_not_read_and_screens_never_go_back(
     # replay resumed: once the replica has caught up it answers again, the same screens
     await eventually(lambda: asyncio.to_thread(pg_pair.caught_up), timeout=10)
     assert await replica_status(replica_db, order["id"]) == "finished"
-    before = routed("replica")
-    body = await fresh_screen(query, redis, prefix, order["id"])
-    assert (body["status"], body["version"]) == ("finished", done["version"])
-    assert routed("replica") > before
+    await replica_answers(query, redis, prefix, order["id"], ("finished", done["version"]))
     assert (await order_row(db, order["id"]))["version"] == done["version"]
     assert read_settings.db.replica_url
 
@@ -146,11 +159,14 @@ async def test_a_replica_read_cancelled_by_recovery_is_answered_by_the_primary(
     replay is already that far behind in production. The read is answered by the primary
     instead of a 500."""
     await db.execute("CREATE TABLE recovery_probe (n int); INSERT INTO recovery_probe VALUES (1)")
-    redis = connect_redis(read_settings)
-    primary = await connect_postgres(read_settings, max_size=2)
-    replica = await connect_postgres(read_settings, max_size=2, replica=True)
+    # the read must be routed to the replica: on a loaded box replaying the primary's own
+    # records (a standby snapshot) may take longer than the default 0.05 s wait
+    settings = read_settings.replace(db={"replica_max_wait_seconds": 2.0})
+    redis = connect_redis(settings)
+    primary = await connect_postgres(settings, max_size=2)
+    replica = await connect_postgres(settings, max_size=2, replica=True)
     assert replica is not None
-    reads = Reads(read_settings, redis, primary, replica)
+    reads = Reads(settings, redis, primary, replica)
     pg_pair.set_replica("max_standby_streaming_delay", "0")
     try:
         await eventually(lambda: asyncio.to_thread(pg_pair.caught_up), timeout=10)
