@@ -132,10 +132,23 @@ class FinishOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 NO_TRACK = FinishOrder()
 
-# why support acted (docs/operator-api.md): 1-500 characters, not only blanks, one line
-# without control characters (Postgres refuses NUL; a reason is text for people and logs).
-# (?!\n): Python's "$" also matches before a final line break (see IDENTIFIER_PATTERN)
-REASON_PATTERN = r"^[^\S\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*(?!\n)$"
+# why support acted (docs/operator-api.md): 1-500 characters, one line, at least one
+# visible character. A reason is text for people and logs, so it may not hold a control
+# character (C0, C1: Postgres refuses NUL; line breaks forge log lines), a line or
+# paragraph separator, or a bidirectional embedding, override or isolate (they reorder
+# what the console and a terminal show: CVE-2021-42574); and blanks and invisible format
+# characters (zero-width spaces and joiners, word joiner, BOM, soft hyphen, Hangul
+# fillers, variation selectors) alone are no reason. (?!\n): Python's "$" also matches
+# before a final line break (see IDENTIFIER_PATTERN).
+_REASON_FORBIDDEN = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_INVISIBLE = (
+    r"\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    r"\u2060-\u2064\u206a-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
+)
+REASON_PATTERN = (
+    rf"^(?=[^{_REASON_FORBIDDEN}]*[^\s{_REASON_FORBIDDEN}{_INVISIBLE}])"
+    rf"[^{_REASON_FORBIDDEN}]*(?!\n)$"
+)
 Reason = Annotated[
     str,
     msgspec.Meta(

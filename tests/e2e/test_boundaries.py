@@ -299,8 +299,15 @@ async def test_order_ids_past_the_year_9999_are_404(
 # --- control characters in the operator's free text ---------------------------------------------
 
 
-@pytest.mark.parametrize("reason", ["a\x00b", "a\nforged", "ok\n", "\tok", "a\x1b[31m", "a\x85b"])
-async def test_operator_reasons_with_control_characters_are_400_and_change_nothing(
+REFUSED_REASONS = [
+    *["a\x00b", "a\nforged", "ok\n", "\tok", "a\x1b[31m", "a\x85b"],  # controls
+    *["a\u2028b", "paid \u202ednuof"],  # a line separator, a right-to-left override
+    *["\u200b", "\ufeff\u3164 \u200d"],  # nothing visible
+]
+
+
+@pytest.mark.parametrize("reason", REFUSED_REASONS)
+async def test_operator_reasons_refused_by_their_characters_are_400_and_change_nothing(
     api: AsyncTestClient[Any], db: asyncpg.Pool, stubs: str, ids: Ids, tokens: Tokens, reason: str
 ) -> None:
     """A reason is stored with the act (``order_actions``): NUL there was Postgres's

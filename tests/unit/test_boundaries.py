@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import unicodedata
 from typing import Any
 
 import msgspec
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from command_api.app import CreateOffer, FinishOrder
+from command_api.app import CreateOffer, FinishOrder, SettleDebt
 from command_api.external import (
     configs_nonsense,
     scooter_nonsense,
@@ -105,6 +106,79 @@ def test_identifiers_are_a_small_ascii_alphabet(text: str) -> None:
     assert is_identifier(text) == (
         0 < len(text) <= 64 and all(c.isascii() and (c.isalnum() or c in "_.:-") for c in text)
     )
+
+
+# --- an operator's reason ----------------------------------------------------------------------
+
+BLANKS = [" ", "\xa0", "\u2003", "\u3000"]
+INVISIBLE = [
+    unicodedata.lookup(name)
+    for name in (
+        "ZERO WIDTH SPACE",
+        "ZERO WIDTH NON-JOINER",
+        "ZERO WIDTH JOINER",
+        "LEFT-TO-RIGHT MARK",
+        "ARABIC LETTER MARK",
+        "WORD JOINER",
+        "ZERO WIDTH NO-BREAK SPACE",
+        "SOFT HYPHEN",
+        "COMBINING GRAPHEME JOINER",
+        "MONGOLIAN VOWEL SEPARATOR",
+        "HANGUL FILLER",
+        "HANGUL CHOSEONG FILLER",
+        "HANGUL JUNGSEONG FILLER",
+        "HALFWIDTH HANGUL FILLER",
+        "VARIATION SELECTOR-16",
+    )
+]
+# never in a reason: controls, line breaks of any kind, and what reorders the text shown
+FORBIDDEN = ["\x00", "\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\u2028", "\u2029"] + [
+    unicodedata.lookup(name)
+    for name in (
+        "RIGHT-TO-LEFT OVERRIDE",
+        "LEFT-TO-RIGHT EMBEDDING",
+        "POP DIRECTIONAL FORMATTING",
+        "RIGHT-TO-LEFT ISOLATE",
+        "POP DIRECTIONAL ISOLATE",
+    )
+]
+visible = st.characters(categories=["L", "N", "P", "S"], exclude_characters=INVISIBLE)
+reason_text = st.lists(
+    st.one_of(visible, st.sampled_from(BLANKS + INVISIBLE)), min_size=0, max_size=240
+).map("".join)
+
+
+def reason_accepted(reason: str) -> bool:
+    try:
+        msgspec.json.decode(msgspec.json.encode({"reason": reason}), type=SettleDebt)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+@given(st.lists(st.sampled_from(BLANKS + INVISIBLE), min_size=1, max_size=60).map("".join))
+def test_a_reason_of_blanks_and_invisible_characters_only_is_refused(reason: str) -> None:
+    assert not reason_accepted(reason)
+
+
+@given(reason_text, visible, reason_text)
+@example("", "r", "")
+@example("\u200b", "x", "\u200d\u3000")
+@example("\U0001f9d1\u200d", "\U0001f527", " fixed")  # a ZWJ emoji sequence
+def test_a_one_line_reason_with_something_visible_is_accepted(
+    before: str, mark: str, after: str
+) -> None:
+    reason = before + mark + after
+    assert reason_accepted(reason) == (len(reason) <= 500)
+
+
+@given(reason_text, st.sampled_from(FORBIDDEN), reason_text)
+@example("ok", "\n", "")
+@example("paid ", "\u202e", "dnuof")
+def test_a_reason_with_a_control_or_reordering_character_is_refused(
+    before: str, bad: str, after: str
+) -> None:
+    assert not reason_accepted(before + "x" + bad + after)
 
 
 # --- track and amount arithmetic ---------------------------------------------------------------
