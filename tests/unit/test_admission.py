@@ -9,6 +9,7 @@ app whose ``/slow`` requests are held until the test releases them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import pickle
 import re
@@ -72,9 +73,20 @@ class Served:
     app: App
     admission: Admission
     port: int
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection("127.0.0.1", self.port)
+        """A client connection, closed when the server stops if the test left it open."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writers.append(writer)
+        return reader, writer
+
+    async def close_clients(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        for writer in self.writers:
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     async def until_in_flight(self, n: int) -> None:
         for _ in range(200):
@@ -114,9 +126,11 @@ async def _serve(
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
+    served = Served(app, admission, port)
     try:
-        yield Served(app, admission, port)
+        yield served
     finally:
+        await served.close_clients()
         app.release.set()
         server.should_exit = True
         await asyncio.wait_for(task, 10)
