@@ -28,10 +28,10 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.connection import ASGIConnection
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import QueryParameter
+from litestar.params import FromQuery, QueryParameter
 from litestar.types import Guard, Message, Scope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
@@ -113,6 +113,11 @@ class Stubs:
     identity: IdentityProvider
 
 
+# the handlers' ``stubs`` parameter, provided by ``create_app`` (named, not inferred:
+# Litestar 3 drops inferred dependencies)
+StubsDep = NamedDependency[Stubs]
+
+
 class Problem(HTTPException):
     """An error answered as problem details, with a stable machine-readable ``code``."""
 
@@ -154,7 +159,7 @@ def not_found(kind: str, record_id: str) -> Problem:
 
 
 @get("/scooter-data", opt={"service": "scooters"})
-async def scooter_data(stubs: Stubs, scooter_id: IdParam) -> ScooterData | dict[str, Any]:
+async def scooter_data(stubs: StubsDep, scooter_id: IdParam) -> ScooterData | dict[str, Any]:
     await stubs.faults.strike("scooters")
     if (scooter := stubs.data.scooter(scooter_id)) is None:
         raise not_found("scooter", scooter_id)
@@ -162,7 +167,7 @@ async def scooter_data(stubs: Stubs, scooter_id: IdParam) -> ScooterData | dict[
 
 
 @get("/tariff-zone-data", opt={"service": "zones"})
-async def tariff_zone_data(stubs: Stubs, zone_id: IdParam) -> TariffZone | dict[str, Any]:
+async def tariff_zone_data(stubs: StubsDep, zone_id: IdParam) -> TariffZone | dict[str, Any]:
     await stubs.faults.strike("zones")
     if (zone := stubs.data.zone(zone_id)) is None:
         raise not_found("zone", zone_id)
@@ -170,7 +175,7 @@ async def tariff_zone_data(stubs: Stubs, zone_id: IdParam) -> TariffZone | dict[
 
 
 @get("/user-profile", opt={"service": "users"})
-async def user_profile(stubs: Stubs, user_id: IdParam) -> UserProfile | dict[str, Any]:
+async def user_profile(stubs: StubsDep, user_id: IdParam) -> UserProfile | dict[str, Any]:
     await stubs.faults.strike("users")
     if (user := stubs.data.user(user_id)) is None:
         raise not_found("user", user_id)
@@ -178,7 +183,7 @@ async def user_profile(stubs: Stubs, user_id: IdParam) -> UserProfile | dict[str
 
 
 @get("/configs", opt={"service": "configs"})
-async def configs(stubs: Stubs) -> ConfigsAnswer | dict[str, Any]:
+async def configs(stubs: StubsDep) -> ConfigsAnswer | dict[str, Any]:
     await stubs.faults.strike("configs")
     return stubs.faults.answer("configs", ConfigsAnswer(price_coeff_settings=stubs.coeffs))
 
@@ -196,7 +201,7 @@ class PaymentOp:
 
 
 async def _payment_call(
-    stubs: Stubs, request: Request[Any, Any, Any], op: PaymentOp
+    stubs: StubsDep, request: Request[Any, Any, Any], op: PaymentOp
 ) -> PaymentAnswer | dict[str, Any]:
     """The steps every payments call shares: read and check the body; claim its
     idempotency key (409 ``operation_in_progress`` while another call with it is being
@@ -265,21 +270,21 @@ REFUND = PaymentOp(
 
 @post("/hold-money-for-order", opt={"service": "payments"}, status_code=200)
 async def hold_money(
-    stubs: Stubs, request: Request[Any, Any, Any]
+    stubs: StubsDep, request: Request[Any, Any, Any]
 ) -> PaymentAnswer | dict[str, Any]:
     return await _payment_call(stubs, request, HOLD)
 
 
 @post("/clear-money-for-order", opt={"service": "payments"}, status_code=200)
 async def clear_money(
-    stubs: Stubs, request: Request[Any, Any, Any]
+    stubs: StubsDep, request: Request[Any, Any, Any]
 ) -> PaymentAnswer | dict[str, Any]:
     return await _payment_call(stubs, request, CLEAR)
 
 
 @post("/release-money-for-order", opt={"service": "payments"}, status_code=200)
 async def release_money(
-    stubs: Stubs, request: Request[Any, Any, Any]
+    stubs: StubsDep, request: Request[Any, Any, Any]
 ) -> PaymentAnswer | dict[str, Any]:
     """Ours: release the whole hold of an order never charged (its charge became debt)."""
     return await _payment_call(stubs, request, RELEASE)
@@ -287,7 +292,7 @@ async def release_money(
 
 @post("/refund-money-for-order", opt={"service": "payments"}, status_code=200)
 async def refund_money(
-    stubs: Stubs, request: Request[Any, Any, Any]
+    stubs: StubsDep, request: Request[Any, Any, Any]
 ) -> PaymentAnswer | dict[str, Any]:
     """Ours: give back part or all of a charge; idempotent per (order, refund key)."""
     return await _payment_call(stubs, request, REFUND)
@@ -295,9 +300,9 @@ async def refund_money(
 
 @get("/payment-operation", opt={"service": "payments"})
 async def payment_operation(
-    stubs: Stubs,
+    stubs: StubsDep,
     order_id: PaymentIdParam,
-    operation: Operation,
+    operation: FromQuery[Operation],
     refund_key: Annotated[str, QueryParameter(max_length=MAX_KEY, pattern=r"^[ -~]*(?!\n)$")] = "",
 ) -> PaymentOperationAnswer | dict[str, Any]:
     """Ours: what became of one operation, found by its idempotency key (a read: safe to
@@ -316,13 +321,13 @@ async def payment_operation(
 
 
 @post("/auth/token", status_code=200)
-async def issue_token(stubs: Stubs, request: Request[Any, Any, Any]) -> TokenAnswer:
+async def issue_token(stubs: StubsDep, request: Request[Any, Any, Any]) -> TokenAnswer:
     data = await decode_body(request, TokenRequest)
     return stubs.identity.issue(data.sub, list(data.roles))
 
 
 @get("/.well-known/jwks.json", opt={"service": "identity"})
-async def jwks(stubs: Stubs) -> Response[bytes] | dict[str, Any]:
+async def jwks(stubs: StubsDep) -> Response[bytes] | dict[str, Any]:
     """The provider's public keys; faulted as service ``identity`` (a broken or hostile
     provider: ``answer_fields`` replaces members of the document, ``answer_body`` all of
     it). Token issuing is never faulted."""
@@ -356,7 +361,7 @@ def admin_guard(token: str) -> Guard:
 
 
 @post("/admin/auth/token", status_code=200, opt=ADMIN)
-async def issue_any_token(stubs: Stubs, request: Request[Any, Any, Any]) -> TokenAnswer:
+async def issue_any_token(stubs: StubsDep, request: Request[Any, Any, Any]) -> TokenAnswer:
     data = await decode_body(request, AdminTokenRequest)
     return stubs.identity.issue(
         data.sub,
@@ -368,13 +373,13 @@ async def issue_any_token(stubs: Stubs, request: Request[Any, Any, Any]) -> Toke
 
 
 @post("/admin/auth/rotate", status_code=200, opt=ADMIN)
-async def rotate_key(stubs: Stubs) -> dict[str, str]:
+async def rotate_key(stubs: StubsDep) -> dict[str, str]:
     return {"kid": stubs.identity.rotate()}
 
 
 @get("/ledger", opt=ADMIN)
 async def ledger(
-    stubs: Stubs,
+    stubs: StubsDep,
     order_id: Annotated[str, QueryParameter(min_length=1, max_length=256, pattern=PAYMENT_ID)],
 ) -> OrderAccount:
     if (account := stubs.ledger.account(order_id)) is None:
@@ -383,12 +388,12 @@ async def ledger(
 
 
 @get("/admin/faults", opt=ADMIN)
-async def list_faults(stubs: Stubs) -> list[Fault]:
+async def list_faults(stubs: StubsDep) -> list[Fault]:
     return stubs.faults.all()
 
 
 @post("/admin/faults", status_code=200, opt=ADMIN)
-async def set_faults(stubs: Stubs, request: Request[Any, Any, Any]) -> list[Fault]:
+async def set_faults(stubs: StubsDep, request: Request[Any, Any, Any]) -> list[Fault]:
     data = await decode_body(request, FaultUpdate)
     try:
         stubs.faults.update(data)
@@ -398,7 +403,7 @@ async def set_faults(stubs: Stubs, request: Request[Any, Any, Any]) -> list[Faul
 
 
 @post("/admin/configs", status_code=200, opt=ADMIN)
-async def set_configs(stubs: Stubs, request: Request[Any, Any, Any]) -> ConfigsAnswer:
+async def set_configs(stubs: StubsDep, request: Request[Any, Any, Any]) -> ConfigsAnswer:
     data = await decode_body(request, CoeffsUpdate)
     given = {f: v for f in data.__struct_fields__ if (v := getattr(data, f)) is not None}
     stubs.coeffs = msgspec.structs.replace(stubs.coeffs, **given)
@@ -406,7 +411,7 @@ async def set_configs(stubs: Stubs, request: Request[Any, Any, Any]) -> ConfigsA
 
 
 @post("/admin/configs/reset", status_code=200, opt=ADMIN)
-async def reset_configs(stubs: Stubs) -> ConfigsAnswer:
+async def reset_configs(stubs: StubsDep) -> ConfigsAnswer:
     stubs.coeffs = DEFAULT_COEFFS
     return ConfigsAnswer(price_coeff_settings=stubs.coeffs)
 
@@ -417,7 +422,7 @@ async def health() -> Health:
 
 
 @get("/metrics", media_type=CONTENT_TYPE_LATEST)
-async def metrics(stubs: Stubs) -> bytes:
+async def metrics(stubs: StubsDep) -> bytes:
     return generate_latest(stubs.registry)
 
 
