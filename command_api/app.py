@@ -73,6 +73,7 @@ from shared.infra.boundary import (
     IDENTIFIER_PATTERN,
     Identifier,
     request_class,
+    shows_something,
 )
 from shared.infra.di import Slot
 from shared.infra.logs import configure_logging, with_request_ids
@@ -132,32 +133,33 @@ class FinishOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 NO_TRACK = FinishOrder()
 
-# why support acted (docs/operator-api.md): 1-500 characters, one line, at least one
-# visible character. A reason is text for people and logs, so it may not hold a control
-# character (C0, C1: Postgres refuses NUL; line breaks forge log lines), a line or
-# paragraph separator, or a bidirectional embedding, override or isolate (they reorder
-# what the console and a terminal show: CVE-2021-42574); and blanks and invisible format
-# characters (zero-width spaces and joiners, word joiner, BOM, soft hyphen, Hangul
-# fillers, variation selectors) alone are no reason. (?!\n): Python's "$" also matches
-# before a final line break (see IDENTIFIER_PATTERN).
+# why support acted (docs/operator-api.md): 1-500 characters, one line, something
+# visible. A reason is text for people and logs, so it may not hold a control character
+# (C0, C1: Postgres refuses NUL; line breaks forge log lines), a line or paragraph
+# separator, or an explicit bidirectional embedding, override or isolate (they reorder
+# what the console and a terminal show: CVE-2021-42574). "Something visible" is
+# shared.infra.boundary.shows_something, checked after decoding (_Reasoned).
+# (?!\n): Python's "$" also matches before a final line break (see IDENTIFIER_PATTERN).
 _REASON_FORBIDDEN = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-_INVISIBLE = (
-    r"\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
-    r"\u2060-\u2064\u206a-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
-)
-REASON_PATTERN = (
-    rf"^(?=[^{_REASON_FORBIDDEN}]*[^\s{_REASON_FORBIDDEN}{_INVISIBLE}])"
-    rf"[^{_REASON_FORBIDDEN}]*(?!\n)$"
-)
+REASON_PATTERN = rf"^[^{_REASON_FORBIDDEN}]*(?!\n)$"
 Reason = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
         max_length=500,
         pattern=REASON_PATTERN,
+        description="Why support acted: one line with something visible, no control "
+        "characters, no bidirectional embeddings, overrides or isolates",
         examples=["app crashed, scooter parked"],
     ),
 ]
+
+
+def _check_reason(reason: str) -> None:
+    if not shows_something(reason):
+        raise ValueError("reason: nothing in it is visible")
+
+
 UserId = Annotated[
     str,
     PathParameter(
@@ -175,6 +177,9 @@ class EndRide(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ended_at: Annotated[datetime, msgspec.Meta(tz=True)]
     reason: Reason
 
+    def __post_init__(self) -> None:
+        _check_reason(self.reason)
+
 
 class RefundOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Support refunds ``amount`` (currency units, > 0) of an order's charge."""
@@ -182,9 +187,15 @@ class RefundOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     amount: Annotated[int, msgspec.Meta(ge=-MAX_AMOUNT, le=MAX_AMOUNT, examples=[100])]
     reason: Reason
 
+    def __post_init__(self) -> None:
+        _check_reason(self.reason)
+
 
 class SettleDebt(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reason: Reason
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason)
 
 
 _BODY: dict[int, list[Code]] = {

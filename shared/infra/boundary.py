@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import unicodedata
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -52,6 +53,51 @@ _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 def is_identifier(text: str) -> bool:
     """Whether ``text`` is a well-formed :data:`Identifier`."""
     return 0 < len(text) <= IDENTIFIER_MAX_LENGTH and _IDENTIFIER.match(text) is not None
+
+
+# --- free text for people ----------------------------------------------------------------------
+
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, Unicode 15): drawn as
+# nothing. With the blank-looking characters a "name" or "reason" is often made of.
+_IGNORABLE_RANGES = (
+    (0x00AD, 0x00AD),  # soft hyphen
+    (0x034F, 0x034F),  # combining grapheme joiner
+    (0x061C, 0x061C),  # Arabic letter mark
+    (0x115F, 0x1160),  # Hangul choseong and jungseong fillers
+    (0x17B4, 0x17B5),  # Khmer inherent vowels
+    (0x180B, 0x180F),  # Mongolian variation selectors and vowel separator
+    (0x200B, 0x200F),  # zero-width space, joiners, LRM, RLM
+    (0x202A, 0x202E),  # bidirectional embeddings and overrides
+    (0x2060, 0x206F),  # word joiner, invisible operators, isolates, deprecated formats
+    (0x3164, 0x3164),  # Hangul filler
+    (0xFE00, 0xFE0F),  # variation selectors 1-16
+    (0xFEFF, 0xFEFF),  # zero-width no-break space (BOM)
+    (0xFFA0, 0xFFA0),  # halfwidth Hangul filler
+    (0xFFF0, 0xFFF8),  # reserved
+    (0x1BCA0, 0x1BCA3),  # shorthand format controls
+    (0x1D173, 0x1D17A),  # musical symbol formatting
+    (0xE0000, 0xE0FFF),  # tags, variation selectors 17-256, reserved
+)
+_INVISIBLE = frozenset(
+    itertools.chain.from_iterable(range(lo, hi + 1) for lo, hi in _IGNORABLE_RANGES)
+) | {0x2800}  # Braille pattern blank
+# control, format, surrogate, private use, unassigned, separators (blanks, line breaks)
+_UNSEEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+
+
+def shows_something(text: str) -> bool:
+    """Whether ``text`` has at least one character a reader sees: not a blank or line
+    break, not a control, format, private-use or unassigned character, not a Unicode
+    default-ignorable one (zero-width spaces and joiners, BOM, variation selectors, tags,
+    Hangul fillers) and not the Braille blank. Combining marks count (they are drawn).
+
+    The rule of an operator's ``reason`` "with something visible" (docs/operator-api.md);
+    a JSON-schema pattern cannot say it for characters outside the BMP in both Python's
+    and ECMA-262's syntax, so the command API checks it after decoding.
+    """
+    return any(
+        ord(c) not in _INVISIBLE and unicodedata.category(c) not in _UNSEEN_CATEGORIES for c in text
+    )
 
 
 # --- JSON bodies --------------------------------------------------------------------------------

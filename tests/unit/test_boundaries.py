@@ -110,41 +110,60 @@ def test_identifiers_are_a_small_ascii_alphabet(text: str) -> None:
 
 # --- an operator's reason ----------------------------------------------------------------------
 
-BLANKS = [" ", "\xa0", "\u2003", "\u3000"]
+BLANKS = [" ", "\xa0", "\u2003", "\u3000", unicodedata.lookup("BRAILLE PATTERN BLANK")]
 INVISIBLE = [
     unicodedata.lookup(name)
     for name in (
+        "SOFT HYPHEN",
+        "COMBINING GRAPHEME JOINER",
+        "ARABIC LETTER MARK",
+        "HANGUL CHOSEONG FILLER",
+        "HANGUL JUNGSEONG FILLER",
+        "KHMER VOWEL INHERENT AQ",
+        "MONGOLIAN FREE VARIATION SELECTOR ONE",
+        "MONGOLIAN VOWEL SEPARATOR",
         "ZERO WIDTH SPACE",
         "ZERO WIDTH NON-JOINER",
         "ZERO WIDTH JOINER",
         "LEFT-TO-RIGHT MARK",
-        "ARABIC LETTER MARK",
+        "RIGHT-TO-LEFT MARK",
         "WORD JOINER",
-        "ZERO WIDTH NO-BREAK SPACE",
-        "SOFT HYPHEN",
-        "COMBINING GRAPHEME JOINER",
-        "MONGOLIAN VOWEL SEPARATOR",
+        "FUNCTION APPLICATION",
+        "INHIBIT SYMMETRIC SWAPPING",
         "HANGUL FILLER",
-        "HANGUL CHOSEONG FILLER",
-        "HANGUL JUNGSEONG FILLER",
-        "HALFWIDTH HANGUL FILLER",
         "VARIATION SELECTOR-16",
+        "ZERO WIDTH NO-BREAK SPACE",
+        "HALFWIDTH HANGUL FILLER",
+        "SHORTHAND FORMAT LETTER OVERLAP",
+        "MUSICAL SYMBOL BEGIN BEAM",
+        "TAG LATIN CAPITAL LETTER A",
+        "VARIATION SELECTOR-17",
+        "VARIATION SELECTOR-256",
+    )
+] + ["\u2065", "\ufff0", "\ufff8", "\uffff", "\u0378", "\ue000", "\U000e0fff"]  # reserved,
+# a noncharacter, unassigned, private use
+HANGUL_FILLERS = [c for c in INVISIBLE if "FILLER" in unicodedata.name(c, "")]
+# never in a reason: C0 and C1 controls (line breaks, tab, ESC, NUL), line and paragraph
+# separators, and the explicit bidirectional embeddings, overrides and isolates
+FORBIDDEN = [
+    chr(c)
+    for c in (
+        *range(0x20),
+        *range(0x7F, 0xA0),
+        0x2028,
+        0x2029,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
     )
 ]
-# never in a reason: controls, line breaks of any kind, and what reorders the text shown
-FORBIDDEN = ["\x00", "\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\u2028", "\u2029"] + [
-    unicodedata.lookup(name)
-    for name in (
-        "RIGHT-TO-LEFT OVERRIDE",
-        "LEFT-TO-RIGHT EMBEDDING",
-        "POP DIRECTIONAL FORMATTING",
-        "RIGHT-TO-LEFT ISOLATE",
-        "POP DIRECTIONAL ISOLATE",
-    )
-]
-visible = st.characters(categories=["L", "N", "P", "S"], exclude_characters=INVISIBLE)
+# drawn over the character before them, or alone on a dotted circle: they count
+COMBINING = ["\u0301", "\u0308", "\u05b8", "\u064e", "\u093f", "\u094d", "\u20dd"]
+visible = st.one_of(
+    st.characters(categories=["L", "N", "P", "S"], exclude_characters=HANGUL_FILLERS),
+    st.sampled_from(COMBINING),
+)
 reason_text = st.lists(
-    st.one_of(visible, st.sampled_from(BLANKS + INVISIBLE)), min_size=0, max_size=240
+    st.one_of(visible, st.sampled_from(BLANKS + INVISIBLE)), min_size=0, max_size=300
 ).map("".join)
 
 
@@ -157,6 +176,8 @@ def reason_accepted(reason: str) -> bool:
 
 
 @given(st.lists(st.sampled_from(BLANKS + INVISIBLE), min_size=1, max_size=60).map("".join))
+@example("\U000e0041")  # a tag alone
+@example("\u2800\u3164")
 def test_a_reason_of_blanks_and_invisible_characters_only_is_refused(reason: str) -> None:
     assert not reason_accepted(reason)
 
@@ -165,7 +186,11 @@ def test_a_reason_of_blanks_and_invisible_characters_only_is_refused(reason: str
 @example("", "r", "")
 @example("\u200b", "x", "\u200d\u3000")
 @example("\U0001f9d1\u200d", "\U0001f527", " fixed")  # a ZWJ emoji sequence
-def test_a_one_line_reason_with_something_visible_is_accepted(
+@example("caf", "e", "\u0301")
+@example("\u0915", "\u094d", "\u0937")  # Devanagari conjunct with a virama
+@example("\u05e9\u05c1\u05b8", "\u05dc", "\u05d5\u05b9\u05dd")  # pointed Hebrew
+@example("x" * 250, "x", "x" * 250)  # 501
+def test_a_one_line_reason_with_something_visible_is_accepted_up_to_500_characters(
     before: str, mark: str, after: str
 ) -> None:
     reason = before + mark + after
