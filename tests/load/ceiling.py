@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import msgspec
 from litestar import Litestar, get
+from litestar.params import FromPath
 
 from shared.infra.serving import serve
 
@@ -42,7 +43,7 @@ NOW = datetime.now(UTC)
 
 
 @get("/orders/{order_id:str}")
-async def order(order_id: str) -> View:
+async def order(order_id: FromPath[str]) -> View:
     return View(
         id=order_id,
         offer_id=order_id,

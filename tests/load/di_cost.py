@@ -18,7 +18,7 @@ from typing import Any
 from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.params import SkipValidation
+from litestar.params import FromPath, SkipValidation
 
 from shared.infra.di import Slot
 from tests.load.ceiling import order
@@ -33,13 +33,13 @@ READS = Reads()
 
 
 @get("/state/{order_id:str}")
-async def by_state(order_id: str, state: State) -> Any:
+async def by_state(order_id: FromPath[str], state: State) -> Any:
     reads: Reads = state.reads
     return await reads.order(order_id)
 
 
 @get("/slot/{order_id:str}")
-async def by_slot(order_id: str, reads: SkipValidation[Reads]) -> Any:
+async def by_slot(order_id: FromPath[str], reads: SkipValidation[Reads]) -> Any:
     return await reads.order(order_id)
 
 
@@ -49,7 +49,7 @@ def _from_state(state: State) -> Reads:
 
 
 @get("/provide-state/{order_id:str}")
-async def by_provide_state(order_id: str, reads: SkipValidation[Reads]) -> Any:
+async def by_provide_state(order_id: FromPath[str], reads: SkipValidation[Reads]) -> Any:
     return await reads.order(order_id)
 
 
