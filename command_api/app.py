@@ -138,7 +138,7 @@ NO_TRACK = FinishOrder()
 # (C0, C1: Postgres refuses NUL; line breaks forge log lines), a line or paragraph
 # separator, or an explicit bidirectional embedding, override or isolate (they reorder
 # what the console and a terminal show: CVE-2021-42574). "Something visible" is
-# shared.infra.boundary.shows_something, checked after decoding (_Reasoned).
+# shared.infra.boundary.shows_something, checked after decoding (Reasoned).
 # (?!\n): Python's "$" also matches before a final line break (see IDENTIFIER_PATTERN).
 _REASON_FORBIDDEN = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 REASON_PATTERN = rf"^[^{_REASON_FORBIDDEN}]*(?!\n)$"
@@ -155,11 +155,6 @@ Reason = Annotated[
 ]
 
 
-def _check_reason(reason: str) -> None:
-    if not shows_something(reason):
-        raise ValueError("reason: nothing in it is visible")
-
-
 UserId = Annotated[
     str,
     PathParameter(
@@ -171,31 +166,30 @@ UserId = Annotated[
 ]
 
 
-class EndRide(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Reasoned(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A support command's body: ``reason`` says why support acted (stored with the act)."""
+
+    reason: Reason
+
+    def __post_init__(self) -> None:
+        if not shows_something(self.reason):
+            raise ValueError("reason: nothing in it is visible")
+
+
+class EndRide(Reasoned, frozen=True, forbid_unknown_fields=True):
     """Support ends a ride as of ``ended_at`` (RFC 3339 with its offset)."""
 
     ended_at: Annotated[datetime, msgspec.Meta(tz=True)]
-    reason: Reason
-
-    def __post_init__(self) -> None:
-        _check_reason(self.reason)
 
 
-class RefundOrder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class RefundOrder(Reasoned, frozen=True, forbid_unknown_fields=True):
     """Support refunds ``amount`` (currency units, > 0) of an order's charge."""
 
     amount: Annotated[int, msgspec.Meta(ge=-MAX_AMOUNT, le=MAX_AMOUNT, examples=[100])]
-    reason: Reason
-
-    def __post_init__(self) -> None:
-        _check_reason(self.reason)
 
 
-class SettleDebt(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    reason: Reason
-
-    def __post_init__(self) -> None:
-        _check_reason(self.reason)
+class SettleDebt(Reasoned, frozen=True, forbid_unknown_fields=True):
+    """Support charges the rider's debts again (each order whose charge became debt)."""
 
 
 _BODY: dict[int, list[Code]] = {
